@@ -1,0 +1,57 @@
+# VeloFlux: every target does its own set-up, so a fresh machine needs only `make demo`
+# or `make test`. Set-up is idempotent: a second run installs nothing.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBS   := haproxy
+
+.PHONY: help deps debs venv lint test test-unit test-integration demo bench clean
+
+help:
+	@echo "make demo   - set up, then run the agent against the local HAProxy stack"
+	@echo "make test   - set up, then lint and run the whole test suite"
+	@echo "make bench  - set up, then run the benchmarks (writes docs/benchmarks.md figures)"
+
+deps: debs venv
+
+# Debian packages the tests and demo start for real.
+debs:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+lint: venv
+	$(BIN)/ruff check agent integration tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: deps lint
+	$(BIN)/python -m pytest tests
+
+test-unit: venv
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: deps
+	$(BIN)/python -m pytest tests/integration
+
+demo: deps
+	$(BIN)/python -m integration.demo
+
+bench: deps
+	$(BIN)/python bench/bench_haproxy_1000.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -1,0 +1,270 @@
+"""The configuration schema: YAML validated by pydantic, every problem with its path.
+
+Field names in Python carry their units (``interval_seconds``); the YAML keys are the
+public contract (``interval: 10s``) and are kept as aliases. Unknown keys are errors,
+because a typo silently ignored is a safety rule silently off.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from veloflux.durations import parse_duration
+from veloflux.errors import ConfigError, ConfigProblem, UnsafeName
+from veloflux.names import check_name, parse_server_key
+
+ENV_PREFIX = "VELOFLUX_"
+DEFAULT_CONFIG_PATH = "veloflux.yaml"
+HAPROXY_MAX_WEIGHT = 256
+
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _server_key(value: str) -> str:
+    try:
+        parse_server_key(value)
+    except UnsafeName as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+ServerKey = Annotated[str, AfterValidator(_server_key)]
+Weight = Annotated[int, Field(ge=0, le=HAPROXY_MAX_WEIGHT)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class HAProxySection(_Section):
+    """Where the HAProxy runtime API is, and which backends VeloFlux may manage."""
+
+    socket: str = Field(description="unix:///path or tcp://host:port, at level admin")
+    timeout_seconds: Seconds = Field(default=2.0, alias="timeout", gt=0, le=60)
+    backends: tuple[str, ...] | None = Field(
+        default=None,
+        description="allow-list; default: every backend whose algorithm honours runtime weights",
+    )
+    consistent_hash_backends: tuple[str, ...] = Field(
+        default=(),
+        description="hash-balanced backends configured with 'hash-type consistent'",
+    )
+
+    @field_validator("socket")
+    @classmethod
+    def _socket_address(cls, value: str) -> str:
+        parse_socket_address(value)
+        return value
+
+    @field_validator("backends", "consistent_hash_backends")
+    @classmethod
+    def _safe_backend_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for name in value or ():
+            check_name("backend", name)
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("lists a backend twice")
+        return value
+
+
+class AISection(_Section):
+    """Whether the model may set weights, and how sure it must be."""
+
+    enabled: bool = True
+    confidence_threshold: float = Field(default=0.7, ge=0, le=1)
+
+
+class PolicySection(_Section):
+    """Safety rules applied to every plan, model-driven or not."""
+
+    static_weights: dict[ServerKey, Weight] = Field(default_factory=dict)
+    overrides: dict[ServerKey, Weight] = Field(
+        default_factory=dict, description="pinned weights, applied at once, until removed"
+    )
+    min_weight: int = Field(default=1, ge=0, le=HAPROXY_MAX_WEIGHT)
+    max_weight: int = Field(default=HAPROXY_MAX_WEIGHT, ge=1, le=HAPROXY_MAX_WEIGHT)
+    max_step_ratio: float = Field(default=0.5, gt=0, le=10)
+    deadband_ratio: float = Field(default=0.05, ge=0, lt=1)
+    min_servers_in_rotation: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> PolicySection:
+        if self.min_weight > self.max_weight:
+            raise ValueError(
+                f"min_weight ({self.min_weight}) is above max_weight ({self.max_weight})"
+            )
+        return self
+
+
+class Config(_Section):
+    """The whole agent configuration."""
+
+    interval_seconds: Seconds = Field(default=10.0, alias="interval", gt=0, le=3600)
+    haproxy: HAProxySection
+    ai: AISection = Field(default_factory=AISection)
+    policy: PolicySection = Field(default_factory=PolicySection)
+
+    @model_validator(mode="after")
+    def _weights_name_managed_backends(self) -> Config:
+        allowed = self.haproxy.backends
+        if allowed is None:
+            return self
+        for section in ("static_weights", "overrides"):
+            for key in getattr(self.policy, section):
+                backend = key.partition("/")[0]
+                if backend not in allowed:
+                    raise ValueError(
+                        f"policy.{section}.{key}: backend {backend!r} is not in haproxy.backends"
+                    )
+        return self
+
+
+def parse_socket_address(address: str) -> tuple[Literal["unix", "tcp"], str, int]:
+    """Split ``unix:///path`` or ``tcp://host:port``; raise ``ValueError`` if malformed."""
+    if address.startswith("unix://"):
+        path = address[len("unix://") :]
+        if not path.startswith("/"):
+            raise ValueError(
+                "unix socket path must be absolute, e.g. unix:///run/haproxy/admin.sock"
+            )
+        return "unix", path, 0
+    if address.startswith("tcp://"):
+        host, sep, port_text = address[len("tcp://") :].rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError("tcp address must be tcp://HOST:PORT with a port in 1..65535")
+        return "tcp", host, int(port_text)
+    raise ValueError("must start with unix:// or tcp://")
+
+
+# --- loading ---------------------------------------------------------------------------
+
+_MESSAGES = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "extra_forbidden": "unknown key (check the spelling)",
+    "missing": "required",
+}
+
+
+_LOCATED = re.compile(r"^([\w.:/-]+): (.*)$", re.DOTALL)
+
+
+def _problem_from(error: Mapping[str, Any], env_paths: Mapping[str, str]) -> ConfigProblem:
+    path = ".".join(str(part) for part in error["loc"] if part != "[key]")
+    template = _MESSAGES.get(error["type"])
+    if template is not None:
+        ctx = {
+            k: f"{v:g}" if isinstance(v, float) else v for k, v in (error.get("ctx") or {}).items()
+        }
+        message = template.format(**ctx)
+    else:
+        message = str(error["msg"]).removeprefix("Value error, ")
+    located = _LOCATED.match(message)
+    if not path and located:
+        path, message = located.group(1), located.group(2)
+    env = env_paths.get(path)
+    if env:
+        message += f" (from ${env})"
+    return ConfigProblem(path, message)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Nested overrides from ``VELOFLUX_A__B=value`` variables, and where each came from.
+
+    Only variables whose first segment names a top-level key are overrides, so that
+    ``VELOFLUX_CONFIG`` (the file path) and CLI flag variables are left alone.
+    """
+    top_level = {field.alias or name for name, field in Config.model_fields.items()}
+    overrides: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for var, raw in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in var[len(ENV_PREFIX) :].split("__")]
+        if parts[0] not in top_level:
+            continue
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = overrides
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+        origins[".".join(parts)] = var
+    return overrides, origins
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem("", f"cannot read {path}: {exc.strerror}")]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            [ConfigProblem("", f"YAML syntax error{where}: {problem}")], str(path)
+        ) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigProblem("", "the top level must be a mapping of keys")], str(path))
+    return data
+
+
+def resolve_config_path(explicit: str | None, environ: Mapping[str, str] | None = None) -> Path:
+    """``-c FILE``, else ``$VELOFLUX_CONFIG``, else ``./veloflux.yaml``."""
+    env = os.environ if environ is None else environ
+    return Path(explicit or env.get(f"{ENV_PREFIX}CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, merge environment overrides, validate; raise ``ConfigError`` with every problem."""
+    data = _read_yaml(path)
+    overrides, origins = _env_overrides(os.environ if environ is None else environ)
+    return validate_config(_merge(data, overrides), source=str(path), env_paths=origins)
+
+
+def validate_config(
+    data: Mapping[str, Any], source: str = "", env_paths: Mapping[str, str] | None = None
+) -> Config:
+    """Validate an already-parsed mapping; raise ``ConfigError`` listing every problem."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = [_problem_from(err, env_paths or {}) for err in exc.errors()]
+        raise ConfigError(problems, source) from None
+
+

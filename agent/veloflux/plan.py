@@ -1,0 +1,240 @@
+"""From an Observation to a WeightPlan, under the safety rules every plan obeys.
+
+The planner is a pure function: the same observation and policy always give the same
+plan, which is what makes it property-testable and the dry-run an honest preview.
+Until a model exists every managed pool is in fallback, moving toward its static
+weights within the step limit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import pandas as pd
+
+from veloflux.config import HAPROXY_MAX_WEIGHT, PolicySection
+from veloflux.names import server_key
+from veloflux.observation import Observation, PoolInfo
+from veloflux.weightplan import Mode, PoolPlan, ServerPlan, WeightPlan
+
+# --- rules -----------------------------------------------------------------------------
+
+
+def max_step(current: int, max_step_ratio: float) -> int:
+    """Largest change of one weight in one tick: a ratio of it, at least 1."""
+    return max(1, math.floor(current * max_step_ratio))
+
+
+def step_toward(current: int, target: int, max_step_ratio: float) -> int:
+    """Move from ``current`` toward ``target`` by at most the step limit."""
+    limit = max_step(current, max_step_ratio)
+    return current + max(-limit, min(limit, target - current))
+
+
+def _as_int(value: object) -> int | None:
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return int(value)
+    return None
+
+
+def static_weight(
+    key: str, initial: int | None, current: int | None, policy: PolicySection
+) -> int | None:
+    """The fallback weight: from the config, else HAProxy's configured weight, else current."""
+    if key in policy.static_weights:
+        return policy.static_weights[key]
+    return initial if initial is not None else current
+
+
+@dataclass(frozen=True)
+class _Row:
+    backend: str
+    server: str
+    state: str
+    backup: bool
+    current: int | None
+    static: int | None
+    problem: str
+
+    def held(self, reason: str, confidence: float = 0.0) -> ServerPlan:
+        return ServerPlan(
+            self.backend,
+            self.server,
+            self.state,
+            self.current,
+            self.current,
+            self.static,
+            confidence,
+            reason,
+        )
+
+    def planned(self, weight: int, reason: str, confidence: float = 0.0) -> ServerPlan:
+        return ServerPlan(
+            self.backend,
+            self.server,
+            self.state,
+            self.current,
+            weight,
+            self.static,
+            confidence,
+            reason,
+        )
+
+
+def _rows(observation: Observation, pool: str, policy: PolicySection) -> list[_Row]:
+    rows = []
+    frame: pd.DataFrame = observation.servers_of(pool)
+    for rec in frame.to_dict("records"):
+        current = _as_int(rec["weight"])
+        initial = _as_int(rec["initial_weight"])
+        key = server_key(pool, str(rec["server"]))
+        rows.append(
+            _Row(
+                backend=pool,
+                server=str(rec["server"]),
+                state=str(rec["state"]),
+                backup=bool(rec["backup"]),
+                current=current,
+                static=static_weight(key, initial, current, policy),
+                problem=str(rec["problem"] or ""),
+            )
+        )
+    return rows
+
+
+def _untouchable(row: _Row, policy: PolicySection) -> str:
+    """Why a server must keep its weight whatever the mode, or '' if it may change."""
+    if row.problem or row.current is None:
+        return f"hold: {row.problem or 'current weight unknown'}"
+    if row.state == "MAINT":
+        return "maintenance (set by an operator)"
+    if row.state == "DRAIN":
+        return "drain (set by an operator)"
+    if row.backup:
+        return "backup server"
+    if row.current == 0 and policy.min_weight > 0:
+        return "weight 0 set outside VeloFlux"
+    return ""
+
+
+def bounded_weight(
+    current: int, desired: int, policy: PolicySection, exact_target: bool
+) -> tuple[int, list[str]]:
+    """Apply bounds, the step limit and the deadband to one desired weight.
+
+    ``exact_target`` marks a desired weight that is a fixed point (a static weight),
+    not a noisy estimate: reaching it exactly is exempt from the deadband, so that
+    fallback converges to the static weight instead of stopping one short of it.
+    """
+    notes: list[str] = []
+    target = min(max(desired, policy.min_weight), policy.max_weight)
+    if target != desired:
+        notes.append(f"{desired} clamped to {target}")
+    planned = step_toward(current, target, policy.max_step_ratio)
+    if planned != target:
+        notes.append(f"step-limited toward {target}")
+    small = abs(planned - current) < policy.deadband_ratio * max(current, 1)
+    if planned != current and small and not (exact_target and planned == target):
+        notes.append(f"{planned} within deadband")
+        planned = current
+    return planned, notes
+
+
+def _fallback_server(row: _Row, policy: PolicySection, why: str) -> ServerPlan:
+    assert row.current is not None
+    if row.state == "DOWN":
+        return row.held("down")
+    if row.static is None or row.static == 0:
+        return row.held("static weight 0")
+    planned, notes = bounded_weight(row.current, row.static, policy, exact_target=True)
+    return row.planned(planned, why + (f" ({'; '.join(notes)})" if notes else ""))
+
+
+def _keep_in_rotation(servers: list[ServerPlan], policy: PolicySection) -> list[ServerPlan]:
+    """Never take a pool below its minimum of servers in rotation (up, weight > 0)."""
+
+    def in_rotation(s: ServerPlan) -> bool:
+        return s.state == "UP" and (s.planned_weight or 0) > 0
+
+    count = sum(1 for s in servers if in_rotation(s))
+    result = list(servers)
+    for i, s in enumerate(servers):
+        if count >= policy.min_servers_in_rotation:
+            break
+        if s.state == "UP" and s.planned_weight == 0 and (s.current_weight or 0) > 0:
+            result[i] = replace(
+                s,
+                planned_weight=s.current_weight,
+                reason="kept in rotation (min_servers_in_rotation)",
+            )
+            count += 1
+    return result
+
+
+def plan_pool(
+    observation: Observation,
+    pool: PoolInfo,
+    policy: PolicySection,
+    fallback_reason: str,
+) -> PoolPlan:
+    """Plan one pool in fallback mode (the model joins in a later layer)."""
+    rows = _rows(observation, pool.name, policy)
+    if not pool.managed:
+        servers = tuple(r.held(f"unmanaged ({pool.algorithm})") for r in rows)
+        return PoolPlan(pool.name, pool.algorithm, "unmanaged", 0.0, pool.unmanaged_reason, servers)
+    planned: list[ServerPlan] = []
+    for row in rows:
+        key = server_key(row.backend, row.server)
+        why_not = _untouchable(row, policy)
+        if why_not:
+            planned.append(row.held(why_not))
+        elif key in policy.overrides:
+            planned.append(row.planned(policy.overrides[key], "override"))
+        else:
+            planned.append(_fallback_server(row, policy, fallback_reason))
+    servers_out = tuple(_keep_in_rotation(planned, policy))
+    held_for_data = all(s.reason.startswith("hold") for s in servers_out)
+    mode: Mode = "hold" if servers_out and held_for_data else "fallback"
+    reason = "no trustworthy data" if mode == "hold" else fallback_reason
+    return PoolPlan(pool.name, pool.algorithm, mode, 0.0, reason, servers_out)
+
+
+def plan_weights(
+    observation: Observation, policy: PolicySection, fallback_reason: str = "no model"
+) -> WeightPlan:
+    """The plan for every pool of one observation."""
+    pools = tuple(plan_pool(observation, p, policy, fallback_reason) for p in observation.pools)
+    return WeightPlan(observation.taken_at, pools)
+
+
+def plan_revert(observation: Observation, policy: PolicySection) -> WeightPlan:
+    """Every managed server straight to its static weight: the operator's emergency brake.
+
+    No step limit and no deadband, but the rules that protect an operator's own
+    decisions (MAINT, DRAIN, weight 0, untrustworthy data) still hold.
+    """
+    pools = []
+    for pool in observation.pools:
+        rows = _rows(observation, pool.name, policy)
+        if not pool.managed:
+            held = tuple(r.held(f"unmanaged ({pool.algorithm})") for r in rows)
+            pools.append(
+                PoolPlan(pool.name, pool.algorithm, "unmanaged", 0.0, pool.unmanaged_reason, held)
+            )
+            continue
+        servers = []
+        for row in rows:
+            why_not = _untouchable(row, policy)
+            if why_not or row.static is None:
+                servers.append(row.held(why_not or "static weight unknown"))
+            else:
+                servers.append(row.planned(min(row.static, HAPROXY_MAX_WEIGHT), "revert to static"))
+        pools.append(PoolPlan(pool.name, pool.algorithm, "fallback", 0.0, "revert", tuple(servers)))
+    return WeightPlan(observation.taken_at, tuple(pools))
+
+
+def overrides_in(policy: PolicySection) -> Mapping[str, int]:
+    """The pinned weights in force (config now; the API adds its own later)."""
+    return policy.overrides

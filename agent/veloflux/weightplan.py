@@ -1,0 +1,96 @@
+"""The WeightPlan: what the planner decides and every sink applies.
+
+It lives below both the planner and the sinks, so that a sink depends on the shape of
+a plan, never on how a plan is made.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+Mode = Literal["model", "fallback", "hold", "unmanaged"]
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    """One server's current and planned weight, and why."""
+
+    backend: str
+    server: str
+    state: str
+    current_weight: int | None
+    planned_weight: int | None
+    static_weight: int | None
+    confidence: float
+    reason: str
+
+    @property
+    def changes(self) -> bool:
+        """True when applying the plan writes this server's weight."""
+        return (
+            self.planned_weight is not None
+            and self.current_weight is not None
+            and self.planned_weight != self.current_weight
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "server": self.server,
+            "state": self.state,
+            "current_weight": self.current_weight,
+            "planned_weight": self.planned_weight,
+            "static_weight": self.static_weight,
+            "confidence": self.confidence,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """One pool's mode, confidence and servers."""
+
+    backend: str
+    algorithm: str
+    mode: Mode
+    confidence: float
+    reason: str
+    servers: tuple[ServerPlan, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "algorithm": self.algorithm,
+            "mode": self.mode,
+            "confidence": self.confidence,
+            "reason": self.reason,
+            "servers": [s.to_json() for s in self.servers],
+        }
+
+
+@dataclass(frozen=True)
+class WeightPlan:
+    """The whole plan: what dry-run prints and apply writes."""
+
+    generated_at: datetime
+    pools: tuple[PoolPlan, ...]
+
+    def servers(self) -> Iterator[ServerPlan]:
+        for pool in self.pools:
+            yield from pool.servers
+
+    def changes(self) -> list[ServerPlan]:
+        """Servers whose weight this plan writes."""
+        return [s for s in self.servers() if s.changes]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "generated_at": self.generated_at.isoformat(),
+            "pools": [p.to_json() for p in self.pools],
+        }
+
+    def to_json_text(self) -> str:
+        return json.dumps(self.to_json(), indent=2)
