@@ -182,7 +182,7 @@ def plan_pool(
     """Plan one pool in fallback mode (the model joins in a later layer)."""
     rows = _rows(observation, pool.name, policy)
     if not pool.managed:
-        servers = tuple(r.held(f"unmanaged ({pool.algorithm})") for r in rows)
+        servers = tuple(r.held(f"unmanaged ({pool.algorithm or 'algorithm unknown'})") for r in rows)
         return PoolPlan(pool.name, pool.algorithm, "unmanaged", 0.0, pool.unmanaged_reason, servers)
     planned: list[ServerPlan] = []
     for row in rows:
@@ -219,7 +219,7 @@ def plan_revert(observation: Observation, policy: PolicySection) -> WeightPlan:
     for pool in observation.pools:
         rows = _rows(observation, pool.name, policy)
         if not pool.managed:
-            held = tuple(r.held(f"unmanaged ({pool.algorithm})") for r in rows)
+            held = tuple(r.held(f"unmanaged ({pool.algorithm or 'algorithm unknown'})") for r in rows)
             pools.append(
                 PoolPlan(pool.name, pool.algorithm, "unmanaged", 0.0, pool.unmanaged_reason, held)
             )

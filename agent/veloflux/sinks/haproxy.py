@@ -60,11 +60,10 @@ class HAProxySink:
         """Write every change in ``plan`` and verify it; never raises for one bad server.
 
         Raises ``SinkRejected`` only when nothing could be written at all (socket not
-        reachable, or not at level admin). Per-server refusals are in the report.
+        reachable, or not at level admin, which is refused even with nothing to write
+        so that a misconfigured socket is found before the day it matters).
+        Per-server refusals are in the report.
         """
-        changes = plan.changes()
-        if not changes:
-            return ApplyReport(())
         if proxy_level in ("user", "operator"):
             message = (
                 f"HAProxy runtime API {self._api.address} is at level {proxy_level}: "
@@ -72,6 +71,9 @@ class HAProxySink:
             )
             self._events.record("sink_rejected", message, sink="haproxy")
             raise SinkRejected(message)
+        changes = plan.changes()
+        if not changes:
+            return ApplyReport(())
         writable, refused = _commands(changes)
         for result in refused:
             self._events.record("sink_refused_name", result.error, sink="haproxy")

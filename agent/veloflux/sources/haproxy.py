@@ -55,8 +55,14 @@ _METRICS: tuple[tuple[str, str, float], ...] = (
 Clock = Callable[[], datetime]
 
 
-def classify_pool(name: str, algorithm: str, consistent_hash: frozenset[str]) -> PoolInfo:
+def classify_pool(
+    name: str, algorithm: str, consistent_hash: frozenset[str], level: str = "admin"
+) -> PoolInfo:
     """Decide whether VeloFlux may set weights in a backend, and if not, why."""
+    if not algorithm and level != "admin":
+        return PoolInfo(
+            name, "", False, f"algorithm hidden at socket level {level}: VeloFlux needs level admin"
+        )
     if algorithm in DYNAMIC_ALGORITHMS:
         return PoolInfo(name, algorithm, managed=True)
     if algorithm in HASH_ALGORITHMS:
@@ -131,7 +137,7 @@ class HAProxySource:
             if row["pxname"] in wanted:
                 records.append(self._record(taken_at, row, algorithms, states))
         pools = tuple(
-            classify_pool(name, algorithms.get(name, ""), self._consistent)
+            classify_pool(name, algorithms.get(name, ""), self._consistent, level)
             for name in wanted
             if name in present
         )

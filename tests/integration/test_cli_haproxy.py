@@ -1,0 +1,195 @@
+"""The CLI against a real HAProxy: dry-run, apply, revert, and every refusal path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from integration.haproxy_proc import HAProxyProcess
+from tests.conftest import write_config
+from tests.integration.helpers import run_cli, set_weights, weights
+from veloflux.haproxy_runtime import RuntimeAPI
+
+pytestmark = pytest.mark.integration
+
+APP = ["app/s1", "app/s2", "app/s3", "app/s4"]
+
+
+def test_dry_run_json_lists_every_server_with_its_true_weight(
+    haproxy: HAProxyProcess, tmp_path: Path
+) -> None:
+    set_weights(haproxy.admin_socket, {"app/s1": 7, "app/s3": 3})
+    config = write_config(tmp_path / "v.yaml", haproxy.admin_socket)
+    result = run_cli("dry-run", "-c", config, "--output", "json")
+    assert result.code == 0, result.stderr
+    doc = result.json()
+    assert set(doc) == {"generated_at", "pools"}
+    pools = {p["backend"]: p for p in doc["pools"]}
+    assert set(pools) == {"app", "legacy", "sticky"}
+    truth = weights(haproxy.admin_socket, APP)
+    shown = {f"app/{s['server']}": s["current_weight"] for s in pools["app"]["servers"]}
+    assert shown == truth == {"app/s1": 7, "app/s2": 20, "app/s3": 3, "app/s4": 40}
+    assert pools["app"]["mode"] == "fallback"
+    assert all(s["reason"].startswith("no model") for s in pools["app"]["servers"])
+    # Static weights default to HAProxy's configured (initial) weights.
+    assert [s["static_weight"] for s in pools["app"]["servers"]] == [10, 20, 30, 40]
+    assert pools["legacy"]["mode"] == "unmanaged"
+    assert pools["sticky"]["mode"] == "unmanaged"
+    # Nothing was written.
+    assert weights(haproxy.admin_socket, APP) == truth
+
+
+def test_apply_writes_step_limited_weights_that_get_weight_confirms(
+    haproxy: HAProxyProcess, tmp_path: Path
+) -> None:
+    config = write_config(
+        tmp_path / "v.yaml",
+        haproxy.admin_socket,
+        "policy:\n  static_weights: {app/s1: 40, app/s2: 5}\n  max_step_ratio: 0.5\n",
+    )
+    result = run_cli("apply", "-c", config, "--output", "json")
+    assert result.code == 0, result.stderr
+    doc = result.json()
+    planned = {f"app/{s['server']}": s["planned_weight"] for s in doc["pools"][0]["servers"]}
+    # s1: 10 -> 40 limited to +5; s2: 20 -> 5 limited to -10; s3, s4 already static.
+    assert planned == {"app/s1": 15, "app/s2": 10, "app/s3": 30, "app/s4": 40}
+    assert weights(haproxy.admin_socket, APP) == planned
+    assert doc["apply"] == {"written": 2, "failed": 0, "failures": []}
+    # Further ticks converge exactly on the static weights.
+    for _ in range(4):
+        assert run_cli("apply", "-c", config).code == 0
+    assert weights(haproxy.admin_socket, APP) == {
+        "app/s1": 40, "app/s2": 5, "app/s3": 30, "app/s4": 40,
+    }
+
+
+def test_revert_restores_static_weights_at_once(haproxy: HAProxyProcess, tmp_path: Path) -> None:
+    set_weights(haproxy.admin_socket, {"app/s1": 200, "app/s2": 1, "app/s4": 2})
+    config = write_config(tmp_path / "v.yaml", haproxy.admin_socket)
+    result = run_cli("revert", "-c", config)
+    assert result.code == 0, result.stderr
+    assert weights(haproxy.admin_socket, APP) == {
+        "app/s1": 10, "app/s2": 20, "app/s3": 30, "app/s4": 40,
+    }
+
+
+def test_static_algorithm_and_maintenance_servers_are_left_alone(
+    haproxy: HAProxyProcess, tmp_path: Path
+) -> None:
+    api = RuntimeAPI(haproxy.admin_socket)
+    assert api.run("set server app/s2 state maint") == ""
+    assert api.run("set server app/s3 state drain") == ""
+    config = write_config(
+        tmp_path / "v.yaml",
+        haproxy.admin_socket,
+        "policy:\n  static_weights: {app/s2: 1, app/s3: 1, legacy/l1: 50, sticky/h1: 50}\n",
+    )
+    before = weights(haproxy.admin_socket, [*APP, "legacy/l1", "sticky/h1"])
+    for command in ("apply", "revert"):
+        result = run_cli(command, "-c", config, "--output", "json")
+        assert result.code == 0, result.stderr
+    after = weights(haproxy.admin_socket, [*APP, "legacy/l1", "sticky/h1"])
+    assert after == before
+    servers = {
+        f"{p['backend']}/{s['server']}": s for p in result.json()["pools"] for s in p["servers"]
+    }
+    assert servers["app/s2"]["state"] == "MAINT"
+    assert servers["app/s3"]["state"] == "DRAIN"
+    assert servers["legacy/l1"]["reason"] == "unmanaged (static-rr)"
+
+
+def test_injection_attempt_in_config_is_refused_before_any_connection(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "v.yaml",
+        "unix:///nonexistent/admin.sock",
+        "policy:\n  static_weights: {'app/s1;set server app/s2 weight 0': 3}\n",
+    )
+    result = run_cli("dry-run", "-c", config)
+    assert result.code == 1
+    assert "policy.static_weights.app/s1;set server app/s2 weight 0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_dead_socket_exits_2_naming_socket_and_reason(
+    haproxy: HAProxyProcess, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "v.yaml", haproxy.admin_socket)
+    haproxy.kill()  # the socket file stays behind with nobody listening
+    for command in ("dry-run", "apply", "revert"):
+        result = run_cli(command, "-c", config)
+        assert result.code == 2, (command, result)
+        assert haproxy.admin_socket in result.stderr
+        assert "refused" in result.stderr
+        assert "Traceback" not in result.stderr
+    missing = write_config(tmp_path / "m.yaml", f"unix://{tmp_path}/absent.sock")
+    result = run_cli("dry-run", "-c", missing)
+    assert result.code == 2
+    assert "no such socket" in result.stderr
+
+
+def test_user_level_socket_can_preview_but_not_write(
+    haproxy: HAProxyProcess, tmp_path: Path
+) -> None:
+    config = write_config(
+        tmp_path / "v.yaml", haproxy.user_socket, "policy:\n  static_weights: {app/s1: 12}\n"
+    )
+    assert run_cli("dry-run", "-c", config).code == 0
+    result = run_cli("apply", "-c", config)
+    assert result.code == 2
+    assert "level user" in result.stderr
+    assert haproxy.user_socket in result.stderr
+    assert weights(haproxy.admin_socket, ["app/s1"]) == {"app/s1": 10}
+
+
+def test_tcp_admin_socket_works(haproxy: HAProxyProcess, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "v.yaml", haproxy.tcp_admin, "policy:\n  static_weights: {app/s1: 12}\n"
+    )
+    result = run_cli("apply", "-c", config)
+    assert result.code == 0, result.stderr
+    assert weights(haproxy.admin_socket, ["app/s1"]) == {"app/s1": 12}
+
+
+def test_unknown_backend_in_allow_list_exits_1_naming_it(
+    haproxy: HAProxyProcess, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "v.yaml", haproxy.admin_socket, "  backends: [app, nope]\n")
+    result = run_cli("apply", "-c", config)
+    assert result.code == 1
+    assert "haproxy.backends: backend 'nope' does not exist" in result.stderr
+    assert weights(haproxy.admin_socket, APP)["app/s1"] == 10
+
+
+def test_allow_list_limits_the_plan(haproxy: HAProxyProcess, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "v.yaml", haproxy.admin_socket, "  backends: [legacy]\n")
+    result = run_cli("dry-run", "-c", config, "--output", "json")
+    assert result.code == 0, result.stderr
+    assert [p["backend"] for p in result.json()["pools"]] == ["legacy"]
+
+
+def test_check_config_names_all_three_mistakes(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "interval: fast\n"
+        "haproxy:\n  socket: unix:///run/haproxy/admin.sock\n  timout: 2s\n"
+        "policy:\n  max_step_ratio: 0\n"
+    )
+    result = run_cli("check-config", "-c", config)
+    assert result.code == 1
+    assert "interval: 'fast' is not a duration" in result.stderr
+    assert "haproxy.timout: unknown key" in result.stderr
+    assert "policy.max_step_ratio: must be > 0" in result.stderr
+    good = write_config(tmp_path / "good.yaml", "unix:///run/haproxy/admin.sock")
+    ok = run_cli("check-config", "-c", good)
+    assert (ok.code, ok.stdout.strip()) == (0, "OK")
+
+
+def test_config_path_from_environment(haproxy: HAProxyProcess, tmp_path: Path) -> None:
+    import os
+
+    config = write_config(tmp_path / "v.yaml", "unix:///wrong.sock")
+    env = dict(os.environ, VELOFLUX_CONFIG=str(config), VELOFLUX_HAPROXY__SOCKET=haproxy.admin_socket)
+    result = run_cli("dry-run", "--output", "json", env=env)
+    assert result.code == 0, result.stderr
+    assert result.json()["pools"][0]["backend"] == "app"

@@ -1,0 +1,167 @@
+"""Source and sink against a real HAProxy: parsing its own output, reloads, refusals."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+import pytest
+
+from integration.haproxy_proc import BackendSpec, HAProxyProcess, ServerSpec
+from tests.conftest import StartHAProxy, servers
+from tests.integration.helpers import weights
+from veloflux.events import Events
+from veloflux.haproxy_replies import parse_stat
+from veloflux.haproxy_runtime import RuntimeAPI
+from veloflux.sinks.haproxy import HAProxySink
+from veloflux.sources.haproxy import HAProxySource
+from veloflux.weightplan import PoolPlan, ServerPlan, WeightPlan
+
+pytestmark = pytest.mark.integration
+
+
+def _source(socket: str, events: Events | None = None, **kwargs: object) -> HAProxySource:
+    return HAProxySource(
+        RuntimeAPI(socket), lambda: datetime.now(UTC), events or Events(), **kwargs  # type: ignore[arg-type]
+    )
+
+
+def test_show_stat_from_real_haproxy_parses_by_name_in_any_column_order(
+    haproxy: HAProxyProcess,
+) -> None:
+    text = RuntimeAPI(haproxy.admin_socket).run("show stat -1 6 -1")
+    rows = parse_stat(text)
+    lines = text.splitlines()
+    header = lines[0][2:].split(",")
+    order = list(range(len(header)))
+    random.Random(7).shuffle(order)
+
+    def permute(line: str) -> str:
+        fields = line.split(",")
+        fields += [""] * (len(header) - len(fields))
+        return ",".join(fields[i] for i in order)
+
+    shuffled = "# " + permute(lines[0][2:]) + "\n" + "\n".join(permute(x) for x in lines[1:])
+    assert parse_stat(shuffled) == [{k: r.get(k, "") for k in header} for r in rows]
+    servers_rows = {(r["pxname"], r["svname"]): r for r in rows if r["type"] == "2"}
+    assert servers_rows[("app", "s3")]["weight"] == "30"
+    assert {r["algo"] for r in rows if r["type"] == "1"} == {"roundrobin", "static-rr", "source"}
+
+
+def test_observation_matches_haproxy_state(haproxy: HAProxyProcess) -> None:
+    api = RuntimeAPI(haproxy.admin_socket)
+    api.run_many(["set server app/s1 weight 3", "set server app/s2 state maint",
+                  "set server app/s3 state drain"])
+    observation = _source(haproxy.admin_socket).observe()
+    frame = observation.frame.set_index(["pool", "server"])
+    assert frame.loc[("app", "s1"), "weight"] == 3
+    assert frame.loc[("app", "s1"), "initial_weight"] == 10
+    assert frame.loc[("app", "s2"), "state"] == "MAINT"
+    assert frame.loc[("app", "s3"), "state"] == "DRAIN"
+    assert frame.loc[("app", "s4"), "state"] == "UP"
+    assert (observation.frame["problem"] == "").all()
+    assert observation.proxy.pid == haproxy.pid
+    assert observation.proxy.level == "admin"
+    assert [(p.name, p.managed) for p in observation.pools] == [
+        ("app", True), ("legacy", False), ("sticky", False),
+    ]
+
+
+def test_consistent_hash_backend_is_managed_only_when_declared(
+    start_haproxy: StartHAProxy,
+) -> None:
+    proc = start_haproxy(
+        [BackendSpec("h", servers(2), algorithm="uri", hash_type="consistent")]
+    )
+    assert not _source(proc.admin_socket).observe().pools[0].managed
+    declared = _source(proc.admin_socket, consistent_hash_backends=["h"]).observe()
+    assert declared.pools[0].managed
+
+
+def test_reload_is_detected_and_resets_runtime_weights(haproxy: HAProxyProcess) -> None:
+    source = _source(haproxy.admin_socket)
+    RuntimeAPI(haproxy.admin_socket).run("set server app/s1 weight 2")
+    before = source.observe()
+    again = source.observe()
+    assert not again.proxy.reloaded_since(before.proxy)
+    haproxy.reload()
+    after = source.observe()
+    assert after.proxy.reloaded_since(before.proxy)
+    assert after.frame.set_index("server").loc["s1", "weight"] == 10
+
+
+def _plan(*servers_: ServerPlan) -> WeightPlan:
+    pool = PoolPlan("app", "roundrobin", "fallback", 0.0, "test", tuple(servers_))
+    return WeightPlan(datetime.now(UTC), (pool,))
+
+
+def _change(server: str, current: int, planned: int, backend: str = "app") -> ServerPlan:
+    return ServerPlan(backend, server, "UP", current, planned, current, 0.0, "test")
+
+
+def test_sink_refuses_injected_names_and_writes_the_rest(haproxy: HAProxyProcess) -> None:
+    events = Events()
+    sink = HAProxySink(RuntimeAPI(haproxy.admin_socket), events)
+    plan = _plan(
+        _change("s1;set server app/s2 weight 99", 10, 1),
+        _change("s3\nset server app/s4 weight 99", 30, 2),
+        _change("s1", 10, 11),
+    )
+    report = sink.apply(plan, "admin")
+    assert [r.server for r in report.applied] == ["s1"]
+    assert len(report.failures) == 2
+    assert all("refusing server name" in f.error for f in report.failures)
+    assert events.count("sink_refused_name") == 2
+    assert weights(haproxy.admin_socket, ["app/s1", "app/s2", "app/s4"]) == {
+        "app/s1": 11, "app/s2": 20, "app/s4": 40,
+    }
+
+
+def test_sink_reports_each_refusal_by_haproxy(haproxy: HAProxyProcess) -> None:
+    events = Events()
+    sink = HAProxySink(RuntimeAPI(haproxy.admin_socket), events)
+    plan = WeightPlan(
+        datetime.now(UTC),
+        (
+            PoolPlan("app", "roundrobin", "fallback", 0.0, "t", (_change("ghost", 1, 2), _change("s2", 20, 21))),
+            PoolPlan("sticky", "source", "fallback", 0.0, "t", (_change("h1", 5, 6, "sticky"),)),
+        ),
+    )
+    report = sink.apply(plan, "admin")
+    errors = {f"{f.backend}/{f.server}": f.error for f in report.failures}
+    assert "No such server" in errors["app/ghost"]
+    assert "static LB algorithm" in errors["sticky/h1"]
+    assert [f"{r.backend}/{r.server}" for r in report.applied] == ["app/s2"]
+    assert events.count("sink_rejected") == 2
+    assert weights(haproxy.admin_socket, ["app/s2", "sticky/h1"]) == {"app/s2": 21, "sticky/h1": 5}
+
+
+def test_thousand_server_update_is_written_and_verified(start_haproxy: StartHAProxy) -> None:
+    proc = start_haproxy([BackendSpec("big", servers(1000, weight=10))])
+    observation = _source(proc.admin_socket).observe()
+    assert len(observation.frame) == 1000
+    changes = tuple(_change(f"s{i}", 10, 11 + i % 200, "big") for i in range(1, 1001))
+    plan = WeightPlan(datetime.now(UTC), (PoolPlan("big", "roundrobin", "fallback", 0.0, "t", changes),))
+    report = HAProxySink(RuntimeAPI(proc.admin_socket), Events()).apply(plan, "admin")
+    assert len(report.applied) == 1000
+    assert not report.failures
+    after = _source(proc.admin_socket).observe().frame.set_index("server")["weight"]
+    assert all(after[f"s{i}"] == 11 + i % 200 for i in range(1, 1001))
+
+
+def test_server_missing_from_servers_state_is_held_not_guessed(haproxy: HAProxyProcess) -> None:
+    """A row that cannot be cross-checked is flagged; the planner then holds it."""
+    from veloflux.config import PolicySection
+    from veloflux.plan import plan_weights
+
+    events = Events()
+    source = _source(haproxy.admin_socket, events)
+    observation = source.observe()
+    # Build the frame as it would be if `show servers state` had lost s2's line.
+    frame = observation.frame.copy()
+    frame.loc[frame["server"] == "s2", "problem"] = "missing from 'show servers state'"
+    tampered = type(observation)(observation.taken_at, frame, observation.pools, observation.proxy)
+    plan = plan_weights(tampered, PolicySection(static_weights={"app/s2": 1}))
+    s2 = next(s for s in plan.servers() if s.server == "s2")
+    assert s2.planned_weight == s2.current_weight == 20
+    assert s2.reason.startswith("hold:")
