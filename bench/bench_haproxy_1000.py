@@ -1,0 +1,137 @@
+"""Benchmark: dry-run and apply+verify against a real HAProxy with a 1,000-server backend.
+
+Reproduce with ``make bench`` (or ``.venv/bin/python bench/bench_haproxy_1000.py``).
+Servers point at a loopback port nobody answers on, with health checks off: VeloFlux
+reads and writes weights, it never needs the servers to answer.
+
+Figures (medians over repeated runs):
+- cold CLI: ``veloflux-agent dry-run --output json`` wall time, and the same minus a bare
+  ``python -c pass`` (interpreter start-up); the share spent importing is shown apart;
+- in-process dry-run: one observe + plan + JSON render, as the daemon pays each tick;
+- apply+verify: 1,000 ``set server ... weight`` commands and 1,000 ``get weight``
+  read-backs on one pipelined connection, every reply checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from integration.haproxy_proc import BackendSpec, HAProxyProcess, ServerSpec  # noqa: E402
+from veloflux.cli import build_agent  # noqa: E402
+from veloflux.config import validate_config  # noqa: E402
+from veloflux.events import Events  # noqa: E402
+from veloflux.haproxy_runtime import RuntimeAPI  # noqa: E402
+from veloflux.sinks.haproxy import HAProxySink  # noqa: E402
+from veloflux.weightplan import PoolPlan, ServerPlan, WeightPlan  # noqa: E402
+
+SERVERS = 1000
+
+
+def _median_ms(fn: Callable[[], object], runs: int) -> tuple[float, float]:
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - started) * 1000)
+    samples.sort()
+    return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.95))]
+
+
+def _run(args: list[str]) -> None:
+    subprocess.run(args, check=True, capture_output=True)
+
+
+def _machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    haproxy = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+    import os
+
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {haproxy}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cold-runs", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--json", action="store_true", help="print JSON only")
+    opts = parser.parse_args()
+    python = sys.executable
+    with tempfile.TemporaryDirectory() as tmp:
+        servers = tuple(ServerSpec(f"s{i}", "127.0.0.1:9", 10) for i in range(1, SERVERS + 1))
+        with HAProxyProcess(Path(tmp) / "haproxy", [BackendSpec("big", servers)]) as proxy:
+            config_path = Path(tmp) / "veloflux.yaml"
+            config_path.write_text(f"haproxy:\n  socket: {proxy.admin_socket}\n")
+            bare, _ = _median_ms(lambda: _run([python, "-c", "pass"]), opts.cold_runs)
+            imports, _ = _median_ms(
+                lambda: _run([python, "-c", "import veloflux.cli"]), opts.cold_runs
+            )
+            cold, cold_p95 = _median_ms(
+                lambda: _run([python, "-m", "veloflux", "dry-run", "-c", str(config_path),
+                              "--output", "json"]),
+                opts.cold_runs,
+            )
+            config = validate_config({"haproxy": {"socket": proxy.admin_socket}})
+            agent = build_agent(config, Events())
+            warm, warm_p95 = _median_ms(
+                lambda: agent.tick(write=False).plan.to_json_text(), opts.runs
+            )
+            sink = HAProxySink(RuntimeAPI(proxy.admin_socket), Events())
+            state = {"weight": 10}
+
+            def apply_all() -> None:
+                old = state["weight"]
+                new = 11 if old == 10 else 10
+                changes = tuple(
+                    ServerPlan("big", f"s{i}", "UP", old, new, 10, 0.0, "bench")
+                    for i in range(1, SERVERS + 1)
+                )
+                plan = WeightPlan(
+                    datetime.now(UTC),
+                    (PoolPlan("big", "roundrobin", "fallback", 0.0, "bench", changes),),
+                )
+                report = sink.apply(plan, "admin")
+                if len(report.applied) != SERVERS:
+                    raise SystemExit(f"apply failed: {report.failures[:3]}")
+                state["weight"] = new
+
+            apply_ms, apply_p95 = _median_ms(apply_all, opts.runs)
+    result = {
+        "machine": _machine(),
+        "servers": SERVERS,
+        "interpreter_start_ms": round(bare, 1),
+        "import_veloflux_cli_ms": round(imports, 1),
+        "cold_dry_run_json_ms": round(cold, 1),
+        "cold_dry_run_json_p95_ms": round(cold_p95, 1),
+        "cold_dry_run_minus_interpreter_ms": round(cold - bare, 1),
+        "cold_dry_run_minus_imports_ms": round(cold - imports, 1),
+        "in_process_dry_run_ms": round(warm, 1),
+        "in_process_dry_run_p95_ms": round(warm_p95, 1),
+        "apply_verify_1000_ms": round(apply_ms, 1),
+        "apply_verify_1000_p95_ms": round(apply_p95, 1),
+        "command": "make bench",
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""The shipped example files stay valid: operators copy them first."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from veloflux.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_example_agent_config_is_valid() -> None:
+    config = load_config(ROOT / "haproxy" / "veloflux.yaml", environ={})
+    assert config.haproxy.backends == ("app",)
+    assert config.interval_seconds == 10
+
+
+def test_example_haproxy_config_is_valid() -> None:
+    check = subprocess.run(
+        ["haproxy", "-c", "-f", str(ROOT / "haproxy" / "haproxy.cfg")],
+        capture_output=True, text=True, check=False,
+    )
+    assert check.returncode == 0, check.stderr
+    assert "level admin" in (ROOT / "haproxy" / "haproxy.cfg").read_text()
