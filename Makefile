@@ -51,7 +51,7 @@ demo: deps
 	$(BIN)/python -m integration.demo
 
 bench: deps
-	$(BIN)/python bench/bench_haproxy_1000.py
+	$(BIN)/python bench/bench_haproxy_1000.py --write
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -63,7 +63,8 @@ def _machine() -> str:
                 break
     except OSError:
         pass
-    haproxy = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+    first_line = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+    haproxy = first_line.split(" - ")[0]
     import os
 
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {haproxy}"
@@ -73,7 +74,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cold-runs", type=int, default=10)
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--json", action="store_true", help="print JSON only")
+    parser.add_argument(
+        "--write", action="store_true", help="replace this benchmark's section in docs/benchmarks.md"
+    )
     opts = parser.parse_args()
     python = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,6 +134,33 @@ def main() -> None:
         "command": "make bench",
     }
     print(json.dumps(result, indent=2))
+    if opts.write:
+        write_section(result)
+
+
+MARK_BEGIN, MARK_END = "<!-- bench:haproxy-1000 -->", "<!-- /bench:haproxy-1000 -->"
+
+
+def render_section(r: dict[str, object]) -> str:
+    return f"""{MARK_BEGIN}
+Measured {datetime.now(UTC).date()} on {r["machine"]}.
+Command: `make bench` (runs `python bench/bench_haproxy_1000.py --write`). Medians; p95 in brackets.
+
+| figure | measured | target |
+|---|---|---|
+| `dry-run --output json`, cold CLI, wall time | {r["cold_dry_run_json_ms"]} ms [{r["cold_dry_run_json_p95_ms"]}] | - |
+| the same minus bare interpreter start (`python -c pass`, {r["interpreter_start_ms"]} ms) | {r["cold_dry_run_minus_interpreter_ms"]} ms | < 300 ms |
+| the same minus start-up *and* imports (`python -c "import veloflux.cli"`, {r["import_veloflux_cli_ms"]} ms) | {r["cold_dry_run_minus_imports_ms"]} ms | < 300 ms |
+| dry-run in process (observe + plan + JSON; what the daemon pays per tick) | {r["in_process_dry_run_ms"]} ms [{r["in_process_dry_run_p95_ms"]}] | - |
+| apply and verify 1,000 weights (1,000 `set` + 1,000 `get weight`, one connection) | {r["apply_verify_1000_ms"]} ms [{r["apply_verify_1000_p95_ms"]}] | < 50 ms |
+{MARK_END}"""
+
+
+def write_section(result: dict[str, object]) -> None:
+    path = ROOT / "docs" / "benchmarks.md"
+    text = path.read_text()
+    begin, end = text.index(MARK_BEGIN), text.index(MARK_END) + len(MARK_END)
+    path.write_text(text[:begin] + render_section(result) + text[end:])
 
 
 if __name__ == "__main__":

@@ -266,5 +266,3 @@ def validate_config(
     except ValidationError as exc:
         problems = [_problem_from(err, env_paths or {}) for err in exc.errors()]
         raise ConfigError(problems, source) from None
-
-

@@ -8,10 +8,14 @@ is a real measurement and would teach the model a lie.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,36 @@ COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 STATES = ("UP", "DOWN", "MAINT", "DRAIN")
 
 
+@dataclass(frozen=True, slots=True)
+class ServerRow:
+    """One row of the Observation, typed; field order is ``COLUMN_NAMES``."""
+
+    time: datetime
+    source: str
+    pool: str
+    server: str
+    address: str
+    state: str
+    backup: bool
+    weight: float
+    initial_weight: float
+    algorithm: str
+    sessions: float
+    queue: float
+    session_rate: float
+    sessions_total: float
+    responses_5xx_total: float
+    response_errors_total: float
+    connect_errors_total: float
+    queue_time: float
+    connect_time: float
+    response_time: float
+    total_time: float
+    since_state_change: float
+    check_status: str
+    problem: str
+
+
 @dataclass(frozen=True)
 class PoolInfo:
     """What the planner needs to know about a pool beyond its servers' rows."""
@@ -87,14 +121,44 @@ class ProxyIdentity:
 
 @dataclass(frozen=True)
 class Observation:
-    """One reading of one proxy. Treat ``frame`` as read-only (pandas copy-on-write)."""
+    """One reading of one proxy: typed rows, and the same rows as a pandas frame.
+
+    The planner walks ``rows``; analysis and the model read ``frame``, built on first
+    use. Keeping pandas off the planning path keeps a one-shot ``dry-run`` from paying
+    pandas' import time. Treat ``frame`` as read-only (pandas copy-on-write).
+    """
 
     taken_at: datetime
-    frame: pd.DataFrame
+    rows: tuple[ServerRow, ...]
     pools: tuple[PoolInfo, ...]
     proxy: ProxyIdentity
     missing_pools: tuple[str, ...] = field(default=())
 
-    def servers_of(self, pool: str) -> pd.DataFrame:
+    @classmethod
+    def from_frame(
+        cls,
+        taken_at: datetime,
+        frame: pd.DataFrame,
+        pools: tuple[PoolInfo, ...],
+        proxy: ProxyIdentity,
+        missing_pools: tuple[str, ...] = (),
+    ) -> Observation:
+        """Build from a frame with the documented columns (tests, replays, the simulator)."""
+        records = frame[list(COLUMN_NAMES)].to_dict("records")
+        rows = tuple(ServerRow(**{str(k): v for k, v in r.items()}) for r in records)
+        return cls(taken_at, rows, pools, proxy, missing_pools)
+
+    @cached_property
+    def frame(self) -> pd.DataFrame:
+        """The rows as a DataFrame with the documented columns and dtypes."""
+        import pandas as pd
+
+        frame = pd.DataFrame.from_records(
+            [dataclasses.astuple(r) for r in self.rows], columns=list(COLUMN_NAMES)
+        )
+        frame["time"] = pd.to_datetime(frame["time"], utc=True)
+        return frame
+
+    def servers_of(self, pool: str) -> tuple[ServerRow, ...]:
         """The rows of one pool, in the proxy's own server order."""
-        return self.frame[self.frame["pool"] == pool]
+        return tuple(r for r in self.rows if r.pool == pool)

@@ -12,8 +12,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-import pandas as pd
-
 from veloflux.config import HAPROXY_MAX_WEIGHT, PolicySection
 from veloflux.names import server_key
 from veloflux.observation import Observation, PoolInfo
@@ -85,20 +83,18 @@ class _Row:
 
 def _rows(observation: Observation, pool: str, policy: PolicySection) -> list[_Row]:
     rows = []
-    frame: pd.DataFrame = observation.servers_of(pool)
-    for rec in frame.to_dict("records"):
-        current = _as_int(rec["weight"])
-        initial = _as_int(rec["initial_weight"])
-        key = server_key(pool, str(rec["server"]))
+    for rec in observation.servers_of(pool):
+        current = _as_int(rec.weight)
+        key = server_key(pool, rec.server)
         rows.append(
             _Row(
                 backend=pool,
-                server=str(rec["server"]),
-                state=str(rec["state"]),
-                backup=bool(rec["backup"]),
+                server=rec.server,
+                state=rec.state,
+                backup=rec.backup,
                 current=current,
-                static=static_weight(key, initial, current, policy),
-                problem=str(rec["problem"] or ""),
+                static=static_weight(key, _as_int(rec.initial_weight), current, policy),
+                problem=rec.problem,
             )
         )
     return rows
@@ -173,6 +169,13 @@ def _keep_in_rotation(servers: list[ServerPlan], policy: PolicySection) -> list[
     return result
 
 
+def _unmanaged(pool: PoolInfo, rows: list[_Row]) -> PoolPlan:
+    """A pool VeloFlux must not write to: every server keeps its weight."""
+    reason = f"unmanaged ({pool.algorithm or 'algorithm unknown'})"
+    servers = tuple(r.held(reason) for r in rows)
+    return PoolPlan(pool.name, pool.algorithm, "unmanaged", 0.0, pool.unmanaged_reason, servers)
+
+
 def plan_pool(
     observation: Observation,
     pool: PoolInfo,
@@ -182,8 +185,7 @@ def plan_pool(
     """Plan one pool in fallback mode (the model joins in a later layer)."""
     rows = _rows(observation, pool.name, policy)
     if not pool.managed:
-        servers = tuple(r.held(f"unmanaged ({pool.algorithm or 'algorithm unknown'})") for r in rows)
-        return PoolPlan(pool.name, pool.algorithm, "unmanaged", 0.0, pool.unmanaged_reason, servers)
+        return _unmanaged(pool, rows)
     planned: list[ServerPlan] = []
     for row in rows:
         key = server_key(row.backend, row.server)
@@ -219,10 +221,7 @@ def plan_revert(observation: Observation, policy: PolicySection) -> WeightPlan:
     for pool in observation.pools:
         rows = _rows(observation, pool.name, policy)
         if not pool.managed:
-            held = tuple(r.held(f"unmanaged ({pool.algorithm or 'algorithm unknown'})") for r in rows)
-            pools.append(
-                PoolPlan(pool.name, pool.algorithm, "unmanaged", 0.0, pool.unmanaged_reason, held)
-            )
+            pools.append(_unmanaged(pool, rows))
             continue
         servers = []
         for row in rows:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 from veloflux.sinks.haproxy import ApplyReport
 from veloflux.weightplan import WeightPlan
@@ -17,6 +17,9 @@ _MODE_STYLE = {"model": "green", "fallback": "yellow", "hold": "magenta", "unman
 
 def plan_table(plan: WeightPlan, title: str) -> Table:
     """One row per server; changed weights highlighted so the eye finds them."""
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=title, title_justify="left", header_style="bold")
     for column in ("backend", "server", "state", "current", "planned", "static"):
         table.add_column(
@@ -58,7 +61,12 @@ def report_json(report: ApplyReport | None) -> dict[str, Any]:
 
 
 def make_console() -> Console:
-    """A console that keeps the table readable when piped (rich assumes 80 columns)."""
+    """A console that keeps the table readable when piped (rich assumes 80 columns).
+
+    rich is imported here, not at module load, so a JSON-only run never pays for it.
+    """
+    from rich.console import Console
+
     probe = Console()
     return probe if probe.is_terminal else Console(width=160)
 

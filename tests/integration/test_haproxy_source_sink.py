@@ -160,7 +160,9 @@ def test_server_missing_from_servers_state_is_held_not_guessed(haproxy: HAProxyP
     # Build the frame as it would be if `show servers state` had lost s2's line.
     frame = observation.frame.copy()
     frame.loc[frame["server"] == "s2", "problem"] = "missing from 'show servers state'"
-    tampered = type(observation)(observation.taken_at, frame, observation.pools, observation.proxy)
+    tampered = type(observation).from_frame(
+        observation.taken_at, frame, observation.pools, observation.proxy
+    )
     plan = plan_weights(tampered, PolicySection(static_weights={"app/s2": 1}))
     s2 = next(s for s in plan.servers() if s.server == "s2")
     assert s2.planned_weight == s2.current_weight == 20

@@ -11,8 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-
-import pandas as pd
+from typing import Any
 
 from veloflux.errors import SourceUnavailable
 from veloflux.events import Events
@@ -26,7 +25,7 @@ from veloflux.haproxy_replies import (
 )
 from veloflux.haproxy_runtime import RuntimeAPI, RuntimeAPIError
 from veloflux.names import is_safe_name
-from veloflux.observation import COLUMN_NAMES, Observation, PoolInfo, ProxyIdentity
+from veloflux.observation import Observation, PoolInfo, ProxyIdentity, ServerRow
 
 # Algorithms whose servers take runtime weights at once.
 DYNAMIC_ALGORITHMS = frozenset({"roundrobin", "leastconn", "random"})
@@ -149,11 +148,9 @@ class HAProxySource:
                 f"{self._api.address}",
                 source="haproxy",
             )
-        frame = pd.DataFrame.from_records(records, columns=list(COLUMN_NAMES))
-        frame["time"] = pd.to_datetime(frame["time"], utc=True)
         return Observation(
             taken_at=taken_at,
-            frame=frame,
+            rows=tuple(records),
             pools=pools,
             proxy=_identity(self._api.address, info, level),
             missing_pools=missing,
@@ -165,7 +162,7 @@ class HAProxySource:
         row: Mapping[str, str],
         algorithms: Mapping[str, str],
         states: Mapping[tuple[str, str], ServerState],
-    ) -> dict[str, object]:
+    ) -> ServerRow:
         backend, server = row["pxname"], row["svname"]
         problems: list[str] = []
         if not (is_safe_name(backend) and is_safe_name(server)):
@@ -188,7 +185,7 @@ class HAProxySource:
         if not 0 <= weight <= 256:
             problems.append("weight is not a number in 0..256")
             weight = math.nan
-        record: dict[str, object] = {
+        record: dict[str, Any] = {
             "time": taken_at,
             "source": "haproxy",
             "pool": backend,
@@ -213,7 +210,7 @@ class HAProxySource:
                 f"{backend}/{server}: {record['problem']}",
                 source="haproxy",
             )
-        return record
+        return ServerRow(**record)
 
 
 def _identity(address: str, info: Mapping[str, str], level: str) -> ProxyIdentity:

@@ -1,0 +1,155 @@
+"""The local stack: demo backends (one child process) behind a real HAProxy.
+
+``LocalStack`` is what ``make demo``, the benchmarks and the end-to-end tests start:
+the same components an operator runs, natively on loopback, with free ports and a
+temp directory, and stopped cleanly however the caller exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from integration.haproxy_proc import BackendSpec, HAProxyProcess, ServerSpec, StackError
+
+
+@dataclass(frozen=True)
+class DemoServer:
+    """One demo backend and the weight HAProxy is configured with for it."""
+
+    name: str
+    weight: int = 100
+    concurrency: int = 8
+    mean_ms: float = 20.0
+    distribution: str = "exponential"
+    error_rate: float = 0.0
+
+    def cli_spec(self) -> str:
+        return (
+            f"{self.name}=127.0.0.1:0,concurrency={self.concurrency},mean_ms={self.mean_ms},"
+            f"distribution={self.distribution},error_rate={self.error_rate}"
+        )
+
+
+class LocalStack:
+    """Demo backends + HAProxy (backend ``app``, ``roundrobin``) in ``workdir``."""
+
+    def __init__(
+        self, workdir: Path, servers: Sequence[DemoServer], algorithm: str = "roundrobin"
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.servers = tuple(servers)
+        self.algorithm = algorithm
+        self.ports: dict[str, int] = {}
+        self.haproxy: HAProxyProcess | None = None
+        self._backends: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 15.0) -> LocalStack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.ports = self._start_backends(timeout_s)
+            spec = BackendSpec(
+                "app",
+                tuple(
+                    ServerSpec(s.name, f"127.0.0.1:{self.ports[s.name]}", s.weight)
+                    for s in self.servers
+                ),
+                algorithm=self.algorithm,
+            )
+            self.haproxy = HAProxyProcess(self.workdir / "haproxy", [spec]).start(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def admin_socket(self) -> str:
+        return self._proxy().admin_socket
+
+    @property
+    def url(self) -> str:
+        return self._proxy().frontend_url
+
+    def backend_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def reconfigure(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """Change one backend's behaviour while it runs (``PUT /-/config``)."""
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"{self.backend_url(name)}/-/config",
+            data=json.dumps(patch).encode(),
+            method="PUT",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            result: dict[str, Any] = json.loads(response.read())
+            return result
+
+    def write_agent_config(self, path: Path, extra: str = "") -> Path:
+        path.write_text(
+            f"interval: 2s\nhaproxy:\n  socket: {self.admin_socket}\n  timeout: 2s\n"
+            f"  backends: [app]\n{extra}",
+            encoding="utf-8",
+        )
+        return path
+
+    def stop(self) -> None:
+        if self.haproxy is not None:
+            self.haproxy.stop()
+            self.haproxy = None
+        proc, self._backends = self._backends, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _proxy(self) -> HAProxyProcess:
+        if self.haproxy is None:
+            raise StackError("the stack is not running")
+        return self.haproxy
+
+    def _start_backends(self, timeout_s: float) -> dict[str, int]:
+        ready = self.workdir / "backends.json"
+        ready.unlink(missing_ok=True)
+        args = [sys.executable, "-m", "integration.demo_backend", "--ready-file", str(ready)]
+        for server in self.servers:
+            args += ["--backend", server.cli_spec()]
+        log = open(self.workdir / "backends.log", "ab")  # noqa: SIM115 - the child owns it
+        root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+        try:
+            self._backends = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._backends.poll() is not None:
+                text = (self.workdir / "backends.log").read_text(errors="replace")[-2000:]
+                raise StackError(f"demo backends exited with {self._backends.returncode}:\n{text}")
+            if ready.exists():
+                ports: dict[str, int] = json.loads(ready.read_text())["backends"]
+                return ports
+            time.sleep(0.05)
+        raise StackError(f"demo backends not ready within {timeout_s}s")
