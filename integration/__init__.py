@@ -1,1 +1,1 @@
-"""The local stack: demo backends, load generator and native launcher for tests, demo and benchmarks."""
+"""The local stack: demo backends, load generator and HAProxy launcher."""

@@ -1,0 +1,436 @@
+"""Demo backends and the open-loop load generator, against real servers on loopback.
+
+Every server binds port 0 on 127.0.0.1 inside the test's own event loop; every wait has a
+deadline, so a regression fails fast instead of hanging the suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Coroutine
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from integration import demo_backend, loadgen
+from integration.behaviour import BackendBehaviour, ServiceTime
+from integration.demo_backend import DemoBackends, parse_backend_spec, serve_backends
+from integration.loadgen import (
+    arrival_offsets,
+    parse_duration,
+    quantile,
+    require_loopback_url,
+    run_load,
+)
+
+T = TypeVar("T")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONSTANT = "constant"
+
+
+def run(coro: Coroutine[Any, Any, T], deadline_s: float = 10.0) -> T:
+    return asyncio.run(asyncio.wait_for(coro, deadline_s))
+
+
+def one(name: str = "s1", **kwargs: Any) -> list[tuple[str, int, BackendBehaviour]]:
+    return [("127.0.0.1", 0, BackendBehaviour(name=name, **kwargs))]
+
+
+def constant(mean_ms: float) -> ServiceTime:
+    return ServiceTime(distribution=CONSTANT, mean_ms=mean_ms)
+
+
+async def get_json(session: aiohttp.ClientSession, url: str) -> Any:
+    async with session.get(url) as response:
+        assert response.status == 200
+        return await response.json()
+
+
+async def timed_get(session: aiohttp.ClientSession, url: str) -> float:
+    started = time.perf_counter()
+    async with session.get(url) as response:
+        await response.read()
+        assert response.status == 200
+    return time.perf_counter() - started
+
+
+async def wait_until(predicate: Any, deadline_s: float = 2.0) -> None:
+    """Poll an async predicate with a deadline instead of sleeping a guessed time."""
+    give_up = time.monotonic() + deadline_s
+    while not await predicate():
+        assert time.monotonic() < give_up, "condition not reached before the deadline"
+        await asyncio.sleep(0.005)
+
+
+def test_raising_mean_ms_at_run_time_raises_measured_latency() -> None:
+    async def scenario() -> None:
+        async with serve_backends(one(concurrency=64, service=constant(5))) as demo:
+            url = f"http://127.0.0.1:{demo.ports['s1']}/"
+            before = await run_load(url, 200, 0.3, 1000)
+            async with aiohttp.ClientSession() as session:
+                patch = {"service": {"mean_ms": 60}}
+                async with session.put(f"{url}-/config", json=patch) as response:
+                    assert response.status == 200
+                    assert (await response.json())["service"]["mean_ms"] == 60.0
+            after = await run_load(url, 200, 0.3, 1000)
+        assert before.latency_ms["p50"] is not None
+        assert after.latency_ms["p50"] is not None
+        assert before.latency_ms["p50"] < 40
+        assert after.latency_ms["p50"] >= 55
+        assert before.ok == before.sent
+        assert after.ok == after.sent
+
+    run(scenario())
+
+
+def test_error_rate_one_fails_everything_and_zero_fails_nothing() -> None:
+    specs = [
+        ("127.0.0.1", 0, BackendBehaviour("bad", error_rate=1.0, service=constant(1))),
+        ("127.0.0.1", 0, BackendBehaviour("good", error_rate=0.0, service=constant(1))),
+    ]
+
+    async def scenario() -> None:
+        async with serve_backends(specs) as demo:
+            bad = await run_load(f"http://127.0.0.1:{demo.ports['bad']}/", 500, 1, 40)
+            good = await run_load(f"http://127.0.0.1:{demo.ports['good']}/", 500, 1, 40)
+        assert bad.status_counts == {"500": 40}
+        assert bad.errors == 40
+        assert bad.error_rate == 1.0
+        assert bad.served_by == {"bad": 40}
+        assert good.status_counts == {"200": 40}
+        assert good.errors == 0
+        assert good.error_rate == 0.0
+        assert good.served_by == {"good": 40}
+
+    run(scenario())
+
+
+def test_concurrency_one_queues_requests_in_fifo_order() -> None:
+    async def scenario() -> None:
+        async with serve_backends(one(concurrency=1, service=constant(50))) as demo:
+            base = f"http://127.0.0.1:{demo.ports['s1']}"
+            async with aiohttp.ClientSession() as session:
+                work = [asyncio.create_task(timed_get(session, f"{base}/w")) for _ in range(4)]
+
+                async def three_waiting() -> bool:
+                    stats = await get_json(session, f"{base}/-/stats")
+                    return bool(stats["in_service"] == 1 and stats["waiting"] == 3)
+
+                await wait_until(three_waiting)
+                latencies = sorted(await asyncio.gather(*work))
+        assert latencies[-1] >= 0.19
+        for position, latency in enumerate(latencies, start=1):
+            assert latency >= 0.05 * position - 0.01
+
+    run(scenario())
+
+
+def test_raising_concurrency_at_run_time_admits_waiting_requests() -> None:
+    async def scenario() -> None:
+        async with serve_backends(one(concurrency=1, service=constant(150))) as demo:
+            base = f"http://127.0.0.1:{demo.ports['s1']}"
+            async with aiohttp.ClientSession() as session:
+                work = [asyncio.create_task(timed_get(session, f"{base}/w")) for _ in range(4)]
+
+                async def queued() -> bool:
+                    return bool((await get_json(session, f"{base}/-/stats"))["waiting"] == 3)
+
+                await wait_until(queued)
+                async with session.put(f"{base}/-/config", json={"concurrency": 4}) as r:
+                    assert r.status == 200
+                latencies = await asyncio.gather(*work)
+        assert max(latencies) < 0.45  # 4 x 150 ms = 0.6 s had the queue stayed serial
+
+    run(scenario())
+
+
+BAD_BODIES = [
+    b"not json",
+    b"[1, 2]",
+    b'{"bogus": 1}',
+    b'{"service": {"shape": "uniform"}}',
+    b'{"service": {"distribution": "uniform"}}',
+    b'{"service": {"mean_ms": -1}}',
+    b'{"service": 5}',
+    b'{"error_rate": 1.5}',
+    b'{"error_rate": -0.1}',
+    b'{"error_rate": NaN}',
+    b'{"error_latency_ms": -3}',
+    b'{"concurrency": 0}',
+    b'{"concurrency": 2.5}',
+    b'{"concurrency": true}',
+    b'{"seed": "x"}',
+    b'{"name": "renamed"}',
+    b'{"error_rate": 0.5, "concurrency": -1}',
+    b"{" + b" " * (64 * 1024) + b"}",
+]
+
+
+def test_bad_config_bodies_get_400_and_leave_behaviour_unchanged() -> None:
+    async def scenario() -> None:
+        async with serve_backends(one(concurrency=3, seed=7)) as demo:
+            config_url = f"http://127.0.0.1:{demo.ports['s1']}/-/config"
+            async with aiohttp.ClientSession() as session:
+                original = await get_json(session, config_url)
+                for body in BAD_BODIES:
+                    async with session.put(config_url, data=body) as response:
+                        assert response.status == 400, body[:60]
+                        message = (await response.json())["error"]
+                        assert isinstance(message, str), body[:60]
+                        assert message, body[:60]
+                    assert await get_json(session, config_url) == original
+                async with session.post(config_url, json={"error_rate": 0.25}) as ok:
+                    assert ok.status == 200
+                assert (await get_json(session, config_url))["error_rate"] == 0.25
+
+    run(scenario())
+
+
+def test_health_ignores_error_rate_and_a_full_queue() -> None:
+    async def scenario() -> None:
+        async with serve_backends(one(concurrency=1, service=constant(300))) as demo:
+            base = f"http://127.0.0.1:{demo.ports['s1']}"
+            async with aiohttp.ClientSession() as session:
+                busy = asyncio.create_task(timed_get(session, f"{base}/w"))
+
+                async def slot_taken() -> bool:
+                    stats = await get_json(session, f"{base}/-/stats")
+                    return bool(stats["in_service"] == 1)
+
+                await wait_until(slot_taken)
+                async with session.put(f"{base}/-/config", json={"error_rate": 1}) as r:
+                    assert r.status == 200
+                started = time.perf_counter()
+                async with session.get(f"{base}/-/health") as health:
+                    assert health.status == 200
+                    assert await health.text() == "ok"
+                assert time.perf_counter() - started < 0.2
+                await busy
+
+    run(scenario())
+
+
+def test_loadgen_stops_at_max_requests() -> None:
+    async def scenario() -> None:
+        async with serve_backends(one(concurrency=64, service=constant(1))) as demo:
+            started = time.perf_counter()
+            result = await run_load(f"http://127.0.0.1:{demo.ports['s1']}/", 2000, 10, 50)
+            elapsed = time.perf_counter() - started
+        assert result.sent == result.completed == result.ok == 50
+        assert result.served_by == {"s1": 50}
+        assert elapsed < 2.0
+
+    run(scenario())
+
+
+def test_loadgen_stops_at_duration() -> None:
+    async def scenario() -> None:
+        async with serve_backends(one(concurrency=64, service=constant(1))) as demo:
+            started = time.perf_counter()
+            result = await run_load(f"http://127.0.0.1:{demo.ports['s1']}/", 200, 0.5, 10**6)
+            elapsed = time.perf_counter() - started
+        assert result.sent == len(list(arrival_offsets(200, 0.5, 1)))
+        assert 50 < result.sent < 160
+        assert elapsed < 1.5
+
+    run(scenario())
+
+
+def test_arrivals_beyond_max_in_flight_are_dropped_not_sent() -> None:
+    async def scenario() -> None:
+        async with serve_backends(one(concurrency=1, service=constant(100))) as demo:
+            url = f"http://127.0.0.1:{demo.ports['s1']}/"
+            result = await run_load(url, 200, 0.3, 10**6, max_in_flight=2, seed=3)
+        assert result.dropped > 0
+        assert result.timeouts == 0
+        assert result.sent + result.dropped == len(list(arrival_offsets(200, 0.3, 3)))
+        assert result.completed == result.sent
+
+    run(scenario())
+
+
+def test_slow_answers_count_as_timeouts_with_null_latency() -> None:
+    async def scenario() -> None:
+        async with serve_backends(one(concurrency=8, service=constant(500))) as demo:
+            url = f"http://127.0.0.1:{demo.ports['s1']}/"
+            result = await run_load(url, 100, 5, 3, timeout_s=0.2)
+        assert result.sent == result.timeouts == 3
+        assert result.completed == 0
+        assert result.error_rate == 1.0
+        assert set(result.latency_ms.values()) == {None}
+
+    run(scenario())
+
+
+def test_refused_connections_count_as_errors() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    result = run(run_load(f"http://127.0.0.1:{closed_port}/", 500, 1, 5))
+    assert result.sent == result.completed == result.errors == 5
+    assert result.status_counts == {}
+    assert result.error_rate == 1.0
+
+
+def test_result_json_has_exactly_the_documented_shape() -> None:
+    async def scenario() -> dict[str, Any]:
+        async with serve_backends(one(service=constant(1))) as demo:
+            result = await run_load(f"http://127.0.0.1:{demo.ports['s1']}/", 500, 1, 10)
+        return result.to_json()
+
+    document = json.loads(json.dumps(run(scenario())))
+    assert set(document) == {
+        "target_rate_rps", "duration_s", "sent", "completed", "ok", "errors",
+        "timeouts", "dropped", "error_rate", "throughput_rps", "latency_ms",
+        "status_counts", "served_by",
+    }  # fmt: skip
+    assert set(document["latency_ms"]) == {"p50", "p95", "p99", "p999", "mean", "max"}
+    assert document["status_counts"] == {"200": 10}
+    assert document["served_by"] == {"s1": 10}
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://10.0.0.1/", "http://example.com/", "ftp://127.0.0.1/", "http://[::2]/", ""],
+)
+def test_non_loopback_urls_are_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        run(run_load(url, 10, 1, 1))
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:1/", "http://127.9.8.7/", "http://localhost:8/", "http://[::1]:9/"]
+)
+def test_loopback_urls_are_accepted(url: str) -> None:
+    require_loopback_url(url)
+
+
+def test_poisson_schedule_has_the_target_mean_and_unit_cv() -> None:
+    offsets = list(arrival_offsets(100.0, 10_000.0, seed=42))[:20_000]
+    gaps = np.diff([0.0, *offsets])
+    assert gaps.mean() == pytest.approx(0.01, rel=0.03)
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, rel=0.05)
+    assert offsets == list(arrival_offsets(100.0, 10_000.0, seed=42))[:20_000]
+
+
+@given(
+    rate=st.floats(0.5, 5_000),
+    duration=st.floats(0.001, 5),
+    seed=st.integers(0, 2**32),
+)
+@settings(max_examples=50, deadline=None)
+def test_schedule_is_increasing_and_inside_the_duration(
+    rate: float, duration: float, seed: int
+) -> None:
+    offsets = list(arrival_offsets(rate, duration, seed))
+    assert all(0 < offset < duration for offset in offsets)
+    assert all(a < b for a, b in pairwise(offsets))
+
+
+@given(st.lists(st.floats(0, 1e4), min_size=1, max_size=200), st.floats(0, 1))
+def test_quantile_matches_numpy(values: list[float], q: float) -> None:
+    expected = float(np.quantile(values, q))
+    assert quantile(sorted(values), q) == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("distribution", "scv"), [("exponential", 1.0), ("lognormal", 0.5), ("lognormal", 4.0)]
+)
+def test_service_time_samples_have_the_requested_mean_and_scv(
+    distribution: str, scv: float
+) -> None:
+    service = ServiceTime(distribution=distribution, mean_ms=20.0, scv=scv)
+    rng = random.Random(5)
+    samples = [service.sample_ms(rng) for _ in range(40_000)]
+    mean = statistics.fmean(samples)
+    assert mean == pytest.approx(20.0, rel=0.05)
+    assert statistics.pvariance(samples) / mean**2 == pytest.approx(scv, rel=0.25)
+
+
+def test_behaviour_validation_in_the_python_api() -> None:
+    with pytest.raises(ValueError, match="concurrency"):
+        BackendBehaviour(name="s1", concurrency=0)
+    with pytest.raises(ValueError, match="distribution"):
+        ServiceTime(distribution="uniform")
+    patched = BackendBehaviour(name="s1").patched({"service": {"mean_ms": 60}})
+    assert patched.service == ServiceTime(mean_ms=60.0)
+    assert isinstance(patched.service.mean_ms, float)
+
+
+def test_parse_duration() -> None:
+    assert parse_duration("500ms") == 0.5
+    assert parse_duration("10s") == 10.0
+    assert parse_duration("5m") == 300.0
+    for bad in ("10", "ten s", "-1s", ""):
+        with pytest.raises(ValueError, match="duration"):
+            parse_duration(bad)
+
+
+def test_backend_spec_parsing_and_loopback_only() -> None:
+    host, port, behaviour = parse_backend_spec(
+        "s1=[::1]:0,concurrency=2,mean_ms=7.5,distribution=lognormal,scv=2,error_rate=0.1"
+    )
+    assert (host, port) == ("::1", 0)
+    assert behaviour == BackendBehaviour(
+        name="s1",
+        concurrency=2,
+        service=ServiceTime(distribution="lognormal", mean_ms=7.5, scv=2.0),
+        error_rate=0.1,
+    )
+    for bad in ("s1=0.0.0.0:80", "s1=10.1.2.3:80", "s1=127.0.0.1", "s1=127.0.0.1:0,speed=3"):
+        with pytest.raises(ValueError, match=r"loopback|must look like|unknown"):
+            parse_backend_spec(bad)
+    with pytest.raises(SystemExit) as exit_info:
+        demo_backend.main(["--backend", "s1=192.168.1.1:8080"])
+    assert exit_info.value.code == 2
+    with pytest.raises(ValueError, match="unique"):
+        DemoBackends([*one("s1"), *one("s1")])
+
+
+def test_command_lines_end_to_end(tmp_path: Path) -> None:
+    ready = tmp_path / "ready.json"
+    out = tmp_path / "result.json"
+    demo = subprocess.Popen(
+        [
+            sys.executable, "-m", "integration.demo_backend",
+            "--backend", "s1=127.0.0.1:0,mean_ms=1,concurrency=16",
+            "--backend", "s2=127.0.0.1:0,error_rate=1",
+            "--ready-file", str(ready),
+        ],
+        cwd=REPO_ROOT,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        give_up = time.monotonic() + 10
+        while not ready.exists():
+            assert demo.poll() is None
+            assert time.monotonic() < give_up
+            time.sleep(0.02)
+        announced = json.loads(ready.read_text())
+        assert announced["pid"] == demo.pid
+        assert set(announced["backends"]) == {"s1", "s2"}
+        url = f"http://127.0.0.1:{announced['backends']['s1']}/"
+        argv = ["--url", url, "--rate", "400", "--duration", "2s", "--max-requests", "20"]
+        assert loadgen.main([*argv, "--timeout", "1s", "--out", str(out)]) == 0
+        assert json.loads(out.read_text())["served_by"] == {"s1": 20}
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(timeout=5) == 0
+    finally:
+        if demo.poll() is None:
+            os.kill(demo.pid, signal.SIGKILL)
+            demo.wait(timeout=5)
