@@ -36,6 +36,7 @@ $(BIN)/.installed: pyproject.toml
 lint: venv
 	$(BIN)/ruff check agent integration tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy bench
 	$(BIN)/lint-imports
 
 test: deps lint

@@ -63,7 +63,9 @@ def _machine() -> str:
                 break
     except OSError:
         pass
-    first_line = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+    first_line = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split(
+        "\n"
+    )[0]
     haproxy = first_line.split(" - ")[0]
     import os
 
@@ -75,7 +77,9 @@ def main() -> None:
     parser.add_argument("--cold-runs", type=int, default=10)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument(
-        "--write", action="store_true", help="replace this benchmark's section in docs/benchmarks.md"
+        "--write",
+        action="store_true",
+        help="replace this benchmark's section in docs/benchmarks.md",
     )
     opts = parser.parse_args()
     python = sys.executable
@@ -89,8 +93,18 @@ def main() -> None:
                 lambda: _run([python, "-c", "import veloflux.cli"]), opts.cold_runs
             )
             cold, cold_p95 = _median_ms(
-                lambda: _run([python, "-m", "veloflux", "dry-run", "-c", str(config_path),
-                              "--output", "json"]),
+                lambda: _run(
+                    [
+                        python,
+                        "-m",
+                        "veloflux",
+                        "dry-run",
+                        "-c",
+                        str(config_path),
+                        "--output",
+                        "json",
+                    ]
+                ),
                 opts.cold_runs,
             )
             config = validate_config({"haproxy": {"socket": proxy.admin_socket}})
@@ -142,18 +156,47 @@ MARK_BEGIN, MARK_END = "<!-- bench:haproxy-1000 -->", "<!-- /bench:haproxy-1000 
 
 
 def render_section(r: dict[str, object]) -> str:
-    return f"""{MARK_BEGIN}
-Measured {datetime.now(UTC).date()} on {r["machine"]}.
-Command: `make bench` (runs `python bench/bench_haproxy_1000.py --write`). Medians; p95 in brackets.
-
-| figure | measured | target |
-|---|---|---|
-| `dry-run --output json`, cold CLI, wall time | {r["cold_dry_run_json_ms"]} ms [{r["cold_dry_run_json_p95_ms"]}] | - |
-| the same minus bare interpreter start (`python -c pass`, {r["interpreter_start_ms"]} ms) | {r["cold_dry_run_minus_interpreter_ms"]} ms | < 300 ms |
-| the same minus start-up *and* imports (`python -c "import veloflux.cli"`, {r["import_veloflux_cli_ms"]} ms) | {r["cold_dry_run_minus_imports_ms"]} ms | < 300 ms |
-| dry-run in process (observe + plan + JSON; what the daemon pays per tick) | {r["in_process_dry_run_ms"]} ms [{r["in_process_dry_run_p95_ms"]}] | - |
-| apply and verify 1,000 weights (1,000 `set` + 1,000 `get weight`, one connection) | {r["apply_verify_1000_ms"]} ms [{r["apply_verify_1000_p95_ms"]}] | < 50 ms |
-{MARK_END}"""
+    rows = [
+        (
+            "`dry-run --output json`, cold CLI, wall time",
+            f"{r['cold_dry_run_json_ms']} ms [{r['cold_dry_run_json_p95_ms']}]",
+            "-",
+        ),
+        (
+            f"the same minus bare interpreter start (`python -c pass`, "
+            f"{r['interpreter_start_ms']} ms)",
+            f"{r['cold_dry_run_minus_interpreter_ms']} ms",
+            "< 300 ms",
+        ),
+        (
+            f'the same minus start-up *and* imports (`python -c "import veloflux.cli"`, '
+            f"{r['import_veloflux_cli_ms']} ms)",
+            f"{r['cold_dry_run_minus_imports_ms']} ms",
+            "< 300 ms",
+        ),
+        (
+            "dry-run in process (observe + plan + JSON; what the daemon pays per tick)",
+            f"{r['in_process_dry_run_ms']} ms [{r['in_process_dry_run_p95_ms']}]",
+            "-",
+        ),
+        (
+            "apply and verify 1,000 weights (1,000 `set` + 1,000 `get weight`, one connection)",
+            f"{r['apply_verify_1000_ms']} ms [{r['apply_verify_1000_p95_ms']}]",
+            "< 50 ms",
+        ),
+    ]
+    lines = [
+        MARK_BEGIN,
+        f"Measured {datetime.now(UTC).date()} on {r['machine']}.",
+        "Command: `make bench` (runs `python bench/bench_haproxy_1000.py --write`). "
+        "Medians; p95 in brackets.",
+        "",
+        "| figure | measured | target |",
+        "|---|---|---|",
+        *(f"| {name} | {value} | {target} |" for name, value, target in rows),
+        MARK_END,
+    ]
+    return "\n".join(lines)
 
 
 def write_section(result: dict[str, object]) -> None:

@@ -60,9 +60,10 @@ def load(stack: LocalStack, label: str) -> LoadResult:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="veloflux-demo-") as tmp, LocalStack(
-        Path(tmp), SERVERS
-    ) as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="veloflux-demo-") as tmp,
+        LocalStack(Path(tmp), SERVERS) as stack,
+    ):
         banner("local stack up")
         print(f"HAProxy: {stack.url} (runtime API {stack.admin_socket})")
         for s in SERVERS:
@@ -94,9 +95,7 @@ def main() -> None:
 
         banner("summary")
         for key in ("p50", "p95", "p99"):
-            print(
-                f"{key}: {before.latency_ms[key]:.1f} ms -> {after.latency_ms[key]:.1f} ms"
-            )
+            print(f"{key}: {before.latency_ms[key]:.1f} ms -> {after.latency_ms[key]:.1f} ms")
         print(f"error rate: {before.error_rate:.1%} -> {after.error_rate:.1%}")
         print("stopping the stack")
 

@@ -12,9 +12,13 @@ from integration.haproxy_proc import BackendSpec, HAProxyProcess, ServerSpec
 StartHAProxy = Callable[..., HAProxyProcess]
 
 
-def servers(count: int, weight: int = 10, prefix: str = "s", port: int = 9) -> tuple[ServerSpec, ...]:
+def servers(
+    count: int, weight: int = 10, prefix: str = "s", port: int = 9
+) -> tuple[ServerSpec, ...]:
     """``count`` servers at a loopback address nobody answers on (checks are off)."""
-    return tuple(ServerSpec(f"{prefix}{i}", f"127.0.0.1:{port}", weight) for i in range(1, count + 1))
+    return tuple(
+        ServerSpec(f"{prefix}{i}", f"127.0.0.1:{port}", weight) for i in range(1, count + 1)
+    )
 
 
 @pytest.fixture

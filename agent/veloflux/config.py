@@ -146,7 +146,12 @@ def parse_socket_address(address: str) -> tuple[Literal["unix", "tcp"], str, int
     if address.startswith("tcp://"):
         host, sep, port_text = address[len("tcp://") :].rpartition(":")
         host = host.strip("[]")
-        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if (
+            not sep
+            or not host
+            or not (port_text.isascii() and port_text.isdigit())
+            or not 0 < int(port_text) < 65536
+        ):
             raise ValueError("tcp address must be tcp://HOST:PORT with a port in 1..65535")
         return "tcp", host, int(port_text)
     raise ValueError("must start with unix:// or tcp://")
@@ -195,6 +200,7 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str
     top_level = {field.alias or name for name, field in Config.model_fields.items()}
     overrides: dict[str, Any] = {}
     origins: dict[str, str] = {}
+    conflicts: list[ConfigProblem] = []
     for var, raw in sorted(environ.items()):
         if not var.startswith(ENV_PREFIX):
             continue
@@ -206,10 +212,23 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str
         except yaml.YAMLError:
             value = raw
         node = overrides
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-        origins[".".join(parts)] = var
+        for depth, part in enumerate(parts[:-1], start=1):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                prefix = ".".join(parts[:depth])
+                conflicts.append(ConfigProblem(prefix, f"${var} conflicts with ${origins[prefix]}"))
+                break
+            node = child
+        else:
+            if isinstance(node.get(parts[-1]), dict):
+                conflicts.append(
+                    ConfigProblem(".".join(parts), f"${var} conflicts with a nested override")
+                )
+                continue
+            node[parts[-1]] = value
+            origins[".".join(parts)] = var
+    if conflicts:
+        raise ConfigError(conflicts, "the environment")
     return overrides, origins
 
 

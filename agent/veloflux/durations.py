@@ -38,4 +38,4 @@ def format_duration(seconds: float) -> str:
         size = _UNITS_SECONDS[unit]
         if seconds >= size and float(seconds / size).is_integer():
             return f"{int(seconds / size)}{unit}"
-    return f"{round(seconds * 1000, 3):g}ms"
+    return f"{seconds * 1000:.3f}".rstrip("0").rstrip(".") + "ms"

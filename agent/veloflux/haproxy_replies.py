@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -22,6 +23,9 @@ REQUIRED_STAT_COLUMNS = ("pxname", "svname", "status", "weight", "type")
 _ADMIN_MAINT = 0x01 | 0x02 | 0x04 | 0x20 | 0x40  # forced, inherited, config, resolution, hostname
 _ADMIN_DRAIN = 0x08 | 0x10  # forced, inherited
 _OP_STOPPED, _OP_STARTING, _OP_RUNNING, _OP_STOPPING = 0, 1, 2, 3
+
+
+_WEIGHT_REPLY = re.compile(r"([0-9]{1,4}) \(initial ([0-9]{1,4})\)")
 
 
 class StatsFormatError(VelofluxError):
@@ -51,11 +55,17 @@ def parse_stat(text: str) -> list[dict[str, str]]:
         raise StatsFormatError(
             f"'show stat' lacks column(s) {', '.join(missing)}: unsupported HAProxy version?"
         )
+    # A row cut short before any required column is a truncated reply, not a short row.
+    needed = max(header.index(c) for c in REQUIRED_STAT_COLUMNS) + 1
     rows = []
-    for number, record in enumerate(csv.reader(io.StringIO("\n".join(lines[1:]))), start=2):
+    try:
+        records = list(csv.reader(io.StringIO("\n".join(lines[1:]))))
+    except csv.Error as exc:
+        raise StatsFormatError(f"'show stat' reply is not valid CSV: {exc}") from None
+    for number, record in enumerate(records, start=2):
         if not record:
             continue
-        if len(record) < len(REQUIRED_STAT_COLUMNS) or len(record) > len(header) + 1:
+        if len(record) < needed or len(record) > len(header) + 1:
             raise StatsFormatError(
                 f"'show stat' line {number} has {len(record)} fields for {len(header)} columns"
             )
@@ -123,9 +133,9 @@ def parse_servers_state(text: str) -> dict[tuple[str, str], ServerState]:
 
 def parse_weight_reply(text: str) -> tuple[int, int]:
     """``get weight b/s`` answers ``12 (initial 10)``; return (current, initial)."""
-    parts = text.replace("(", " ").replace(")", " ").split()
-    if len(parts) == 3 and parts[1] == "initial" and parts[0].isdigit() and parts[2].isdigit():
-        return int(parts[0]), int(parts[2])
+    match = _WEIGHT_REPLY.fullmatch(text.strip())
+    if match:
+        return int(match.group(1)), int(match.group(2))
     raise StatsFormatError(f"unexpected 'get weight' reply: {text.strip()!r}")
 
 

@@ -57,7 +57,13 @@ class RuntimeAPI:
             if "\n" in command or "\r" in command:
                 raise RuntimeAPIError(f"refusing a command with a line break: {command!r}")
         payload = "prompt\n" + "".join(f"{c}\n" for c in commands) + "quit\n"
-        raw = self._exchange(payload.encode("ascii"))
+        try:
+            encoded = payload.encode("ascii")
+        except UnicodeEncodeError as exc:
+            raise RuntimeAPIError(
+                f"refusing a command that is not ASCII: {exc.object[exc.start : exc.end]!r}"
+            ) from None
+        raw = self._exchange(encoded)
         text = raw.decode("utf-8", errors="replace")
         pieces = text.split(_PROMPT)
         # pieces: the reply to "prompt", one per command, then what follows "quit" ("").

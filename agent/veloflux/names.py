@@ -12,12 +12,12 @@ import re
 from veloflux.errors import UnsafeName
 
 # HAProxy accepts letters, digits, '-', '_', '.' and ':' in proxy and server names.
-_SAFE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_SAFE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 def is_safe_name(name: object) -> bool:
     """True when ``name`` can be written into a runtime API command as is."""
-    return isinstance(name, str) and _SAFE.match(name) is not None
+    return isinstance(name, str) and _SAFE.fullmatch(name) is not None
 
 
 def check_name(kind: str, name: object) -> str:

@@ -100,8 +100,8 @@ def _rows(observation: Observation, pool: str, policy: PolicySection) -> list[_R
     return rows
 
 
-def _untouchable(row: _Row, policy: PolicySection) -> str:
-    """Why a server must keep its weight whatever the mode, or '' if it may change."""
+def _untouchable(row: _Row) -> str:
+    """Why a server must keep its weight whatever the mode or override, or ''."""
     if row.problem or row.current is None:
         return f"hold: {row.problem or 'current weight unknown'}"
     if row.state == "MAINT":
@@ -110,6 +110,14 @@ def _untouchable(row: _Row, policy: PolicySection) -> str:
         return "drain (set by an operator)"
     if row.backup:
         return "backup server"
+    return ""
+
+
+def _zeroed_outside(row: _Row, policy: PolicySection) -> str:
+    """A weight 0 VeloFlux cannot have written (it never goes below ``min_weight``).
+
+    Someone took the server out of rotation by hand; only an override brings it back.
+    """
     if row.current == 0 and policy.min_weight > 0:
         return "weight 0 set outside VeloFlux"
     return ""
@@ -121,8 +129,8 @@ def bounded_weight(
     """Apply bounds, the step limit and the deadband to one desired weight.
 
     ``exact_target`` marks a desired weight that is a fixed point (a static weight),
-    not a noisy estimate: reaching it exactly is exempt from the deadband, so that
-    fallback converges to the static weight instead of stopping one short of it.
+    not a noisy estimate: it is exempt from the deadband, so that fallback converges
+    to the static weight instead of stopping one short of it.
     """
     notes: list[str] = []
     target = min(max(desired, policy.min_weight), policy.max_weight)
@@ -131,8 +139,10 @@ def bounded_weight(
     planned = step_toward(current, target, policy.max_step_ratio)
     if planned != target:
         notes.append(f"step-limited toward {target}")
-    small = abs(planned - current) < policy.deadband_ratio * max(current, 1)
-    if planned != current and small and not (exact_target and planned == target):
+    # The deadband is judged on the whole distance to the target, not on one step:
+    # judged per step, a small step limit would freeze a weight far from its target.
+    small = abs(target - current) < policy.deadband_ratio * max(current, 1)
+    if planned != current and small and not exact_target:
         notes.append(f"{planned} within deadband")
         planned = current
     return planned, notes
@@ -189,11 +199,13 @@ def plan_pool(
     planned: list[ServerPlan] = []
     for row in rows:
         key = server_key(row.backend, row.server)
-        why_not = _untouchable(row, policy)
+        why_not = _untouchable(row)
         if why_not:
             planned.append(row.held(why_not))
         elif key in policy.overrides:
             planned.append(row.planned(policy.overrides[key], "override"))
+        elif zeroed := _zeroed_outside(row, policy):
+            planned.append(row.held(zeroed))
         else:
             planned.append(_fallback_server(row, policy, fallback_reason))
     servers_out = tuple(_keep_in_rotation(planned, policy))
@@ -225,12 +237,13 @@ def plan_revert(observation: Observation, policy: PolicySection) -> WeightPlan:
             continue
         servers = []
         for row in rows:
-            why_not = _untouchable(row, policy)
+            why_not = _untouchable(row) or _zeroed_outside(row, policy)
             if why_not or row.static is None:
                 servers.append(row.held(why_not or "static weight unknown"))
             else:
                 servers.append(row.planned(min(row.static, HAPROXY_MAX_WEIGHT), "revert to static"))
-        pools.append(PoolPlan(pool.name, pool.algorithm, "fallback", 0.0, "revert", tuple(servers)))
+        kept = tuple(_keep_in_rotation(servers, policy))
+        pools.append(PoolPlan(pool.name, pool.algorithm, "fallback", 0.0, "revert", kept))
     return WeightPlan(observation.taken_at, tuple(pools))
 
 

@@ -60,7 +60,10 @@ def test_apply_writes_step_limited_weights_that_get_weight_confirms(
     for _ in range(4):
         assert run_cli("apply", "-c", config).code == 0
     assert weights(haproxy.admin_socket, APP) == {
-        "app/s1": 40, "app/s2": 5, "app/s3": 30, "app/s4": 40,
+        "app/s1": 40,
+        "app/s2": 5,
+        "app/s3": 30,
+        "app/s4": 40,
     }
 
 
@@ -70,7 +73,10 @@ def test_revert_restores_static_weights_at_once(haproxy: HAProxyProcess, tmp_pat
     result = run_cli("revert", "-c", config)
     assert result.code == 0, result.stderr
     assert weights(haproxy.admin_socket, APP) == {
-        "app/s1": 10, "app/s2": 20, "app/s3": 30, "app/s4": 40,
+        "app/s1": 10,
+        "app/s2": 20,
+        "app/s3": 30,
+        "app/s4": 40,
     }
 
 
@@ -189,7 +195,9 @@ def test_config_path_from_environment(haproxy: HAProxyProcess, tmp_path: Path) -
     import os
 
     config = write_config(tmp_path / "v.yaml", "unix:///wrong.sock")
-    env = dict(os.environ, VELOFLUX_CONFIG=str(config), VELOFLUX_HAPROXY__SOCKET=haproxy.admin_socket)
+    env = dict(
+        os.environ, VELOFLUX_CONFIG=str(config), VELOFLUX_HAPROXY__SOCKET=haproxy.admin_socket
+    )
     result = run_cli("dry-run", "--output", "json", env=env)
     assert result.code == 0, result.stderr
     assert result.json()["pools"][0]["backend"] == "app"

@@ -19,7 +19,9 @@ def test_example_agent_config_is_valid() -> None:
 def test_example_haproxy_config_is_valid() -> None:
     check = subprocess.run(
         ["haproxy", "-c", "-f", str(ROOT / "haproxy" / "haproxy.cfg")],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert check.returncode == 0, check.stderr
     assert "level admin" in (ROOT / "haproxy" / "haproxy.cfg").read_text()

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from integration.haproxy_proc import BackendSpec, HAProxyProcess, ServerSpec
+from integration.haproxy_proc import BackendSpec, HAProxyProcess
 from tests.conftest import StartHAProxy, servers
 from tests.integration.helpers import weights
 from veloflux.events import Events
@@ -22,7 +22,10 @@ pytestmark = pytest.mark.integration
 
 def _source(socket: str, events: Events | None = None, **kwargs: object) -> HAProxySource:
     return HAProxySource(
-        RuntimeAPI(socket), lambda: datetime.now(UTC), events or Events(), **kwargs  # type: ignore[arg-type]
+        RuntimeAPI(socket),
+        lambda: datetime.now(UTC),
+        events or Events(),
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
@@ -50,8 +53,13 @@ def test_show_stat_from_real_haproxy_parses_by_name_in_any_column_order(
 
 def test_observation_matches_haproxy_state(haproxy: HAProxyProcess) -> None:
     api = RuntimeAPI(haproxy.admin_socket)
-    api.run_many(["set server app/s1 weight 3", "set server app/s2 state maint",
-                  "set server app/s3 state drain"])
+    api.run_many(
+        [
+            "set server app/s1 weight 3",
+            "set server app/s2 state maint",
+            "set server app/s3 state drain",
+        ]
+    )
     observation = _source(haproxy.admin_socket).observe()
     frame = observation.frame.set_index(["pool", "server"])
     assert frame.loc[("app", "s1"), "weight"] == 3
@@ -63,16 +71,16 @@ def test_observation_matches_haproxy_state(haproxy: HAProxyProcess) -> None:
     assert observation.proxy.pid == haproxy.pid
     assert observation.proxy.level == "admin"
     assert [(p.name, p.managed) for p in observation.pools] == [
-        ("app", True), ("legacy", False), ("sticky", False),
+        ("app", True),
+        ("legacy", False),
+        ("sticky", False),
     ]
 
 
 def test_consistent_hash_backend_is_managed_only_when_declared(
     start_haproxy: StartHAProxy,
 ) -> None:
-    proc = start_haproxy(
-        [BackendSpec("h", servers(2), algorithm="uri", hash_type="consistent")]
-    )
+    proc = start_haproxy([BackendSpec("h", servers(2), algorithm="uri", hash_type="consistent")])
     assert not _source(proc.admin_socket).observe().pools[0].managed
     declared = _source(proc.admin_socket, consistent_hash_backends=["h"]).observe()
     assert declared.pools[0].managed
@@ -113,7 +121,9 @@ def test_sink_refuses_injected_names_and_writes_the_rest(haproxy: HAProxyProcess
     assert all("refusing server name" in f.error for f in report.failures)
     assert events.count("sink_refused_name") == 2
     assert weights(haproxy.admin_socket, ["app/s1", "app/s2", "app/s4"]) == {
-        "app/s1": 11, "app/s2": 20, "app/s4": 40,
+        "app/s1": 11,
+        "app/s2": 20,
+        "app/s4": 40,
     }
 
 
@@ -123,7 +133,14 @@ def test_sink_reports_each_refusal_by_haproxy(haproxy: HAProxyProcess) -> None:
     plan = WeightPlan(
         datetime.now(UTC),
         (
-            PoolPlan("app", "roundrobin", "fallback", 0.0, "t", (_change("ghost", 1, 2), _change("s2", 20, 21))),
+            PoolPlan(
+                "app",
+                "roundrobin",
+                "fallback",
+                0.0,
+                "t",
+                (_change("ghost", 1, 2), _change("s2", 20, 21)),
+            ),
             PoolPlan("sticky", "source", "fallback", 0.0, "t", (_change("h1", 5, 6, "sticky"),)),
         ),
     )
@@ -141,7 +158,9 @@ def test_thousand_server_update_is_written_and_verified(start_haproxy: StartHAPr
     observation = _source(proc.admin_socket).observe()
     assert len(observation.frame) == 1000
     changes = tuple(_change(f"s{i}", 10, 11 + i % 200, "big") for i in range(1, 1001))
-    plan = WeightPlan(datetime.now(UTC), (PoolPlan("big", "roundrobin", "fallback", 0.0, "t", changes),))
+    plan = WeightPlan(
+        datetime.now(UTC), (PoolPlan("big", "roundrobin", "fallback", 0.0, "t", changes),)
+    )
     report = HAProxySink(RuntimeAPI(proc.admin_socket), Events()).apply(plan, "admin")
     assert len(report.applied) == 1000
     assert not report.failures

@@ -1,0 +1,452 @@
+"""The configuration contract: what loads, and every way it refuses, with dotted paths."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from veloflux.config import (
+    Config,
+    load_config,
+    parse_socket_address,
+    resolve_config_path,
+    validate_config,
+)
+from veloflux.errors import ConfigError, ConfigProblem
+
+MINIMUM_CONTRACT = """\
+interval: 10s
+haproxy:
+  socket: unix:///run/haproxy/admin.sock
+  timeout: 2s
+  backends: [app]
+ai:
+  enabled: true
+  confidence_threshold: 0.7
+policy:
+  static_weights: {app/s1: 20}
+  min_weight: 1
+  max_weight: 256
+  max_step_ratio: 0.5
+  deadband_ratio: 0.05
+  min_servers_in_rotation: 1
+"""
+
+NO_ENV: dict[str, str] = {}
+
+
+def write(tmp_path: Path, text: str, name: str = "veloflux.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def base() -> dict[str, Any]:
+    """The minimum contract as a mapping, fresh for each test to modify."""
+    data = yaml.safe_load(MINIMUM_CONTRACT)
+    assert isinstance(data, dict)
+    return data
+
+
+def problems_of(data: dict[str, Any]) -> dict[str, str]:
+    """Validate ``data`` expecting failure; the problems as {path: message}."""
+    with pytest.raises(ConfigError) as caught:
+        validate_config(data)
+    return {p.path: p.message for p in caught.value.problems}
+
+
+# --- what loads ------------------------------------------------------------------------
+
+
+def test_minimum_contract_loads_with_every_value(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMUM_CONTRACT), environ=NO_ENV)
+    assert config.interval_seconds == 10.0
+    assert config.haproxy.socket == "unix:///run/haproxy/admin.sock"
+    assert config.haproxy.timeout_seconds == 2.0
+    assert config.haproxy.backends == ("app",)
+    assert config.ai.enabled is True
+    assert config.ai.confidence_threshold == 0.7
+    assert dict(config.policy.static_weights) == {"app/s1": 20}
+    assert config.policy.min_weight == 1
+    assert config.policy.max_weight == 256
+    assert config.policy.max_step_ratio == 0.5
+    assert config.policy.deadband_ratio == 0.05
+    assert config.policy.min_servers_in_rotation == 1
+
+
+def test_only_the_socket_is_required_and_defaults_are_documented_ones(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, "haproxy:\n  socket: tcp://127.0.0.1:9999\n"), environ=NO_ENV
+    )
+    assert config.interval_seconds == 10.0
+    assert config.haproxy.timeout_seconds == 2.0
+    assert config.haproxy.backends is None
+    assert config.ai.confidence_threshold == 0.7
+    assert config.policy.max_step_ratio == 0.5
+    assert config.policy.min_weight == 1
+    assert config.policy.max_weight == 256
+
+
+def test_config_is_frozen() -> None:
+    config = validate_config(base())
+    with pytest.raises(ValueError, match="frozen"):
+        config.interval_seconds = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("500ms", 0.5), ("10s", 10.0), ("5m", 300.0), ("1h", 3600.0)]
+)
+def test_interval_accepts_durations(text: str, seconds: float) -> None:
+    data = base() | {"interval": text}
+    assert validate_config(data).interval_seconds == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(("text", "limit"), [("6h", "3600"), ("14d", "3600")])
+def test_long_durations_parse_but_exceed_the_interval_range(text: str, limit: str) -> None:
+    # 6h and 14d are valid durations; the interval's own range refuses them.
+    problems = problems_of(base() | {"interval": text})
+    assert problems == {"interval": f"must be <= {limit}"}
+
+
+@pytest.mark.parametrize("bare", [10, 0.5, "10", True])
+def test_bare_numbers_are_refused_as_durations(bare: object) -> None:
+    problems = problems_of(base() | {"interval": bare})
+    assert list(problems) == ["interval"]
+    assert "500ms, 10s, 5m, 6h or 14d" in problems["interval"]
+
+
+def test_bare_number_timeout_is_refused_with_its_path() -> None:
+    data = base()
+    data["haproxy"]["timeout"] = 2
+    assert list(problems_of(data)) == ["haproxy.timeout"]
+
+
+# --- every problem, with its path ------------------------------------------------------
+
+
+def test_three_mistakes_are_all_reported_with_their_paths(tmp_path: Path) -> None:
+    text = MINIMUM_CONTRACT.replace("interval: 10s", "interval: fast")
+    text = text.replace("backends: [app]", "bakends: [app]")
+    text = text.replace("max_step_ratio: 0.5", "max_step_ratio: 0")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ=NO_ENV)
+    error = caught.value
+    paths = sorted(p.path for p in error.problems)
+    assert paths == ["haproxy.bakends", "interval", "policy.max_step_ratio"]
+    rendered = str(error)
+    assert rendered.startswith(f"3 configuration problem(s) in {path}:")
+    assert "policy.max_step_ratio: must be > 0" in rendered
+    assert "haproxy.bakends: unknown key" in rendered
+    assert "interval: 'fast' is not a duration" in rendered
+    assert error.source == str(path)
+
+
+@pytest.mark.parametrize(
+    ("section", "path"),
+    [
+        (None, "colour"),
+        ("haproxy", "haproxy.colour"),
+        ("ai", "ai.colour"),
+        ("policy", "policy.colour"),
+    ],
+)
+def test_unknown_keys_are_errors_at_every_level(section: str | None, path: str) -> None:
+    data = base()
+    (data if section is None else data[section])["colour"] = "blue"
+    assert problems_of(data) == {path: "unknown key (check the spelling)"}
+
+
+def test_python_field_name_is_accepted_as_well_as_the_yaml_key() -> None:
+    data = base()
+    data.pop("interval")
+    data["interval_seconds"] = "5s"
+    assert validate_config(data).interval_seconds == 5.0
+
+
+def test_empty_file_says_haproxy_is_required(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, ""), environ=NO_ENV)
+    assert caught.value.problems == (ConfigProblem("haproxy", "required"),)
+    assert "haproxy: required" in str(caught.value)
+
+
+def test_missing_socket_is_required() -> None:
+    data = base()
+    del data["haproxy"]["socket"]
+    assert problems_of(data) == {"haproxy.socket": "required"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "interval: 10s\nhaproxy:\n  socket: [unix:///x\n  timeout: 2s\n",  # unclosed [
+        "interval: 10s\nhaproxy:\n  socket: unix:///x\n   timeout: 2s\n",  # bad indent
+    ],
+)
+def test_yaml_syntax_error_names_the_line(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ=NO_ENV)
+    (problem,) = caught.value.problems
+    assert problem.path == ""
+    assert problem.message.startswith("YAML syntax error at line 4, column ")
+    assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
+def test_top_level_must_be_a_mapping(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(tmp_path, text), environ=NO_ENV)
+
+
+def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml", environ=NO_ENV)
+
+
+# --- policy ----------------------------------------------------------------------------
+
+
+def test_min_weight_above_max_weight_is_refused() -> None:
+    data = base()
+    data["policy"] |= {"min_weight": 50, "max_weight": 10}
+    problems = problems_of(data)
+    assert list(problems) == ["policy"]
+    assert "min_weight (50) is above max_weight (10)" in problems["policy"]
+
+
+def test_min_weight_equal_to_max_weight_is_allowed() -> None:
+    data = base()
+    data["policy"] |= {"min_weight": 20, "max_weight": 20}
+    assert validate_config(data).policy.max_weight == 20
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_step_ratio", 0, "must be > 0"),
+        ("max_step_ratio", -0.5, "must be > 0"),
+        ("max_step_ratio", 11, "must be <= 10"),
+        ("deadband_ratio", -0.1, "must be >= 0"),
+        ("deadband_ratio", 1, "must be < 1"),
+        ("min_weight", -1, "must be >= 0"),
+        ("min_weight", 257, "must be <= 256"),
+        ("max_weight", 0, "must be >= 1"),
+        ("max_weight", 257, "must be <= 256"),
+        ("min_servers_in_rotation", 0, "must be >= 1"),
+    ],
+)
+def test_policy_numbers_are_range_checked(field: str, value: float, message: str) -> None:
+    data = base()
+    data["policy"][field] = value
+    assert problems_of(data) == {f"policy.{field}": message}
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_confidence_threshold_is_a_probability(value: float) -> None:
+    data = base()
+    data["ai"]["confidence_threshold"] = value
+    assert list(problems_of(data)) == ["ai.confidence_threshold"]
+
+
+@pytest.mark.parametrize("section", ["static_weights", "overrides"])
+@pytest.mark.parametrize(
+    "key",
+    ["app/s1;disable server app/s2", "app/s 1", "app/s1\nx", "app;x/s1", "app/s1\tx", "app s1"],
+)
+def test_weight_keys_that_could_inject_a_command_are_refused(section: str, key: str) -> None:
+    data = base()
+    data["policy"][section] = {key: 10}
+    problems = problems_of(data)
+    assert list(problems) == [f"policy.{section}.{key}"]
+
+
+def test_weight_key_with_trailing_newline_is_refused() -> None:
+    data = base()
+    data["policy"]["static_weights"] = {"app/s1\n": 10}
+    assert list(problems_of(data)) == ["policy.static_weights.app/s1\n"]
+
+
+@pytest.mark.parametrize(("weight", "message"), [(257, "must be <= 256"), (-1, "must be >= 0")])
+def test_weights_outside_haproxy_range_are_refused(weight: int, message: str) -> None:
+    data = base()
+    data["policy"]["static_weights"] = {"app/s1": weight}
+    assert problems_of(data) == {"policy.static_weights.app/s1": message}
+
+
+@pytest.mark.parametrize("weight", [0, 1, 256])
+def test_weights_at_the_haproxy_range_limits_are_accepted(weight: int) -> None:
+    data = base()
+    data["policy"]["static_weights"] = {"app/s1": weight}
+    assert validate_config(data).policy.static_weights["app/s1"] == weight
+
+
+@pytest.mark.parametrize("section", ["static_weights", "overrides"])
+def test_weights_for_a_backend_not_managed_are_refused(section: str) -> None:
+    data = base()
+    data["policy"][section] = {"web/s1": 10}
+    problems = problems_of(data)
+    assert list(problems) == [f"policy.{section}.web/s1"]
+    assert "'web' is not in haproxy.backends" in problems[f"policy.{section}.web/s1"]
+
+
+def test_weights_for_any_backend_are_allowed_without_an_allow_list() -> None:
+    data = base()
+    del data["haproxy"]["backends"]
+    data["policy"]["static_weights"] = {"web/s1": 10}
+    assert validate_config(data).policy.static_weights == {"web/s1": 10}
+
+
+@pytest.mark.parametrize("backends", [["app", "app"], ["app", "a;b"], ["app b"]])
+def test_backend_lists_refuse_duplicates_and_unsafe_names(backends: list[str]) -> None:
+    data = base()
+    data["haproxy"]["backends"] = backends
+    data["policy"]["static_weights"] = {}
+    assert list(problems_of(data)) == ["haproxy.backends"]
+
+
+# --- socket addresses ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "parsed"),
+    [
+        ("unix:///run/haproxy/admin.sock", ("unix", "/run/haproxy/admin.sock", 0)),
+        ("tcp://127.0.0.1:9999", ("tcp", "127.0.0.1", 9999)),
+        ("tcp://localhost:1", ("tcp", "localhost", 1)),
+        ("tcp://[::1]:65535", ("tcp", "::1", 65535)),
+    ],
+)
+def test_socket_addresses_parse(address: str, parsed: tuple[str, str, int]) -> None:
+    assert parse_socket_address(address) == parsed
+    data = base()
+    data["haproxy"]["socket"] = address
+    assert validate_config(data).haproxy.socket == address
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("unix://run/haproxy/admin.sock", "must be absolute"),
+        ("unix://", "must be absolute"),
+        ("/run/haproxy/admin.sock", "must start with unix:// or tcp://"),
+        ("http://127.0.0.1:80", "must start with unix:// or tcp://"),
+        ("tcp://127.0.0.1", "tcp://HOST:PORT"),
+        ("tcp://:9999", "tcp://HOST:PORT"),
+        ("tcp://127.0.0.1:0", "tcp://HOST:PORT"),
+        ("tcp://127.0.0.1:65536", "tcp://HOST:PORT"),
+        ("tcp://127.0.0.1:http", "tcp://HOST:PORT"),
+        ("tcp://127.0.0.1:-1", "tcp://HOST:PORT"),
+    ],
+)
+def test_bad_socket_addresses_are_refused(address: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_socket_address(address)
+    data = base()
+    data["haproxy"]["socket"] = address
+    problems = problems_of(data)
+    assert list(problems) == ["haproxy.socket"]
+    assert message in problems["haproxy.socket"]
+
+
+@pytest.mark.parametrize("port", ["٣", "²"])
+def test_socket_port_must_be_ascii_digits(port: str) -> None:
+    with pytest.raises(ValueError, match="tcp://HOST:PORT"):
+        parse_socket_address(f"tcp://127.0.0.1:{port}")
+
+
+# --- environment overrides -------------------------------------------------------------
+
+
+def test_env_overrides_are_applied(tmp_path: Path) -> None:
+    environ = {
+        "VELOFLUX_POLICY__MAX_STEP_RATIO": "0.3",
+        "VELOFLUX_INTERVAL": "5s",
+        "VELOFLUX_HAPROXY__TIMEOUT": "500ms",
+        "VELOFLUX_AI__ENABLED": "false",
+        "UNRELATED": "x",
+    }
+    config = load_config(write(tmp_path, MINIMUM_CONTRACT), environ=environ)
+    assert config.policy.max_step_ratio == 0.3
+    assert config.interval_seconds == 5.0
+    assert config.haproxy.timeout_seconds == 0.5
+    assert config.ai.enabled is False
+    # Untouched siblings keep their file values.
+    assert config.policy.deadband_ratio == 0.05
+    assert config.haproxy.socket == "unix:///run/haproxy/admin.sock"
+
+
+def test_env_override_can_supply_a_value_missing_from_the_file(tmp_path: Path) -> None:
+    environ = {"VELOFLUX_HAPROXY__SOCKET": "tcp://127.0.0.1:9999"}
+    config = load_config(write(tmp_path, "interval: 10s\n"), environ=environ)
+    assert config.haproxy.socket == "tcp://127.0.0.1:9999"
+
+
+def test_bad_env_value_is_reported_with_its_variable(tmp_path: Path) -> None:
+    environ = {"VELOFLUX_POLICY__MAX_STEP_RATIO": "0", "VELOFLUX_INTERVAL": "10"}
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, MINIMUM_CONTRACT), environ=environ)
+    rendered = str(caught.value)
+    assert "policy.max_step_ratio: must be > 0 (from $VELOFLUX_POLICY__MAX_STEP_RATIO)" in rendered
+    assert "(from $VELOFLUX_INTERVAL)" in rendered
+    assert len(caught.value.problems) == 2
+
+
+def test_file_errors_do_not_claim_to_come_from_the_environment(tmp_path: Path) -> None:
+    text = MINIMUM_CONTRACT.replace("max_step_ratio: 0.5", "max_step_ratio: 0")
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), environ={"VELOFLUX_INTERVAL": "5s"})
+    assert "from $" not in str(caught.value)
+
+
+def test_veloflux_config_is_not_an_override(tmp_path: Path) -> None:
+    environ = {"VELOFLUX_CONFIG": "/etc/veloflux/other.yaml", "VELOFLUX_LOG_LEVEL": "debug"}
+    config = load_config(write(tmp_path, MINIMUM_CONTRACT), environ=environ)
+    assert config == load_config(write(tmp_path, MINIMUM_CONTRACT), environ=NO_ENV)
+
+
+def test_load_config_reads_the_process_environment_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VELOFLUX_INTERVAL", "7s")
+    assert load_config(write(tmp_path, MINIMUM_CONTRACT)).interval_seconds == 7.0
+
+
+def test_conflicting_env_overrides_are_a_config_error(tmp_path: Path) -> None:
+    environ = {"VELOFLUX_AI": "off", "VELOFLUX_AI__ENABLED": "true"}
+    with pytest.raises(ConfigError):
+        load_config(write(tmp_path, MINIMUM_CONTRACT), environ=environ)
+
+
+# --- where the file is -----------------------------------------------------------------
+
+
+def test_explicit_path_wins_over_the_environment() -> None:
+    environ = {"VELOFLUX_CONFIG": "/from/env.yaml"}
+    assert resolve_config_path("/explicit.yaml", environ) == Path("/explicit.yaml")
+
+
+def test_env_path_is_used_without_an_explicit_one() -> None:
+    assert resolve_config_path(None, {"VELOFLUX_CONFIG": "/from/env.yaml"}) == Path(
+        "/from/env.yaml"
+    )
+
+
+@pytest.mark.parametrize("environ", [{}, {"VELOFLUX_CONFIG": ""}])
+def test_default_path_is_veloflux_yaml_in_the_working_directory(
+    environ: dict[str, str],
+) -> None:
+    assert resolve_config_path(None, environ) == Path("veloflux.yaml")
+    assert resolve_config_path("", environ) == Path("veloflux.yaml")
+
+
+def test_resolved_path_loads(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMUM_CONTRACT, name="custom.yaml")
+    resolved = resolve_config_path(None, {"VELOFLUX_CONFIG": str(path)})
+    assert isinstance(load_config(resolved, environ=NO_ENV), Config)

@@ -1,0 +1,523 @@
+"""Parsers for HAProxy 2.6 runtime API replies: by column name, and only StatsFormatError."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from veloflux.haproxy_replies import (
+    ServerState,
+    StatsFormatError,
+    parse_info,
+    parse_servers_state,
+    parse_stat,
+    parse_weight_reply,
+    read_number,
+)
+
+PROPERTY = settings(max_examples=200, deadline=None)
+
+# HAProxy 2.6's `show stat` columns, in its order, up to the ones VeloFlux reads.
+STAT_HEADER_2_6 = (
+    "pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,"
+    "wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,"
+    "throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,check_code,"
+    "check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other,hanafail,"
+    "req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,comp_in,comp_out,comp_byp,comp_rsp,"
+    "lastsess,last_chk,last_agt,qtime,ctime,rtime,ttime,agent_status,agent_code,"
+    "agent_duration,check_desc,agent_desc,check_rise,check_fall,check_health,agent_rise,"
+    "agent_fall,agent_health,addr,cookie,mode,algo,conn_rate,conn_rate_max,conn_tot,"
+    "intercepted,dcon,dses,wrew,connect,reuse,cache_lookups,cache_hits,srv_icur,src_ilim,"
+    "qtime_max,ctime_max,rtime_max,ttime_max,eint,idle_conn_cur,safe_conn_cur,"
+    "used_conn_cur,need_conn_est,uweight"
+)
+STAT_COLUMNS = STAT_HEADER_2_6.split(",")
+
+ROWS = (
+    {
+        "pxname": "app",
+        "svname": "s1",
+        "scur": "3",
+        "stot": "120",
+        "status": "UP",
+        "weight": "10",
+        "act": "1",
+        "bck": "0",
+        "type": "2",
+        "rate": "4",
+        "hrsp_5xx": "2",
+        "qtime": "0",
+        "ctime": "1",
+        "rtime": "12",
+        "ttime": "15",
+        "addr": "127.0.0.1:8001",
+        "mode": "http",
+        "uweight": "10",
+        "lastchg": "33",
+        "check_status": "L4OK",
+    },
+    {
+        "pxname": "app",
+        "svname": "s2",
+        "scur": "0",
+        "stot": "0",
+        "status": "MAINT",
+        "weight": "20",
+        "act": "0",
+        "bck": "1",
+        "type": "2",
+        "rate": "0",
+        "hrsp_5xx": "",
+        "addr": "127.0.0.1:8002",
+        "mode": "http",
+        "uweight": "20",
+        "lastchg": "5",
+        "check_status": "",
+    },
+    {
+        "pxname": "app",
+        "svname": "BACKEND",
+        "scur": "3",
+        "stot": "120",
+        "status": "UP",
+        "weight": "10",
+        "act": "1",
+        "bck": "1",
+        "type": "1",
+        "rate": "4",
+        "mode": "http",
+        "algo": "roundrobin",
+        "uweight": "10",
+    },
+)
+
+
+def stat_reply(columns: list[str], rows: tuple[dict[str, str], ...] = ROWS) -> str:
+    """A `show stat` reply as HAProxy 2.6 writes it: header and rows end with a comma."""
+    lines = ["# " + ",".join(columns) + ","]
+    lines += [",".join(r.get(c, "") for c in columns) + "," for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+SERVERS_STATE_HEADER = (
+    "be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight "
+    "srv_iweight srv_time_since_last_change srv_check_status srv_check_result "
+    "srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id "
+    "srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr "
+    "srv_agent_port"
+)
+SERVERS_STATE = (
+    "1\n"
+    f"# {SERVERS_STATE_HEADER}\n"
+    "3 app 1 s1 127.0.0.1 2 0 12 10 33 6 3 4 6 0 0 0 - 8001 - 0 0 - - 0\n"
+    "3 app 2 s2 127.0.0.1 2 1 20 20 5 6 3 4 6 0 0 0 - 8002 - 0 0 - - 0\n"
+    "4 web 1 w1 10.0.0.7 0 0 0 5 7 6 3 0 6 0 0 0 - 80 - 0 0 - - 0\n"
+)
+
+SHOW_INFO = """\
+Name: HAProxy
+Version: 2.6.12-1+deb12u1
+Release_date: 2023/04/08
+Nbthread: 4
+Nbproc: 1
+Process_num: 1
+Pid: 4242
+Uptime: 0d 0h01m02s
+Uptime_sec: 62
+Start_time_sec: 1714564800
+Memmax_MB: 0
+node: lb-1
+description:
+"""
+
+# --- show info -------------------------------------------------------------------------
+
+
+def test_parse_info_reads_key_value_lines() -> None:
+    info = parse_info(SHOW_INFO)
+    assert info["Pid"] == "4242"
+    assert info["Uptime_sec"] == "62"
+    assert info["Start_time_sec"] == "1714564800"
+    assert info["Version"] == "2.6.12-1+deb12u1"
+    assert info["description"] == ""
+
+
+def test_parse_info_keeps_colons_in_values() -> None:
+    assert parse_info("Pid: 1\nUptime: 0d 0h01m02s\nurl: http://x:80/\n")["url"] == "http://x:80/"
+
+
+@pytest.mark.parametrize(
+    "text", ["", "\n", "Name: HAProxy\nUptime_sec: 3\n", "garbage", "Unknown command."]
+)
+def test_parse_info_without_pid_is_a_format_error(text: str) -> None:
+    with pytest.raises(StatsFormatError, match="Pid"):
+        parse_info(text)
+
+
+# --- show stat -------------------------------------------------------------------------
+
+
+def test_parse_stat_reads_rows_by_column_name() -> None:
+    rows = parse_stat(stat_reply(STAT_COLUMNS))
+    assert [(r["pxname"], r["svname"], r["type"]) for r in rows] == [
+        ("app", "s1", "2"),
+        ("app", "s2", "2"),
+        ("app", "BACKEND", "1"),
+    ]
+    s1 = rows[0]
+    assert s1["status"] == "UP"
+    assert s1["weight"] == "10"
+    assert s1["rtime"] == "12"
+    assert s1["addr"] == "127.0.0.1:8001"
+    assert rows[1]["hrsp_5xx"] == ""
+    assert rows[2]["algo"] == "roundrobin"
+
+
+def test_parse_stat_shuffled_columns_give_the_same_values() -> None:
+    expected = parse_stat(stat_reply(STAT_COLUMNS))
+    for seed in range(5):
+        shuffled = list(STAT_COLUMNS)
+        random.Random(seed).shuffle(shuffled)
+        rows = parse_stat(stat_reply(shuffled))
+        for want, got in zip(expected, rows, strict=True):
+            assert {k: v for k, v in got.items() if k} == {k: v for k, v in want.items() if k}
+
+
+@PROPERTY
+@given(st.permutations(STAT_COLUMNS))
+def test_parse_stat_reads_any_column_order(columns: list[str]) -> None:
+    rows = parse_stat(stat_reply(columns))
+    for row, source in zip(rows, ROWS, strict=True):
+        for column in STAT_COLUMNS:
+            assert row[column] == source.get(column, "")
+
+
+def test_parse_stat_ignores_unknown_extra_columns() -> None:
+    columns = [*STAT_COLUMNS[:5], "shiny_new_2_9_column", *STAT_COLUMNS[5:], "another_one"]
+    rows = parse_stat(stat_reply(columns, tuple(r | {"another_one": "x"} for r in ROWS)))
+    assert rows[0]["weight"] == "10"
+    assert rows[0]["svname"] == "s1"
+
+
+def test_parse_stat_of_a_reduced_column_set() -> None:
+    rows = parse_stat(stat_reply(["type", "weight", "svname", "status", "pxname"]))
+    assert rows[0] == {
+        "type": "2",
+        "weight": "10",
+        "svname": "s1",
+        "status": "UP",
+        "pxname": "app",
+        "": "",
+    }
+
+
+@pytest.mark.parametrize("column", ["pxname", "svname", "status", "weight", "type"])
+def test_parse_stat_names_a_missing_required_column(column: str) -> None:
+    columns = [c for c in STAT_COLUMNS if c != column]
+    with pytest.raises(StatsFormatError, match=rf"lacks column\(s\) {column}\b"):
+        parse_stat(stat_reply(columns))
+
+
+def test_parse_stat_names_every_missing_required_column() -> None:
+    columns = [c for c in STAT_COLUMNS if c not in ("weight", "type")]
+    with pytest.raises(StatsFormatError, match=r"weight, type"):
+        parse_stat(stat_reply(columns))
+
+
+def test_parse_stat_header_only_is_no_rows() -> None:
+    assert parse_stat("# " + ",".join(STAT_COLUMNS) + ",\n") == []
+
+
+def test_parse_stat_skips_blank_lines() -> None:
+    text = stat_reply(STAT_COLUMNS).replace("\napp,s2", "\n\napp,s2")
+    assert len(parse_stat(text)) == 3
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "\n",
+        "Unknown command. Please enter one of the following commands only :\n  help\n",
+        "pxname,svname,status,weight,type\napp,s1,UP,1,2\n",  # header without '# '
+        "#pxname,svname,status,weight,type\n",
+        "Permission denied\n",
+    ],
+)
+def test_parse_stat_refuses_replies_that_are_not_stat_csv(text: str) -> None:
+    with pytest.raises(StatsFormatError):
+        parse_stat(text)
+
+
+def test_parse_stat_refuses_a_row_with_too_many_fields() -> None:
+    text = stat_reply(STAT_COLUMNS).rstrip("\n") + ",x,y,z\n"
+    with pytest.raises(StatsFormatError, match="line 4 has"):
+        parse_stat(text)
+
+
+def test_parse_stat_refuses_a_row_with_almost_no_fields() -> None:
+    text = stat_reply(STAT_COLUMNS) + "app,s3\n"
+    with pytest.raises(StatsFormatError, match="line 5 has 2 fields"):
+        parse_stat(text)
+
+
+def test_parse_stat_refuses_output_truncated_mid_row() -> None:
+    full = stat_reply(STAT_COLUMNS)
+    cut = full[: full.index(",UP,10,1,0") + len(",UP,10")]  # s1's row stops after 'weight'
+    with pytest.raises(StatsFormatError):
+        parse_stat(cut)
+
+
+def test_parse_stat_oversized_field_is_a_format_error() -> None:
+    text = "# pxname,svname,status,weight,type\napp,s1,UP," + "9" * 200_000 + ",2\n"
+    with pytest.raises(StatsFormatError):
+        parse_stat(text)
+
+
+# --- show servers state ----------------------------------------------------------------
+
+
+def test_parse_servers_state_reads_rows_by_name() -> None:
+    states = parse_servers_state(SERVERS_STATE)
+    assert set(states) == {("app", "s1"), ("app", "s2"), ("web", "w1")}
+    assert states[("app", "s1")] == ServerState("app", "s1", 2, 0, 12, 10)
+    assert states[("app", "s2")].admin_state == 1
+    assert states[("web", "w1")].op_state == 0
+    assert states[("web", "w1")].initial_weight == 5
+
+
+def test_parse_servers_state_shuffled_columns_give_the_same_values() -> None:
+    expected = parse_servers_state(SERVERS_STATE)
+    lines = SERVERS_STATE.splitlines()
+    header = lines[1][2:].split()
+    rows = [line.split() for line in lines[2:]]
+    for seed in range(5):
+        order = list(range(len(header)))
+        random.Random(seed).shuffle(order)
+        text = "\n".join(
+            [lines[0], "# " + " ".join(header[i] for i in order)]
+            + [" ".join(r[i] for i in order) for r in rows]
+        )
+        assert parse_servers_state(text) == expected
+
+
+def test_parse_servers_state_with_no_servers() -> None:
+    assert parse_servers_state(f"1\n# {SERVERS_STATE_HEADER}\n") == {}
+
+
+@pytest.mark.parametrize(
+    "column",
+    ["be_name", "srv_name", "srv_op_state", "srv_admin_state", "srv_uweight", "srv_iweight"],
+)
+def test_parse_servers_state_names_a_missing_column(column: str) -> None:
+    text = SERVERS_STATE.replace(f" {column} ", " renamed_column ")
+    with pytest.raises(StatsFormatError, match=column):
+        parse_servers_state(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "1\n", "1\nbe_id be_name\n", f"# {SERVERS_STATE_HEADER}\n", "Unknown command.\n"],
+)
+def test_parse_servers_state_without_header_is_a_format_error(text: str) -> None:
+    with pytest.raises(StatsFormatError, match="header"):
+        parse_servers_state(text)
+
+
+def test_parse_servers_state_skips_a_row_cut_short_or_not_numeric() -> None:
+    text = SERVERS_STATE + "3 app 3 s3 127.0.0.1 2\n" + "3 app 4 s4 127.0.0.1 2 x 1 1 0\n"
+    states = parse_servers_state(text)
+    assert ("app", "s3") not in states
+    assert ("app", "s4") not in states
+    assert len(states) == 3
+
+
+@pytest.mark.parametrize(
+    ("op_state", "admin_state", "expected"),
+    [
+        (2, 0x00, "UP"),
+        (1, 0x00, "UP"),
+        (0, 0x00, "DOWN"),
+        (3, 0x00, "DOWN"),
+        (2, 0x01, "MAINT"),
+        (2, 0x02, "MAINT"),
+        (2, 0x04, "MAINT"),
+        (2, 0x20, "MAINT"),
+        (2, 0x40, "MAINT"),
+        (0, 0x01, "MAINT"),
+        (2, 0x08, "DRAIN"),
+        (2, 0x10, "DRAIN"),
+        (0, 0x08, "DRAIN"),
+        (2, 0x01 | 0x08, "MAINT"),
+        (2, 0x04 | 0x10, "MAINT"),
+        (2, 0x80, "UP"),  # an unrelated flag is neither maintenance nor drain
+    ],
+)
+def test_server_state_from_operational_and_admin_flags(
+    op_state: int, admin_state: int, expected: str
+) -> None:
+    assert ServerState("app", "s1", op_state, admin_state, 1, 1).state == expected
+
+
+@PROPERTY
+@given(st.integers(0, 3), st.integers(0, 0xFF))
+def test_maint_wins_over_drain_wins_over_health(op_state: int, admin: int) -> None:
+    state = ServerState("app", "s1", op_state, admin, 1, 1).state
+    if admin & 0x67:
+        assert state == "MAINT"
+    elif admin & 0x18:
+        assert state == "DRAIN"
+    else:
+        assert state == ("UP" if op_state in (1, 2) else "DOWN")
+
+
+# --- get weight ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("12 (initial 10)", (12, 10)),
+        ("0 (initial 1)\n", (0, 1)),
+        ("256 (initial 256)", (256, 256)),
+        ("  7 (initial 7)  \n", (7, 7)),
+    ],
+)
+def test_parse_weight_reply(text: str, expected: tuple[int, int]) -> None:
+    assert parse_weight_reply(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "No such server.",
+        "12",
+        "12 (initial)",
+        "-1 (initial 10)",
+        "12 (current 10)",
+        "1.5 (initial 2)",
+        "12 (initial 10) extra",
+        "Require 'backend/server'.",
+    ],
+)
+def test_parse_weight_reply_refuses_anything_else(text: str) -> None:
+    with pytest.raises(StatsFormatError, match="unexpected 'get weight' reply"):
+        parse_weight_reply(text)
+
+
+@pytest.mark.parametrize("text", ["² (initial 1)", "1 (initial ²)", "9" * 5000 + " (initial 1)"])
+def test_parse_weight_reply_odd_digits_are_a_format_error(text: str) -> None:
+    with pytest.raises(StatsFormatError):
+        parse_weight_reply(text)
+
+
+# --- read_number -----------------------------------------------------------------------
+
+
+def test_read_number_empty_or_absent_is_nan_without_a_problem() -> None:
+    for row in ({"qcur": ""}, {}):
+        value, problem = read_number(row, "qcur")
+        assert math.isnan(value)
+        assert problem == ""
+
+
+@pytest.mark.parametrize("raw", ["abc", "nan", "NaN", "inf", "-inf", "-3", "1,5", "0x10"])
+def test_read_number_garbage_is_nan_with_a_problem(raw: str) -> None:
+    value, problem = read_number({"rtime": raw}, "rtime")
+    assert math.isnan(value)
+    assert problem.startswith("rtime=")
+
+
+def test_read_number_problem_quotes_at_most_twenty_characters() -> None:
+    _, problem = read_number({"rtime": "x" * 1000}, "rtime")
+    assert "x" * 20 in problem
+    assert "x" * 21 not in problem
+
+
+@pytest.mark.parametrize(
+    ("raw", "scale", "expected"),
+    [
+        ("12", 1.0, 12.0),
+        ("0", 1.0, 0.0),
+        ("1500", 0.001, 1.5),
+        ("250", 0.001, 0.25),
+        ("3.5", 2.0, 7.0),
+    ],
+)
+def test_read_number_scales(raw: str, scale: float, expected: float) -> None:
+    value, problem = read_number({"c": raw}, "c", scale)
+    assert value == pytest.approx(expected)
+    assert problem == ""
+
+
+@PROPERTY
+@given(st.integers(min_value=0, max_value=10**12))
+def test_read_number_reads_every_non_negative_integer(n: int) -> None:
+    assert read_number({"stot": str(n)}, "stot") == (float(n), "")
+
+
+# --- no parser raises anything but StatsFormatError ------------------------------------
+
+any_text = st.text(max_size=300) | st.from_regex(r"\A# [a-z,]{0,60}\n[^\n]{0,60}\n?\Z")
+
+
+@PROPERTY
+@given(any_text)
+def test_parse_info_never_raises_another_exception(text: str) -> None:
+    try:
+        info = parse_info(text)
+    except StatsFormatError:
+        return
+    assert "Pid" in info
+
+
+@PROPERTY
+@given(
+    any_text
+    | st.builds(
+        lambda h, b: h + b, st.just("# pxname,svname,status,weight,type\n"), st.text(max_size=200)
+    )
+)
+def test_parse_stat_never_raises_another_exception(text: str) -> None:
+    try:
+        rows = parse_stat(text)
+    except StatsFormatError:
+        return
+    assert all(isinstance(r, dict) for r in rows)
+
+
+@PROPERTY
+@given(any_text | st.builds(lambda b: f"1\n# {SERVERS_STATE_HEADER}\n" + b, st.text(max_size=200)))
+def test_parse_servers_state_never_raises_another_exception(text: str) -> None:
+    try:
+        states = parse_servers_state(text)
+    except StatsFormatError:
+        return
+    assert all(isinstance(s, ServerState) for s in states.values())
+
+
+@PROPERTY
+@given(any_text | st.from_regex(r"\A[0-9 ]{0,6}\(initial [0-9a-z]{0,4}\)\Z"))
+def test_parse_weight_reply_never_raises_another_exception(text: str) -> None:
+    try:
+        current, initial = parse_weight_reply(text)
+    except StatsFormatError:
+        return
+    assert current >= 0
+    assert initial >= 0
+
+
+@PROPERTY
+@given(st.text(max_size=40), st.sampled_from([1.0, 0.001]))
+def test_read_number_is_nan_with_problem_or_finite_non_negative(raw: str, scale: float) -> None:
+    value, problem = read_number({"c": raw}, "c", scale)
+    if problem or raw == "":
+        assert math.isnan(value)
+    else:
+        assert math.isfinite(value)
+        assert value >= 0
