@@ -16,7 +16,7 @@ import click
 
 from veloflux import __version__
 from veloflux.config import Config, load_config, resolve_config_path
-from veloflux.errors import ConfigError, ConfigProblem, SinkRejected, SourceUnavailable
+from veloflux.errors import ConfigError, SinkRejected, SourceUnavailable
 from veloflux.events import Events
 from veloflux.haproxy_runtime import RuntimeAPI
 from veloflux.loop import Agent, TickResult
@@ -50,7 +50,7 @@ def _load(config_path: str | None) -> Config:
         _fail(EXIT_CONFIG, exc.render())
 
 
-def build_agent(config: Config, events: Events) -> Agent:
+def build_agent(config: Config, events: Events, strict_pools: bool = True) -> Agent:
     """Wire the real adapters for one configuration."""
     api = RuntimeAPI(config.haproxy.socket, config.haproxy.timeout_seconds)
     source = HAProxySource(
@@ -60,7 +60,7 @@ def build_agent(config: Config, events: Events) -> Agent:
         backends=config.haproxy.backends,
         consistent_hash_backends=config.haproxy.consistent_hash_backends,
     )
-    return Agent(config, source, HAProxySink(api, events), events)
+    return Agent(config, source, HAProxySink(api, events), events, strict_pools=strict_pools)
 
 
 def _run(config_path: str | None, action: Callable[[Agent], TickResult]) -> TickResult:
@@ -68,19 +68,11 @@ def _run(config_path: str | None, action: Callable[[Agent], TickResult]) -> Tick
     config = _load(config_path)
     agent = build_agent(config, Events())
     try:
-        result = action(agent)
+        return action(agent)
     except (SourceUnavailable, SinkRejected) as exc:
         _fail(EXIT_PROXY, str(exc))
-    if result.observation.missing_pools:
-        problems = [
-            ConfigProblem(
-                "haproxy.backends",
-                f"backend {name!r} does not exist in HAProxy at {config.haproxy.socket}",
-            )
-            for name in result.observation.missing_pools
-        ]
-        _fail(EXIT_CONFIG, ConfigError(problems).render())
-    return result
+    except ConfigError as exc:
+        _fail(EXIT_CONFIG, exc.render())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

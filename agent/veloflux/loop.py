@@ -2,6 +2,7 @@
 
 The ``Agent`` gets every dependency from outside (source, sink, clock, events), so
 the CLI, the tests and later the simulator drive exactly the code production runs.
+Sources and sinks are one-method protocols: HAProxy today, Envoy beside it later.
 """
 
 from __future__ import annotations
@@ -10,16 +11,28 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Protocol
 
 from veloflux.config import Config
+from veloflux.errors import ConfigError, ConfigProblem
 from veloflux.events import Events
 from veloflux.observation import Observation
 from veloflux.plan import plan_revert, plan_weights
-from veloflux.sinks.haproxy import ApplyReport, HAProxySink
-from veloflux.sources.haproxy import HAProxySource
-from veloflux.weightplan import WeightPlan
+from veloflux.weightplan import ApplyReport, WeightPlan
 
 _log = logging.getLogger("veloflux.tick")
+
+
+class Source(Protocol):
+    """Anything that can be read into an Observation (raises ``SourceUnavailable``)."""
+
+    def observe(self) -> Observation: ...
+
+
+class Sink(Protocol):
+    """Anything that can apply a WeightPlan (raises ``SinkRejected`` if it cannot at all)."""
+
+    def apply(self, plan: WeightPlan, proxy_level: str = "unknown") -> ApplyReport: ...
 
 
 @dataclass(frozen=True)
@@ -33,23 +46,49 @@ class TickResult:
 
 
 class Agent:
-    """Observe -> plan -> act for one proxy."""
+    """Observe -> plan -> act for one proxy.
+
+    With ``strict_pools`` a pool named in the config but absent from the proxy stops
+    the tick before anything is written (the one-shot commands want that: the config is
+    wrong). The daemon instead counts the event and keeps managing the other pools.
+    """
 
     def __init__(
-        self, config: Config, source: HAProxySource, sink: HAProxySink, events: Events
+        self,
+        config: Config,
+        source: Source,
+        sink: Sink,
+        events: Events,
+        strict_pools: bool = False,
     ) -> None:
         self._config = config
         self._source = source
         self._sink = sink
         self._events = events
+        self._strict_pools = strict_pools
 
     def _fallback_reason(self) -> str:
         return "no model" if self._config.ai.enabled else "ai disabled"
 
+    def _observe(self) -> Observation:
+        observation = self._source.observe()
+        if self._strict_pools and observation.missing_pools:
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        "haproxy.backends",
+                        f"backend {name!r} does not exist in HAProxy at "
+                        f"{observation.proxy.address}",
+                    )
+                    for name in observation.missing_pools
+                ]
+            )
+        return observation
+
     def tick(self, write: bool) -> TickResult:
         """One observe-plan(-act) cycle; ``write=False`` is the dry-run."""
         started = time.perf_counter()
-        observation = self._source.observe()
+        observation = self._observe()
         plan = plan_weights(observation, self._config.policy, self._fallback_reason())
         report = self._sink.apply(plan, observation.proxy.level) if write else None
         return self._finish(observation, plan, report, started)
@@ -57,7 +96,7 @@ class Agent:
     def revert(self) -> TickResult:
         """Every managed server to its static weight at once, no step limit."""
         started = time.perf_counter()
-        observation = self._source.observe()
+        observation = self._observe()
         plan = plan_revert(observation, self._config.policy)
         report = self._sink.apply(plan, observation.proxy.level)
         return self._finish(observation, plan, report, started)

@@ -9,7 +9,6 @@ weights within the step limit.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from veloflux.config import HAPROXY_MAX_WEIGHT, PolicySection
@@ -245,8 +244,3 @@ def plan_revert(observation: Observation, policy: PolicySection) -> WeightPlan:
         kept = tuple(_keep_in_rotation(servers, policy))
         pools.append(PoolPlan(pool.name, pool.algorithm, "fallback", 0.0, "revert", kept))
     return WeightPlan(observation.taken_at, tuple(pools))
-
-
-def overrides_in(policy: PolicySection) -> Mapping[str, int]:
-    """The pinned weights in force (config now; the API adds its own later)."""
-    return policy.overrides

@@ -9,8 +9,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-from veloflux.sinks.haproxy import ApplyReport
-from veloflux.weightplan import WeightPlan
+from veloflux.weightplan import ApplyReport, WeightPlan
 
 _MODE_STYLE = {"model": "green", "fallback": "yellow", "hold": "magenta", "unmanaged": "dim"}
 

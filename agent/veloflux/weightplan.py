@@ -1,7 +1,7 @@
-"""The WeightPlan: what the planner decides and every sink applies.
+"""The WeightPlan (what the planner decides) and the ApplyReport (what a sink did).
 
-It lives below both the planner and the sinks, so that a sink depends on the shape of
-a plan, never on how a plan is made.
+They live below both the planner and the sinks, so that a sink depends on the shape of
+a plan, never on how a plan is made, and every sink reports in the same terms.
 """
 
 from __future__ import annotations
@@ -94,3 +94,34 @@ class WeightPlan:
 
     def to_json_text(self) -> str:
         return json.dumps(self.to_json(), indent=2)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """The outcome of one weight write."""
+
+    backend: str
+    server: str
+    old_weight: int | None
+    new_weight: int
+    confirmed_weight: int | None
+    error: str
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    """Every write of one apply, for the summary line and the exit code."""
+
+    results: tuple[WriteResult, ...]
+
+    @property
+    def failures(self) -> tuple[WriteResult, ...]:
+        return tuple(r for r in self.results if not r.ok)
+
+    @property
+    def applied(self) -> tuple[WriteResult, ...]:
+        return tuple(r for r in self.results if r.ok)

@@ -160,7 +160,11 @@ def test_tcp_admin_socket_works(haproxy: HAProxyProcess, tmp_path: Path) -> None
 def test_unknown_backend_in_allow_list_exits_1_naming_it(
     haproxy: HAProxyProcess, tmp_path: Path
 ) -> None:
-    config = write_config(tmp_path / "v.yaml", haproxy.admin_socket, "  backends: [app, nope]\n")
+    config = write_config(
+        tmp_path / "v.yaml",
+        haproxy.admin_socket,
+        "  backends: [app, nope]\npolicy:\n  static_weights: {app/s1: 12}\n",
+    )
     result = run_cli("apply", "-c", config)
     assert result.code == 1
     assert "haproxy.backends: backend 'nope' does not exist" in result.stderr

@@ -8,45 +8,13 @@ only when HAProxy accepted it *and* the read-back shows the planned weight.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from veloflux.errors import SinkRejected, UnsafeName
 from veloflux.events import Events
 from veloflux.haproxy_replies import StatsFormatError, parse_weight_reply
 from veloflux.haproxy_runtime import RuntimeAPI, RuntimeAPIError
 from veloflux.names import check_name
-from veloflux.weightplan import ServerPlan, WeightPlan
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """The outcome of one weight write."""
-
-    backend: str
-    server: str
-    old_weight: int | None
-    new_weight: int
-    confirmed_weight: int | None
-    error: str
-
-    @property
-    def ok(self) -> bool:
-        return not self.error
-
-
-@dataclass(frozen=True)
-class ApplyReport:
-    """Every write of one apply, for the summary line and the exit code."""
-
-    results: tuple[WriteResult, ...]
-
-    @property
-    def failures(self) -> tuple[WriteResult, ...]:
-        return tuple(r for r in self.results if not r.ok)
-
-    @property
-    def applied(self) -> tuple[WriteResult, ...]:
-        return tuple(r for r in self.results if r.ok)
+from veloflux.weightplan import ApplyReport, ServerPlan, WeightPlan, WriteResult
 
 
 class HAProxySink:
