@@ -55,29 +55,14 @@ class _Row:
     static: int | None
     problem: str
 
-    def held(self, reason: str, confidence: float = 0.0) -> ServerPlan:
+    def planned(self, weight: int | None, reason: str, confidence: float = 0.0) -> ServerPlan:
         return ServerPlan(
-            self.backend,
-            self.server,
-            self.state,
-            self.current,
-            self.current,
-            self.static,
-            confidence,
-            reason,
-        )
+            self.backend, self.server, self.state, self.current, weight, self.static,
+            confidence, reason,
+        )  # fmt: skip
 
-    def planned(self, weight: int, reason: str, confidence: float = 0.0) -> ServerPlan:
-        return ServerPlan(
-            self.backend,
-            self.server,
-            self.state,
-            self.current,
-            weight,
-            self.static,
-            confidence,
-            reason,
-        )
+    def held(self, reason: str, confidence: float = 0.0) -> ServerPlan:
+        return self.planned(self.current, reason, confidence)
 
 
 def _rows(observation: Observation, pool: str, policy: PolicySection) -> list[_Row]:

@@ -172,10 +172,8 @@ class HAProxySource:
             problems.append("missing from 'show servers state'")
             weight, _ = read_number(row, "uweight")
             initial = math.nan
-            status = row.get("status", "")
-            server_state = (
-                status.split(" ")[0] if status.split(" ")[0] in ("MAINT", "DRAIN") else "UP"
-            )
+            word = row.get("status", "").split(" ")[0]
+            server_state = word if word in ("MAINT", "DRAIN", "DOWN") else "UP"
         else:
             weight, initial, server_state = (
                 float(state.user_weight),
