@@ -43,6 +43,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("queue", "float", "requests", "requests queued for this server (qcur)"),
     Column("session_rate", "float", "1/s", "sessions per second over the last second (rate)"),
     Column("sessions_total", "float", "sessions", "cumulative sessions (stot), a counter"),
+    Column(
+        "requests_total", "float", "requests", "cumulative HTTP requests (req_tot; stot in TCP mode)"
+    ),
     Column("responses_5xx_total", "float", "responses", "cumulative 5xx responses, a counter"),
     Column("response_errors_total", "float", "responses", "cumulative response errors (eresp)"),
     Column("connect_errors_total", "float", "connections", "cumulative connect errors (econ)"),
@@ -77,6 +80,7 @@ class ServerRow:
     queue: float
     session_rate: float
     sessions_total: float
+    requests_total: float
     responses_5xx_total: float
     response_errors_total: float
     connect_errors_total: float

@@ -41,6 +41,7 @@ _METRICS: tuple[tuple[str, str, float], ...] = (
     ("queue", "qcur", 1.0),
     ("session_rate", "rate", 1.0),
     ("sessions_total", "stot", 1.0),
+    ("requests_total", "req_tot", 1.0),
     ("responses_5xx_total", "hrsp_5xx", 1.0),
     ("response_errors_total", "eresp", 1.0),
     ("connect_errors_total", "econ", 1.0),
@@ -201,6 +202,8 @@ class HAProxySource:
             record[column] = value
             if problem:
                 problems.append(problem)
+        if math.isnan(record["requests_total"]):  # TCP mode: every session is one request
+            record["requests_total"] = record["sessions_total"]
         record["problem"] = "; ".join(problems)
         if problems:
             self._events.record(
