@@ -30,12 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from integration.haproxy_proc import BackendSpec, HAProxyProcess, ServerSpec  # noqa: E402
-from veloflux.cli import build_agent  # noqa: E402
 from veloflux.config import validate_config  # noqa: E402
 from veloflux.events import Events  # noqa: E402
 from veloflux.haproxy_runtime import RuntimeAPI  # noqa: E402
 from veloflux.sinks.haproxy import HAProxySink  # noqa: E402
 from veloflux.weightplan import PoolPlan, ServerPlan, WeightPlan  # noqa: E402
+from veloflux.wiring import build_agent  # noqa: E402
 
 SERVERS = 1000
 
@@ -108,7 +108,7 @@ def main() -> None:
                 opts.cold_runs,
             )
             config = validate_config({"haproxy": {"socket": proxy.admin_socket}})
-            agent = build_agent(config, Events())
+            agent = build_agent(config, Events(), write=False)
             warm, warm_p95 = _median_ms(
                 lambda: agent.tick(write=False).plan.to_json_text(), opts.runs
             )

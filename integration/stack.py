@@ -95,10 +95,12 @@ class LocalStack:
             result: dict[str, Any] = json.loads(response.read())
             return result
 
-    def write_agent_config(self, path: Path, extra: str = "") -> Path:
+    def write_agent_config(self, path: Path, extra: str = "", interval: str = "2s") -> Path:
+        """An agent config for this stack; history and models live in the stack's workdir."""
         path.write_text(
-            f"interval: 2s\nhaproxy:\n  socket: {self.admin_socket}\n  timeout: 2s\n"
-            f"  backends: [app]\n{extra}",
+            f"interval: {interval}\nhaproxy:\n  socket: {self.admin_socket}\n  timeout: 2s\n"
+            f"  backends: [app]\nai:\n  history_path: {self.workdir}/history.sqlite\n"
+            f"  model_dir: {self.workdir}/models\n{extra}",
             encoding="utf-8",
         )
         return path

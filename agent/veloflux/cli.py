@@ -1,28 +1,28 @@
 """The ``veloflux-agent`` command line: parse, load config, call one function, exit.
 
-Exit codes are a contract: 0 success, 1 configuration error, 2 the proxy could not
-be reached or refused a write.
+Exit codes are a contract: 0 success, 1 configuration error (or, for ``train``, not
+enough history), 2 the proxy could not be reached or refused a write.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import NoReturn
 
 import click
 
 from veloflux import __version__
 from veloflux.config import Config, load_config, resolve_config_path
-from veloflux.errors import ConfigError, SinkRejected, SourceUnavailable
+from veloflux.durations import parse_duration
+from veloflux.errors import ConfigError, ModelUnavailable, SinkRejected, SourceUnavailable
 from veloflux.events import Events
-from veloflux.haproxy_runtime import RuntimeAPI
 from veloflux.loop import Agent, TickResult
-from veloflux.render import make_console, print_plan
-from veloflux.sinks.haproxy import HAProxySink
-from veloflux.sources.haproxy import HAProxySource
+from veloflux.render import make_console, models_table, print_plan, training_table
+from veloflux.wiring import build_agent, build_source, open_journal, open_registry
 
 EXIT_OK, EXIT_CONFIG, EXIT_PROXY = 0, 1, 2
 
@@ -50,23 +50,10 @@ def _load(config_path: str | None) -> Config:
         _fail(EXIT_CONFIG, exc.render())
 
 
-def build_agent(config: Config, events: Events, strict_pools: bool = True) -> Agent:
-    """Wire the real adapters for one configuration."""
-    api = RuntimeAPI(config.haproxy.socket, config.haproxy.timeout_seconds)
-    source = HAProxySource(
-        api,
-        clock=lambda: datetime.now(UTC),
-        events=events,
-        backends=config.haproxy.backends,
-        consistent_hash_backends=config.haproxy.consistent_hash_backends,
-    )
-    return Agent(config, source, HAProxySink(api, events), events, strict_pools=strict_pools)
-
-
-def _run(config_path: str | None, action: Callable[[Agent], TickResult]) -> TickResult:
+def _run(config_path: str | None, write: bool, action: Callable[[Agent], TickResult]) -> TickResult:
     """Load, wire, run one action; map the error taxonomy onto exit codes."""
     config = _load(config_path)
-    agent = build_agent(config, Events())
+    agent = build_agent(config, Events(), write=write)
     try:
         return action(agent)
     except (SourceUnavailable, SinkRejected) as exc:
@@ -98,7 +85,7 @@ def check_config(config_path: str | None) -> None:
 @_output_option
 def dry_run(config_path: str | None, output: str) -> None:
     """Observe and plan; print what would be written, write nothing."""
-    result = _run(config_path, lambda agent: agent.tick(write=False))
+    result = _run(config_path, False, lambda agent: agent.tick(write=False))
     print_plan(make_console(), result.plan, output, "dry-run: planned weights (nothing written)")
 
 
@@ -107,7 +94,7 @@ def dry_run(config_path: str | None, output: str) -> None:
 @_output_option
 def apply(config_path: str | None, output: str) -> None:
     """One observe-plan-act tick with writes, verified by read-back."""
-    result = _run(config_path, lambda agent: agent.tick(write=True))
+    result = _run(config_path, True, lambda agent: agent.tick(write=True))
     print_plan(make_console(), result.plan, output, "apply: weights", result.report)
     if result.report is not None and result.report.failures:
         sys.exit(EXIT_PROXY)
@@ -118,7 +105,150 @@ def apply(config_path: str | None, output: str) -> None:
 @_output_option
 def revert(config_path: str | None, output: str) -> None:
     """Set every managed server back to its static weight at once."""
-    result = _run(config_path, lambda agent: agent.revert())
+    result = _run(config_path, True, lambda agent: agent.revert())
     print_plan(make_console(), result.plan, output, "revert: static weights", result.report)
     if result.report is not None and result.report.failures:
         sys.exit(EXIT_PROXY)
+
+
+@main.command("record")
+@_config_option
+@click.option("--duration", default="10m", show_default=True, help="e.g. 90s, 10m, 2h")
+def record(config_path: str | None, duration: str) -> None:
+    """Observe every interval and append to the journal; write no weight."""
+    config = _load(config_path)
+    try:
+        seconds = parse_duration(duration)
+    except ValueError as exc:
+        _fail(EXIT_CONFIG, f"--duration: {exc}")
+    events = Events()
+    journal = open_journal(config, events, create=True)
+    if journal is None:
+        _fail(EXIT_CONFIG, f"ai.history_path: cannot open {config.ai.history_path} (see the log)")
+    source = build_source(config, events)
+    deadline = time.monotonic() + seconds
+    samples = 0
+    with journal:
+        while True:
+            started = time.monotonic()
+            try:
+                samples += journal.append(source.observe())
+            except SourceUnavailable as exc:
+                click.echo(f"skipped one observation: {exc}", err=True)
+            if started + config.interval_seconds > deadline:
+                break
+            time.sleep(max(0.0, started + config.interval_seconds - time.monotonic()))
+        click.echo(
+            f"recorded {samples} samples into {config.ai.history_path} "
+            f"({journal.count()} in the journal)"
+        )
+
+
+@main.command("train")
+@_config_option
+@_output_option
+def train(config_path: str | None, output: str) -> None:
+    """Train a model from the journal; promote it only if it beats the current one."""
+    from veloflux.model.train import NotEnoughData, TrainSettings
+    from veloflux.training import train_from_journal
+
+    config = _load(config_path)
+    events = Events()
+    journal = open_journal(config, events, create=False)
+    if journal is None:
+        _fail(
+            EXIT_CONFIG,
+            f"ai.history_path: no journal at {config.ai.history_path}; "
+            "run `veloflux-agent record` first",
+        )
+    settings = TrainSettings(min_rows=config.ai.min_training_rows)
+    console = make_console()
+    try:
+        with journal, _progress(console, output) as progress:
+            result = train_from_journal(journal, open_registry(config, events), settings, progress)
+    except NotEnoughData as exc:
+        _fail(EXIT_CONFIG, str(exc))
+    except ModelUnavailable as exc:
+        _fail(EXIT_CONFIG, f"ai.model_dir: {exc}")
+    if output == "json":
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        console.print(training_table(result))
+
+
+@main.group("model")
+def model() -> None:
+    """Inspect the model registry."""
+
+
+@model.command("list")
+@_config_option
+@_output_option
+def model_list(config_path: str | None, output: str) -> None:
+    """Every kept model version, newest first, with its status and figures."""
+    config = _load(config_path)
+    entries = open_registry(config, Events()).entries()
+    if output == "json":
+        click.echo(json.dumps([_entry_json(e) for e in entries], indent=2))
+    else:
+        make_console().print(models_table(entries))
+
+
+@model.command("show")
+@_config_option
+@click.argument("version", required=False)
+def model_show(config_path: str | None, version: str | None) -> None:
+    """One version's metadata (default: the current model)."""
+    config = _load(config_path)
+    registry = open_registry(config, Events())
+    try:
+        loaded = registry.load(version)
+    except ModelUnavailable as exc:
+        _fail(EXIT_CONFIG, str(exc))
+    meta = {k: v for k, v in loaded.metadata.items() if k != "ood"}
+    click.echo(json.dumps(meta, indent=2, default=str))
+
+
+def _entry_json(entry: object) -> dict[str, object]:
+    from veloflux.model.registry import ModelEntry
+
+    assert isinstance(entry, ModelEntry)
+    return {
+        "version": entry.version,
+        "created_at": entry.created_at.isoformat(),
+        "status": entry.status,
+        "reason": entry.reason,
+        "metrics": dict(entry.metadata.get("metrics", {})),
+    }
+
+
+class _progress:
+    """A progress bar on a terminal; silence when piped or when JSON is asked for."""
+
+    def __init__(self, console: object, output: str) -> None:
+        from rich.console import Console
+        from rich.progress import Progress
+
+        assert isinstance(console, Console)
+        self._bar = (
+            Progress(console=console, transient=True)
+            if (console.is_terminal and output == "table")
+            else None
+        )
+        self._task = None
+
+    def __enter__(self) -> Callable[[str, float], None]:
+        if self._bar is None:
+            return lambda _stage, _fraction: None
+        self._bar.__enter__()
+        task = self._bar.add_task("training", total=1.0)
+
+        def update(stage: str, fraction: float) -> None:
+            assert self._bar is not None
+            self._bar.update(task, completed=fraction, description=stage)
+
+        return update
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)

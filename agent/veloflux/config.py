@@ -83,10 +83,34 @@ class HAProxySection(_Section):
 
 
 class AISection(_Section):
-    """Whether the model may set weights, and how sure it must be."""
+    """Whether the model may set weights, how sure it must be, and where it keeps state."""
 
     enabled: bool = True
     confidence_threshold: float = Field(default=0.7, ge=0, le=1)
+    history_path: Path = Field(
+        default=Path("/var/lib/veloflux/history.sqlite"),
+        description="the observation journal (SQLite, WAL mode)",
+    )
+    history_retention_seconds: Seconds = Field(
+        default=14 * 86400.0, alias="history_retention", gt=0
+    )
+    model_dir: Path = Field(default=Path("/var/lib/veloflux/models"))
+    keep_models: int = Field(default=5, ge=1, le=100)
+    max_model_age_seconds: Seconds = Field(default=7 * 86400.0, alias="max_model_age", gt=0)
+    min_training_rows: int = Field(default=200, ge=20)
+    error_penalty_seconds: Seconds = Field(
+        default=1.0, alias="error_penalty", ge=0, description="what one failed request costs"
+    )
+
+
+class OutlierSection(_Section):
+    """The outlier guard: runs in every mode, reduces a server far outside its pool."""
+
+    enabled: bool = True
+    error_rate: float = Field(default=0.05, gt=0, le=1, description="errors at or above this")
+    latency_ratio: float = Field(default=3.0, gt=1, description="x the pool's median latency")
+    min_requests: int = Field(default=20, ge=1, description="per interval, to judge at all")
+    reduce_ratio: float = Field(default=0.5, gt=0, lt=1, description="weight cut per tick")
 
 
 class PolicySection(_Section):
@@ -101,6 +125,13 @@ class PolicySection(_Section):
     max_step_ratio: float = Field(default=0.5, gt=0, le=10)
     deadband_ratio: float = Field(default=0.05, ge=0, lt=1)
     min_servers_in_rotation: int = Field(default=1, ge=1)
+    max_weight_ratio: float = Field(
+        default=10.0, ge=1, description="largest/smallest weight in a model-driven pool"
+    )
+    stale_after_seconds: Seconds | None = Field(
+        default=None, alias="stale_after", gt=0, description="default: 3 intervals"
+    )
+    outlier: OutlierSection = Field(default_factory=OutlierSection)
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> PolicySection:
@@ -118,6 +149,12 @@ class Config(_Section):
     haproxy: HAProxySection
     ai: AISection = Field(default_factory=AISection)
     policy: PolicySection = Field(default_factory=PolicySection)
+
+    @property
+    def stale_after_seconds(self) -> float:
+        """How old observations may be before the model stops trusting them."""
+        explicit = self.policy.stale_after_seconds
+        return explicit if explicit is not None else 3 * self.interval_seconds
 
     @model_validator(mode="after")
     def _weights_name_managed_backends(self) -> Config:

@@ -7,20 +7,33 @@ Sources and sinks are one-method protocols: HAProxy today, Envoy beside it later
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import timedelta
+from typing import TYPE_CHECKING, Protocol
 
+from veloflux.advice import Advice, PoolAdvice, ServerAdvice
 from veloflux.config import Config
-from veloflux.errors import ConfigError, ConfigProblem
+from veloflux.errors import ConfigError, ConfigProblem, ModelUnavailable
 from veloflux.events import Events
+from veloflux.model.registry import Registry
 from veloflux.observation import Observation
+from veloflux.outliers import moving_average_outliers
 from veloflux.plan import plan_revert, plan_weights
 from veloflux.weightplan import ApplyReport, WeightPlan
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from veloflux.history import Journal
+    from veloflux.model.predict import Predictor
+
 _log = logging.getLogger("veloflux.tick")
+# How much journal history a tick reads: rates, trends and realized error need it.
+HISTORY_WINDOW_INTERVALS = 12
 
 
 class Source(Protocol):
@@ -46,11 +59,13 @@ class TickResult:
 
 
 class Agent:
-    """Observe -> plan -> act for one proxy.
+    """Observe -> advise -> plan -> act for one proxy.
 
     With ``strict_pools`` a pool named in the config but absent from the proxy stops
     the tick before anything is written (the one-shot commands want that: the config is
     wrong). The daemon instead counts the event and keeps managing the other pools.
+    The journal and the model registry are optional: without them every pool is in
+    fallback, and the outlier guard judges on HAProxy's moving averages alone.
     """
 
     def __init__(
@@ -60,15 +75,90 @@ class Agent:
         sink: Sink,
         events: Events,
         strict_pools: bool = False,
+        journal: Journal | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self._config = config
         self._source = source
         self._sink = sink
         self._events = events
         self._strict_pools = strict_pools
+        self._journal = journal
+        self._registry = registry
+        self._predictor: Predictor | None = None
 
-    def _fallback_reason(self) -> str:
-        return "no model" if self._config.ai.enabled else "ai disabled"
+    def _advice(self, observation: Observation) -> Advice:
+        """Ask the model layer; it is imported only when there is something to ask it.
+
+        Importing pandas and XGBoost costs about half a second; a one-shot dry-run with
+        no history and no model should not pay it to learn that there is no model.
+        """
+        ai = self._config.ai
+        if self._journal is None and (not ai.enabled or self._current_version() is None):
+            reason = "ai disabled" if not ai.enabled else self._no_model_reason()
+            return _fallback_advice(observation, self._config, reason)
+        from veloflux.model.advisor import AdvisorSettings, advise
+        from veloflux.model.inputs import recent_features
+
+        history = self._recent_history(observation)
+        features, last_sample = recent_features(history, observation)
+        predictor, reason = (None, "ai disabled") if not ai.enabled else self._load_predictor()
+        settings = AdvisorSettings(
+            confidence_threshold=ai.confidence_threshold,
+            error_penalty_seconds=ai.error_penalty_seconds,
+            stale_after_seconds=self._config.stale_after_seconds,
+            max_model_age_seconds=ai.max_model_age_seconds,
+            outlier=self._config.policy.outlier,
+        )
+        return advise(observation, features, predictor, settings, reason, last_sample)
+
+    def _current_version(self) -> str | None:
+        return self._registry.current_version() if self._registry else None
+
+    def _no_model_reason(self) -> str:
+        if self._registry is None:
+            return "no model"
+        return "no model (none promoted yet; run `veloflux-agent train`)"
+
+    def _load_predictor(self) -> tuple[Predictor | None, str]:
+        """The current model, loaded once per version; a refusal falls back, never crashes."""
+        version = self._current_version()
+        if self._registry is None or version is None:
+            return None, self._no_model_reason()
+        if self._predictor is not None and self._predictor.version == version:
+            return self._predictor, ""
+        from veloflux.model.predict import Predictor
+
+        try:
+            self._predictor = Predictor(self._registry.load(version))
+        except ModelUnavailable as exc:
+            self._events.record("model_unavailable", str(exc))
+            self._predictor = None
+            return None, f"model refused: {exc}"
+        return self._predictor, ""
+
+    def _recent_history(self, observation: Observation) -> pd.DataFrame:
+        import pandas as pd
+
+        from veloflux.history import HistoryError
+
+        if self._journal is None:
+            return pd.DataFrame()
+        window = HISTORY_WINDOW_INTERVALS * self._config.interval_seconds
+        try:
+            return self._journal.read(since=observation.taken_at - timedelta(seconds=window))
+        except HistoryError as exc:
+            self._events.record("history_read_failed", str(exc))
+            return pd.DataFrame()
+
+    def _record(self, observation: Observation) -> None:
+        if self._journal is None:
+            return
+        from veloflux.history import HistoryError
+
+        # A failed append is already counted and logged by the journal; the tick goes on.
+        with contextlib.suppress(HistoryError):
+            self._journal.append(observation)
 
     def _observe(self) -> Observation:
         observation = self._source.observe()
@@ -89,8 +179,10 @@ class Agent:
         """One observe-plan(-act) cycle; ``write=False`` is the dry-run."""
         started = time.perf_counter()
         observation = self._observe()
-        plan = plan_weights(observation, self._config.policy, self._fallback_reason())
+        plan = plan_weights(observation, self._config.policy, self._advice(observation))
         report = self._sink.apply(plan, observation.proxy.level) if write else None
+        if write:
+            self._record(observation)
         return self._finish(observation, plan, report, started)
 
     def revert(self) -> TickResult:
@@ -111,6 +203,16 @@ class Agent:
         result = TickResult(observation, plan, report, time.perf_counter() - started)
         _log.info(summary_line(result))
         return result
+
+
+def _fallback_advice(observation: Observation, config: Config, reason: str) -> Advice:
+    """Advice without a model: every pool blocked, outliers judged on moving averages."""
+    pools = {}
+    for pool in observation.pools:
+        found = moving_average_outliers(observation, pool.name, config.policy.outlier)
+        servers = {name: ServerAdvice(name, outlier=why) for name, why in found.items()}
+        pools[pool.name] = PoolAdvice(pool.name, 0.0, reason, servers)
+    return Advice(None, pools)
 
 
 def summary_line(result: TickResult) -> str:

@@ -44,7 +44,10 @@ COLUMNS: tuple[Column, ...] = (
     Column("session_rate", "float", "1/s", "sessions per second over the last second (rate)"),
     Column("sessions_total", "float", "sessions", "cumulative sessions (stot), a counter"),
     Column(
-        "requests_total", "float", "requests", "cumulative HTTP requests (req_tot; stot in TCP mode)"
+        "requests_total",
+        "float",
+        "requests",
+        "cumulative HTTP requests (req_tot; stot in TCP mode)",
     ),
     Column("responses_5xx_total", "float", "responses", "cumulative 5xx responses, a counter"),
     Column("response_errors_total", "float", "responses", "cumulative response errors (eresp)"),

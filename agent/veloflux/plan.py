@@ -2,8 +2,11 @@
 
 The planner is a pure function: the same observation and policy always give the same
 plan, which is what makes it property-testable and the dry-run an honest preview.
-Until a model exists every managed pool is in fallback, moving toward its static
-weights within the step limit.
+A pool is in model mode when the advice allows it (a fresh model, confident about
+the pool): its confident servers move toward the optimizer's shares, the others keep
+their static share. Otherwise it is in fallback, moving toward its static weights.
+Either way the outlier guard and every safety rule apply, and every change is
+step-limited.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from veloflux.advice import NO_ADVICE, Advice, PoolAdvice, ServerAdvice
 from veloflux.config import HAPROXY_MAX_WEIGHT, PolicySection
 from veloflux.names import server_key
 from veloflux.observation import Observation, PoolInfo
@@ -57,9 +61,15 @@ class _Row:
 
     def planned(self, weight: int | None, reason: str, confidence: float = 0.0) -> ServerPlan:
         return ServerPlan(
-            self.backend, self.server, self.state, self.current, weight, self.static,
-            confidence, reason,
-        )  # fmt: skip
+            self.backend,
+            self.server,
+            self.state,
+            self.current,
+            weight,
+            self.static,
+            confidence,
+            reason,
+        )
 
     def held(self, reason: str, confidence: float = 0.0) -> ServerPlan:
         return self.planned(self.current, reason, confidence)
@@ -132,14 +142,59 @@ def bounded_weight(
     return planned, notes
 
 
-def _fallback_server(row: _Row, policy: PolicySection, why: str) -> ServerPlan:
+def _finish(
+    row: _Row,
+    desired: int,
+    policy: PolicySection,
+    exact: bool,
+    reason: str,
+    advice: ServerAdvice | None,
+) -> ServerPlan:
+    """Outlier guard, then bounds, step limit and deadband; the reason says what applied."""
     assert row.current is not None
-    if row.state == "DOWN":
-        return row.held("down")
-    if row.static is None or row.static == 0:
-        return row.held("static weight 0")
-    planned, notes = bounded_weight(row.current, row.static, policy, exact_target=True)
-    return row.planned(planned, why + (f" ({'; '.join(notes)})" if notes else ""))
+    confidence = advice.confidence if advice else 0.0
+    parts = dict(advice.parts) if advice and advice.parts else {}
+    if advice and advice.outlier and policy.outlier.enabled:
+        cut = max(policy.min_weight, math.floor(row.current * (1 - policy.outlier.reduce_ratio)))
+        if cut < desired:
+            desired, exact, reason = cut, False, advice.outlier
+    planned, notes = bounded_weight(row.current, desired, policy, exact_target=exact)
+    text = reason + (f" ({'; '.join(notes)})" if notes else "")
+    return replace(row.planned(planned, text, confidence), confidence_parts=parts)
+
+
+def _weight_scale(rows: list[_Row], policy: PolicySection) -> int:
+    """Model-driven weights need resolution: with static weights of 1, a weight of 1
+    cannot say "a little less". Scale so the largest static weight is near 100."""
+    largest = max((r.static or 0 for r in rows), default=0)
+    if largest <= 0:
+        return 1
+    return max(1, math.floor(min(policy.max_weight, 100) / largest))
+
+
+def _model_targets(
+    rows: list[_Row], advice: PoolAdvice, policy: PolicySection
+) -> dict[str, tuple[int, bool, str]]:
+    """Desired weight, exactness and reason for each server the model may move."""
+    scale = _weight_scale(rows, policy)
+    driven = [r for r in rows if (a := advice.servers.get(r.server)) and a.share is not None]
+    combined = sum((r.static or 0) * scale for r in driven)
+    wanted = {r.server: (advice.servers[r.server].share or 0.0) * combined for r in driven}
+    floor = max(wanted.values(), default=0.0) / policy.max_weight_ratio
+    targets: dict[str, tuple[int, bool, str]] = {}
+    for r in rows:
+        a = advice.servers.get(r.server)
+        if r.server in wanted:
+            targets[r.server] = (max(1, round(max(wanted[r.server], floor))), False, "model")
+        else:
+            weakest = min(a.parts, key=lambda p: a.parts[p]) if a and a.parts else "no data"
+            confidence = a.confidence if a else 0.0
+            targets[r.server] = (
+                (r.static or 0) * scale,
+                True,
+                f"low confidence {confidence:.2f} (weakest: {weakest}): static share",
+            )
+    return targets
 
 
 def _keep_in_rotation(servers: list[ServerPlan], policy: PolicySection) -> list[ServerPlan]:
@@ -174,37 +229,62 @@ def plan_pool(
     observation: Observation,
     pool: PoolInfo,
     policy: PolicySection,
-    fallback_reason: str,
+    advice: PoolAdvice | None,
 ) -> PoolPlan:
-    """Plan one pool in fallback mode (the model joins in a later layer)."""
+    """Plan one pool: model mode when the advice allows it, else fallback."""
     rows = _rows(observation, pool.name, policy)
     if not pool.managed:
         return _unmanaged(pool, rows)
+    blocked = advice.blocked if advice is not None else "no model"
+    movable = [
+        r
+        for r in rows
+        if not _untouchable(r)
+        and r.state == "UP"
+        and r.static
+        and server_key(r.backend, r.server) not in policy.overrides
+        and not _zeroed_outside(r, policy)
+    ]
+    use_model = advice is not None and not blocked and bool(movable)
+    targets = _model_targets(movable, advice, policy) if use_model and advice else {}
     planned: list[ServerPlan] = []
     for row in rows:
         key = server_key(row.backend, row.server)
-        why_not = _untouchable(row)
-        if why_not:
+        server_advice = advice.servers.get(row.server) if advice else None
+        if why_not := _untouchable(row):
             planned.append(row.held(why_not))
         elif key in policy.overrides:
             planned.append(row.planned(policy.overrides[key], "override"))
         elif zeroed := _zeroed_outside(row, policy):
             planned.append(row.held(zeroed))
+        elif row.state == "DOWN":
+            planned.append(row.held("down"))
+        elif not row.static:
+            planned.append(row.held("static weight 0"))
+        elif row.server in targets:
+            desired, exact, reason = targets[row.server]
+            planned.append(_finish(row, desired, policy, exact, reason, server_advice))
         else:
-            planned.append(_fallback_server(row, policy, fallback_reason))
+            planned.append(_finish(row, row.static, policy, True, blocked, server_advice))
     servers_out = tuple(_keep_in_rotation(planned, policy))
-    held_for_data = all(s.reason.startswith("hold") for s in servers_out)
-    mode: Mode = "hold" if servers_out and held_for_data else "fallback"
-    reason = "no trustworthy data" if mode == "hold" else fallback_reason
-    return PoolPlan(pool.name, pool.algorithm, mode, 0.0, reason, servers_out)
+    if servers_out and all(s.reason.startswith("hold") for s in servers_out):
+        return PoolPlan(pool.name, pool.algorithm, "hold", 0.0, "no trustworthy data", servers_out)
+    mode: Mode = "model" if use_model else "fallback"
+    confidence = advice.confidence if advice is not None else 0.0
+    return PoolPlan(
+        pool.name, pool.algorithm, mode, confidence, "model" if use_model else blocked, servers_out
+    )
 
 
 def plan_weights(
-    observation: Observation, policy: PolicySection, fallback_reason: str = "no model"
+    observation: Observation, policy: PolicySection, advice: Advice = NO_ADVICE
 ) -> WeightPlan:
     """The plan for every pool of one observation."""
-    pools = tuple(plan_pool(observation, p, policy, fallback_reason) for p in observation.pools)
-    return WeightPlan(observation.taken_at, pools)
+    pools = tuple(
+        plan_pool(observation, p, policy, advice.for_pool(p.name) if advice.pools else None)
+        for p in observation.pools
+    )
+    return WeightPlan(observation.taken_at, pools, advice.model_version)
 
 
 def plan_revert(observation: Observation, policy: PolicySection) -> WeightPlan:

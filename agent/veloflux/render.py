@@ -9,6 +9,9 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
+    from veloflux.model.registry import ModelEntry
+    from veloflux.training import TrainingReport
+
 from veloflux.weightplan import ApplyReport, WeightPlan
 
 _MODE_STYLE = {"model": "green", "fallback": "yellow", "hold": "magenta", "unmanaged": "dim"}
@@ -80,7 +83,8 @@ def print_plan(
             document["apply"] = report_json(report)
         console.file.write(json.dumps(document, indent=2) + "\n")
         return
-    console.print(plan_table(plan, title))
+    model = f"model {plan.model_version}" if plan.model_version else "no model"
+    console.print(plan_table(plan, f"{title}; {model}"))
     for pool in plan.pools:
         if pool.mode in ("unmanaged", "hold"):
             console.print(f"[dim]{pool.backend}: {pool.mode}: {pool.reason}[/dim]")
@@ -91,3 +95,73 @@ def print_plan(
         )
         for f in report.failures:
             console.print(f"  [red]{f.backend}/{f.server} -> {f.new_weight}: {f.error}[/red]")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def training_table(result: TrainingReport) -> Table:
+    """What one training produced, and whether it became current, for an operator."""
+    from rich.table import Table
+
+    meta, metrics = result.metadata, result.metadata["metrics"]
+    verdict = "promoted to current" if result.promoted else "kept as a candidate"
+    table = Table(
+        title=f"model {result.entry.version}: {verdict}", title_justify="left", show_header=False
+    )
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    rows = meta["rows"]
+    table.add_row("why", result.reason)
+    table.add_row(
+        "rows used",
+        f"{sum(rows.values())} (train {rows['train']}, validation "
+        f"{rows['valid']}, calibration {rows['calib']}, test {rows['test']})",
+    )
+    table.add_row("training window", f"{meta['window']['start']} .. {meta['window']['end']}")
+    table.add_row(
+        "p50 latency MAE (test)",
+        f"{_ms(metrics['mae_p50_seconds'])} vs naive "
+        f"{_ms(metrics['naive_mae_seconds'])} (naive: next = last observed)",
+    )
+    table.add_row(
+        "pinball loss p50 / p90",
+        f"{_ms(metrics['pinball_p50'])} / "
+        f"{_ms(metrics['pinball_p90'])} (naive {_ms(metrics['naive_pinball_p50'])} / "
+        f"{_ms(metrics['naive_pinball_p90'])})",
+    )
+    table.add_row("80% interval coverage (calibrated)", f"{metrics['coverage_80']:.1%}")
+    table.add_row(
+        "error-rate MAE",
+        f"{metrics['error_rate_mae']:.4f} vs naive {metrics['naive_error_rate_mae']:.4f}",
+    )
+    if result.current_version:
+        theirs = result.current_metrics
+        shown = _ms(theirs["mae_p50_seconds"]) if theirs else "could not be judged"
+        table.add_row("previous model, same window", f"{result.current_version}: {shown}")
+    table.add_row("duration", f"{meta['duration_seconds']:.1f} s")
+    return table
+
+
+def models_table(entries: list[ModelEntry]) -> Table:
+    """Every kept version, newest first."""
+    from rich.table import Table
+
+    table = Table(title="models", title_justify="left", header_style="bold")
+    for column in ("version", "created", "status", "p50 MAE", "naive MAE", "coverage", "reason"):
+        table.add_column(column)
+    for entry in entries:
+        metrics = entry.metadata.get("metrics", {})
+        mae, naive = metrics.get("mae_p50_seconds"), metrics.get("naive_mae_seconds")
+        coverage = metrics.get("coverage_80")
+        table.add_row(
+            entry.version,
+            entry.created_at.isoformat(timespec="seconds"),
+            entry.status,
+            _ms(mae) if mae is not None else "-",
+            _ms(naive) if naive is not None else "-",
+            f"{coverage:.1%}" if coverage is not None else "-",
+            entry.reason,
+        )
+    return table

@@ -7,8 +7,8 @@ a plan, never on how a plan is made, and every sink reports in the same terms.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ class ServerPlan:
     static_weight: int | None
     confidence: float
     reason: str
+    confidence_parts: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def changes(self) -> bool:
@@ -44,7 +45,8 @@ class ServerPlan:
             "current_weight": self.current_weight,
             "planned_weight": self.planned_weight,
             "static_weight": self.static_weight,
-            "confidence": self.confidence,
+            "confidence": round(self.confidence, 4),
+            "confidence_parts": dict(self.confidence_parts) or {"freshness": 0.0},
             "reason": self.reason,
         }
 
@@ -65,7 +67,7 @@ class PoolPlan:
             "backend": self.backend,
             "algorithm": self.algorithm,
             "mode": self.mode,
-            "confidence": self.confidence,
+            "confidence": round(self.confidence, 4),
             "reason": self.reason,
             "servers": [s.to_json() for s in self.servers],
         }
@@ -77,6 +79,7 @@ class WeightPlan:
 
     generated_at: datetime
     pools: tuple[PoolPlan, ...]
+    model_version: str | None = None
 
     def servers(self) -> Iterator[ServerPlan]:
         for pool in self.pools:
@@ -89,6 +92,7 @@ class WeightPlan:
     def to_json(self) -> dict[str, Any]:
         return {
             "generated_at": self.generated_at.isoformat(),
+            "model_version": self.model_version,
             "pools": [p.to_json() for p in self.pools],
         }
 

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.factories import TAKEN_AT, Pool, Server, observation, policy
+from veloflux.advice import Advice, PoolAdvice
 from veloflux.config import PolicySection
 from veloflux.observation import COLUMN_NAMES, Observation
 from veloflux.plan import bounded_weight, max_step, plan_revert, plan_weights, step_toward
@@ -379,7 +380,8 @@ def test_unmanaged_pool_is_reported_and_never_changed() -> None:
 
 def test_fallback_reason_is_passed_through() -> None:
     pol = policy(static_weights={"app/s1": 20})
-    plan = plan_weights(observation(one_pool(Server("s1"))), pol, fallback_reason="model stale")
+    advice = Advice("v1", {"app": PoolAdvice("app", 0.0, "model stale")})
+    plan = plan_weights(observation(one_pool(Server("s1"))), pol, advice)
     assert plan.pools[0].reason == "model stale"
     assert next(plan.servers()).reason.startswith("model stale")
 
@@ -450,6 +452,7 @@ SERVER_KEYS = {
     "planned_weight",
     "static_weight",
     "confidence",
+    "confidence_parts",
     "reason",
 }
 POOL_KEYS = {"backend", "algorithm", "mode", "confidence", "servers"}
@@ -458,7 +461,8 @@ POOL_KEYS = {"backend", "algorithm", "mode", "confidence", "servers"}
 def check_json_shape(plan: WeightPlan) -> None:
     document = json.loads(plan.to_json_text())
     assert document == plan.to_json()
-    assert set(document) == {"generated_at", "pools"}
+    # The foundation's contract, extended (never renamed) by the learning core.
+    assert set(document) == {"generated_at", "model_version", "pools"}
     assert datetime.fromisoformat(document["generated_at"]) == plan.generated_at
     for pool in document["pools"]:
         assert set(pool) >= POOL_KEYS

@@ -1,0 +1,48 @@
+"""Advice: what the model layer tells the planner, as plain immutable values.
+
+The planner never calls the model. It receives, per pool, whether the model may act
+and why not, each server's confidence (with its named parts), the traffic share the
+optimizer wants for it, and whether it stands out as an outlier. That keeps the
+planner a pure function, testable without XGBoost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ServerAdvice:
+    """One server: how sure the model is, what share it wants, and any outlier finding."""
+
+    server: str
+    confidence: float = 0.0
+    parts: Mapping[str, float] = field(default_factory=dict)
+    share: float | None = None  # desired share of the model-driven servers' traffic
+    outlier: str = ""  # why the server stands out from its pool; "" when it does not
+
+
+@dataclass(frozen=True)
+class PoolAdvice:
+    """One pool: ``blocked`` says why the model may not act ("" when it may)."""
+
+    pool: str
+    confidence: float
+    blocked: str
+    servers: Mapping[str, ServerAdvice] = field(default_factory=dict)
+    forecast_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class Advice:
+    """Advice for every pool of one observation."""
+
+    model_version: str | None
+    pools: Mapping[str, PoolAdvice] = field(default_factory=dict)
+
+    def for_pool(self, pool: str) -> PoolAdvice | None:
+        return self.pools.get(pool)
+
+
+NO_ADVICE = Advice(model_version=None)

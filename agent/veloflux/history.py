@@ -1,0 +1,434 @@
+"""The observation journal, and the per-interval rates the model learns from.
+
+The journal is the agent's memory: one row per server per observation, appended to a
+local SQLite file in WAL mode, so that training (another thread or process) can read
+while the loop keeps writing, and no server is needed to run the agent. HAProxy hands
+out cumulative counters and moving averages, not what happened in an interval;
+``derive_rates`` recovers that from consecutive samples, and refuses to invent a
+number across a reload or a counter reset.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from operator import attrgetter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from veloflux.errors import VelofluxError
+from veloflux.events import Events
+from veloflux.observation import Observation, ServerRow
+
+SCHEMA_VERSION = 1
+# HAProxy 2.6 averages qtime/ctime/rtime/ttime over the last 512 requests (TIME_STATS_SAMPLES),
+# a plain running mean until a server's 512th request; measured on HAProxy 2.6.12.
+EMA_SAMPLES = 512
+PRUNE_EVERY_SECONDS = 3600.0
+
+_TEXT = ("source", "pool", "server", "state")
+_REAL = (
+    "weight", "initial_weight", "sessions", "queue", "session_rate", "sessions_total",
+    "requests_total", "responses_5xx_total", "response_errors_total", "connect_errors_total",
+    "queue_time", "connect_time", "response_time", "total_time",
+)  # fmt: skip
+STORED_COLUMNS: tuple[str, ...] = (
+    "time", *_TEXT, "backup", *_REAL, "problem", "proxy_pid", "proxy_started",
+)  # fmt: skip
+_COUNTERS = (
+    "requests_total", "responses_5xx_total", "response_errors_total", "connect_errors_total",
+    "sessions_total",
+)  # fmt: skip
+_IDENTITY = ("time", "pool", "server", "state", "weight", "backup", "proxy_pid")
+_CURRENT = ("sessions", "queue", "response_time", "total_time")
+_NEEDED = (*_IDENTITY, *_COUNTERS, *_CURRENT)
+RATE_COLUMNS: tuple[str, ...] = (
+    *_IDENTITY, "reset", "interval_seconds", "requests", "request_rate", "errors",
+    "error_rate", "sessions", "queue", "response_time", "total_time",
+    "interval_response_time", "interval_total_time",
+)  # fmt: skip
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS samples (time REAL NOT NULL, "
+    + ", ".join(f"{c} TEXT NOT NULL" for c in _TEXT)
+    + ", backup INTEGER NOT NULL, "
+    + ", ".join(f"{c} REAL" for c in _REAL)
+    + ", problem TEXT NOT NULL, proxy_pid INTEGER NOT NULL, proxy_started REAL)",
+    "CREATE INDEX IF NOT EXISTS samples_by_server ON samples (pool, server, time)",
+    "CREATE INDEX IF NOT EXISTS samples_by_time ON samples (time)",
+)
+_INSERT = (
+    f"INSERT INTO samples ({', '.join(STORED_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(STORED_COLUMNS))})"
+)
+_read_text = attrgetter(*_TEXT)
+_read_real = attrgetter(*_REAL)
+_HINTS = {
+    "locked": "another connection held the write lock past the {timeout:g}s busy timeout",
+    "full": "free some disk space or shorten the retention",
+    "not a database": "the file exists but is not a SQLite database: move it or pick another path",
+    "unable to open": "the directory must exist and be writable",
+    "readonly": "the file or its directory is read-only",
+}
+
+
+class HistoryError(VelofluxError):
+    """The journal cannot be opened, written or read: keep running without history."""
+
+
+class Journal:
+    """An append-only SQLite journal of observations, safe to share between threads."""
+
+    def __init__(
+        self,
+        path: Path,
+        events: Events,
+        retention_seconds: float = 14 * 86400,
+        busy_timeout_seconds: float = 5.0,
+    ) -> None:
+        if not (math.isfinite(retention_seconds) and retention_seconds > 0):
+            raise ValueError(f"retention_seconds must be > 0, got {retention_seconds!r}")
+        if not (math.isfinite(busy_timeout_seconds) and busy_timeout_seconds >= 0):
+            raise ValueError(f"busy_timeout_seconds must be >= 0, got {busy_timeout_seconds!r}")
+        self.path = Path(path)
+        self.retention_seconds = float(retention_seconds)
+        self._busy_timeout = float(busy_timeout_seconds)
+        self._events = events
+        self._lock = threading.Lock()
+        self._last_prune = -math.inf
+        self._conn: sqlite3.Connection | None = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect, switch to WAL (readers never block the writer) and check the schema."""
+        try:
+            if self.path.is_dir():
+                raise IsADirectoryError(f"{self.path} is a directory")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None,
+                check_same_thread=False,
+            )  # fmt: skip
+        except (OSError, sqlite3.Error) as exc:
+            raise self._error("history_open_failed", "opening", exc) from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot switch to WAL (journal_mode is {mode})")
+            conn.execute("PRAGMA synchronous=NORMAL")  # a power cut may lose a tick, not the file
+            self._check_schema(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._error("history_open_failed", "opening", exc) from exc
+        except HistoryError:
+            conn.close()
+            raise
+        return conn
+
+    def _check_schema(self, conn: sqlite3.Connection) -> None:
+        """Create the tables on first use; refuse a foreign database or another version."""
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "schema_version" not in tables:
+            raise self._refuse("a SQLite database, but not a VeloFlux journal")
+        if "schema_version" not in tables:
+            with _transaction(conn):
+                conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_version SELECT ? WHERE NOT EXISTS "
+                    "(SELECT 1 FROM schema_version)",
+                    (SCHEMA_VERSION,),
+                )
+        found = conn.execute("SELECT version FROM schema_version").fetchone()
+        if found is None or found[0] != SCHEMA_VERSION:
+            version = found and found[0]
+            raise self._refuse(f"schema version {version}, this VeloFlux reads {SCHEMA_VERSION}")
+
+    def append(self, observation: Observation) -> int:
+        """Write every row of ``observation`` in one transaction; return the row count.
+
+        Pruning rides along at most once per hour of sample time, so retention costs
+        one indexed DELETE an hour rather than one per tick.
+        """
+        try:
+            values = [_values(row, observation) for row in observation.rows]
+            now = _epoch(observation.taken_at)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise self._error("history_write_failed", "converting the observation", exc) from exc
+        if not values:
+            return 0
+        with self._lock:
+            conn = self._connection()
+            prune = now - self._last_prune >= PRUNE_EVERY_SECONDS
+            try:
+                with _transaction(conn):
+                    conn.executemany(_INSERT, values)
+                    if prune:
+                        self._delete_before(conn, now - self.retention_seconds)
+            except (sqlite3.Error, OverflowError) as exc:
+                raise self._error(
+                    "history_write_failed", f"appending {len(values)} rows", exc
+                ) from exc
+            if prune:
+                self._last_prune = now
+        return len(values)
+
+    def read(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        pools: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """Samples with ``since <= time < until`` (half-open, so ranges tile), sorted by
+        (pool, server, time), with the stored column names; NULL comes back as NaN."""
+        clauses: list[str] = []
+        params: list[object] = []
+        for condition, moment in (("time >= ?", since), ("time < ?", until)):
+            if moment is not None:
+                clauses.append(condition)
+                params.append(_epoch(moment))
+        if pools is not None:
+            names = [pools] if isinstance(pools, str) else list(pools)
+            clauses.append(f"pool IN ({', '.join('?' * len(names))})")
+            params.extend(names)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {', '.join(STORED_COLUMNS)} FROM samples{where} ORDER BY pool, server, time"
+        rows = self._query("reading", sql, params)
+        return _frame(rows)
+
+    def count(self) -> int:
+        """How many rows the journal holds."""
+        return int(self._query("counting", "SELECT COUNT(*) FROM samples", [])[0][0])
+
+    def span(self) -> tuple[datetime, datetime] | None:
+        """The first and last sample time, or None while the journal is empty."""
+        first, last = self._query(
+            "reading the span", "SELECT MIN(time), MAX(time) FROM samples", []
+        )[0]
+        if first is None:
+            return None
+        return datetime.fromtimestamp(first, UTC), datetime.fromtimestamp(last, UTC)
+
+    def prune(self, now: datetime) -> int:
+        """Delete rows older than ``now - retention_seconds``; return how many went."""
+        cutoff = _epoch(now) - self.retention_seconds
+        with self._lock:
+            conn = self._connection()
+            try:
+                with _transaction(conn):
+                    deleted = self._delete_before(conn, cutoff)
+            except sqlite3.Error as exc:
+                raise self._error("history_write_failed", "pruning", exc) from exc
+            self._last_prune = _epoch(now)
+        return deleted
+
+    def close(self) -> None:
+        """Close the connection; the last one out also folds the WAL into the file."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def _delete_before(conn: sqlite3.Connection, cutoff: float) -> int:
+        return conn.execute("DELETE FROM samples WHERE time < ?", (cutoff,)).rowcount
+
+    def _query(self, doing: str, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            conn = self._connection()
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._error("history_read_failed", doing, exc) from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise HistoryError(f"history journal {self.path} is closed")
+        return self._conn
+
+    def _error(self, kind: str, doing: str, exc: BaseException) -> HistoryError:
+        """Count the failure and turn it into a HistoryError that names path and cause."""
+        cause = str(exc) or type(exc).__name__
+        hint = next((h for key, h in _HINTS.items() if key in cause.lower()), "")
+        hint = hint.format(timeout=self._busy_timeout)
+        return self._refuse(f"{doing} failed: {cause}" + (f" ({hint})" if hint else ""), kind)
+
+    def _refuse(self, problem: str, kind: str = "history_open_failed") -> HistoryError:
+        message = f"history journal {self.path}: {problem}"
+        self._events.record(kind, message, path=str(self.path))
+        return HistoryError(message)
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT: take the write lock up front (honouring the busy
+    timeout) and roll back on any error, so a failed append leaves nothing behind."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            with suppress(sqlite3.Error):  # the original error is the one worth reporting
+                conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _epoch(moment: datetime) -> float:
+    """Epoch seconds; a naive datetime is refused because its zone is a guess."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{moment!r} has no time zone; VeloFlux times are timezone-aware")
+    return moment.timestamp()
+
+
+def _real(value: float | None) -> float | None:
+    """NaN (and None) become NULL, so "unknown" never reads back as zero."""
+    if value is None:
+        return None
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
+def _values(row: ServerRow, observation: Observation) -> tuple[object, ...]:
+    proxy = observation.proxy
+    return (
+        _epoch(row.time),
+        *(str(v) for v in _read_text(row)),
+        int(bool(row.backup)),
+        *(_real(v) for v in _read_real(row)),
+        str(row.problem),
+        int(proxy.pid),
+        _real(proxy.started_at_epoch),
+    )
+
+
+def _frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
+    """Rows as a frame with fixed dtypes, whatever SQLite's per-value types were."""
+    frame = pd.DataFrame.from_records(rows, columns=list(STORED_COLUMNS))
+    micros = np.rint(frame["time"].to_numpy(dtype=float) * 1e6).astype("int64")
+    frame["time"] = pd.Series(micros.astype("datetime64[us]")).dt.tz_localize(UTC)
+    for column in (*_TEXT, "problem"):
+        frame[column] = frame[column].astype("str")
+    for column in (*_REAL, "proxy_started"):
+        frame[column] = frame[column].astype("float64")
+    frame["backup"] = frame["backup"].astype(bool)
+    frame["proxy_pid"] = frame["proxy_pid"].astype("int64")
+    return frame
+
+
+def derive_rates(samples: pd.DataFrame) -> pd.DataFrame:
+    """What happened in each interval between consecutive samples of one server.
+
+    One row per sample that has a predecessor (same pool and server), with the later
+    sample's identity (``time`` ... ``proxy_pid``), ``interval_seconds``, the count and
+    rate of ``requests``, ``errors`` (5xx + response + connect errors) and
+    ``error_rate = errors / max(requests, errors)`` (NaN without traffic: no traffic
+    is not "no errors"), current ``sessions``/``queue``, HAProxy's moving averages
+    ``response_time``/``total_time``, and the mean of the requests completed *in the
+    interval*, ``interval_response_time``/``interval_total_time`` (seconds).
+
+    A reload (``proxy_pid`` or ``proxy_started`` changed) or any counter going down
+    marks the row ``reset``; its deltas, rates and interval means are NaN, never a
+    negative number or a spike. NaN in, NaN out.
+
+    The interval mean inverts HAProxy's average (see ``interval_mean``). HAProxy
+    reports the average in whole milliseconds (2.6 rounds up), so each reading carries
+    up to 1 ms of rounding that the inversion multiplies by about N/k (N = EMA_SAMPLES,
+    or the request count while it is below N): roughly ±0.5 ms·N/k, ±5 ms at k = 50.
+    ``requests`` (k) is returned so that consumers can weight or filter by it.
+    """
+    missing = [c for c in _NEEDED if c not in samples]
+    if missing:
+        raise ValueError(f"derive_rates needs the journal's columns; missing {missing}")
+    columns = [*_NEEDED, *(["proxy_started"] if "proxy_started" in samples else [])]
+    ordered, seconds, later = _series_order(samples[columns])
+    earlier = later - 1
+
+    def before_after(column: str) -> tuple[np.ndarray, np.ndarray]:
+        values = ordered[column].to_numpy(dtype=float, na_value=np.nan)
+        return values[earlier], values[later]
+
+    reset = _changed(*before_after("proxy_pid"))
+    if "proxy_started" in ordered:
+        reset |= _changed(*before_after("proxy_started"))
+    deltas: dict[str, np.ndarray] = {}
+    for counter in _COUNTERS:
+        old, new = before_after(counter)
+        reset |= new < old
+        deltas[counter] = new - old
+    for delta in deltas.values():
+        delta[reset] = np.nan
+    interval = seconds[later] - seconds[earlier]
+    requests = deltas["requests_total"]
+    errors = sum(deltas[c] for c in _COUNTERS[1:4])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        request_rate = np.where(interval > 0, requests / interval, np.nan)
+        most = np.maximum(requests, errors)
+        error_rate = np.where(most > 0, errors / most, np.nan)
+    out = ordered[list(_IDENTITY)].iloc[later].reset_index(drop=True)
+    derived = {"reset": reset, "interval_seconds": interval, "requests": requests}
+    derived |= {"request_rate": request_rate, "errors": errors, "error_rate": error_rate}
+    derived |= {column: before_after(column)[1] for column in _CURRENT}
+    count_before = before_after("requests_total")[0]
+    for column in ("response_time", "total_time"):
+        old, new = before_after(column)
+        derived[f"interval_{column}"] = interval_mean(old, new, count_before, requests)
+    return out.assign(**derived)[list(RATE_COLUMNS)]
+
+
+def _series_order(samples: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Samples sorted by (pool, server, time), their times in seconds, and the positions
+    of rows whose previous row is the same server. Hash codes + lexsort beat a
+    multi-column string sort by far on millions of rows."""
+    codes = samples.groupby(["pool", "server"], sort=True, dropna=False).ngroup().to_numpy()
+    times = samples["time"]
+    seconds = (times - times.min()).dt.total_seconds().to_numpy(dtype=float, na_value=np.nan)
+    order = np.lexsort((seconds, codes))
+    codes, seconds = codes[order], seconds[order]
+    later = np.flatnonzero(codes[1:] == codes[:-1]) + 1
+    return samples.iloc[order].reset_index(drop=True), seconds, later
+
+
+def _changed(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """A known value that differs; unknown on either side is not evidence of a reload."""
+    return np.asarray((old != new) & ~np.isnan(old) & ~np.isnan(new), dtype=bool)
+
+
+def interval_mean(
+    avg_old: np.ndarray, avg_new: np.ndarray, count_before: np.ndarray, requests: np.ndarray
+) -> np.ndarray:
+    """The mean of the ``requests`` (k) values that moved HAProxy's average from
+    ``avg_old`` to ``avg_new``, given the server's request counter before them.
+
+    Past its first N = EMA_SAMPLES requests, HAProxy 2.6 updates the average per
+    request as an EMA of weight 1/N, so k requests of mean v give
+    ``avg_new = v + (avg_old - v) * a**k`` with ``a = 1 - 1/N``, hence
+    ``v = (avg_new - avg_old * a**k) / (1 - a**k)``. Before that (a fresh process,
+    e.g. after every reload) it is a plain running mean over the requests so far
+    (measured: 100 requests at 42 ms then 100 at 6 ms read 24 ms, not the EMA's 36);
+    the general form below covers both and an interval straddling the switch.
+    NaN when k is 0 (the average froze: no information) or unknown; clipped at 0.
+    """
+    n = float(EMA_SAMPLES)
+    with np.errstate(all="ignore"):
+        warm = np.clip(n - count_before, 0.0, requests)  # requests before the EMA starts
+        ema_steps = requests - warm
+        log_a = math.log1p(-1.0 / n)
+        decay = np.exp(ema_steps * log_a)
+        window = np.minimum(count_before + warm, n)  # divisor of the average at the switch
+        old_share = avg_old * (np.minimum(count_before, n) / window) * decay
+        value = (avg_new - old_share) / (-np.expm1(ema_steps * log_a) + decay * warm / window)
+    return np.where(requests > 0, np.maximum(value, 0.0), np.nan)

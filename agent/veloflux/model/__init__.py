@@ -1,0 +1,1 @@
+"""The learning core: features, training, the model registry, prediction and confidence."""

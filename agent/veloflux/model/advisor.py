@@ -1,0 +1,181 @@
+"""The advisor: turns a model's predictions into per-pool advice for the planner.
+
+For each managed pool it decides whether the model may act (a model exists, it is
+fresh, the pool has traffic, and the pool's confidence clears the threshold), which
+servers are confident enough to be driven by the model, what share of traffic the
+optimizer wants for each of them, and which servers stand out as outliers. The
+outlier guard runs whether or not there is a model: a server that has just degraded is
+exactly where the model is least sure, and fallback must not be blind.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from veloflux.advice import Advice, PoolAdvice, ServerAdvice
+from veloflux.config import OutlierSection
+from veloflux.model.features import TARGET_LATENCY, latest_rows
+from veloflux.model.predict import Predictor
+from veloflux.observation import Observation
+from veloflux.optimize import rate_grid, water_fill
+from veloflux.outliers import latency_outliers, moving_average_outliers
+
+_FORECAST_INTERVALS = 3
+
+
+@dataclass(frozen=True)
+class AdvisorSettings:
+    """The knobs of the advisor, taken from ``ai`` and ``policy`` in the config."""
+
+    confidence_threshold: float
+    error_penalty_seconds: float
+    stale_after_seconds: float
+    max_model_age_seconds: float
+    outlier: OutlierSection
+
+
+def advise(
+    observation: Observation,
+    features: pd.DataFrame,
+    predictor: Predictor | None,
+    settings: AdvisorSettings,
+    blocked_reason: str,
+    last_sample_at: datetime | None,
+) -> Advice:
+    """Advice for every managed pool. ``blocked_reason`` explains a missing predictor."""
+    fresh_model = predictor is not None and (
+        (observation.taken_at - predictor.trained_at).total_seconds()
+        <= settings.max_model_age_seconds
+    )
+    fresh_data = last_sample_at is not None and (
+        (observation.taken_at - last_sample_at).total_seconds() <= settings.stale_after_seconds
+    )
+    pools = {}
+    for pool in observation.pools:
+        if not pool.managed:
+            continue
+        pool_features = features[features["pool"] == pool.name] if len(features) else features
+        outliers = find_outliers(observation, pool.name, pool_features, settings.outlier)
+        if predictor is None:
+            advice = _blocked(pool.name, blocked_reason, outliers)
+        elif not fresh_model:
+            advice = _blocked(
+                pool.name, f"model {predictor.version} is older than max_model_age", outliers
+            )
+        elif not fresh_data:
+            advice = _blocked(pool.name, "no recent history (stale observations)", outliers)
+        else:
+            advice = _pool_advice(pool.name, pool_features, predictor, settings, outliers)
+        pools[pool.name] = advice
+    return Advice(model_version=predictor.version if predictor else None, pools=pools)
+
+
+def _blocked(pool: str, reason: str, outliers: dict[str, str]) -> PoolAdvice:
+    servers = {name: ServerAdvice(name, outlier=why) for name, why in outliers.items()}
+    return PoolAdvice(pool, 0.0, reason, servers)
+
+
+def _pool_advice(
+    pool: str,
+    features: pd.DataFrame,
+    predictor: Predictor,
+    settings: AdvisorSettings,
+    outliers: dict[str, str],
+) -> PoolAdvice:
+    now = latest_rows(features)
+    now = now[now["time"] == now["time"].max()] if len(now) else now
+    if now.empty:
+        return _blocked(pool, "no recent history for this pool", outliers)
+    forecast = _forecast_rate(features)
+    if not np.isfinite(forecast) or forecast <= 0:
+        return _blocked(pool, "idle pool: no traffic to learn from", outliers)
+    judged = features[features[TARGET_LATENCY].notna()]
+    status_quo = now.assign(next_rate=now["request_rate"])
+    confidence = predictor.confidence(status_quo, judged, fresh=True)
+    names = list(now["server"])
+    pool_confidence = float(np.median(confidence.value))
+    servers = {
+        name: ServerAdvice(
+            name, float(confidence.value[i]), confidence.parts_of(i), outlier=outliers.get(name, "")
+        )
+        for i, name in enumerate(names)
+    }
+    if pool_confidence < settings.confidence_threshold:
+        weakest = Counter(confidence.weakest(i) for i in range(len(names))).most_common(1)[0][0]
+        reason = (
+            f"confidence {pool_confidence:.2f} < {settings.confidence_threshold:.2f} "
+            f"(weakest: {weakest})"
+        )
+        return PoolAdvice(pool, pool_confidence, reason, servers, forecast)
+    confident = [
+        i for i in range(len(names)) if confidence.value[i] >= settings.confidence_threshold
+    ]
+    shares = _shares(
+        now.iloc[confident], predictor, settings, forecast, float(now["request_rate"].sum())
+    )
+    for i, share in zip(confident, shares, strict=True):
+        name = names[i]
+        servers[name] = ServerAdvice(
+            name, servers[name].confidence, servers[name].parts, float(share), servers[name].outlier
+        )
+    return PoolAdvice(pool, pool_confidence, "", servers, forecast)
+
+
+def _forecast_rate(features: pd.DataFrame) -> float:
+    """Next interval's pool rate: the mean of the last few intervals' totals."""
+    per_instant = features.groupby("time")["request_rate"].sum().sort_index()
+    recent = per_instant.tail(_FORECAST_INTERVALS)
+    return float(recent.mean()) if len(recent) else float("nan")
+
+
+def _shares(
+    rows: pd.DataFrame,
+    predictor: Predictor,
+    settings: AdvisorSettings,
+    forecast: float,
+    current_total: float,
+) -> Sequence[float]:
+    """Water-fill the confident servers' part of the forecast; their shares sum to 1."""
+    current = rows["request_rate"].to_numpy(dtype=float)
+    part = current.sum() / current_total if current_total > 0 else len(rows) / max(len(rows), 1)
+    total = forecast * part
+    if total <= 0:
+        return [1.0 / len(rows)] * len(rows)
+    grid = rate_grid(current * (total / current.sum()) if current.sum() > 0 else current, total)
+    curves = predictor.curves(rows, grid)
+    cost = curves.latency_p90 + settings.error_penalty_seconds * curves.error_rate
+    assigned = water_fill(grid, cost, total)
+    shares: Sequence[float] = list(assigned / assigned.sum())
+    return shares
+
+
+def find_outliers(
+    observation: Observation, pool: str, features: pd.DataFrame, rules: OutlierSection
+) -> dict[str, str]:
+    """Servers whose recent errors or latency stand far outside their pool's.
+
+    Judged on the latest interval when history exists (errors need counter deltas),
+    else on HAProxy's moving-average response time alone.
+    """
+    if not rules.enabled:
+        return {}
+    now = latest_rows(features) if len(features) else features
+    if not len(now):
+        return moving_average_outliers(observation, pool, rules)
+    now = now[now["time"] == now["time"].max()]
+    busy = now[now["requests"].fillna(0) >= rules.min_requests]
+    found: dict[str, str] = {}
+    pool_errors = (
+        float(np.nanmedian(busy["error_rate"])) if busy["error_rate"].notna().any() else 0.0
+    )
+    for server, rate in zip(busy["server"], busy["error_rate"], strict=True):
+        if np.isfinite(rate) and rate >= max(rules.error_rate, 3 * pool_errors):
+            found[str(server)] = f"outlier: error rate {rate:.0%} (pool median {pool_errors:.0%})"
+    slow = latency_outliers(list(zip(busy["server"], busy["latency"], strict=True)), rules)
+    return {**slow, **found}

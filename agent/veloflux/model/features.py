@@ -1,0 +1,125 @@
+"""From derived rates to the feature frame the model learns from and predicts on.
+
+One row per (time, pool, server). The features describe a server's own recent state
+and its pool's, and ``next_rate``: the load it would be given in the next interval,
+the one input the optimizer varies. The targets are what happened next: the next
+interval's mean response time and error rate.
+
+Rules this module keeps:
+- the server's name is never a feature (names do not generalise, and an unseen name
+  would break prediction);
+- a feature whose source is missing is NaN (XGBoost routes missing values), never 0;
+- latency is the *interval* mean recovered from HAProxy's moving average (see
+  ``veloflux.history.derive_rates``), because the moving average itself lags by up to
+  512 requests and would teach the model yesterday's latency.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+# The load feature: latency must not fall as it rises (monotone +1).
+LOAD_FEATURE = "next_rate"
+
+FEATURES: tuple[str, ...] = (
+    LOAD_FEATURE,
+    "request_rate",
+    "share",
+    "latency",
+    "latency_ema",
+    "latency_trend",
+    "error_rate",
+    "sessions",
+    "queue",
+    "rate_trend",
+    "pool_rate",
+    "relative_latency",
+    "tod_sin",
+    "tod_cos",
+)
+TARGET_LATENCY = "target_latency"
+TARGET_ERROR_RATE = "target_error_rate"
+TARGET_REQUESTS = "target_requests"
+KEYS = ("time", "pool", "server")
+# Carried along for the outlier guard and sample weights; not a model input.
+EXTRA = ("requests",)
+_TREND_WINDOW = 3
+COLUMNS = (*KEYS, *EXTRA, *FEATURES, TARGET_LATENCY, TARGET_ERROR_RATE, TARGET_REQUESTS)
+
+
+def monotone_constraints(features: tuple[str, ...] = FEATURES) -> str:
+    """XGBoost's constraint string: +1 on the load feature, free elsewhere."""
+    return "(" + ",".join("1" if f == LOAD_FEATURE else "0" for f in features) + ")"
+
+
+def build_features(rates: pd.DataFrame) -> pd.DataFrame:
+    """The feature frame (keys, ``FEATURES``, targets) from ``derive_rates`` output.
+
+    Rows of servers that are not UP are dropped: a DOWN or MAINT server's figures say
+    nothing about how it serves traffic. The targets of a server's last row are NaN
+    (there is no next interval yet); that row is what prediction uses.
+    """
+    if rates.empty:
+        return pd.DataFrame(columns=list(COLUMNS))
+    df = rates[rates["state"] == "UP"].sort_values(["pool", "server", "time"])
+    df = df.reset_index(drop=True)
+    out = pd.DataFrame({key: df[key] for key in KEYS})
+    rate = df["request_rate"].astype(float)
+    latency = df["interval_response_time"].astype(float)
+    requests = df["requests"].astype(float)
+
+    by_instant = [df["pool"], df["time"]]
+    pool_rate = rate.groupby(by_instant).transform("sum")
+    weighted = (latency * requests).groupby(by_instant).transform("sum")
+    weight = requests.where(latency.notna()).groupby(by_instant).transform("sum")
+    pool_latency = weighted / weight.replace(0, np.nan)
+
+    servers = df.groupby(["pool", "server"], sort=False)
+    out["request_rate"] = rate
+    out["requests"] = requests
+    out["share"] = rate / pool_rate.replace(0, np.nan)
+    out["latency"] = latency
+    out["latency_ema"] = df["response_time"].astype(float)
+    keys = [df["pool"], df["server"]]
+    out["latency_trend"] = latency - _previous_mean(latency, keys)
+    out["error_rate"] = df["error_rate"].astype(float)
+    out["sessions"] = df["sessions"].astype(float)
+    out["queue"] = df["queue"].astype(float)
+    out["rate_trend"] = rate - _previous_mean(rate, keys)
+    out["pool_rate"] = pool_rate
+    out["relative_latency"] = latency / pool_latency
+    seconds_of_day = df["time"].dt.hour * 3600 + df["time"].dt.minute * 60 + df["time"].dt.second
+    angle = 2 * np.pi * seconds_of_day.astype(float) / 86400.0
+    out["tod_sin"], out["tod_cos"] = np.sin(angle), np.cos(angle)
+
+    out[LOAD_FEATURE] = servers["request_rate"].shift(-1).astype(float)
+    out[TARGET_LATENCY] = servers["interval_response_time"].shift(-1).astype(float)
+    out[TARGET_ERROR_RATE] = servers["error_rate"].shift(-1).astype(float)
+    out[TARGET_REQUESTS] = servers["requests"].shift(-1).astype(float)
+    # A division by a zero that slipped through is missing data, not an infinite load.
+    numeric = [*FEATURES, TARGET_LATENCY, TARGET_ERROR_RATE, TARGET_REQUESTS]
+    out[numeric] = out[numeric].replace([np.inf, -np.inf], np.nan)
+    return out[list(COLUMNS)]
+
+
+def _previous_mean(values: pd.Series, keys: list[pd.Series]) -> pd.Series:
+    """Mean of the previous few intervals of the same server (NaN-aware, excludes now)."""
+    return values.groupby(keys).transform(
+        lambda s: s.shift(1).rolling(_TREND_WINDOW, min_periods=1).mean()
+    )
+
+
+def latest_rows(features: pd.DataFrame) -> pd.DataFrame:
+    """Each server's most recent row: where prediction starts from."""
+    if features.empty:
+        return features
+    ordered = features.sort_values("time")
+    return ordered.groupby(["pool", "server"], sort=False).tail(1).reset_index(drop=True)
+
+
+def training_rows(features: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose next interval is known and carried traffic: what training can use."""
+    usable = features[TARGET_LATENCY].notna() & (features[TARGET_REQUESTS] > 0)
+    usable &= features[LOAD_FEATURE].notna()
+    return features[usable].sort_values("time").reset_index(drop=True)

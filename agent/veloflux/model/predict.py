@@ -1,0 +1,180 @@
+"""Prediction and confidence: what the model expects, and how far to trust it.
+
+A ``Predictor`` wraps one loaded model version. It answers two questions for the
+planner: how would each server's latency and errors respond to the rates it could be
+given (``curves``), and how sure is the model about each server right now
+(``confidence``). Confidence is the minimum of four parts, each in [0, 1], so that the
+weakest reason wins and is named:
+
+- ``width``: the calibrated 80% interval, relative to its typical width at training;
+- ``realized``: how far the model's recent predictions for this server were from what
+  then happened, relative to its typical error on the test window;
+- ``ood``: how far the server's current features sit from the training data (one joint
+  Mahalanobis distance, not a per-feature range check);
+- ``freshness``: 0 for a model older than ``max_model_age`` or observations older than
+  the staleness limit, else 1.
+
+Scoring uses one thread: it must stay fast while a training runs beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+from veloflux.errors import ModelUnavailable
+from veloflux.model.features import FEATURES, LOAD_FEATURE, TARGET_LATENCY
+from veloflux.model.registry import LoadedModel
+from veloflux.model.train import QUANTILES, log_latency
+
+CONFIDENCE_PARTS = ("width", "realized", "ood", "freshness")
+
+
+@dataclass(frozen=True)
+class Curves:
+    """Predicted response per server (rows) at each candidate rate (columns)."""
+
+    rates: np.ndarray  # (n, g) requests/s
+    latency_p50: np.ndarray  # (n, g) seconds
+    latency_p90: np.ndarray  # (n, g) seconds
+    error_rate: np.ndarray  # (n, g) 0..1
+
+
+@dataclass(frozen=True)
+class Confidence:
+    """Per-server confidence and its named parts."""
+
+    value: np.ndarray  # (n,)
+    parts: dict[str, np.ndarray]  # part name -> (n,)
+
+    def parts_of(self, i: int) -> dict[str, float]:
+        return {name: round(float(p[i]), 3) for name, p in self.parts.items()}
+
+    def weakest(self, i: int) -> str:
+        return min(self.parts, key=lambda name: float(self.parts[name][i]))
+
+
+class Predictor:
+    """One model version, ready to score; built from registry bytes, never pickles."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        meta = loaded.metadata
+        if list(meta.get("features", [])) != list(FEATURES):
+            raise ModelUnavailable(
+                f"model {loaded.version} was trained on a different feature set "
+                f"({len(meta.get('features', []))} features); retrain it with this version"
+            )
+        self.version = loaded.version
+        self.metadata: dict[str, Any] = dict(meta)
+        self.trained_at = datetime.fromisoformat(str(meta.get("created_at")))
+        self._latency = _booster(loaded, "latency")
+        self._errors = _booster(loaded, "errors")
+        self._offset = float(meta["conformal_offset"])
+        ood = meta["ood"]
+        self._mean = np.asarray(ood["mean"], dtype=float)
+        self._inv_cov = np.asarray(ood["inv_cov"], dtype=float)
+        self._d2_q95 = float(ood["d2_q95"])
+        self._d2_q99 = float(ood["d2_q99"])
+        self._width_ref = max(float(meta["width_reference"]), 1e-6)
+        self._error_ref = max(float(meta["metrics"]["median_relative_error"]), 1e-3)
+
+    def _matrix(self, rows: pd.DataFrame) -> np.ndarray:
+        return rows[list(FEATURES)].to_numpy(dtype=np.float32)
+
+    def _log_quantiles(self, x: np.ndarray) -> np.ndarray:
+        raw = np.asarray(self._latency.inplace_predict(x), dtype=float)
+        return np.sort(raw.reshape(len(x), len(QUANTILES)), axis=1)
+
+    def curves(self, rows: pd.DataFrame, rates: np.ndarray) -> Curves:
+        """Latency and errors of each row's server at each of its candidate rates.
+
+        Each curve is rearranged (running maximum along the rate axis) so that predicted
+        latency and errors never fall as load rises, whatever the trees did.
+        """
+        n, g = rates.shape
+        x = np.repeat(self._matrix(rows), g, axis=0)
+        x[:, FEATURES.index(LOAD_FEATURE)] = rates.reshape(-1)
+        q = np.exp(self._log_quantiles(x)).reshape(n, g, len(QUANTILES))
+        errors = np.asarray(self._errors.inplace_predict(x), dtype=float).reshape(n, g)
+        return Curves(
+            rates=rates,
+            latency_p50=np.maximum.accumulate(q[:, :, 1], axis=1),
+            latency_p90=np.maximum.accumulate(q[:, :, 2], axis=1),
+            error_rate=np.clip(np.maximum.accumulate(errors, axis=1), 0.0, 1.0),
+        )
+
+    def confidence(self, now_rows: pd.DataFrame, recent: pd.DataFrame, fresh: bool) -> Confidence:
+        """Confidence for each row of ``now_rows`` (one per server, status-quo load).
+
+        ``recent`` holds the same servers' recent rows whose next interval is known,
+        for the realized-error part. ``fresh`` is False when the model or the
+        observations are too old.
+        """
+        x = self._matrix(now_rows)
+        q = self._log_quantiles(x)
+        width = q[:, 2] - q[:, 0] + 2 * self._offset
+        parts = {
+            "width": np.clip(2.0 - width / self._width_ref, 0.0, 1.0),
+            "realized": self._realized(now_rows, recent),
+            "ood": self._ood(x),
+            "freshness": np.full(len(now_rows), 1.0 if fresh else 0.0),
+        }
+        value = np.min(np.vstack(list(parts.values())), axis=0)
+        return Confidence(value=value, parts=parts)
+
+    def _ood(self, x: np.ndarray) -> np.ndarray:
+        """1 inside the bulk of the training data, falling to 0 far outside it.
+
+        A feature the model always had but is now missing counts as far away: a
+        prediction without it rests on less than the model learned from.
+        """
+        values = x.astype(float)
+        missing = ~np.isfinite(values)
+        filled = np.where(missing, self._mean, values)
+        centred = filled - self._mean
+        d2 = np.einsum("ij,jk,ik->i", centred, self._inv_cov, centred)
+        far = 4.0 * max(self._d2_q99, self._d2_q95 + 1e-6)
+        score = np.clip((far - d2) / (far - self._d2_q95), 0.0, 1.0)
+        usually_present = np.asarray(self.metadata["ood"]["present_fraction"]) > 0.9
+        lost = (missing & usually_present).sum(axis=1)
+        return np.asarray(np.where(lost > 0, np.minimum(score, 0.5 / lost), score))
+
+    def _realized(self, now_rows: pd.DataFrame, recent: pd.DataFrame) -> np.ndarray:
+        """Median relative error of recent predictions for each server, as a score.
+
+        A server with fewer than three judged intervals scores 0: the model has not
+        shown it can predict this server yet (a server seen for the first time).
+        """
+        if recent.empty:
+            return np.zeros(len(now_rows))
+        q50 = np.exp(self._log_quantiles(self._matrix(recent))[:, 1])
+        actual = np.exp(log_latency(recent[TARGET_LATENCY]))
+        rel = pd.Series(np.abs(q50 - actual) / actual, index=recent.index)
+        keys = list(zip(recent["pool"], recent["server"], strict=True))
+        grouped = rel.groupby(pd.MultiIndex.from_tuples(keys))
+        median, count = grouped.median(), grouped.count()
+        scores = []
+        for pool, server in zip(now_rows["pool"], now_rows["server"], strict=True):
+            if count.get((pool, server), 0) < 3:
+                scores.append(0.0)
+            else:
+                ratio = float(median[(pool, server)]) / self._error_ref
+                scores.append(float(np.clip(2.0 - ratio, 0.0, 1.0)))
+        return np.asarray(scores)
+
+
+def _booster(loaded: LoadedModel, name: str) -> xgb.Booster:
+    if name not in loaded.boosters:
+        raise ModelUnavailable(f"model {loaded.version} has no '{name}' booster")
+    booster = xgb.Booster()
+    try:
+        booster.load_model(bytearray(loaded.boosters[name]))
+    except xgb.core.XGBoostError as exc:
+        raise ModelUnavailable(f"model {loaded.version}: '{name}' does not load: {exc}") from None
+    booster.set_param({"nthread": 1})
+    return booster

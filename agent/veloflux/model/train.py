@@ -1,0 +1,288 @@
+"""Training: XGBoost quantile models of latency, a model of errors, and their honesty.
+
+The data is split by time, never shuffled (the future must not leak into the past):
+train, validation (early stopping), calibration (conformal intervals) and test (every
+figure reported, and the promotion gate). Latency is learned in log space, so the
+model's errors are relative ("20% slower"), not absolute; quantiles survive the log
+because it is monotone.
+
+XGBoost's quantile objective refits leaf values after each tree, which can break
+``monotone_constraints`` (we measured violations on XGBoost 3.2); the constraint still
+steers the trees, and ``predict`` rearranges every curve so that predicted latency never
+falls as load rises.
+
+Train in the calling thread or a ``spawn`` process, never after a ``fork``: XGBoost's
+thread pool does not survive one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+from veloflux.errors import VelofluxError
+from veloflux.model.features import (
+    FEATURES,
+    TARGET_ERROR_RATE,
+    TARGET_LATENCY,
+    TARGET_REQUESTS,
+    monotone_constraints,
+    training_rows,
+)
+
+QUANTILES = (0.1, 0.5, 0.9)
+LOG_FLOOR_SECONDS = 1e-4  # 0.1 ms: keeps log() finite for instant replies
+Progress = Callable[[str, float], None]
+
+
+class NotEnoughData(VelofluxError):
+    """Too little history to train on; the message says how much exists and is needed."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Hyper-parameters; fixed seed so the same history gives the same model."""
+
+    max_depth: int = 5
+    learning_rate: float = 0.1
+    max_rounds: int = 200
+    early_stopping_rounds: int = 20
+    min_rows: int = 200
+    seed: int = 7
+    nthread: int = 2
+    coverage: float = 0.8  # the calibrated interval: q10..q90
+
+
+@dataclass(frozen=True)
+class Split:
+    """Time-ordered parts of the training rows."""
+
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    calib: pd.DataFrame
+    test: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """Boosters plus everything prediction and confidence need, as JSON-able metadata."""
+
+    latency: xgb.Booster
+    errors: xgb.Booster
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def booster_bytes(self) -> dict[str, bytes]:
+        return {
+            "latency": bytes(self.latency.save_raw("ubj")),
+            "errors": bytes(self.errors.save_raw("ubj")),
+        }
+
+
+def split_by_time(rows: pd.DataFrame) -> Split:
+    """60% train, 15% validation, 12.5% calibration, 12.5% test, in time order."""
+    n = len(rows)
+    cuts = [int(n * f) for f in (0.6, 0.75, 0.875)]
+    return Split(
+        rows.iloc[: cuts[0]],
+        rows.iloc[cuts[0] : cuts[1]],
+        rows.iloc[cuts[1] : cuts[2]],
+        rows.iloc[cuts[2] :],
+    )
+
+
+def log_latency(seconds: pd.Series | np.ndarray) -> np.ndarray:
+    floored: np.ndarray = np.maximum(np.asarray(seconds, dtype=float), LOG_FLOOR_SECONDS)
+    logs: np.ndarray = np.log(floored)
+    return logs
+
+
+def _matrix(
+    rows: pd.DataFrame, label: np.ndarray | None = None, weight: np.ndarray | None = None
+) -> xgb.DMatrix:
+    return xgb.DMatrix(
+        rows[list(FEATURES)].to_numpy(dtype=np.float32),
+        label=label,
+        weight=weight,
+        feature_names=list(FEATURES),
+        missing=np.nan,
+    )
+
+
+def _fit(
+    params: dict[str, Any], train: xgb.DMatrix, valid: xgb.DMatrix, settings: TrainSettings
+) -> xgb.Booster:
+    return xgb.train(
+        params,
+        train,
+        num_boost_round=settings.max_rounds,
+        evals=[(valid, "valid")],
+        early_stopping_rounds=settings.early_stopping_rounds,
+        verbose_eval=False,
+    )
+
+
+def train_model(
+    features: pd.DataFrame, settings: TrainSettings, progress: Progress | None = None
+) -> tuple[TrainedModel, Split]:
+    """Train both models on the feature frame; raise ``NotEnoughData`` if it is too short."""
+    report = progress or (lambda _stage, _fraction: None)
+    started = time.perf_counter()
+    rows = training_rows(features)
+    if len(rows) < settings.min_rows:
+        raise NotEnoughData(
+            f"{len(rows)} usable rows of history (intervals with traffic and a known next "
+            f"interval); at least {settings.min_rows} are needed. Record longer with "
+            "`veloflux-agent record`."
+        )
+    split = split_by_time(rows)
+    common = {
+        "tree_method": "hist",
+        "max_depth": settings.max_depth,
+        "eta": settings.learning_rate,
+        "seed": settings.seed,
+        "nthread": settings.nthread,
+    }
+    report("latency model", 0.1)
+    latency = _fit(
+        {
+            **common,
+            "objective": "reg:quantileerror",
+            "quantile_alpha": list(QUANTILES),
+            "monotone_constraints": monotone_constraints(),
+        },
+        _matrix(split.train, log_latency(split.train[TARGET_LATENCY]), _weights(split.train)),
+        _matrix(split.valid, log_latency(split.valid[TARGET_LATENCY]), _weights(split.valid)),
+        settings,
+    )
+    report("error model", 0.6)
+    errors = _fit(
+        {**common, "objective": "reg:logistic", "monotone_constraints": monotone_constraints()},
+        _matrix(split.train, _error_label(split.train), _weights(split.train)),
+        _matrix(split.valid, _error_label(split.valid), _weights(split.valid)),
+        settings,
+    )
+    report("calibration", 0.85)
+    model = TrainedModel(latency, errors)
+    metadata = _metadata(model, split, rows, settings)
+    metadata["duration_seconds"] = round(time.perf_counter() - started, 3)
+    report("done", 1.0)
+    return TrainedModel(latency, errors, metadata), split
+
+
+def _weights(rows: pd.DataFrame) -> np.ndarray:
+    """Intervals with more requests pin their mean down better (capped: one EMA window)."""
+    weights: np.ndarray = np.clip(rows[TARGET_REQUESTS].to_numpy(dtype=float), 1.0, 512.0)
+    return weights
+
+
+def _error_label(rows: pd.DataFrame) -> np.ndarray:
+    labels: np.ndarray = np.clip(rows[TARGET_ERROR_RATE].fillna(0.0).to_numpy(dtype=float), 0, 1)
+    return labels
+
+
+def predict_log_quantiles(latency: xgb.Booster, rows: pd.DataFrame) -> np.ndarray:
+    """Raw (n, 3) log-latency quantiles, sorted per row so they never cross."""
+    raw = latency.inplace_predict(rows[list(FEATURES)].to_numpy(dtype=np.float32))
+    return np.sort(np.asarray(raw, dtype=float).reshape(len(rows), len(QUANTILES)), axis=1)
+
+
+def conformal_offset(latency: xgb.Booster, calib: pd.DataFrame, coverage: float) -> float:
+    """Conformalized quantile regression: widen q10..q90 until it covers ``coverage``."""
+    q = predict_log_quantiles(latency, calib)
+    y = log_latency(calib[TARGET_LATENCY])
+    scores = np.maximum(q[:, 0] - y, y - q[:, 2])
+    n = len(scores)
+    level = min(1.0, math.ceil((n + 1) * coverage) / n)
+    return float(np.quantile(scores, level, method="higher"))
+
+
+def evaluate(model: TrainedModel, test: pd.DataFrame, offset: float) -> dict[str, float]:
+    """Every figure the train command prints and the promotion gate compares."""
+    q = np.exp(predict_log_quantiles(model.latency, test))
+    y = test[TARGET_LATENCY].to_numpy(dtype=float)
+    naive = test["latency"].to_numpy(dtype=float)
+    has_naive = np.isfinite(naive)
+    lo = np.exp(np.log(np.maximum(q[:, 0], LOG_FLOOR_SECONDS)) - offset)
+    hi = np.exp(np.log(np.maximum(q[:, 2], LOG_FLOOR_SECONDS)) + offset)
+    err_pred = np.asarray(
+        model.errors.inplace_predict(test[list(FEATURES)].to_numpy(dtype=np.float32)), dtype=float
+    )
+    err_true = _error_label(test)
+    err_naive = np.nan_to_num(test["error_rate"].to_numpy(dtype=float))
+    return {
+        "rows": float(len(test)),
+        "mae_p50_seconds": float(np.mean(np.abs(q[:, 1] - y))),
+        "naive_mae_seconds": float(np.mean(np.abs(naive[has_naive] - y[has_naive]))),
+        "pinball_p50": _pinball(y, q[:, 1], 0.5),
+        "pinball_p90": _pinball(y, q[:, 2], 0.9),
+        "naive_pinball_p50": _pinball(y[has_naive], naive[has_naive], 0.5),
+        "naive_pinball_p90": _pinball(y[has_naive], naive[has_naive], 0.9),
+        "coverage_80": float(np.mean((y >= lo) & (y <= hi))),
+        "median_relative_error": float(np.median(np.abs(q[:, 1] - y) / np.maximum(y, 1e-4))),
+        "error_rate_mae": float(np.mean(np.abs(err_pred - err_true))),
+        "naive_error_rate_mae": float(np.mean(np.abs(err_naive - err_true))),
+    }
+
+
+def _pinball(y: np.ndarray, q: np.ndarray, alpha: float) -> float:
+    diff = y - q
+    return float(np.mean(np.maximum(alpha * diff, (alpha - 1) * diff))) if len(y) else math.nan
+
+
+def _metadata(
+    model: TrainedModel, split: Split, rows: pd.DataFrame, settings: TrainSettings
+) -> dict[str, Any]:
+    offset = conformal_offset(model.latency, split.calib, settings.coverage)
+    calib_q = predict_log_quantiles(model.latency, split.calib)
+    widths = calib_q[:, 2] - calib_q[:, 0] + 2 * offset
+    return {
+        "features": list(FEATURES),
+        "quantiles": list(QUANTILES),
+        "conformal_offset": offset,
+        "width_reference": float(np.median(widths)),
+        "window": {"start": rows["time"].min().isoformat(), "end": rows["time"].max().isoformat()},
+        "rows": {
+            "train": len(split.train),
+            "valid": len(split.valid),
+            "calib": len(split.calib),
+            "test": len(split.test),
+        },
+        "best_iteration": {
+            "latency": int(model.latency.best_iteration),
+            "errors": int(model.errors.best_iteration),
+        },
+        "metrics": evaluate(model, split.test, offset),
+        "ood": ood_reference(split.train),
+        "xgboost_version": xgb.__version__,
+        "settings": settings.__dict__,
+    }
+
+
+def ood_reference(train: pd.DataFrame) -> dict[str, Any]:
+    """Mean, inverse covariance and distance quantiles of the training features.
+
+    Missing values are filled with the mean before the distance, so a missing feature
+    adds nothing by itself; how many features are missing is judged separately.
+    """
+    x = train[list(FEATURES)].to_numpy(dtype=float)
+    mean = np.nanmean(x, axis=0)
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    filled = np.where(np.isfinite(x), x, mean)
+    cov = np.cov(filled, rowvar=False) + np.eye(len(FEATURES)) * 1e-6
+    inv = np.linalg.pinv(cov)
+    d2 = np.einsum("ij,jk,ik->i", filled - mean, inv, filled - mean)
+    present = np.isfinite(x).mean(axis=0)
+    return {
+        "mean": mean.tolist(),
+        "inv_cov": inv.tolist(),
+        "d2_q95": float(np.quantile(d2, 0.95)),
+        "d2_q99": float(np.quantile(d2, 0.99)),
+        "present_fraction": present.tolist(),
+    }

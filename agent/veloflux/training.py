@@ -1,0 +1,110 @@
+"""Training from the journal, end to end: read, featurize, train, save, gate, promote.
+
+The promotion gate: a new model becomes current only if, on its own held-out test
+window, it beats the naive baseline (next latency = last latency) and the current
+model evaluated on that same window. Otherwise it is kept as a candidate with the
+reason. Runs in the calling thread; never call it in a forked child (XGBoost).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from veloflux.errors import ModelUnavailable
+from veloflux.history import Journal, derive_rates
+from veloflux.model.features import FEATURES, build_features
+from veloflux.model.registry import ModelEntry, Registry
+from veloflux.model.train import Progress, TrainedModel, TrainSettings, evaluate, train_model
+
+
+@dataclass(frozen=True)
+class TrainingReport:
+    """What the train command prints."""
+
+    entry: ModelEntry
+    promoted: bool
+    reason: str
+    metadata: dict[str, Any]
+    current_version: str | None
+    current_metrics: dict[str, float] | None
+
+    def to_json(self) -> dict[str, Any]:
+        meta = self.metadata
+        return {
+            "version": self.entry.version,
+            "promoted": self.promoted,
+            "reason": self.reason,
+            "rows": meta["rows"],
+            "window": meta["window"],
+            "metrics": meta["metrics"],
+            "compared_with": {"version": self.current_version, "metrics": self.current_metrics},
+            "duration_seconds": meta["duration_seconds"],
+        }
+
+
+def train_from_journal(
+    journal: Journal,
+    registry: Registry,
+    settings: TrainSettings,
+    progress: Progress | None = None,
+) -> TrainingReport:
+    """Train on the whole journal; raise ``NotEnoughData`` if it is too short."""
+    report = progress or (lambda _stage, _fraction: None)
+    report("reading history", 0.0)
+    features = build_features(derive_rates(journal.read()))
+    model, split = train_model(features, settings, progress)
+    entry = registry.save(model.booster_bytes(), model.metadata)
+    current_version, current_metrics = _current_on(registry, split.test)
+    promoted, reason = gate(model.metadata["metrics"], current_version, current_metrics)
+    if promoted:
+        registry.promote(entry.version, reason)
+    else:
+        registry.reject(entry.version, reason)
+    return TrainingReport(entry, promoted, reason, model.metadata, current_version, current_metrics)
+
+
+def gate(
+    metrics: dict[str, float], current_version: str | None, current: dict[str, float] | None
+) -> tuple[bool, str]:
+    """Beat the naive baseline, and the current model on the same window, or stay a candidate."""
+    mae, naive = metrics["mae_p50_seconds"], metrics["naive_mae_seconds"]
+    if not mae < naive:
+        return (
+            False,
+            f"MAE {mae * 1000:.2f} ms does not beat the naive baseline's {naive * 1000:.2f} ms",
+        )
+    if current is None:
+        return True, f"beats the naive baseline ({mae * 1000:.2f} vs {naive * 1000:.2f} ms MAE)"
+    theirs = current["mae_p50_seconds"]
+    if not mae < theirs:
+        return False, (
+            f"MAE {mae * 1000:.2f} ms does not beat current model {current_version}'s "
+            f"{theirs * 1000:.2f} ms on the same window"
+        )
+    return True, (
+        f"beats the naive baseline ({naive * 1000:.2f} ms) and model {current_version} "
+        f"({theirs * 1000:.2f} ms) with {mae * 1000:.2f} ms MAE"
+    )
+
+
+def _current_on(registry: Registry, test: Any) -> tuple[str | None, dict[str, float] | None]:
+    """The current model's metrics on the candidate's test window, if it can be judged."""
+    import xgboost as xgb
+
+    version = registry.current_version()
+    if version is None:
+        return None, None
+    try:
+        loaded = registry.load(version)
+    except ModelUnavailable:
+        return version, None  # a model we cannot trust cannot defend its place
+    if list(loaded.metadata.get("features", [])) != list(FEATURES):
+        return version, None
+    boosters = {}
+    for name in ("latency", "errors"):
+        booster = xgb.Booster()
+        booster.load_model(bytearray(loaded.boosters[name]))
+        boosters[name] = booster
+    model = TrainedModel(boosters["latency"], boosters["errors"], dict(loaded.metadata))
+    return version, evaluate(model, test, float(loaded.metadata["conformal_offset"]))

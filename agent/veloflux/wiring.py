@@ -1,0 +1,79 @@
+"""Building the real adapters from a configuration, in one place.
+
+The CLI (and later the daemon) ask here for a source, a sink, the journal and the
+model registry, so that every command wires the agent the same way. Heavy modules
+(pandas, through the journal) are imported only when a journal is really opened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from veloflux.config import Config
+from veloflux.events import Events
+from veloflux.haproxy_runtime import RuntimeAPI
+from veloflux.loop import Agent
+from veloflux.model.registry import Registry
+from veloflux.sinks.haproxy import HAProxySink
+from veloflux.sources.haproxy import HAProxySource
+
+if TYPE_CHECKING:
+    from veloflux.history import Journal
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def build_source(
+    config: Config, events: Events, clock: Callable[[], datetime] = utc_now
+) -> HAProxySource:
+    api = RuntimeAPI(config.haproxy.socket, config.haproxy.timeout_seconds)
+    return HAProxySource(
+        api,
+        clock=clock,
+        events=events,
+        backends=config.haproxy.backends,
+        consistent_hash_backends=config.haproxy.consistent_hash_backends,
+    )
+
+
+def open_registry(config: Config, events: Events) -> Registry:
+    return Registry(config.ai.model_dir, utc_now, events, keep=config.ai.keep_models)
+
+
+def open_journal(config: Config, events: Events, create: bool) -> Journal | None:
+    """The journal, or None when there is none to read (and ``create`` is False).
+
+    A journal that cannot be opened is counted and logged by the caller's events and
+    treated as absent: history is an aid to the model, never a reason to stop.
+    """
+    from veloflux.history import HistoryError, Journal
+
+    path = config.ai.history_path
+    if not config.ai.enabled or (not create and not path.exists()):
+        return None
+    try:
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        return Journal(path, events, retention_seconds=config.ai.history_retention_seconds)
+    except (HistoryError, OSError) as exc:
+        events.record("history_unavailable", f"{path}: {exc}")
+        return None
+
+
+def build_agent(config: Config, events: Events, write: bool, strict_pools: bool = True) -> Agent:
+    """The agent for one-shot commands: ``write`` also appends to the journal."""
+    source = build_source(config, events)
+    sink = HAProxySink(RuntimeAPI(config.haproxy.socket, config.haproxy.timeout_seconds), events)
+    return Agent(
+        config,
+        source,
+        sink,
+        events,
+        strict_pools=strict_pools,
+        journal=open_journal(config, events, create=write),
+        registry=open_registry(config, events) if config.ai.enabled else None,
+    )

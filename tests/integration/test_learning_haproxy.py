@@ -1,0 +1,77 @@
+"""The learning core end to end against a real HAProxy and demo backends.
+
+Two minutes of history from four backends, one three times slower and one failing a
+fifth of its requests, under load that varies so the model sees loads change; then
+train, and the dry-run must put the model in charge and give both bad servers less
+weight than the healthy ones. Without the model the same dry-run is in fallback.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from integration.loadgen import run_load_sync
+from integration.stack import DemoServer, LocalStack
+from tests.integration.helpers import run_cli
+
+pytestmark = pytest.mark.integration
+
+SERVERS = (
+    DemoServer("s1", concurrency=8, mean_ms=20),
+    DemoServer("s2", concurrency=8, mean_ms=20),
+    DemoServer("s3", concurrency=8, mean_ms=60),
+    DemoServer("s4", concurrency=8, mean_ms=20, error_rate=0.2),
+)
+# Offered load per 15 s phase (requests/s): varied, so that load is something to learn.
+PHASES = (200, 320, 260, 360, 220, 300, 340, 240, 280, 300)
+PHASE_S = 15.0
+
+
+def _load(url: str, stop: threading.Event) -> None:
+    for i, rate in enumerate(PHASES):
+        if stop.is_set():
+            return
+        run_load_sync(url, rate, PHASE_S, int(rate * PHASE_S), seed=i)
+
+
+def test_record_train_dry_run_uses_the_model_and_falls_back_without_it(tmp_path: Path) -> None:
+    with LocalStack(tmp_path / "stack", SERVERS) as stack:
+        config = stack.write_agent_config(
+            tmp_path / "v.yaml",
+            interval="1s",
+            extra="policy:\n  stale_after: 1m\n",
+        )
+        stop = threading.Event()
+        loader = threading.Thread(target=_load, args=(stack.url, stop), daemon=True)
+        loader.start()
+        try:
+            recorded = run_cli("record", "-c", config, "--duration", "120s", timeout=200)
+            assert recorded.code == 0, recorded.stderr
+            trained = run_cli("train", "-c", config, "--output", "json", timeout=120)
+            assert trained.code == 0, trained.stderr
+            report = trained.json()
+            assert report["promoted"], report["reason"]
+            assert report["metrics"]["mae_p50_seconds"] < report["metrics"]["naive_mae_seconds"]
+
+            with_model = run_cli("dry-run", "-c", config, "--output", "json")
+            assert with_model.code == 0, with_model.stderr
+            pool = with_model.json()["pools"][0]
+            assert pool["mode"] == "model", pool
+            planned = {s["server"]: s["planned_weight"] for s in pool["servers"]}
+            healthy = min(planned["s1"], planned["s2"])
+            assert planned["s3"] < healthy, planned
+            assert planned["s4"] < healthy, planned
+            for server in pool["servers"]:
+                assert set(server["confidence_parts"]) == {"width", "realized", "ood", "freshness"}
+
+            shutil.rmtree(stack.workdir / "models")
+            without = run_cli("dry-run", "-c", config, "--output", "json")
+            assert without.code == 0, without.stderr
+            assert without.json()["pools"][0]["mode"] == "fallback"
+        finally:
+            stop.set()
+            loader.join(timeout=PHASE_S + 5)

@@ -1,0 +1,490 @@
+"""The model registry: versions on disk, promotion, rollback, and refusal of anything tampered."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xgboost
+
+from veloflux.errors import ModelUnavailable
+from veloflux.events import Events
+from veloflux.model.registry import LoadedModel, Registry
+
+START = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+BOOSTERS = {"latency": b"\x00latency-model\xff" * 20, "errors": b"errors-model"}
+METADATA = {"features": ["rate", "queue", "next_rate"], "rows": 50, "metrics": {"mae": 0.25}}
+
+
+class StepClock:
+    """A clock that moves one minute per reading, so every save gets its own second."""
+
+    def __init__(self, start: datetime = START, step: timedelta = timedelta(minutes=1)) -> None:
+        self.now = start
+        self.step = step
+
+    def __call__(self) -> datetime:
+        reading = self.now
+        self.now += self.step
+        return reading
+
+
+MakeRegistry = Callable[..., Registry]
+
+
+@pytest.fixture
+def events() -> Events:
+    return Events()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "models"
+
+
+@pytest.fixture
+def make_registry(root: Path, events: Events) -> MakeRegistry:
+    def make(keep: int = 5, clock: Callable[[], datetime] | None = None) -> Registry:
+        return Registry(root, clock or StepClock(), events, keep=keep)
+
+    return make
+
+
+@pytest.fixture
+def registry(make_registry: MakeRegistry) -> Registry:
+    return make_registry()
+
+
+def variant(i: int) -> dict[str, bytes]:
+    """A distinct set of boosters per ``i``, so each save has its own checksum."""
+    return {name: blob + str(i).encode() for name, blob in BOOSTERS.items()}
+
+
+def booster_path(root: Path, version: str, name: str = "latency") -> Path:
+    return root / "versions" / version / f"{name}.ubj"
+
+
+# --- round trip and version ids --------------------------------------------------------
+
+
+def test_save_then_load_returns_the_same_bytes_and_metadata(registry: Registry) -> None:
+    entry = registry.save(BOOSTERS, METADATA)
+    loaded = registry.load(entry.version)
+    assert dict(loaded.boosters) == BOOSTERS
+    assert loaded.version == entry.version
+    for key, value in METADATA.items():
+        assert loaded.metadata[key] == value
+    assert loaded.metadata["status"] == "candidate"
+    assert loaded.metadata["format"] == 1
+    assert loaded.metadata["created_at"] == START.isoformat()
+    assert loaded.metadata["files"]["errors"] == {
+        "sha256": hashlib.sha256(BOOSTERS["errors"]).hexdigest(),
+        "bytes": len(BOOSTERS["errors"]),
+    }
+    assert entry.status == "candidate"
+    assert entry.created_at == START
+
+
+def test_bytearray_boosters_are_accepted_as_save_raw_returns_them(registry: Registry) -> None:
+    entry = registry.save({"latency": bytearray(b"raw")}, {})
+    assert registry.load(entry.version).boosters["latency"] == b"raw"
+
+
+def test_version_id_is_utc_time_then_manifest_checksum(registry: Registry) -> None:
+    version = registry.save(BOOSTERS, METADATA).version
+    manifest = "".join(
+        f"{hashlib.sha256(BOOSTERS[name]).hexdigest()}  {name}.ubj\n" for name in sorted(BOOSTERS)
+    )
+    assert version == f"20250102T030405Z-{hashlib.sha256(manifest.encode()).hexdigest()[:8]}"
+
+
+def test_version_ids_sort_by_creation_time(registry: Registry) -> None:
+    versions = [registry.save(variant(i), {}).version for i in range(5)]
+    assert versions == sorted(versions)
+    assert [e.version for e in registry.entries()] == versions[::-1]
+
+
+def test_a_clock_in_another_zone_still_gives_utc_ids(make_registry: MakeRegistry) -> None:
+    plus_two = timezone(timedelta(hours=2))
+    registry = make_registry(clock=StepClock(START.astimezone(plus_two)))
+    assert registry.save(BOOSTERS, {}).version.startswith("20250102T030405Z-")
+
+
+# --- promote, reject, entries, prune ----------------------------------------------------
+
+
+def test_promote_moves_current_and_retires_the_old_one(registry: Registry, root: Path) -> None:
+    first = registry.save(variant(1), {}).version
+    second = registry.save(variant(2), {}).version
+    assert registry.current_version() is None
+    registry.promote(first, reason="first model")
+    assert registry.current_version() == first
+    assert registry.load().version == first
+
+    promoted = registry.promote(second, reason="p95 error 12% lower")
+    assert promoted.status == "current"
+    assert promoted.reason == "p95 error 12% lower"
+    assert registry.current_version() == second
+    assert dict(registry.load().boosters) == variant(2)
+    statuses = {e.version: e.status for e in registry.entries()}
+    assert statuses == {second: "current", first: "retired"}
+    assert registry.load(first).metadata["status"] == "retired"
+    assert (root / "current").read_text() == f"{second}\n"
+
+
+def test_rollback_is_promoting_an_older_version(registry: Registry) -> None:
+    first = registry.save(variant(1), {}).version
+    second = registry.save(variant(2), {}).version
+    registry.promote(first)
+    registry.promote(second)
+    registry.promote(first, reason="rollback: second model misbehaved")
+    statuses = {e.version: e.status for e in registry.entries()}
+    assert statuses == {first: "current", second: "retired"}
+    assert registry.load().version == first
+
+
+def test_reject_keeps_the_candidate_and_its_reason(registry: Registry) -> None:
+    version = registry.save(BOOSTERS, METADATA).version
+    entry = registry.reject(version, "validation MAE worse than current (0.31 > 0.25)")
+    assert entry.status == "candidate"
+    assert entry.reason == "validation MAE worse than current (0.31 > 0.25)"
+    (listed,) = registry.entries()
+    assert (listed.status, listed.reason) == ("candidate", entry.reason)
+    assert registry.load(version).metadata["reason"] == entry.reason
+    assert registry.current_version() is None
+
+
+def test_reject_refuses_the_current_model_and_an_empty_reason(registry: Registry) -> None:
+    version = registry.save(BOOSTERS, {}).version
+    with pytest.raises(ValueError, match="reason"):
+        registry.reject(version, " ")
+    registry.promote(version)
+    with pytest.raises(ValueError, match="only a candidate"):
+        registry.reject(version, "too late")
+    with pytest.raises(ModelUnavailable, match="does not exist"):
+        registry.reject("20990101T000000Z-deadbeef", "never saved")
+
+
+def test_entries_newest_first_with_every_status(registry: Registry) -> None:
+    a, b, c, d = (registry.save(variant(i), {}).version for i in range(4))
+    registry.promote(a)
+    registry.promote(b)
+    registry.reject(c, "worse")
+    entries = registry.entries()
+    assert [e.version for e in entries] == [d, c, b, a]
+    assert [e.status for e in entries] == ["candidate", "candidate", "current", "retired"]
+    assert [e.reason for e in entries] == ["", "worse", "", ""]
+
+
+def test_entries_of_an_empty_or_missing_directory(registry: Registry) -> None:
+    assert registry.entries() == []
+    assert registry.prune() == []
+
+
+def test_prune_keeps_the_newest_and_never_the_current(
+    make_registry: MakeRegistry, root: Path
+) -> None:
+    registry = make_registry(keep=2)
+    versions = [registry.save(variant(i), {}).version for i in range(5)]
+    registry.promote(versions[0])  # the oldest is current; promote prunes
+    remaining = [e.version for e in registry.entries()]
+    assert remaining == [versions[4], versions[3], versions[0]]
+    assert sorted(os.listdir(root / "versions")) == sorted(remaining)
+    assert registry.load().version == versions[0]
+    newer = registry.save(variant(9), {}).version
+    assert registry.prune() == [versions[3]]
+    assert [e.version for e in registry.entries()] == [newer, versions[4], versions[0]]
+
+
+def test_prune_sweeps_stale_temp_dirs_and_entries_ignore_them(
+    registry: Registry, root: Path
+) -> None:
+    version = registry.save(BOOSTERS, {}).version
+    versions_dir = root / "versions"
+    stale, fresh = versions_dir / ".tmp-crashed-1", versions_dir / ".tmp-in-progress-2"
+    for path in (stale, fresh):
+        path.mkdir()
+        (path / "latency.ubj").write_bytes(b"half")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    assert [e.version for e in registry.entries()] == [version]
+    assert registry.prune() == []
+    assert not stale.exists()
+    assert fresh.exists()
+
+
+# --- refusals ---------------------------------------------------------------------------
+
+
+def test_no_model_yet_gives_the_advice(registry: Registry, events: Events, root: Path) -> None:
+    expected = f"no model has been promoted yet in {root}; run `veloflux-agent train`"
+    with pytest.raises(ModelUnavailable) as caught:
+        registry.load()
+    assert str(caught.value) == expected
+    assert events.count("model_refused", reason="no_current") == 1
+
+
+def test_an_empty_current_file_means_no_model(registry: Registry, root: Path) -> None:
+    root.mkdir(parents=True)
+    (root / "current").write_text("\n")
+    assert registry.current_version() is None
+    with pytest.raises(ModelUnavailable, match="no model has been promoted yet"):
+        registry.load()
+
+
+def promoted(registry: Registry) -> str:
+    version = registry.save(BOOSTERS, METADATA).version
+    registry.promote(version)
+    return version
+
+
+def test_a_flipped_byte_is_a_checksum_mismatch(
+    registry: Registry, events: Events, root: Path
+) -> None:
+    version = promoted(registry)
+    path = booster_path(root, version)
+    raw = bytearray(path.read_bytes())
+    raw[7] ^= 0x01
+    path.write_bytes(bytes(raw))
+    expected = (
+        f"checksum mismatch for {path}: the file was changed after VeloFlux wrote it; refusing it"
+    )
+    with pytest.raises(ModelUnavailable) as caught:
+        registry.load()
+    assert str(caught.value) == expected
+    with pytest.raises(ModelUnavailable, match="checksum"):
+        registry.load(version)
+    assert events.count("model_refused", reason="checksum_mismatch", version=version) == 2
+
+
+def test_a_truncated_file_is_a_size_mismatch(
+    registry: Registry, events: Events, root: Path
+) -> None:
+    version = promoted(registry)
+    path = booster_path(root, version, "errors")
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(ModelUnavailable, match="size mismatch") as caught:
+        registry.load()
+    assert str(path) in str(caught.value)
+    assert events.count("model_refused", reason="size_mismatch") == 1
+
+
+def test_a_missing_booster_file_is_refused(registry: Registry, root: Path) -> None:
+    version = promoted(registry)
+    path = booster_path(root, version, "errors")
+    path.unlink()
+    with pytest.raises(ModelUnavailable, match="is missing") as caught:
+        registry.load()
+    assert str(path) in str(caught.value)
+
+
+def test_a_deleted_meta_json_is_listed_broken_and_refused(registry: Registry, root: Path) -> None:
+    version = promoted(registry)
+    meta = root / "versions" / version / "meta.json"
+    meta.unlink()
+    (entry,) = registry.entries()
+    assert entry.status == "broken"
+    assert str(meta) in entry.reason
+    assert entry.created_at == START
+    with pytest.raises(ModelUnavailable, match=version) as caught:
+        registry.load()
+    assert str(meta) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"{not json",
+        b"\xff\xfe",
+        b"[]",
+        b'{"format": 2}',
+        b"null",
+        b"[" * 100_000,
+        b'{"format": 1, "version": "x"}',
+    ],
+)
+def test_garbage_meta_json_is_refused(registry: Registry, garbage: bytes, root: Path) -> None:
+    version = promoted(registry)
+    meta = root / "versions" / version / "meta.json"
+    meta.write_bytes(garbage)
+    with pytest.raises(ModelUnavailable, match=r"meta\.json"):
+        registry.load()
+    assert registry.entries()[0].status == "broken"
+
+
+def test_meta_rewritten_to_match_a_tampered_file_is_refused(registry: Registry, root: Path) -> None:
+    """Editing both the file and its recorded checksum no longer matches the version id."""
+    version = promoted(registry)
+    path = booster_path(root, version)
+    path.write_bytes(b"evil")
+    meta_path = path.parent / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["files"]["latency"] = {"sha256": hashlib.sha256(b"evil").hexdigest(), "bytes": 4}
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ModelUnavailable, match="version id"):
+        registry.load()
+
+
+def test_meta_naming_a_file_outside_the_directory_is_refused(
+    registry: Registry, root: Path
+) -> None:
+    version = promoted(registry)
+    meta_path = root / "versions" / version / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["files"]["../../escape"] = meta["files"].pop("latency")
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ModelUnavailable, match="invalid entry"):
+        registry.load()
+
+
+def test_current_naming_a_missing_version_is_refused(
+    registry: Registry, events: Events, root: Path
+) -> None:
+    promoted(registry)
+    ghost = "20990101T000000Z-deadbeef"
+    (root / "current").write_text(ghost + "\n")
+    assert registry.current_version() == ghost
+    with pytest.raises(ModelUnavailable, match=f"model '{ghost}' does not exist"):
+        registry.load()
+    assert events.count("model_refused", reason="unknown_version", version=ghost) == 1
+
+
+@pytest.mark.parametrize("version", ["../../etc", "20250102T030405Z-zzzzzzzz", "", "current"])
+def test_malformed_versions_are_unknown_not_paths(registry: Registry, version: str) -> None:
+    promoted(registry)
+    with pytest.raises(ModelUnavailable, match="does not exist"):
+        registry.load(version)
+    with pytest.raises(ModelUnavailable, match="does not exist"):
+        registry.promote(version)
+
+
+def test_promote_refuses_a_tampered_candidate_and_keeps_current(
+    registry: Registry, root: Path
+) -> None:
+    good = promoted(registry)
+    bad = registry.save(variant(2), {}).version
+    booster_path(root, bad).write_bytes(b"x" * len(variant(2)["latency"]))
+    with pytest.raises(ModelUnavailable, match="checksum"):
+        registry.promote(bad)
+    assert registry.current_version() == good
+    assert registry.load().version == good
+
+
+# --- save's input checks -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["../latency", "a/b", "a\\b", "latency.v2", ".hidden", "", "Latency", "1st", "x" * 33]
+)
+def test_unsafe_booster_names_are_refused(registry: Registry, name: str) -> None:
+    with pytest.raises(ValueError, match="booster name"):
+        registry.save({name: b"x"}, {})
+    assert registry.entries() == []
+
+
+def test_save_refuses_no_boosters_reserved_keys_and_non_json(
+    registry: Registry, root: Path
+) -> None:
+    with pytest.raises(ValueError, match="at least one booster"):
+        registry.save({}, {})
+    with pytest.raises(ValueError, match="reserved"):
+        registry.save(BOOSTERS, {"status": "current"})
+    with pytest.raises(ValueError, match="plain JSON"):
+        registry.save(BOOSTERS, {"mae": float("nan")})
+    with pytest.raises(ValueError, match="plain JSON"):
+        registry.save(BOOSTERS, {"when": object()})
+    assert not (root / "versions").exists()
+
+
+def test_save_refuses_a_naive_clock(make_registry: MakeRegistry) -> None:
+    registry = make_registry(clock=lambda: datetime(2025, 1, 1))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        registry.save(BOOSTERS, {})
+
+
+def test_identical_save_in_the_same_second_is_refused(
+    make_registry: MakeRegistry, root: Path
+) -> None:
+    registry = make_registry(clock=lambda: START)
+    first = registry.save(BOOSTERS, {"try": 1}).version
+    with pytest.raises(ModelUnavailable, match=first):
+        registry.save(BOOSTERS, {"try": 2})
+    assert registry.load(first).metadata["try"] == 1
+    assert [p.name for p in (root / "versions").iterdir()] == [first]
+
+
+def test_save_into_an_unusable_directory_names_the_path(tmp_path: Path, events: Events) -> None:
+    blocker = tmp_path / "models"
+    blocker.write_text("a file where the model directory should be")
+    registry = Registry(blocker, StepClock(), events)
+    with pytest.raises(ModelUnavailable, match=re.escape(str(blocker))):
+        registry.save(BOOSTERS, {})
+    assert registry.entries() == []
+    with pytest.raises(ModelUnavailable):
+        registry.load()
+
+
+# --- concurrency ---------------------------------------------------------------------------
+
+
+def test_loads_during_promotions_always_see_a_whole_model(registry: Registry) -> None:
+    expected = {registry.save(variant(i), {"i": i}).version: variant(i) for i in range(2)}
+    first, second = expected
+    registry.promote(first)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def trainer() -> None:
+        try:
+            for i in range(300):
+                if stop.is_set():
+                    return
+                registry.promote(second if i % 2 == 0 else first)
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    thread = threading.Thread(target=trainer)
+    thread.start()
+    loads: list[LoadedModel] = []
+    try:
+        for _ in range(2000):
+            loaded = registry.load()
+            assert dict(loaded.boosters) == expected[loaded.version]
+            loads.append(loaded)
+            if not thread.is_alive():
+                break
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not failures
+    assert {loaded.version for loaded in loads} == set(expected)
+
+
+# --- a real XGBoost booster ----------------------------------------------------------------
+
+
+def test_real_xgboost_booster_round_trips_with_identical_predictions(registry: Registry) -> None:
+    rng = np.random.default_rng(7)
+    features = rng.random((50, 4))
+    target = features @ np.array([1.0, -2.0, 0.5, 3.0]) + rng.normal(0, 0.1, 50)
+    train = xgboost.DMatrix(features, label=target)
+    booster = xgboost.train({"nthread": 1, "max_depth": 3}, train, num_boost_round=3)
+    raw = booster.save_raw("ubj")
+
+    version = registry.save({"latency": raw}, {"xgboost": xgboost.__version__}).version
+    registry.promote(version)
+    loaded = registry.load()
+
+    restored = xgboost.Booster()
+    restored.load_model(bytearray(loaded.boosters["latency"]))
+    probe = xgboost.DMatrix(rng.random((20, 4)))
+    np.testing.assert_array_equal(booster.predict(probe), restored.predict(probe))
+    assert loaded.metadata["xgboost"] == xgboost.__version__
