@@ -110,7 +110,9 @@ class OutlierSection(_Section):
     error_rate: float = Field(default=0.05, gt=0, le=1, description="errors at or above this")
     latency_ratio: float = Field(default=3.0, gt=1, description="x the pool's median latency")
     min_requests: int = Field(default=20, ge=1, description="per interval, to judge at all")
-    reduce_ratio: float = Field(default=0.5, gt=0, lt=1, description="weight cut per tick")
+    reduce_ratio: float = Field(
+        default=0.5, gt=0, lt=1, description="share of its weight an outlier loses"
+    )
 
 
 class PolicySection(_Section):

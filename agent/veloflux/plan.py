@@ -155,9 +155,11 @@ def _finish(
     confidence = advice.confidence if advice else 0.0
     parts = dict(advice.parts) if advice and advice.parts else {}
     if advice and advice.outlier and policy.outlier.enabled:
-        cut = max(policy.min_weight, math.floor(row.current * (1 - policy.outlier.reduce_ratio)))
+        # One bounded cut below what the server would otherwise get, not a cut that
+        # compounds every tick: a server that is merely slower must not starve.
+        cut = max(policy.min_weight, math.floor(desired * (1 - policy.outlier.reduce_ratio)))
         if cut < desired:
-            desired, exact, reason = cut, False, advice.outlier
+            desired, exact, reason = cut, True, advice.outlier
     planned, notes = bounded_weight(row.current, desired, policy, exact_target=exact)
     text = reason + (f" ({'; '.join(notes)})" if notes else "")
     return replace(row.planned(planned, text, confidence), confidence_parts=parts)

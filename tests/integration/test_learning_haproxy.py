@@ -68,6 +68,18 @@ def test_record_train_dry_run_uses_the_model_and_falls_back_without_it(tmp_path:
             for server in pool["servers"]:
                 assert set(server["confidence_parts"]) == {"width", "realized", "ood", "freshness"}
 
+            # A model file changed after VeloFlux wrote it is refused: fallback, not a crash.
+            version = (stack.workdir / "models" / "current").read_text().strip()
+            booster = stack.workdir / "models" / "versions" / version / "latency.ubj"
+            data = bytearray(booster.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            booster.write_bytes(bytes(data))
+            tampered = run_cli("dry-run", "-c", config, "--output", "json")
+            assert tampered.code == 0, tampered.stderr
+            tampered_pool = tampered.json()["pools"][0]
+            assert tampered_pool["mode"] == "fallback"
+            assert "checksum" in tampered_pool["reason"]
+
             shutil.rmtree(stack.workdir / "models")
             without = run_cli("dry-run", "-c", config, "--output", "json")
             assert without.code == 0, without.stderr

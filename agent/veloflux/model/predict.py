@@ -6,9 +6,12 @@ given (``curves``), and how sure is the model about each server right now
 (``confidence``). Confidence is the minimum of four parts, each in [0, 1], so that the
 weakest reason wins and is named:
 
-- ``width``: the calibrated 80% interval, relative to its typical width at training;
-- ``realized``: how far the model's recent predictions for this server were from what
-  then happened, relative to its typical error on the test window;
+- ``width``: the calibrated 80% interval, relative to its median width at training
+  (1 up to 1.5 times it, 0 at 3 times);
+- ``realized``: the median relative error of the model's recent predictions for this
+  server against what then happened, relative to the 90th percentile of its error on
+  the test window (1 up to it, 0 at 3 times): a server is judged against the model's
+  bad days, not its average ones, since servers differ in how predictable they are;
 - ``ood``: how far the server's current features sit from the training data (one joint
   Mahalanobis distance, not a per-feature range check);
 - ``freshness``: 0 for a model older than ``max_model_age`` or observations older than
@@ -81,7 +84,10 @@ class Predictor:
         self._d2_q95 = float(ood["d2_q95"])
         self._d2_q99 = float(ood["d2_q99"])
         self._width_ref = max(float(meta["width_reference"]), 1e-6)
-        self._error_ref = max(float(meta["metrics"]["median_relative_error"]), 1e-3)
+        metrics = meta["metrics"]
+        self._error_ref = max(
+            float(metrics.get("p90_relative_error", metrics["median_relative_error"])), 1e-3
+        )
 
     def _matrix(self, rows: pd.DataFrame) -> np.ndarray:
         return rows[list(FEATURES)].to_numpy(dtype=np.float32)
@@ -119,7 +125,7 @@ class Predictor:
         q = self._log_quantiles(x)
         width = q[:, 2] - q[:, 0] + 2 * self._offset
         parts = {
-            "width": np.clip(2.0 - width / self._width_ref, 0.0, 1.0),
+            "width": ratio_score(width / self._width_ref, typical=1.5),
             "realized": self._realized(now_rows, recent),
             "ood": self._ood(x),
             "freshness": np.full(len(now_rows), 1.0 if fresh else 0.0),
@@ -164,8 +170,14 @@ class Predictor:
                 scores.append(0.0)
             else:
                 ratio = float(median[(pool, server)]) / self._error_ref
-                scores.append(float(np.clip(2.0 - ratio, 0.0, 1.0)))
+                scores.append(float(ratio_score(np.asarray([ratio]), typical=1.0)[0]))
         return np.asarray(scores)
+
+
+def ratio_score(ratio: np.ndarray, typical: float, hopeless: float = 3.0) -> np.ndarray:
+    """1 up to ``typical`` times the reference, falling linearly to 0 at ``hopeless``."""
+    score: np.ndarray = np.clip((hopeless - ratio) / (hopeless - typical), 0.0, 1.0)
+    return score
 
 
 def _booster(loaded: LoadedModel, name: str) -> xgb.Booster:

@@ -216,6 +216,7 @@ def evaluate(model: TrainedModel, test: pd.DataFrame, offset: float) -> dict[str
     )
     err_true = _error_label(test)
     err_naive = np.nan_to_num(test["error_rate"].to_numpy(dtype=float))
+    relative = np.abs(q[:, 1] - y) / np.maximum(y, LOG_FLOOR_SECONDS)
     return {
         "rows": float(len(test)),
         "mae_p50_seconds": float(np.mean(np.abs(q[:, 1] - y))),
@@ -225,7 +226,8 @@ def evaluate(model: TrainedModel, test: pd.DataFrame, offset: float) -> dict[str
         "naive_pinball_p50": _pinball(y[has_naive], naive[has_naive], 0.5),
         "naive_pinball_p90": _pinball(y[has_naive], naive[has_naive], 0.9),
         "coverage_80": float(np.mean((y >= lo) & (y <= hi))),
-        "median_relative_error": float(np.median(np.abs(q[:, 1] - y) / np.maximum(y, 1e-4))),
+        "median_relative_error": float(np.median(relative)),
+        "p90_relative_error": float(np.quantile(relative, 0.9)),
         "error_rate_mae": float(np.mean(np.abs(err_pred - err_true))),
         "naive_error_rate_mae": float(np.mean(np.abs(err_naive - err_true))),
     }
