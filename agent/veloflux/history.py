@@ -374,7 +374,7 @@ def derive_rates(samples: pd.DataFrame) -> pd.DataFrame:
     interval = seconds[later] - seconds[earlier]
     requests = deltas["requests_total"]
     errors = sum(deltas[c] for c in _COUNTERS[1:4])
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         request_rate = np.where(interval > 0, requests / interval, np.nan)
         most = np.maximum(requests, errors)
         error_rate = np.where(most > 0, errors / most, np.nan)

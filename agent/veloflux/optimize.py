@@ -35,7 +35,7 @@ def rate_grid(current_rates: np.ndarray, total_rate: float) -> np.ndarray:
     fair = total_rate / max(len(current), 1)
     anchor = np.where(current > 0, current, 0.25 * fair)
     capacity = float((anchor * TRUST_MULTIPLES[-1]).sum())
-    if capacity < total_rate:  # a surge beyond every region: widen them all alike
+    if 0 < capacity < total_rate:  # a surge beyond every region: widen them all alike
         anchor = anchor * (total_rate / capacity)
     grid: np.ndarray = anchor[:, None] * TRUST_MULTIPLES[None, :]
     return grid
@@ -44,38 +44,43 @@ def rate_grid(current_rates: np.ndarray, total_rate: float) -> np.ndarray:
 def water_fill(
     rates: np.ndarray, cost_per_request: np.ndarray, total_rate: float, keep_floor: bool = True
 ) -> np.ndarray:
-    """The rate each server gets, summing to ``total_rate`` (or to what the grid holds).
+    """The rate each server gets, summing to ``total_rate`` (or to all the grid holds).
 
     ``rates`` and ``cost_per_request`` are (servers, points), rates ascending from 0.
     Costs are made non-decreasing first, so marginal costs are too and every server's
-    segments are taken in order. With ``keep_floor`` every server keeps at least its
-    grid's second point (the bottom of its trust region): no server is emptied in one
-    tick on the strength of a prediction.
+    segments are taken in order. Segments whose marginal cost ties with the last one
+    taken share what is left in proportion to their length, so identical servers get
+    identical rates. With ``keep_floor`` every server keeps at least its grid's second
+    point (the bottom of its trust region): no server is emptied in one tick on the
+    strength of a prediction.
     """
     cost = np.maximum.accumulate(np.nan_to_num(cost_per_request, nan=np.inf), axis=1)
-    total_cost = rates * cost
     lengths = np.diff(rates, axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        slopes = np.where(lengths > 0, np.diff(total_cost, axis=1) / lengths, np.inf)
-    slopes = np.maximum.accumulate(np.nan_to_num(slopes, nan=np.inf), axis=1)
+        # d(r c(r))/dr over a segment, written so a flat cost gives exactly that cost.
+        slopes = cost[:, 1:] + rates[:, :-1] * np.diff(cost, axis=1) / lengths
+    slopes = np.where(lengths > 0, np.nan_to_num(slopes, nan=np.inf), np.inf)
+    slopes = np.maximum.accumulate(slopes, axis=1)
     if keep_floor:
         slopes[:, 0] = -np.inf
     owner = np.repeat(np.arange(rates.shape[0]), lengths.shape[1])
     flat_len, flat_slope = lengths.reshape(-1), slopes.reshape(-1)
     usable = (flat_slope < np.inf) & (flat_len > 0)
     owner, flat_len, flat_slope = owner[usable], flat_len[usable], flat_slope[usable]
+    assigned = np.zeros(rates.shape[0])
+    if len(flat_len) == 0:
+        return assigned
     order = np.argsort(flat_slope, kind="stable")
     cumulative = np.cumsum(flat_len[order])
-    assigned = np.zeros(rates.shape[0])
-    if len(order) == 0:
-        return assigned
     if cumulative[-1] <= total_rate:  # more traffic than the grid holds: fill it all
-        np.add.at(assigned, owner[order], flat_len[order])
-        return assigned * (total_rate / cumulative[-1]) if cumulative[-1] > 0 else assigned
-    k = int(np.searchsorted(cumulative, total_rate))
-    np.add.at(assigned, owner[order[:k]], flat_len[order[:k]])
-    already = cumulative[k - 1] if k > 0 else 0.0
-    assigned[owner[order[k]]] += total_rate - already
+        np.add.at(assigned, owner, flat_len)
+        return assigned
+    marginal = flat_slope[order[int(np.searchsorted(cumulative, total_rate))]]
+    tied = np.isclose(flat_slope, marginal, rtol=1e-12, atol=0.0)
+    below = (flat_slope < marginal) & ~tied
+    np.add.at(assigned, owner[below], flat_len[below])
+    left = total_rate - float(flat_len[below].sum())
+    np.add.at(assigned, owner[tied], flat_len[tied] * (left / float(flat_len[tied].sum())))
     return assigned
 
 

@@ -175,19 +175,22 @@ def _weight_scale(rows: list[_Row], policy: PolicySection) -> int:
 
 
 def _model_targets(
-    rows: list[_Row], advice: PoolAdvice, policy: PolicySection
+    rows: list[_Row], advice: PoolAdvice, policy: PolicySection, scale: int
 ) -> dict[str, tuple[int, bool, str]]:
     """Desired weight, exactness and reason for each server the model may move."""
-    scale = _weight_scale(rows, policy)
     driven = [r for r in rows if (a := advice.servers.get(r.server)) and a.share is not None]
     combined = sum((r.static or 0) * scale for r in driven)
-    wanted = {r.server: (advice.servers[r.server].share or 0.0) * combined for r in driven}
-    floor = max(wanted.values(), default=0.0) / policy.max_weight_ratio
+    # Shares are renormalised over the servers actually driven here: the advisor may
+    # have given a share to a server the planner must not move (an override, say).
+    shares = {r.server: advice.servers[r.server].share or 0.0 for r in driven}
+    total = sum(shares.values())
+    wanted = {s: round(share / total * combined) if total > 0 else 0 for s, share in shares.items()}
+    floor = math.ceil(max(wanted.values(), default=0) / policy.max_weight_ratio)
     targets: dict[str, tuple[int, bool, str]] = {}
     for r in rows:
         a = advice.servers.get(r.server)
         if r.server in wanted:
-            targets[r.server] = (max(1, round(max(wanted[r.server], floor))), False, "model")
+            targets[r.server] = (max(1, wanted[r.server], floor), False, "model")
         else:
             weakest = min(a.parts, key=lambda p: a.parts[p]) if a and a.parts else "no data"
             confidence = a.confidence if a else 0.0
@@ -197,6 +200,15 @@ def _model_targets(
                 f"low confidence {confidence:.2f} (weakest: {weakest}): static share",
             )
     return targets
+
+
+def _override(row: _Row, pinned: int, scale: int) -> ServerPlan:
+    """An operator's pin, written exactly as pinned, at once: ``get weight`` must show
+    what the operator typed. When the model has scaled the pool's weights up, the reason
+    says so, since the pin's share of traffic is then smaller than at static weights."""
+    if scale == 1:
+        return row.planned(pinned, "override")
+    return row.planned(pinned, f"override (the pool's model weights are scaled x{scale})")
 
 
 def _keep_in_rotation(servers: list[ServerPlan], policy: PolicySection) -> list[ServerPlan]:
@@ -247,8 +259,11 @@ def plan_pool(
         and server_key(r.backend, r.server) not in policy.overrides
         and not _zeroed_outside(r, policy)
     ]
-    use_model = advice is not None and not blocked and bool(movable)
-    targets = _model_targets(movable, advice, policy) if use_model and advice else {}
+    if not blocked and not movable:
+        blocked = "no server the model may move"
+    use_model = advice is not None and not blocked
+    scale = _weight_scale(movable, policy) if use_model else 1
+    targets = _model_targets(movable, advice, policy, scale) if use_model and advice else {}
     planned: list[ServerPlan] = []
     for row in rows:
         key = server_key(row.backend, row.server)
@@ -256,7 +271,7 @@ def plan_pool(
         if why_not := _untouchable(row):
             planned.append(row.held(why_not))
         elif key in policy.overrides:
-            planned.append(row.planned(policy.overrides[key], "override"))
+            planned.append(_override(row, policy.overrides[key], scale))
         elif zeroed := _zeroed_outside(row, policy):
             planned.append(row.held(zeroed))
         elif row.state == "DOWN":

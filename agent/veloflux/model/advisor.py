@@ -129,7 +129,7 @@ def _pool_advice(
 
 def _forecast_rate(features: pd.DataFrame) -> float:
     """Next interval's pool rate: the mean of the last few intervals' totals."""
-    per_instant = features.groupby("time")["request_rate"].sum().sort_index()
+    per_instant = features.groupby("time")["request_rate"].sum(min_count=1).dropna().sort_index()
     recent = per_instant.tail(_FORECAST_INTERVALS)
     return float(recent.mean()) if len(recent) else float("nan")
 

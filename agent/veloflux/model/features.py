@@ -62,20 +62,34 @@ def build_features(rates: pd.DataFrame) -> pd.DataFrame:
     """
     if rates.empty:
         return pd.DataFrame(columns=list(COLUMNS))
-    df = rates[rates["state"] == "UP"].sort_values(["pool", "server", "time"])
-    df = df.reset_index(drop=True)
+    ordered = rates.sort_values(["pool", "server", "time"]).reset_index(drop=True)
+    # The next interval is taken before non-UP rows are dropped, so that the interval
+    # before a DOWN gap never borrows its "next" from the interval after the gap.
+    following = ordered.groupby(["pool", "server"], sort=False)
+    next_up = following["state"].shift(-1) == "UP"
+    upcoming = {
+        column: following[source].shift(-1).where(next_up).astype(float)
+        for column, source in (
+            (LOAD_FEATURE, "request_rate"),
+            (TARGET_LATENCY, "interval_response_time"),
+            (TARGET_ERROR_RATE, "error_rate"),
+            (TARGET_REQUESTS, "requests"),
+        )
+    }
+    up = (ordered["state"] == "UP").to_numpy()
+    df = ordered[up].reset_index(drop=True)
     out = pd.DataFrame({key: df[key] for key in KEYS})
     rate = df["request_rate"].astype(float)
     latency = df["interval_response_time"].astype(float)
     requests = df["requests"].astype(float)
 
     by_instant = [df["pool"], df["time"]]
-    pool_rate = rate.groupby(by_instant).transform("sum")
+    # min_count: an instant whose rates are all unknown (a reload) has no pool rate, not 0.
+    pool_rate = rate.groupby(by_instant).transform("sum", min_count=1)
     weighted = (latency * requests).groupby(by_instant).transform("sum")
     weight = requests.where(latency.notna()).groupby(by_instant).transform("sum")
     pool_latency = weighted / weight.replace(0, np.nan)
 
-    servers = df.groupby(["pool", "server"], sort=False)
     out["request_rate"] = rate
     out["requests"] = requests
     out["share"] = rate / pool_rate.replace(0, np.nan)
@@ -93,10 +107,8 @@ def build_features(rates: pd.DataFrame) -> pd.DataFrame:
     angle = 2 * np.pi * seconds_of_day.astype(float) / 86400.0
     out["tod_sin"], out["tod_cos"] = np.sin(angle), np.cos(angle)
 
-    out[LOAD_FEATURE] = servers["request_rate"].shift(-1).astype(float)
-    out[TARGET_LATENCY] = servers["interval_response_time"].shift(-1).astype(float)
-    out[TARGET_ERROR_RATE] = servers["error_rate"].shift(-1).astype(float)
-    out[TARGET_REQUESTS] = servers["requests"].shift(-1).astype(float)
+    for column, values in upcoming.items():
+        out[column] = values[up].to_numpy()
     # A division by a zero that slipped through is missing data, not an infinite load.
     numeric = [*FEATURES, TARGET_LATENCY, TARGET_ERROR_RATE, TARGET_REQUESTS]
     out[numeric] = out[numeric].replace([np.inf, -np.inf], np.nan)

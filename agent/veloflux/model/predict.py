@@ -35,7 +35,7 @@ from veloflux.model.features import FEATURES, LOAD_FEATURE, TARGET_LATENCY
 from veloflux.model.registry import LoadedModel
 from veloflux.model.train import QUANTILES, log_latency
 
-CONFIDENCE_PARTS = ("width", "realized", "ood", "freshness")
+CONFIDENCE_PARTS = ("freshness", "width", "realized", "ood")
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ class Predictor:
         self._errors = _booster(loaded, "errors")
         self._offset = float(meta["conformal_offset"])
         ood = meta["ood"]
+        self._ood_columns = [FEATURES.index(f) for f in ood.get("features", FEATURES)]
         self._mean = np.asarray(ood["mean"], dtype=float)
         self._inv_cov = np.asarray(ood["inv_cov"], dtype=float)
         self._d2_q95 = float(ood["d2_q95"])
@@ -124,11 +125,12 @@ class Predictor:
         x = self._matrix(now_rows)
         q = self._log_quantiles(x)
         width = q[:, 2] - q[:, 0] + 2 * self._offset
+        # Freshness first: when parts tie, the most basic reason is the one named.
         parts = {
+            "freshness": np.full(len(now_rows), 1.0 if fresh else 0.0),
             "width": ratio_score(width / self._width_ref, typical=1.5),
             "realized": self._realized(now_rows, recent),
             "ood": self._ood(x),
-            "freshness": np.full(len(now_rows), 1.0 if fresh else 0.0),
         }
         value = np.min(np.vstack(list(parts.values())), axis=0)
         return Confidence(value=value, parts=parts)
@@ -139,7 +141,7 @@ class Predictor:
         A feature the model always had but is now missing counts as far away: a
         prediction without it rests on less than the model learned from.
         """
-        values = x.astype(float)
+        values = x[:, self._ood_columns].astype(float)
         missing = ~np.isfinite(values)
         filled = np.where(missing, self._mean, values)
         centred = filled - self._mean
@@ -148,7 +150,8 @@ class Predictor:
         score = np.clip((far - d2) / (far - self._d2_q95), 0.0, 1.0)
         usually_present = np.asarray(self.metadata["ood"]["present_fraction"]) > 0.9
         lost = (missing & usually_present).sum(axis=1)
-        return np.asarray(np.where(lost > 0, np.minimum(score, 0.5 / lost), score))
+        capped = np.minimum(score, 0.5 / np.maximum(lost, 1))
+        return np.asarray(np.where(lost > 0, capped, score))
 
     def _realized(self, now_rows: pd.DataFrame, recent: pd.DataFrame) -> np.ndarray:
         """Median relative error of recent predictions for each server, as a score.
@@ -183,6 +186,8 @@ def ratio_score(ratio: np.ndarray, typical: float, hopeless: float = 3.0) -> np.
 def _booster(loaded: LoadedModel, name: str) -> xgb.Booster:
     if name not in loaded.boosters:
         raise ModelUnavailable(f"model {loaded.version} has no '{name}' booster")
+    if not loaded.boosters[name]:  # XGBoost aborts the process on an empty buffer
+        raise ModelUnavailable(f"model {loaded.version}: '{name}' is empty")
     booster = xgb.Booster()
     try:
         booster.load_model(bytearray(loaded.boosters[name]))

@@ -118,12 +118,15 @@ def _matrix(
 def _fit(
     params: dict[str, Any], train: xgb.DMatrix, valid: xgb.DMatrix, settings: TrainSettings
 ) -> xgb.Booster:
+    # save_best: serve the trees up to the best validation round, not every tree grown
+    # after it (predictions would otherwise ignore early stopping).
+    stop = xgb.callback.EarlyStopping(rounds=settings.early_stopping_rounds, save_best=True)
     return xgb.train(
         params,
         train,
         num_boost_round=settings.max_rounds,
         evals=[(valid, "valid")],
-        early_stopping_rounds=settings.early_stopping_rounds,
+        callbacks=[stop],
         verbose_eval=False,
     )
 
@@ -267,21 +270,27 @@ def _metadata(
     }
 
 
+# Time of day is left out of the distance: a model trained on less than a day of
+# history would otherwise call every new hour "out of distribution".
+OOD_FEATURES = tuple(f for f in FEATURES if f not in ("tod_sin", "tod_cos"))
+
+
 def ood_reference(train: pd.DataFrame) -> dict[str, Any]:
     """Mean, inverse covariance and distance quantiles of the training features.
 
     Missing values are filled with the mean before the distance, so a missing feature
     adds nothing by itself; how many features are missing is judged separately.
     """
-    x = train[list(FEATURES)].to_numpy(dtype=float)
+    x = train[list(OOD_FEATURES)].to_numpy(dtype=float)
     mean = np.nanmean(x, axis=0)
     mean = np.where(np.isfinite(mean), mean, 0.0)
     filled = np.where(np.isfinite(x), x, mean)
-    cov = np.cov(filled, rowvar=False) + np.eye(len(FEATURES)) * 1e-6
+    cov = np.cov(filled, rowvar=False) + np.eye(len(OOD_FEATURES)) * 1e-6
     inv = np.linalg.pinv(cov)
     d2 = np.einsum("ij,jk,ik->i", filled - mean, inv, filled - mean)
     present = np.isfinite(x).mean(axis=0)
     return {
+        "features": list(OOD_FEATURES),
         "mean": mean.tolist(),
         "inv_cov": inv.tolist(),
         "d2_q95": float(np.quantile(d2, 0.95)),
