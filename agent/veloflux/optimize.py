@@ -22,7 +22,7 @@ import numpy as np
 # vary it), and trees are flat outside what they saw, so a prediction at four times
 # today's load would be a guess. Moving at most 50% per tick and learning from each
 # tick keeps every decision where the model has evidence.
-TRUST_MULTIPLES = np.array([0.0, 0.5, 0.6, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5])
+TRUST_MULTIPLES = np.array([0.0, 0.5, 0.75, 1.0, 1.25, 1.5])
 
 
 def rate_grid(current_rates: np.ndarray, total_rate: float) -> np.ndarray:

@@ -36,6 +36,8 @@ from veloflux.model.registry import LoadedModel
 from veloflux.model.train import QUANTILES, log_latency
 
 CONFIDENCE_PARTS = ("freshness", "width", "realized", "ood")
+# How many of each server's latest judged intervals the realized-error part looks at.
+REALIZED_INTERVALS = 5
 
 
 @dataclass(frozen=True)
@@ -161,20 +163,15 @@ class Predictor:
         """
         if recent.empty:
             return np.zeros(len(now_rows))
+        recent = recent.sort_values("time").groupby(["pool", "server"]).tail(REALIZED_INTERVALS)
         q50 = np.exp(self._log_quantiles(self._matrix(recent))[:, 1])
         actual = np.exp(log_latency(recent[TARGET_LATENCY]))
-        rel = pd.Series(np.abs(q50 - actual) / actual, index=recent.index)
-        keys = list(zip(recent["pool"], recent["server"], strict=True))
-        grouped = rel.groupby(pd.MultiIndex.from_tuples(keys))
-        median, count = grouped.median(), grouped.count()
-        scores = []
-        for pool, server in zip(now_rows["pool"], now_rows["server"], strict=True):
-            if count.get((pool, server), 0) < 3:
-                scores.append(0.0)
-            else:
-                ratio = float(median[(pool, server)]) / self._error_ref
-                scores.append(float(ratio_score(np.asarray([ratio]), typical=1.0)[0]))
-        return np.asarray(scores)
+        errors = recent[["pool", "server"]].assign(rel=np.abs(q50 - actual) / actual)
+        stats = errors.groupby(["pool", "server"])["rel"].agg(["median", "count"])
+        joined = now_rows[["pool", "server"]].join(stats, on=["pool", "server"])
+        judged = joined["count"].fillna(0).to_numpy() >= 3
+        ratio = joined["median"].to_numpy(dtype=float) / self._error_ref
+        return np.where(judged, ratio_score(np.nan_to_num(ratio, nan=np.inf), typical=1.0), 0.0)
 
 
 def ratio_score(ratio: np.ndarray, typical: float, hopeless: float = 3.0) -> np.ndarray:
