@@ -116,10 +116,14 @@ def build_features(rates: pd.DataFrame) -> pd.DataFrame:
 
 
 def _previous_mean(values: pd.Series, keys: list[pd.Series]) -> pd.Series:
-    """Mean of the previous few intervals of the same server (NaN-aware, excludes now)."""
-    return values.groupby(keys).transform(
-        lambda s: s.shift(1).rolling(_TREND_WINDOW, min_periods=1).mean()
-    )
+    """Mean of the previous few intervals of the same server (NaN-aware, excludes now).
+
+    Built from vectorised group shifts: a per-group Python function costs a second per
+    tick for a 1,000-server pool.
+    """
+    grouped = values.groupby(keys)
+    previous = pd.concat([grouped.shift(k) for k in range(1, _TREND_WINDOW + 1)], axis=1)
+    return previous.mean(axis=1, skipna=True)
 
 
 def latest_rows(features: pd.DataFrame) -> pd.DataFrame:
