@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -29,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import cpu_model, replace_between, table  # noqa: E402
 from integration.haproxy_proc import BackendSpec, HAProxyProcess, ServerSpec  # noqa: E402
 from veloflux.config import validate_config  # noqa: E402
 from veloflux.events import Events  # noqa: E402
@@ -55,21 +57,13 @@ def _run(args: list[str]) -> None:
 
 
 def _machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    first_line = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split(
-        "\n"
-    )[0]
+    first_line = subprocess.run(
+        ["haproxy", "-v"], capture_output=True, text=True, check=False
+    ).stdout.split("\n")[0]
     haproxy = first_line.split(" - ")[0]
-    import os
-
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {haproxy}"
+    return (
+        f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, {haproxy}"
+    )
 
 
 def main() -> None:
@@ -191,19 +185,14 @@ def render_section(r: dict[str, object]) -> str:
         "Command: `make bench` (runs `python bench/bench_haproxy_1000.py --write`). "
         "Medians; p95 in brackets.",
         "",
-        "| figure | measured | target |",
-        "|---|---|---|",
-        *(f"| {name} | {value} | {target} |" for name, value, target in rows),
+        *table(("figure", "measured", "target"), rows),
         MARK_END,
     ]
     return "\n".join(lines)
 
 
 def write_section(result: dict[str, object]) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text()
-    begin, end = text.index(MARK_BEGIN), text.index(MARK_END) + len(MARK_END)
-    path.write_text(text[:begin] + render_section(result) + text[end:])
+    replace_between(MARK_BEGIN, MARK_END, render_section(result))
 
 
 if __name__ == "__main__":

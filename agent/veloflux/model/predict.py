@@ -37,7 +37,7 @@ from veloflux.model.train import QUANTILES, log_latency
 
 CONFIDENCE_PARTS = ("freshness", "width", "realized", "ood")
 # How many of each server's latest judged intervals the realized-error part looks at.
-REALIZED_INTERVALS = 5
+REALIZED_INTERVALS = 3
 
 
 @dataclass(frozen=True)

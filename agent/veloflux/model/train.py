@@ -57,7 +57,7 @@ class TrainSettings:
     learning_rate: float = 0.2
     max_bin: int = 64
     subsample: float = 0.5
-    max_rounds: int = 200
+    max_rounds: int = 120  # caps model size: scoring cost grows with trees (see benchmarks)
     early_stopping_rounds: int = 20
     min_rows: int = 200
     seed: int = 7
