@@ -15,7 +15,15 @@ from veloflux.errors import ModelUnavailable
 from veloflux.history import Journal, derive_rates
 from veloflux.model.features import FEATURES, build_features
 from veloflux.model.registry import ModelEntry, Registry
-from veloflux.model.train import Progress, TrainedModel, TrainSettings, evaluate, train_model
+from veloflux.model.train import (
+    QUANTILES,
+    Progress,
+    TrainedModel,
+    TrainSettings,
+    evaluate,
+    quantile_name,
+    train_model,
+)
 
 
 @dataclass(frozen=True)
@@ -102,9 +110,12 @@ def _current_on(registry: Registry, test: Any) -> tuple[str | None, dict[str, fl
     if list(loaded.metadata.get("features", [])) != list(FEATURES):
         return version, None
     boosters = {}
-    for name in ("latency", "errors"):
+    for name in (*(quantile_name(a) for a in QUANTILES), "errors"):
+        if name not in loaded.boosters:
+            return version, None  # an older model layout cannot be judged on this window
         booster = xgb.Booster()
         booster.load_model(bytearray(loaded.boosters[name]))
         boosters[name] = booster
-    model = TrainedModel(boosters["latency"], boosters["errors"], dict(loaded.metadata))
+    latency = tuple(boosters[quantile_name(a)] for a in QUANTILES)
+    model = TrainedModel(latency, boosters["errors"], dict(loaded.metadata))
     return version, evaluate(model, test, float(loaded.metadata["conformal_offset"]))

@@ -70,7 +70,7 @@ def test_record_train_dry_run_uses_the_model_and_falls_back_without_it(tmp_path:
 
             # A model file changed after VeloFlux wrote it is refused: fallback, not a crash.
             version = (stack.workdir / "models" / "current").read_text().strip()
-            booster = stack.workdir / "models" / "versions" / version / "latency.ubj"
+            booster = stack.workdir / "models" / "versions" / version / "latency_q90.ubj"
             data = bytearray(booster.read_bytes())
             data[len(data) // 2] ^= 0xFF
             booster.write_bytes(bytes(data))

@@ -51,6 +51,7 @@ from veloflux.model.train import (
     TrainSettings,
     log_latency,
     predict_log_quantiles,
+    quantile_name,
     split_by_time,
     train_model,
 )
@@ -174,7 +175,8 @@ def test_an_empty_history_is_not_enough_data() -> None:
 def test_the_served_model_is_the_one_early_stopping_chose(model: TrainedModel) -> None:
     rows = synthetic_features().iloc[:200]
     x = rows[list(FEATURES)].to_numpy(dtype=np.float32)
-    for name, booster in (("latency", model.latency), ("errors", model.errors)):
+    named = {quantile_name(a): b for a, b in zip(QUANTILES, model.latency, strict=True)}
+    for name, booster in (*named.items(), ("errors", model.errors)):
         best = model.metadata["best_iteration"][name]
         chosen = booster.inplace_predict(x, iteration_range=(0, best + 1))
         served = booster.inplace_predict(x)
@@ -227,11 +229,13 @@ def test_curves_are_rearranged_even_for_trees_that_learned_the_opposite(
         matrix = xgb.DMatrix(x, label=label, feature_names=list(FEATURES))
         return bytes(xgb.train({**common, **params}, matrix, 20).save_raw("ubj"))
 
-    quantile = {"objective": "reg:quantileerror", "quantile_alpha": list(QUANTILES)}
     boosters = {
-        "latency": fit(quantile, np.log(0.05) - 2.0 * load),
-        "errors": fit({"objective": "reg:logistic"}, 0.5 - 0.4 * load),
+        quantile_name(a): fit(
+            {"objective": "reg:quantileerror", "quantile_alpha": a}, np.log(0.05) - 2.0 * load
+        )
+        for a in QUANTILES
     }
+    boosters["errors"] = fit({"objective": "reg:logistic"}, 0.5 - 0.4 * load)
     meta = {**model.metadata, "created_at": CREATED.isoformat()}
     backwards = Predictor(LoadedModel("20260921T000000Z-0000back", meta, boosters))
     sample = rows.iloc[::50]
@@ -239,8 +243,8 @@ def test_curves_are_rearranged_even_for_trees_that_learned_the_opposite(
     raw_x = np.repeat(sample[list(FEATURES)].to_numpy(dtype=np.float32), 9, axis=0)
     raw_x[:, FEATURES.index(LOAD_FEATURE)] = grid.reshape(-1)
     raw = xgb.Booster()
-    raw.load_model(bytearray(boosters["latency"]))
-    raw_p50 = np.asarray(raw.inplace_predict(raw_x)).reshape(len(sample), 9, 3)[:, :, 1]
+    raw.load_model(bytearray(boosters[quantile_name(0.5)]))
+    raw_p50 = np.asarray(raw.inplace_predict(raw_x)).reshape(len(sample), 9)
     assert (np.diff(raw_p50, axis=1) < 0).any()  # the trees do fall along the grid
     curves = backwards.curves(sample, grid)
     for values in (curves.latency_p50, curves.latency_p90, curves.error_rate):
@@ -253,9 +257,16 @@ def test_curves_at_one_rate_are_the_trained_models_quantiles(
 ) -> None:
     rows = split.test.iloc[:50]
     curves = predictor.curves(rows, rows[[LOAD_FEATURE]].to_numpy(dtype=float))
-    q = np.exp(predict_log_quantiles(model.latency, rows))
-    np.testing.assert_allclose(curves.latency_p50[:, 0], q[:, 1], rtol=1e-6)
-    np.testing.assert_allclose(curves.latency_p90[:, 0], q[:, 2], rtol=1e-6)
+    p50, p90 = raw_median_and_p90(model, rows)
+    np.testing.assert_allclose(curves.latency_p50[:, 0], p50, rtol=1e-6)
+    np.testing.assert_allclose(curves.latency_p90[:, 0], p90, rtol=1e-6)
+
+
+def raw_median_and_p90(model: TrainedModel, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The two boosters' own predictions, uncrossed: what the curves promise to give."""
+    x = rows[list(FEATURES)].to_numpy(dtype=np.float32)
+    q50, q90 = (np.exp(np.asarray(b.inplace_predict(x), dtype=float)) for b in model.latency[1:])
+    return np.minimum(q50, q90), np.maximum(q50, q90)
 
 
 # --- from the registry ------------------------------------------------------------------------
@@ -281,7 +292,7 @@ def test_a_predictor_from_registry_bytes_predicts_like_the_trained_boosters(
     for name in ("latency_p50", "latency_p90", "error_rate"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     single = from_disk.curves(rows, rows[[LOAD_FEATURE]].to_numpy(dtype=float))
-    expected = np.exp(predict_log_quantiles(model.latency, rows)[:, 1])
+    expected, _ = raw_median_and_p90(model, rows)
     np.testing.assert_allclose(single.latency_p50[:, 0], expected, rtol=1e-6)
     errors = model.errors.inplace_predict(rows[list(FEATURES)].to_numpy(dtype=np.float32))
     np.testing.assert_allclose(single.error_rate[:, 0], errors, rtol=1e-6)
@@ -313,7 +324,7 @@ def test_a_model_with_another_feature_set_is_refused(
 )
 def test_a_corrupted_booster_is_refused(model: TrainedModel, damage: Any) -> None:
     boosters = model.booster_bytes()
-    boosters["latency"] = damage(boosters["latency"])
+    boosters["latency_q90"] = damage(boosters["latency_q90"])
     loaded = LoadedModel("v", {**model.metadata, "created_at": CREATED.isoformat()}, boosters)
     with pytest.raises(ModelUnavailable, match="latency"):
         Predictor(loaded)
@@ -328,7 +339,8 @@ def test_an_empty_booster_is_refused_not_fatal() -> None:
         "from veloflux.model.registry import LoadedModel\n"
         "meta = {'features': list(FEATURES), 'created_at': '2026-01-01T00:00:00+00:00'}\n"
         "try:\n"
-        "    Predictor(LoadedModel('v', meta, {'latency': b'', 'errors': b''}))\n"
+        "    boosters = {n: b'' for n in ('latency_q10', 'latency_q50', 'latency_q90', 'errors')}\n"
+        "    Predictor(LoadedModel('v', meta, boosters))\n"
         "except ModelUnavailable as exc:\n"
         "    print('refused:', exc)\n"
     )
@@ -340,7 +352,9 @@ def test_an_empty_booster_is_refused_not_fatal() -> None:
 
 
 def test_a_missing_booster_is_refused(model: TrainedModel) -> None:
-    boosters = {"latency": model.booster_bytes()["latency"]}
+    boosters = {
+        name: raw for name, raw in model.booster_bytes().items() if name.startswith("latency")
+    }
     loaded = LoadedModel("v", {**model.metadata, "created_at": CREATED.isoformat()}, boosters)
     with pytest.raises(ModelUnavailable, match="errors"):
         Predictor(loaded)

@@ -148,7 +148,7 @@ def _shares(
     if total <= 0:
         return [1.0 / len(rows)] * len(rows)
     grid = rate_grid(current * (total / current.sum()) if current.sum() > 0 else current, total)
-    curves = predictor.curves(rows, grid)
+    curves = predictor.curves(rows, grid, with_median=False)
     cost = curves.latency_p90 + settings.error_penalty_seconds * curves.error_rate
     assigned = water_fill(grid, cost, total)
     shares: Sequence[float] = list(assigned / assigned.sum())

@@ -33,7 +33,7 @@ import xgboost as xgb
 from veloflux.errors import ModelUnavailable
 from veloflux.model.features import FEATURES, LOAD_FEATURE, TARGET_LATENCY
 from veloflux.model.registry import LoadedModel
-from veloflux.model.train import QUANTILES, log_latency
+from veloflux.model.train import QUANTILES, log_latency, quantile_name
 
 CONFIDENCE_PARTS = ("freshness", "width", "realized", "ood")
 # How many of each server's latest judged intervals the realized-error part looks at.
@@ -77,7 +77,7 @@ class Predictor:
         self.version = loaded.version
         self.metadata: dict[str, Any] = dict(meta)
         self.trained_at = datetime.fromisoformat(str(meta.get("created_at")))
-        self._latency = _booster(loaded, "latency")
+        self._q10, self._q50, self._q90 = (_booster(loaded, quantile_name(a)) for a in QUANTILES)
         self._errors = _booster(loaded, "errors")
         self._offset = float(meta["conformal_offset"])
         ood = meta["ood"]
@@ -95,26 +95,37 @@ class Predictor:
     def _matrix(self, rows: pd.DataFrame) -> np.ndarray:
         return rows[list(FEATURES)].to_numpy(dtype=np.float32)
 
-    def _log_quantiles(self, x: np.ndarray) -> np.ndarray:
-        raw = np.asarray(self._latency.inplace_predict(x), dtype=float)
-        return np.sort(raw.reshape(len(x), len(QUANTILES)), axis=1)
+    @staticmethod
+    def _score(booster: xgb.Booster, x: np.ndarray) -> np.ndarray:
+        return np.asarray(booster.inplace_predict(x), dtype=float)
 
-    def curves(self, rows: pd.DataFrame, rates: np.ndarray) -> Curves:
+    def curves(self, rows: pd.DataFrame, rates: np.ndarray, with_median: bool = True) -> Curves:
         """Latency and errors of each row's server at each of its candidate rates.
 
         Each curve is rearranged (running maximum along the rate axis) so that predicted
-        latency and errors never fall as load rises, whatever the trees did.
+        latency and errors never fall as load rises, whatever the trees did, and p50 is
+        kept at or below p90. The optimizer needs only p90 (``with_median=False``), and
+        never the cost at a rate of 0 (it serves nothing there), so neither is scored.
         """
         n, g = rates.shape
-        x = np.repeat(self._matrix(rows), g, axis=0)
-        x[:, FEATURES.index(LOAD_FEATURE)] = rates.reshape(-1)
-        q = np.exp(self._log_quantiles(x)).reshape(n, g, len(QUANTILES))
-        errors = np.asarray(self._errors.inplace_predict(x), dtype=float).reshape(n, g)
+        skip = 1 if g > 1 and not rates[:, 0].any() else 0
+        x = np.repeat(self._matrix(rows), g - skip, axis=0)
+        x[:, FEATURES.index(LOAD_FEATURE)] = rates[:, skip:].reshape(-1)
+
+        def curve(values: np.ndarray) -> np.ndarray:
+            grid = values.reshape(n, g - skip)
+            if skip:
+                grid = np.hstack([grid[:, :1], grid])
+            out: np.ndarray = np.maximum.accumulate(grid, axis=1)
+            return out
+
+        p90 = curve(np.exp(self._score(self._q90, x)))
+        p50 = curve(np.exp(self._score(self._q50, x))) if with_median else np.full_like(p90, np.nan)
         return Curves(
             rates=rates,
-            latency_p50=np.maximum.accumulate(q[:, :, 1], axis=1),
-            latency_p90=np.maximum.accumulate(q[:, :, 2], axis=1),
-            error_rate=np.clip(np.maximum.accumulate(errors, axis=1), 0.0, 1.0),
+            latency_p50=np.minimum(p50, p90) if with_median else p50,
+            latency_p90=np.maximum(p50, p90) if with_median else p90,
+            error_rate=np.clip(curve(self._score(self._errors, x)), 0.0, 1.0),
         )
 
     def confidence(self, now_rows: pd.DataFrame, recent: pd.DataFrame, fresh: bool) -> Confidence:
@@ -125,8 +136,8 @@ class Predictor:
         observations are too old.
         """
         x = self._matrix(now_rows)
-        q = self._log_quantiles(x)
-        width = q[:, 2] - q[:, 0] + 2 * self._offset
+        low, high = self._score(self._q10, x), self._score(self._q90, x)
+        width = np.abs(high - low) + 2 * self._offset
         # Freshness first: when parts tie, the most basic reason is the one named.
         parts = {
             "freshness": np.full(len(now_rows), 1.0 if fresh else 0.0),
@@ -163,12 +174,17 @@ class Predictor:
         """
         if recent.empty:
             return np.zeros(len(now_rows))
-        recent = recent.sort_values("time").groupby(["pool", "server"]).tail(REALIZED_INTERVALS)
-        q50 = np.exp(self._log_quantiles(self._matrix(recent))[:, 1])
+        last_times = np.sort(recent["time"].unique())[-REALIZED_INTERVALS:]
+        recent = recent[recent["time"].isin(last_times)]
+        q50 = np.exp(self._score(self._q50, self._matrix(recent)))
         actual = np.exp(log_latency(recent[TARGET_LATENCY]))
-        errors = recent[["pool", "server"]].assign(rel=np.abs(q50 - actual) / actual)
-        stats = errors.groupby(["pool", "server"])["rel"].agg(["median", "count"])
-        joined = now_rows[["pool", "server"]].join(stats, on=["pool", "server"])
+        rel = pd.Series(np.abs(q50 - actual) / actual)
+        keys = pd.MultiIndex.from_arrays([recent["pool"].to_numpy(), recent["server"].to_numpy()])
+        stats = rel.groupby(keys.to_flat_index(), sort=False).agg(["median", "count"])
+        wanted = pd.MultiIndex.from_arrays(
+            [now_rows["pool"].to_numpy(), now_rows["server"].to_numpy()]
+        ).to_flat_index()
+        joined = stats.reindex(wanted)
         judged = joined["count"].fillna(0).to_numpy() >= 3
         ratio = joined["median"].to_numpy(dtype=float) / self._error_ref
         return np.where(judged, ratio_score(np.nan_to_num(ratio, nan=np.inf), typical=1.0), 0.0)
