@@ -140,8 +140,8 @@ def _training_child(servers: int, intervals: int, min_rows: int, conn: Connectio
                 "total_s": round(t_train - wall, 2),
                 "train_model_cpu_s": round(cpu_train - cpu_features, 2),
                 "train_model_split_s": {
-                    "select_and_split_rows": round(stages["latency model"] - t_features, 2),
-                    "latency_booster": round(stages["error model"] - stages["latency model"], 2),
+                    "select_and_split_rows": round(stages["latency q10"] - t_features, 2),
+                    "latency_booster": round(stages["error model"] - stages["latency q10"], 2),
                     "error_booster": round(stages["calibration"] - stages["error model"], 2),
                     "calibration_metrics_ood": round(stages["done"] - stages["calibration"], 2),
                 },
@@ -537,7 +537,8 @@ def _table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             _yes(v["training_under_60s"]),
         ),
         (
-            "training: train_model split (latency booster / error booster / calibration, "
+            "training: train_model split (latency boosters q10+q50+q90 / error booster / "
+            "calibration, "
             "metrics, OOD reference); CPU time",
             "{latency_booster} / {error_booster} / {calibration_metrics_ood} s; ".format(
                 **t["train_model_split_s"]
@@ -556,7 +557,8 @@ def _table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         (
             "training: rows used (train/valid/calib/test); best iteration",
             "{train:,}/{valid:,}/{calib:,}/{test:,}; ".format(**t["rows_used"])
-            + f"latency {best['latency']}, errors {best['errors']} (of {t['max_rounds']})",
+            + ", ".join(f"{name} {n}" for name, n in best.items())
+            + f" (of {t['max_rounds']})",
             "-",
             "-",
         ),
