@@ -95,3 +95,18 @@ def observation(pools: Iterable[Pool], taken_at: datetime = TAKEN_AT) -> Observa
 def policy(**fields: Any) -> PolicySection:
     """A validated PolicySection; raises if the test asks for an invalid one."""
     return PolicySection.model_validate(fields)
+
+
+def frozen(server: Server, pol: PolicySection, key: str = "") -> bool:
+    """A row the rules say must keep its weight in every mode (design section 4).
+
+    A weight 0 set outside VeloFlux is kept too, unless an operator's override names
+    the server: the override is the operator saying to bring it back.
+    """
+    return (
+        bool(server.problem)
+        or server.weight is None
+        or server.state in ("MAINT", "DRAIN")
+        or server.backup
+        or (server.weight == 0 and pol.min_weight > 0 and key not in pol.overrides)
+    )

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.factories import Pool, Server, observation, policy
+from tests.unit.factories import Pool, Server, frozen, observation, policy
 from tests.unit.learning_factories import (
     BASE_TIME,
     INTERVAL,
@@ -292,14 +292,7 @@ def model_scenarios(draw: st.DrawFn) -> tuple[list[Pool], PolicySection, Advice]
 
 def protected(server: Server, pol: PolicySection) -> bool:
     """Rows no mode may change: untrusted, MAINT/DRAIN, backup, a weight 0 set by hand."""
-    key = f"app/{server.name}"
-    return (
-        bool(server.problem)
-        or server.weight is None
-        or server.state in ("MAINT", "DRAIN")
-        or server.backup
-        or (server.weight == 0 and pol.min_weight > 0 and key not in pol.overrides)
-    )
+    return frozen(server, pol, f"app/{server.name}")
 
 
 def static_of(server: Server, pol: PolicySection) -> int | None:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.factories import TAKEN_AT, Pool, Server, observation, policy
+from tests.unit.factories import TAKEN_AT, Pool, Server, frozen, observation, policy
 from veloflux.advice import Advice, PoolAdvice
 from veloflux.config import PolicySection
 from veloflux.observation import COLUMN_NAMES, Observation
@@ -90,21 +90,6 @@ def pairs(given_pools: list[Pool], plan: WeightPlan) -> Iterator[tuple[Pool, Ser
         assert [s.server for s in pool_plan.servers] == [s.name for s in pool.servers]
         for server, planned in zip(pool.servers, pool_plan.servers, strict=True):
             yield pool, server, planned
-
-
-def frozen(server: Server, pol: PolicySection, key: str = "") -> bool:
-    """A row the rules say must keep its weight in every mode (design section 4).
-
-    A weight 0 set outside VeloFlux is kept too, unless an operator's override names
-    the server: the override is the operator saying to bring it back.
-    """
-    return (
-        bool(server.problem)
-        or server.weight is None
-        or server.state in ("MAINT", "DRAIN")
-        or server.backup
-        or (server.weight == 0 and pol.min_weight > 0 and key not in pol.overrides)
-    )
 
 
 def fallback_target(pool: Pool, server: Server, pol: PolicySection) -> int | None:
