@@ -34,6 +34,12 @@ class PoolAdvice:
     forecast_rate: float | None = None
 
 
+def blocked_pool(pool: str, reason: str, outliers: Mapping[str, str]) -> PoolAdvice:
+    """A pool the model may not drive: only the outlier findings remain."""
+    servers = {name: ServerAdvice(name, outlier=why) for name, why in outliers.items()}
+    return PoolAdvice(pool, 0.0, reason, servers)
+
+
 @dataclass(frozen=True)
 class Advice:
     """Advice for every pool of one observation."""

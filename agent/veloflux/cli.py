@@ -6,12 +6,13 @@ enough history), 2 the proxy could not be reached or refused a write.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Callable
-from typing import NoReturn
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -23,6 +24,11 @@ from veloflux.events import Events
 from veloflux.loop import Agent, TickResult
 from veloflux.render import make_console, models_table, print_plan, training_table
 from veloflux.wiring import build_agent, build_source, open_journal, open_registry
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from veloflux.model.registry import ModelEntry
 
 EXIT_OK, EXIT_CONFIG, EXIT_PROXY = 0, 1, 2
 
@@ -86,7 +92,7 @@ def check_config(config_path: str | None) -> None:
 def dry_run(config_path: str | None, output: str) -> None:
     """Observe and plan; print what would be written, write nothing."""
     result = _run(config_path, False, lambda agent: agent.tick(write=False))
-    print_plan(make_console(), result.plan, output, "dry-run: planned weights (nothing written)")
+    print_plan(result.plan, output, "dry-run: planned weights (nothing written)")
 
 
 @main.command("apply")
@@ -95,7 +101,7 @@ def dry_run(config_path: str | None, output: str) -> None:
 def apply(config_path: str | None, output: str) -> None:
     """One observe-plan-act tick with writes, verified by read-back."""
     result = _run(config_path, True, lambda agent: agent.tick(write=True))
-    print_plan(make_console(), result.plan, output, "apply: weights", result.report)
+    print_plan(result.plan, output, "apply: weights", result.report)
     if result.report is not None and result.report.failures:
         sys.exit(EXIT_PROXY)
 
@@ -106,7 +112,7 @@ def apply(config_path: str | None, output: str) -> None:
 def revert(config_path: str | None, output: str) -> None:
     """Set every managed server back to its static weight at once."""
     result = _run(config_path, True, lambda agent: agent.revert())
-    print_plan(make_console(), result.plan, output, "revert: static weights", result.report)
+    print_plan(result.plan, output, "revert: static weights", result.report)
     if result.report is not None and result.report.failures:
         sys.exit(EXIT_PROXY)
 
@@ -209,10 +215,7 @@ def model_show(config_path: str | None, version: str | None) -> None:
     click.echo(json.dumps(meta, indent=2, default=str))
 
 
-def _entry_json(entry: object) -> dict[str, object]:
-    from veloflux.model.registry import ModelEntry
-
-    assert isinstance(entry, ModelEntry)
+def _entry_json(entry: ModelEntry) -> dict[str, object]:
     return {
         "version": entry.version,
         "created_at": entry.created_at.isoformat(),
@@ -222,33 +225,14 @@ def _entry_json(entry: object) -> dict[str, object]:
     }
 
 
-class _progress:
+@contextlib.contextmanager
+def _progress(console: Console, output: str) -> Iterator[Callable[[str, float], None]]:
     """A progress bar on a terminal; silence when piped or when JSON is asked for."""
+    if not (console.is_terminal and output == "table"):
+        yield lambda _stage, _fraction: None
+        return
+    from rich.progress import Progress
 
-    def __init__(self, console: object, output: str) -> None:
-        from rich.console import Console
-        from rich.progress import Progress
-
-        assert isinstance(console, Console)
-        self._bar = (
-            Progress(console=console, transient=True)
-            if (console.is_terminal and output == "table")
-            else None
-        )
-        self._task = None
-
-    def __enter__(self) -> Callable[[str, float], None]:
-        if self._bar is None:
-            return lambda _stage, _fraction: None
-        self._bar.__enter__()
-        task = self._bar.add_task("training", total=1.0)
-
-        def update(stage: str, fraction: float) -> None:
-            assert self._bar is not None
-            self._bar.update(task, completed=fraction, description=stage)
-
-        return update
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("training", total=1.0)
+        yield lambda stage, fraction: bar.update(task, completed=fraction, description=stage)

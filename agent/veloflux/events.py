@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Mapping
 
 _log = logging.getLogger("veloflux.events")
 
@@ -44,8 +43,3 @@ class Events:
             return sum(
                 n for (k, lbl), n in self._counts.items() if k == kind and wanted <= set(lbl)
             )
-
-    def snapshot(self) -> Mapping[tuple[str, tuple[tuple[str, str], ...]], int]:
-        """A copy of every count, for metrics export and summaries."""
-        with self._lock:
-            return dict(self._counts)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
 
-from veloflux.advice import Advice, PoolAdvice, ServerAdvice
+from veloflux.advice import Advice, blocked_pool
 from veloflux.config import Config
 from veloflux.errors import ConfigError, ConfigProblem, ModelUnavailable
 from veloflux.events import Events
@@ -207,11 +207,13 @@ class Agent:
 
 def _fallback_advice(observation: Observation, config: Config, reason: str) -> Advice:
     """Advice without a model: every pool blocked, outliers judged on moving averages."""
-    pools = {}
-    for pool in observation.pools:
-        found = moving_average_outliers(observation, pool.name, config.policy.outlier)
-        servers = {name: ServerAdvice(name, outlier=why) for name, why in found.items()}
-        pools[pool.name] = PoolAdvice(pool.name, 0.0, reason, servers)
+    rules = config.policy.outlier
+    pools = {
+        pool.name: blocked_pool(
+            pool.name, reason, moving_average_outliers(observation, pool.name, rules)
+        )
+        for pool in observation.pools
+    }
     return Advice(None, pools)
 
 

@@ -82,8 +82,3 @@ def water_fill(
     left = total_rate - float(flat_len[below].sum())
     np.add.at(assigned, owner[tied], flat_len[tied] * (left / float(flat_len[tied].sum())))
     return assigned
-
-
-def weights_from_shares(shares: np.ndarray, scale: float) -> np.ndarray:
-    """Integer weights proportional to traffic shares, at ``scale`` for a share of 1."""
-    return np.rint(shares * scale).astype(int)

@@ -12,6 +12,7 @@ step-limited.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from veloflux.advice import NO_ADVICE, Advice, PoolAdvice, ServerAdvice
@@ -59,7 +60,13 @@ class _Row:
     static: int | None
     problem: str
 
-    def planned(self, weight: int | None, reason: str, confidence: float = 0.0) -> ServerPlan:
+    def planned(
+        self,
+        weight: int | None,
+        reason: str,
+        confidence: float = 0.0,
+        parts: Mapping[str, float] | None = None,
+    ) -> ServerPlan:
         return ServerPlan(
             self.backend,
             self.server,
@@ -69,6 +76,7 @@ class _Row:
             self.static,
             confidence,
             reason,
+            dict(parts) if parts else {},
         )
 
     def held(self, reason: str, confidence: float = 0.0) -> ServerPlan:
@@ -153,7 +161,7 @@ def _finish(
     """Outlier guard, then bounds, step limit and deadband; the reason says what applied."""
     assert row.current is not None
     confidence = advice.confidence if advice else 0.0
-    parts = dict(advice.parts) if advice and advice.parts else {}
+    parts = advice.parts if advice else None
     if advice and advice.outlier and policy.outlier.enabled:
         # One bounded cut below what the server would otherwise get, not a cut that
         # compounds every tick: a server that is merely slower must not starve.
@@ -162,7 +170,7 @@ def _finish(
             desired, exact, reason = cut, True, advice.outlier
     planned, notes = bounded_weight(row.current, desired, policy, exact_target=exact)
     text = reason + (f" ({'; '.join(notes)})" if notes else "")
-    return replace(row.planned(planned, text, confidence), confidence_parts=parts)
+    return row.planned(planned, text, confidence, parts)
 
 
 def _weight_scale(rows: list[_Row], policy: PolicySection) -> int:

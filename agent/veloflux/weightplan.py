@@ -97,7 +97,7 @@ class WeightPlan:
         }
 
     def to_json_text(self) -> str:
-        return json.dumps(self.to_json(), indent=2)
+        return json.dumps(self.to_json())
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,15 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def runtime_api(config: Config) -> RuntimeAPI:
+    return RuntimeAPI(config.haproxy.socket, config.haproxy.timeout_seconds)
+
+
 def build_source(
     config: Config, events: Events, clock: Callable[[], datetime] = utc_now
 ) -> HAProxySource:
-    api = RuntimeAPI(config.haproxy.socket, config.haproxy.timeout_seconds)
     return HAProxySource(
-        api,
+        runtime_api(config),
         clock=clock,
         events=events,
         backends=config.haproxy.backends,
@@ -50,11 +53,11 @@ def open_journal(config: Config, events: Events, create: bool) -> Journal | None
     A journal that cannot be opened is counted and logged by the caller's events and
     treated as absent: history is an aid to the model, never a reason to stop.
     """
-    from veloflux.history import HistoryError, Journal
-
     path = config.ai.history_path
     if not config.ai.enabled or (not create and not path.exists()):
-        return None
+        return None  # decided before importing the journal: it pulls in pandas
+    from veloflux.history import HistoryError, Journal
+
     try:
         if create:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +70,7 @@ def open_journal(config: Config, events: Events, create: bool) -> Journal | None
 def build_agent(config: Config, events: Events, write: bool, strict_pools: bool = True) -> Agent:
     """The agent for one-shot commands: ``write`` also appends to the journal."""
     source = build_source(config, events)
-    sink = HAProxySink(RuntimeAPI(config.haproxy.socket, config.haproxy.timeout_seconds), events)
+    sink = HAProxySink(runtime_api(config), events)
     return Agent(
         config,
         source,

@@ -66,6 +66,17 @@ def row(pool: str, algorithm: str, server: Server) -> dict[str, Any]:
     return record
 
 
+# The proxy every built Observation claims to come from (an admin-level HAProxy 2.6).
+PROXY = ProxyIdentity(
+    address="unix:///tmp/haproxy.sock",
+    pid=1234,
+    started_at_epoch=1_700_000_000.0,
+    uptime_seconds=60.0,
+    version="2.6.12",
+    level="admin",
+)
+
+
 def observation(pools: Iterable[Pool], taken_at: datetime = TAKEN_AT) -> Observation:
     """An Observation of the given pools, rows in pool order then server order."""
     pools = list(pools)
@@ -81,15 +92,7 @@ def observation(pools: Iterable[Pool], taken_at: datetime = TAKEN_AT) -> Observa
         )
         for p in pools
     )
-    proxy = ProxyIdentity(
-        address="unix:///tmp/haproxy.sock",
-        pid=1234,
-        started_at_epoch=1_700_000_000.0,
-        uptime_seconds=60.0,
-        version="2.6.12",
-        level="admin",
-    )
-    return Observation.from_frame(taken_at, frame, infos, proxy)
+    return Observation.from_frame(taken_at, frame, infos, PROXY)
 
 
 def policy(**fields: Any) -> PolicySection:

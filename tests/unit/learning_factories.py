@@ -19,25 +19,17 @@ from typing import Any
 import pandas as pd
 
 from integration.synthetic import SyntheticPool, synthetic_samples
-from tests.unit.factories import Server, row
+from tests.unit.factories import PROXY, Server, row
 from veloflux.history import derive_rates
 from veloflux.model.features import COLUMNS, build_features
 from veloflux.model.train import TrainedModel, TrainSettings, train_model
-from veloflux.observation import COLUMN_NAMES, Observation, PoolInfo, ProxyIdentity
+from veloflux.observation import COLUMN_NAMES, Observation, PoolInfo
 
 # Small, fast, deterministic: enough to learn the synthetic pool's load curve.
 FAST = TrainSettings(max_rounds=30, min_rows=50, nthread=1)
 SYNTHETIC = SyntheticPool(servers=6, intervals=300, seed=3)
 BASE_TIME = datetime(2025, 3, 4, 12, 0, 0, tzinfo=UTC)
 INTERVAL = timedelta(seconds=10)
-PROXY = ProxyIdentity(
-    address="unix:///tmp/haproxy.sock",
-    pid=1,
-    started_at_epoch=1_790_000_000.0,
-    uptime_seconds=60.0,
-    version="2.6.12",
-    level="admin",
-)
 
 
 # --- hand-built journal samples ----------------------------------------------------------

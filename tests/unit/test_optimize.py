@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from veloflux.optimize import TRUST_MULTIPLES, rate_grid, water_fill, weights_from_shares
+from veloflux.optimize import TRUST_MULTIPLES, rate_grid, water_fill
 
 PROPERTY = settings(max_examples=150, deadline=None)
 
@@ -128,12 +128,6 @@ def test_a_total_beyond_the_grid_fills_the_grid_and_no_more() -> None:
     grid = np.array([[0.0, 5.0, 10.0], [0.0, 5.0, 10.0]])
     assigned = water_fill(grid, np.full(grid.shape, 0.02), 100.0)
     assert (assigned <= grid[:, -1] + 1e-9).all(), assigned
-
-
-def test_weights_from_shares_round_to_integers_at_the_scale() -> None:
-    weights = weights_from_shares(np.array([0.5, 0.25, 0.125, 0.125]), 80)
-    assert weights.tolist() == [40, 20, 10, 10]
-    assert weights.dtype.kind == "i"
 
 
 # --- properties -----------------------------------------------------------------------------------

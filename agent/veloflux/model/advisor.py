@@ -18,7 +18,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from veloflux.advice import Advice, PoolAdvice, ServerAdvice
+from veloflux.advice import Advice, PoolAdvice, ServerAdvice, blocked_pool
 from veloflux.config import OutlierSection
 from veloflux.model.features import TARGET_LATENCY, latest_rows
 from veloflux.model.predict import Predictor
@@ -63,22 +63,17 @@ def advise(
         pool_features = features[features["pool"] == pool.name] if len(features) else features
         outliers = find_outliers(observation, pool.name, pool_features, settings.outlier)
         if predictor is None:
-            advice = _blocked(pool.name, blocked_reason, outliers)
+            advice = blocked_pool(pool.name, blocked_reason, outliers)
         elif not fresh_model:
-            advice = _blocked(
+            advice = blocked_pool(
                 pool.name, f"model {predictor.version} is older than max_model_age", outliers
             )
         elif not fresh_data:
-            advice = _blocked(pool.name, "no recent history (stale observations)", outliers)
+            advice = blocked_pool(pool.name, "no recent history (stale observations)", outliers)
         else:
             advice = _pool_advice(pool.name, pool_features, predictor, settings, outliers)
         pools[pool.name] = advice
     return Advice(model_version=predictor.version if predictor else None, pools=pools)
-
-
-def _blocked(pool: str, reason: str, outliers: dict[str, str]) -> PoolAdvice:
-    servers = {name: ServerAdvice(name, outlier=why) for name, why in outliers.items()}
-    return PoolAdvice(pool, 0.0, reason, servers)
 
 
 def _pool_advice(
@@ -91,10 +86,10 @@ def _pool_advice(
     now = latest_rows(features)
     now = now[now["time"] == now["time"].max()] if len(now) else now
     if now.empty:
-        return _blocked(pool, "no recent history for this pool", outliers)
+        return blocked_pool(pool, "no recent history for this pool", outliers)
     forecast = _forecast_rate(features)
     if not np.isfinite(forecast) or forecast <= 0:
-        return _blocked(pool, "idle pool: no traffic to learn from", outliers)
+        return blocked_pool(pool, "idle pool: no traffic to learn from", outliers)
     judged = features[features[TARGET_LATENCY].notna()]
     status_quo = now.assign(next_rate=now["request_rate"])
     confidence = predictor.confidence(status_quo, judged, fresh=True)
@@ -143,8 +138,8 @@ def _shares(
 ) -> Sequence[float]:
     """Water-fill the confident servers' part of the forecast; their shares sum to 1."""
     current = rows["request_rate"].to_numpy(dtype=float)
-    part = current.sum() / current_total if current_total > 0 else len(rows) / max(len(rows), 1)
-    total = forecast * part
+    # The confident servers split the part of the forecast they carry today.
+    total = forecast * (current.sum() / current_total if current_total > 0 else 1.0)
     if total <= 0:
         return [1.0 / len(rows)] * len(rows)
     grid = rate_grid(current * (total / current.sum()) if current.sum() > 0 else current, total)
