@@ -61,9 +61,7 @@ def _machine() -> str:
         ["haproxy", "-v"], capture_output=True, text=True, check=False
     ).stdout.split("\n")[0]
     haproxy = first_line.split(" - ")[0]
-    return (
-        f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, {haproxy}"
-    )
+    return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, {haproxy}"
 
 
 def main() -> None:

@@ -31,8 +31,9 @@ from veloflux.model.features import (
     TARGET_LATENCY,
     TARGET_REQUESTS,
     build_features,
-    latest_rows,
+    instants,
     monotone_constraints,
+    newest_rows,
     training_rows,
 )
 
@@ -243,28 +244,25 @@ def test_the_interval_before_a_down_interval_has_no_next_interval() -> None:
     assert math.isnan(before_gap[TARGET_LATENCY])
 
 
-def test_latest_rows_picks_each_servers_last_row() -> None:
-    s1 = counters("s1", [0, 100, 200, 300])
-    s2 = counters("s2", [0, 100, 200])  # one interval shorter
-    s3 = counters("s3", [0, 10, 20, 30, 40])  # one longer
+def test_newest_rows_are_the_servers_seen_at_the_newest_instant() -> None:
+    s1 = counters("s1", [0, 100, 200, 300, 400])
+    s2 = counters("s2", [0, 100, 200])  # gone before the newest instant
+    s3 = counters("s3", [0, 10, 20, 30, 40])
     features = features_of([*s3, *s1, *s2])
-    latest = latest_rows(features)
-    assert sorted(zip(latest["server"], latest["time"], strict=True)) == [
-        ("s1", at(3)),
-        ("s2", at(2)),
+    newest = newest_rows(features)
+    assert sorted(zip(newest["server"], newest["time"], strict=True)) == [
+        ("s1", at(4)),
         ("s3", at(4)),
     ]
-    assert latest_rows(features.iloc[:0]).empty
+    assert list(newest.index) == [0, 1]
+    assert newest_rows(features.iloc[:0]).empty
 
 
-def test_latest_rows_keep_pools_apart() -> None:
-    a = counters("s1", [0, 100, 200])
-    b = [dict(r, pool="other") for r in counters("s1", [0, 100])]
-    latest = latest_rows(features_of([*a, *b]))
-    assert sorted(zip(latest["pool"], latest["time"], strict=True)) == [
-        ("app", at(2)),
-        ("other", at(1)),
-    ]
+def test_instants_are_plain_utc_datetimes() -> None:
+    features = features_of(counters("s1", [0, 100, 200]))
+    times = instants(features)
+    assert times.dtype == np.dtype("datetime64[ns]")
+    assert list(times) == [np.datetime64(t.tz_convert(None)) for t in features["time"]]
 
 
 def test_training_rows_need_a_known_next_interval_with_traffic() -> None:

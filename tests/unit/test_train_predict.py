@@ -38,7 +38,7 @@ from veloflux.model.features import (
     FEATURES,
     LOAD_FEATURE,
     TARGET_LATENCY,
-    latest_rows,
+    newest_rows,
     training_rows,
 )
 from veloflux.model.predict import CONFIDENCE_PARTS, Predictor
@@ -365,7 +365,7 @@ def test_a_missing_booster_is_refused(model: TrainedModel) -> None:
 
 def now_and_recent(split: Split) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each server's last test row at its own load, and the test window as recent history."""
-    now = latest_rows(split.test)
+    now = newest_rows(split.test)
     return now.assign(next_rate=now["request_rate"]), split.test
 
 
@@ -443,6 +443,40 @@ def test_realized_error_is_judged_per_pool_and_server(predictor: Predictor, spli
     elsewhere = recent.assign(pool="other")  # same names, another pool
     realized = predictor.confidence(now, elsewhere, fresh=True).parts["realized"]
     assert (realized == 0).all()
+
+
+def test_rows_without_a_known_outcome_are_not_judged(predictor: Predictor, split: Split) -> None:
+    now, recent = now_and_recent(split)
+    judged_only = predictor.confidence(now, recent, fresh=True).parts["realized"]
+    # The newest instant has no outcome yet: adding it changes nothing.
+    pending = now.assign(target_latency=np.nan, time=recent["time"].max() + pd.Timedelta("10s"))
+    with_pending = pd.concat([recent, pending], ignore_index=True)
+    realized = predictor.confidence(now, with_pending, fresh=True).parts["realized"]
+    np.testing.assert_array_equal(realized, judged_only)
+    # Only the last three judged instants count: a wild error before them is ignored.
+    times = np.sort(recent["time"].unique())
+    old = recent["time"] < times[-3]
+    distorted = recent.assign(target_latency=recent["target_latency"].where(~old, 100.0))
+    np.testing.assert_array_equal(
+        predictor.confidence(now, distorted, fresh=True).parts["realized"], judged_only
+    )
+
+
+def test_all_parts_and_most_common_weakest_agree_with_the_per_server_forms(
+    predictor: Predictor, split: Split
+) -> None:
+    now, recent = now_and_recent(split)
+    half_missing = now.assign(
+        latency=np.where(np.arange(len(now)) % 2 == 0, np.nan, now["latency"])
+    )
+    for fresh in (True, False):
+        confidence = predictor.confidence(half_missing, recent, fresh=fresh)
+        assert confidence.all_parts() == [confidence.parts_of(i) for i in range(len(now))]
+        weakest = [confidence.weakest(i) for i in range(len(now))]
+        top = max(
+            CONFIDENCE_PARTS, key=lambda part: (weakest.count(part), -CONFIDENCE_PARTS.index(part))
+        )
+        assert confidence.most_common_weakest() == top
 
 
 readings = st.one_of(st.just(np.nan), st.floats(min_value=-1e6, max_value=1e6, allow_nan=False))

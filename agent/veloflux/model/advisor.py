@@ -10,7 +10,6 @@ exactly where the model is least sure, and fallback must not be blind.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +19,7 @@ import pandas as pd
 
 from veloflux.advice import Advice, PoolAdvice, ServerAdvice, blocked_pool
 from veloflux.config import OutlierSection
-from veloflux.model.features import TARGET_LATENCY, latest_rows
+from veloflux.model.features import instants, newest_rows
 from veloflux.model.predict import Predictor
 from veloflux.observation import Observation
 from veloflux.optimize import rate_grid, water_fill
@@ -83,49 +82,53 @@ def _pool_advice(
     settings: AdvisorSettings,
     outliers: dict[str, str],
 ) -> PoolAdvice:
-    now = latest_rows(features)
-    now = now[now["time"] == now["time"].max()] if len(now) else now
+    now = newest_rows(features)
     if now.empty:
         return blocked_pool(pool, "no recent history for this pool", outliers)
     forecast = _forecast_rate(features)
     if not np.isfinite(forecast) or forecast <= 0:
         return blocked_pool(pool, "idle pool: no traffic to learn from", outliers)
-    judged = features[features[TARGET_LATENCY].notna()]
     status_quo = now.assign(next_rate=now["request_rate"])
-    confidence = predictor.confidence(status_quo, judged, fresh=True)
-    names = list(now["server"])
+    confidence = predictor.confidence(status_quo, features, fresh=True)
     pool_confidence = float(np.median(confidence.value))
-    servers = {
-        name: ServerAdvice(
-            name, float(confidence.value[i]), confidence.parts_of(i), outlier=outliers.get(name, "")
-        )
-        for i, name in enumerate(names)
-    }
+    shares: list[float | None] = [None] * len(now)
+    reason = ""
     if pool_confidence < settings.confidence_threshold:
-        weakest = Counter(confidence.weakest(i) for i in range(len(names))).most_common(1)[0][0]
         reason = (
             f"confidence {pool_confidence:.2f} < {settings.confidence_threshold:.2f} "
-            f"(weakest: {weakest})"
+            f"(weakest: {confidence.most_common_weakest()})"
         )
-        return PoolAdvice(pool, pool_confidence, reason, servers, forecast)
-    confident = [
-        i for i in range(len(names)) if confidence.value[i] >= settings.confidence_threshold
-    ]
-    shares = _shares(
-        now.iloc[confident], predictor, settings, forecast, float(now["request_rate"].sum())
-    )
-    for i, share in zip(confident, shares, strict=True):
-        name = names[i]
-        servers[name] = ServerAdvice(
-            name, servers[name].confidence, servers[name].parts, float(share), servers[name].outlier
+    else:
+        confident = np.flatnonzero(confidence.value >= settings.confidence_threshold)
+        rows = now if len(confident) == len(now) else now.iloc[confident]
+        wanted = _shares(rows, predictor, settings, forecast, float(now["request_rate"].sum()))
+        for i, share in zip(confident.tolist(), wanted, strict=True):
+            shares[i] = share
+    servers = {
+        name: ServerAdvice(name, value, parts, share, outliers.get(name, ""))
+        for name, value, parts, share in zip(
+            now["server"].tolist(),
+            confidence.value.tolist(),
+            confidence.all_parts(),
+            shares,
+            strict=True,
         )
-    return PoolAdvice(pool, pool_confidence, "", servers, forecast)
+    }
+    return PoolAdvice(pool, pool_confidence, reason, servers, forecast)
 
 
 def _forecast_rate(features: pd.DataFrame) -> float:
-    """Next interval's pool rate: the mean of the last few intervals' totals."""
-    per_instant = features.groupby("time")["request_rate"].sum(min_count=1).dropna().sort_index()
-    recent = per_instant.tail(_FORECAST_INTERVALS)
+    """Next interval's pool rate: the mean of the last few intervals' totals.
+
+    An instant whose rates are all unknown (just after a reload) has no total and is
+    skipped, rather than counted as an idle one.
+    """
+    times, slot = np.unique(instants(features), return_inverse=True)
+    rates = features["request_rate"].to_numpy(dtype=float)
+    known = np.isfinite(rates)
+    totals = np.bincount(slot[known], weights=rates[known], minlength=len(times))
+    counted = np.bincount(slot[known], minlength=len(times)) > 0
+    recent = totals[counted][-_FORECAST_INTERVALS:]
     return float(recent.mean()) if len(recent) else float("nan")
 
 
@@ -146,7 +149,7 @@ def _shares(
     curves = predictor.curves(rows, grid, with_median=False)
     cost = curves.latency_p90 + settings.error_penalty_seconds * curves.error_rate
     assigned = water_fill(grid, cost, total)
-    shares: Sequence[float] = list(assigned / assigned.sum())
+    shares: list[float] = (assigned / assigned.sum()).tolist()
     return shares
 
 
@@ -160,10 +163,9 @@ def find_outliers(
     """
     if not rules.enabled:
         return {}
-    now = latest_rows(features) if len(features) else features
-    if not len(now):
+    now = newest_rows(features)
+    if now.empty:
         return moving_average_outliers(observation, pool, rules)
-    now = now[now["time"] == now["time"].max()]
     busy = now[now["requests"].fillna(0) >= rules.min_requests]
     found: dict[str, str] = {}
     pool_errors = (

@@ -126,12 +126,28 @@ def _previous_mean(values: pd.Series, keys: list[pd.Series]) -> pd.Series:
     return previous.mean(axis=1, skipna=True)
 
 
-def latest_rows(features: pd.DataFrame) -> pd.DataFrame:
-    """Each server's most recent row: where prediction starts from."""
+def newest_rows(features: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the newest instant in ``features``: where prediction starts from.
+
+    Call it on one pool's rows. A server absent from the newest instant (DOWN, or gone
+    from the configuration) has no row here: the model advises only servers the last
+    observation saw UP. A comparison, not a sort and group-by: it runs every tick.
+    """
     if features.empty:
         return features
-    ordered = features.sort_values("time")
-    return ordered.groupby(["pool", "server"], sort=False).tail(1).reset_index(drop=True)
+    times = instants(features)
+    newest: pd.DataFrame = features[times == times.max()].reset_index(drop=True)
+    return newest
+
+
+def instants(frame: pd.DataFrame) -> np.ndarray:
+    """The ``time`` column as plain UTC datetime64 values, cheap to compare and sort.
+
+    A timezone-aware column would otherwise come out as an array of Python objects,
+    a hundred times slower to work with.
+    """
+    times: np.ndarray = frame["time"].to_numpy(dtype="datetime64[ns]")
+    return times
 
 
 def training_rows(features: pd.DataFrame) -> pd.DataFrame:

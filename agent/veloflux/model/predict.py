@@ -31,7 +31,7 @@ import pandas as pd
 import xgboost as xgb
 
 from veloflux.errors import ModelUnavailable
-from veloflux.model.features import FEATURES, LOAD_FEATURE, TARGET_LATENCY
+from veloflux.model.features import FEATURES, LOAD_FEATURE, TARGET_LATENCY, instants
 from veloflux.model.registry import LoadedModel
 from veloflux.model.train import QUANTILES, log_latency, quantile_name
 
@@ -60,8 +60,19 @@ class Confidence:
     def parts_of(self, i: int) -> dict[str, float]:
         return {name: round(float(p[i]), 3) for name, p in self.parts.items()}
 
+    def all_parts(self) -> list[dict[str, float]]:
+        """``parts_of`` for every server at once (rounded as whole arrays: it runs per tick)."""
+        columns = {name: np.round(p, 3).tolist() for name, p in self.parts.items()}
+        return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
     def weakest(self, i: int) -> str:
         return min(self.parts, key=lambda name: float(self.parts[name][i]))
+
+    def most_common_weakest(self) -> str:
+        """The part that is weakest for the most servers (the first part wins ties)."""
+        stacked = np.vstack(list(self.parts.values()))
+        counts = np.bincount(np.argmin(stacked, axis=0), minlength=len(self.parts))
+        return list(self.parts)[int(np.argmax(counts))]
 
 
 class Predictor:
@@ -93,7 +104,8 @@ class Predictor:
         )
 
     def _matrix(self, rows: pd.DataFrame) -> np.ndarray:
-        return rows[list(FEATURES)].to_numpy(dtype=np.float32)
+        """The model's input, column by column (cheaper than a sub-frame's interleave)."""
+        return np.column_stack([rows[f].to_numpy(dtype=np.float32) for f in FEATURES])
 
     @staticmethod
     def _score(booster: xgb.Booster, x: np.ndarray) -> np.ndarray:
@@ -131,8 +143,8 @@ class Predictor:
     def confidence(self, now_rows: pd.DataFrame, recent: pd.DataFrame, fresh: bool) -> Confidence:
         """Confidence for each row of ``now_rows`` (one per server, status-quo load).
 
-        ``recent`` holds the same servers' recent rows whose next interval is known,
-        for the realized-error part. ``fresh`` is False when the model or the
+        ``recent`` holds the same servers' recent rows; those whose next interval is
+        known are judged by the realized-error part. ``fresh`` is False when the model or the
         observations are too old.
         """
         x = self._matrix(now_rows)
@@ -169,25 +181,42 @@ class Predictor:
     def _realized(self, now_rows: pd.DataFrame, recent: pd.DataFrame) -> np.ndarray:
         """Median relative error of recent predictions for each server, as a score.
 
-        A server with fewer than three judged intervals scores 0: the model has not
+        Only the last ``REALIZED_INTERVALS`` judged instants count, and a server must
+        have been judged in every one of them; otherwise it scores 0: the model has not
         shown it can predict this server yet (a server seen for the first time).
+        Errors are laid out as a (server, instant) table with index lookups rather than
+        a group-by, since this runs for every pool on every tick.
         """
-        if recent.empty:
-            return np.zeros(len(now_rows))
-        last_times = np.sort(recent["time"].unique())[-REALIZED_INTERVALS:]
-        recent = recent[recent["time"].isin(last_times)]
+        n = len(now_rows)
+        if recent.empty or n == 0:
+            return np.zeros(n)
+        times = instants(recent)
+        known = recent[TARGET_LATENCY].notna().to_numpy()
+        last_times = np.unique(times[known])[-REALIZED_INTERVALS:]
+        if len(last_times) == 0:
+            return np.zeros(n)
+        judged_now = known & (times >= last_times[0])
+        recent, times = recent[judged_now], times[judged_now]
         q50 = np.exp(self._score(self._q50, self._matrix(recent)))
         actual = np.exp(log_latency(recent[TARGET_LATENCY]))
-        rel = pd.Series(np.abs(q50 - actual) / actual)
-        keys = pd.MultiIndex.from_arrays([recent["pool"].to_numpy(), recent["server"].to_numpy()])
-        stats = rel.groupby(keys.to_flat_index(), sort=False).agg(["median", "count"])
-        wanted = pd.MultiIndex.from_arrays(
-            [now_rows["pool"].to_numpy(), now_rows["server"].to_numpy()]
-        ).to_flat_index()
-        joined = stats.reindex(wanted)
-        judged = joined["count"].fillna(0).to_numpy() >= 3
-        ratio = joined["median"].to_numpy(dtype=float) / self._error_ref
-        return np.where(judged, ratio_score(np.nan_to_num(ratio, nan=np.inf), typical=1.0), 0.0)
+        slot = _server_keys(now_rows).get_indexer(_server_keys(recent))
+        column = np.searchsorted(last_times, times)
+        table = np.full((n, len(last_times)), np.nan)
+        seen = slot >= 0
+        table[slot[seen], column[seen]] = (np.abs(q50 - actual) / actual)[seen]
+        judged = np.isfinite(table).sum(axis=1) >= REALIZED_INTERVALS
+        score = np.zeros(n)
+        if judged.any():
+            ratio = np.median(table[judged], axis=1) / self._error_ref
+            score[judged] = ratio_score(ratio, typical=1.0)
+        return score
+
+
+def _server_keys(rows: pd.DataFrame) -> pd.Index:
+    """One hashable key per row naming its server within its pool."""
+    pools = rows["pool"].to_numpy(dtype=object)
+    keys: pd.Index = pd.Index(pools + "\x00" + rows["server"].to_numpy(dtype=object))
+    return keys
 
 
 def ratio_score(ratio: np.ndarray, typical: float, hopeless: float = 3.0) -> np.ndarray:
