@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS   := haproxy
+DEBS   := haproxy prometheus
 
 .PHONY: help deps debs venv lint test test-unit test-integration demo bench clean
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from integration.haproxy_proc import BackendSpec, HAProxyProcess, ServerSpec, StackError
+from integration.haproxy_proc import (
+    BackendSpec,
+    HAProxyProcess,
+    ServerSpec,
+    StackError,
+    stop_process,
+)
 
 
 @dataclass(frozen=True)
@@ -95,12 +100,26 @@ class LocalStack:
             result: dict[str, Any] = json.loads(response.read())
             return result
 
-    def write_agent_config(self, path: Path, extra: str = "", interval: str = "2s") -> Path:
-        """An agent config for this stack; history and models live in the stack's workdir."""
+    def write_agent_config(
+        self,
+        path: Path,
+        extra: str = "",
+        interval: str = "2s",
+        token_file: Path | None = None,
+        listen: str = "127.0.0.1:0",
+    ) -> Path:
+        """An agent config for this stack; every state file lives in the stack's workdir.
+
+        The daemon's API listens on ``listen`` (default: any free port); ``extra`` adds
+        top-level sections other than ``haproxy``, ``ai`` and ``api``.
+        """
+        token = f"  token_file: {token_file}\n" if token_file else ""
         path.write_text(
             f"interval: {interval}\nhaproxy:\n  socket: {self.admin_socket}\n  timeout: 2s\n"
             f"  backends: [app]\nai:\n  history_path: {self.workdir}/history.sqlite\n"
-            f"  model_dir: {self.workdir}/models\n{extra}",
+            f"  model_dir: {self.workdir}/models\n  audit_log: {self.workdir}/audit.jsonl\n"
+            f"api:\n  listen: {listen}\n  state_path: {self.workdir}/operator.json\n"
+            f"{token}{extra}",
             encoding="utf-8",
         )
         return path
@@ -110,13 +129,8 @@ class LocalStack:
             self.haproxy.stop()
             self.haproxy = None
         proc, self._backends = self._backends, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        if proc is not None:
+            stop_process(proc)
 
     def __enter__(self) -> LocalStack:
         return self.start()

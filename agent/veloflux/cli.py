@@ -1,7 +1,9 @@
 """The ``veloflux-agent`` command line: parse, load config, call one function, exit.
 
 Exit codes are a contract: 0 success, 1 configuration error (or, for ``train``, not
-enough history), 2 the proxy could not be reached or refused a write.
+enough history; for the operator commands, a request the daemon refused), 2 the proxy
+(or, for the operator commands, the daemon's API) could not be reached or refused a
+write.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Literal, NoReturn
 
 import click
 
@@ -28,6 +30,7 @@ from veloflux.wiring import build_agent, build_source, open_journal, open_regist
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from veloflux.api_client import ApiClient
     from veloflux.model.registry import ModelEntry
 
 EXIT_OK, EXIT_CONFIG, EXIT_PROXY = 0, 1, 2
@@ -76,6 +79,106 @@ def main(log_level: str) -> None:
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
+
+
+@main.command("run")
+@_config_option
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option(
+    "--log-level", "level", default="INFO", show_default=True, envvar="VELOFLUX_LOG_LEVEL"
+)
+def run(config_path: str | None, log_format: Literal["text", "json"], level: str) -> None:
+    """The daemon: tick every interval, retrain on schedule, serve the HTTP API."""
+    from veloflux.daemon import run_daemon
+    from veloflux.logs import configure_logging
+
+    configure_logging(level, log_format)
+    try:
+        sys.exit(run_daemon(resolve_config_path(config_path)))
+    except ConfigError as exc:
+        _fail(EXIT_CONFIG, exc.render())
+    except OSError as exc:  # the API's address is taken or not ours
+        _fail(EXIT_CONFIG, f"api.listen: cannot serve the API: {exc.strerror or exc}")
+
+
+# --- operator commands: they talk to a running daemon through its HTTP API --------------
+
+
+def _client(config_path: str | None) -> ApiClient:
+    from veloflux.api import read_token
+    from veloflux.api_client import ApiClient
+
+    config = _load(config_path)
+    try:
+        token = read_token(config.api.token_file)
+    except ConfigError as exc:
+        _fail(EXIT_CONFIG, exc.render())
+    return ApiClient(config.api.host, config.api.port, token)
+
+
+def _call(action: Callable[[], object]) -> object:
+    """Run one API call; map refusals and an unreachable daemon onto exit codes."""
+    from veloflux.api_client import ApiRefused, ApiUnreachable
+
+    try:
+        return action()
+    except ApiUnreachable as exc:
+        _fail(EXIT_PROXY, str(exc))
+    except ApiRefused as exc:
+        _fail(EXIT_CONFIG, str(exc))
+
+
+@main.group("override")
+def override() -> None:
+    """Pin a server's weight in the running daemon, or clear pins."""
+
+
+@override.command("set")
+@_config_option
+@click.argument("server", metavar="BACKEND/SERVER")
+@click.argument("weight", type=click.IntRange(0, 256))
+@click.option("--ttl", default=None, help="expire after this long, e.g. 30m, 1h")
+def override_set(config_path: str | None, server: str, weight: int, ttl: str | None) -> None:
+    """Pin BACKEND/SERVER at WEIGHT (applied at the next tick, exactly, until cleared)."""
+    client = _client(config_path)
+    click.echo(json.dumps(_call(lambda: client.set_override(server, weight, ttl)), indent=2))
+
+
+@override.command("clear")
+@_config_option
+@click.argument("server", metavar="[BACKEND/SERVER]", required=False)
+def override_clear(config_path: str | None, server: str | None) -> None:
+    """Clear one pin, or every pin when no server is named."""
+    client = _client(config_path)
+    cleared = _call(lambda: client.clear_overrides(server))
+    click.echo(json.dumps({"cleared": cleared}, indent=2))
+
+
+@main.command("pause")
+@_config_option
+@click.option("--reason", default="paused by an operator", show_default=True)
+def pause(config_path: str | None, reason: str) -> None:
+    """Hold every weight: the daemon keeps observing but writes nothing until resume."""
+    client = _client(config_path)
+    click.echo(json.dumps(_call(lambda: client.pause(reason)), indent=2))
+
+
+@main.command("resume")
+@_config_option
+def resume(config_path: str | None) -> None:
+    """Let the daemon write weights again."""
+    client = _client(config_path)
+    click.echo(json.dumps(_call(client.resume), indent=2))
+
+
+@main.command("status")
+@_config_option
+def status(config_path: str | None) -> None:
+    """The running daemon's status: plan, model, last training, pins, pause."""
+    client = _client(config_path)
+    click.echo(json.dumps(_call(client.status), indent=2))
 
 
 @main.command("check-config")

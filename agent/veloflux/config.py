@@ -101,6 +101,30 @@ class AISection(_Section):
     error_penalty_seconds: Seconds = Field(
         default=1.0, alias="error_penalty", ge=0, description="what one failed request costs"
     )
+    retrain_cron: str = Field(
+        default="0 */6 * * *", description="when the daemon retrains (crontab, 5 fields, UTC)"
+    )
+    training_interval_seconds: Seconds | None = Field(
+        default=None,
+        alias="training_interval",
+        ge=60,
+        description="retrain every this long instead of on retrain_cron",
+    )
+    training_threads: int = Field(
+        default=1, ge=1, le=64, description="XGBoost threads for the daemon's retraining"
+    )
+    audit_log: Path = Field(
+        default=Path("/var/lib/veloflux/audit.jsonl"),
+        description="every applied weight change, one JSON line each",
+    )
+    audit_max_bytes: int = Field(default=10 * 1024 * 1024, ge=4096)
+    audit_backups: int = Field(default=5, ge=1, le=100)
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _crontab(cls, value: str) -> str:
+        check_crontab(value)
+        return value
 
 
 class OutlierSection(_Section):
@@ -134,6 +158,9 @@ class PolicySection(_Section):
         default=None, alias="stale_after", gt=0, description="default: 3 intervals"
     )
     outlier: OutlierSection = Field(default_factory=OutlierSection)
+    on_exit: Literal["keep", "static"] = Field(
+        default="keep", description="what the daemon leaves behind when it stops"
+    )
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> PolicySection:
@@ -144,6 +171,34 @@ class PolicySection(_Section):
         return self
 
 
+class APISection(_Section):
+    """The daemon's HTTP API: metrics, health, status and the operator controls."""
+
+    listen: str = Field(default="127.0.0.1:9477", description="HOST:PORT")
+    token_file: Path | None = Field(
+        default=None, description="bearer token for the write endpoints; none: they are off"
+    )
+    state_path: Path = Field(
+        default=Path("/var/lib/veloflux/operator.json"),
+        description="operator overrides and pause, kept across restarts",
+    )
+    max_body_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        parse_listen_address(value)
+        return value
+
+    @property
+    def host(self) -> str:
+        return parse_listen_address(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_listen_address(self.listen)[1]
+
+
 class Config(_Section):
     """The whole agent configuration."""
 
@@ -151,6 +206,7 @@ class Config(_Section):
     haproxy: HAProxySection
     ai: AISection = Field(default_factory=AISection)
     policy: PolicySection = Field(default_factory=PolicySection)
+    api: APISection = Field(default_factory=APISection)
 
     @property
     def stale_after_seconds(self) -> float:
@@ -194,6 +250,33 @@ def parse_socket_address(address: str) -> tuple[Literal["unix", "tcp"], str, int
             raise ValueError("tcp address must be tcp://HOST:PORT with a port in 1..65535")
         return "tcp", host, int(port_text)
     raise ValueError("must start with unix:// or tcp://")
+
+
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:9477`` for IPv6); raise ``ValueError`` if malformed."""
+    host, sep, port_text = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not (port_text.isascii() and port_text.isdigit()):
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9477")
+    if not 0 <= int(port_text) < 65536:
+        raise ValueError("port must be in 0..65535 (0: any free port)")
+    return host, int(port_text)
+
+
+def check_crontab(expression: str) -> None:
+    """Raise ``ValueError`` unless ``expression`` is a 5-field crontab APScheduler accepts.
+
+    APScheduler is imported here, not at the top: only a config that sets the key pays
+    for it, and a one-shot dry-run stays quick.
+    """
+    if len(expression.split()) != 5:
+        raise ValueError("must have 5 fields: minute hour day month day-of-week")
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(expression, timezone="UTC")
+    except ValueError as exc:
+        raise ValueError(f"not a valid crontab: {exc}") from None
 
 
 # --- loading ---------------------------------------------------------------------------

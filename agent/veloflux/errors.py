@@ -56,3 +56,14 @@ class UnsafeName(VelofluxError, ValueError):
 
 class ModelUnavailable(VelofluxError):
     """No usable model: the planner falls back to static weights."""
+
+
+class ControlRefused(VelofluxError):
+    """An operator request the agent will not carry out (unknown server, bad weight).
+
+    ``status`` is the HTTP status the API answers with; the message says why.
+    """
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status

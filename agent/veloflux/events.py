@@ -43,3 +43,8 @@ class Events:
             return sum(
                 n for (k, lbl), n in self._counts.items() if k == kind and wanted <= set(lbl)
             )
+
+    def totals(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], int]:
+        """Every (kind, labels) seen so far and its count: what ``/metrics`` exports."""
+        with self._lock:
+            return dict(self._counts)

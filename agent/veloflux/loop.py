@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
@@ -20,7 +21,8 @@ from veloflux.config import Config
 from veloflux.errors import ConfigError, ConfigProblem, ModelUnavailable
 from veloflux.events import Events
 from veloflux.model.registry import Registry
-from veloflux.observation import Observation
+from veloflux.names import server_key
+from veloflux.observation import Observation, ProxyIdentity
 from veloflux.outliers import moving_average_outliers
 from veloflux.plan import plan_revert, plan_weights
 from veloflux.weightplan import ApplyReport, WeightPlan
@@ -56,6 +58,7 @@ class TickResult:
     plan: WeightPlan
     report: ApplyReport | None
     duration_seconds: float
+    proxy_reloaded: bool = False  # a new proxy process since the previous tick
 
 
 class Agent:
@@ -86,6 +89,23 @@ class Agent:
         self._journal = journal
         self._registry = registry
         self._predictor: Predictor | None = None
+        # What the previous ticks learned about the proxy: its identity, and the
+        # weights VeloFlux set, to put back if a reload resets them.
+        self._proxy: ProxyIdentity | None = None
+        self._set_weights: dict[str, int] = {}
+
+    @property
+    def events(self) -> Events:
+        return self._events
+
+    @property
+    def registry(self) -> Registry | None:
+        return self._registry
+
+    def close(self) -> None:
+        """Release the journal (the daemon calls this when a reloaded config replaces it)."""
+        if self._journal is not None:
+            self._journal.close()
 
     def _advice(self, observation: Observation) -> Advice:
         """Ask the model layer; it is imported only when there is something to ask it.
@@ -175,15 +195,56 @@ class Agent:
             )
         return observation
 
-    def tick(self, write: bool) -> TickResult:
-        """One observe-plan(-act) cycle; ``write=False`` is the dry-run."""
+    def tick(
+        self,
+        write: bool,
+        overrides: Mapping[str, int] | None = None,
+        record: bool | None = None,
+    ) -> TickResult:
+        """One observe-plan(-act) cycle; ``write=False`` is the dry-run.
+
+        ``overrides`` are an operator's run-time pins, on top of the config's.
+        ``record`` appends the observation to the journal (default: when writing; a
+        paused daemon keeps recording without writing).
+        """
         started = time.perf_counter()
         observation = self._observe()
-        plan = plan_weights(observation, self._config.policy, self._advice(observation))
+        reloaded = self._proxy is not None and observation.proxy.reloaded_since(self._proxy)
+        self._proxy = observation.proxy
+        if reloaded:
+            self._events.record(
+                "proxy_reloaded",
+                f"{observation.proxy.address}: new process (pid {observation.proxy.pid}); "
+                f"restoring {len(self._set_weights)} weight(s) VeloFlux had set",
+            )
+        policy = self._config.policy
+        if overrides:
+            policy = policy.model_copy(update={"overrides": {**policy.overrides, **overrides}})
+        restore = self._set_weights if reloaded and write else None
+        plan = plan_weights(observation, policy, self._advice(observation), restore)
         report = self._sink.apply(plan, observation.proxy.level) if write else None
-        if write:
+        if report is not None:
+            self._remember(plan, report)
+        if write if record is None else record:
             self._record(observation)
-        return self._finish(observation, plan, report, started)
+        return self._finish(observation, plan, report, started, reloaded)
+
+    def _remember(self, plan: WeightPlan, report: ApplyReport) -> None:
+        """The weights in effect after a write tick, for restoring after a reload.
+
+        Only pools VeloFlux drives count; a failed write is forgotten rather than
+        restored later as if it had happened.
+        """
+        failed = {server_key(f.backend, f.server) for f in report.failures}
+        for pool in plan.pools:
+            if pool.mode not in ("model", "fallback"):
+                continue
+            for s in pool.servers:
+                key = server_key(s.backend, s.server)
+                if s.planned_weight is None or key in failed:
+                    self._set_weights.pop(key, None)
+                else:
+                    self._set_weights[key] = s.planned_weight
 
     def revert(self) -> TickResult:
         """Every managed server to its static weight at once, no step limit."""
@@ -199,8 +260,9 @@ class Agent:
         plan: WeightPlan,
         report: ApplyReport | None,
         started: float,
+        reloaded: bool = False,
     ) -> TickResult:
-        result = TickResult(observation, plan, report, time.perf_counter() - started)
+        result = TickResult(observation, plan, report, time.perf_counter() - started, reloaded)
         _log.info(summary_line(result))
         return result
 
@@ -218,7 +280,7 @@ def _fallback_advice(observation: Observation, config: Config, reason: str) -> A
 
 
 def summary_line(result: TickResult) -> str:
-    """The one log line per tick: modes, changes, failures, duration."""
+    """The one log line per tick: modes, changes, lowest confidence, duration."""
     modes = Counter(p.mode for p in result.plan.pools)
     mode_text = " ".join(f"{mode}={n}" for mode, n in sorted(modes.items())) or "no pools"
     planned = len(result.plan.changes())
@@ -227,7 +289,11 @@ def summary_line(result: TickResult) -> str:
     else:
         acted = f"written={len(result.report.applied)} failed={len(result.report.failures)}"
     servers = sum(len(p.servers) for p in result.plan.pools)
+    driven = [p.confidence for p in result.plan.pools if p.mode in ("model", "fallback")]
+    lowest = f"{min(driven):.2f}" if driven else "-"
+    reload_text = " proxy_reloaded" if result.proxy_reloaded else ""
     return (
-        f"tick pools[{mode_text}] servers={servers} {acted} "
+        f"tick pools[{mode_text}] servers={servers} {acted} lowest_confidence={lowest} "
+        f"model={result.plan.model_version or '-'}{reload_text} "
         f"duration_ms={result.duration_seconds * 1000:.1f}"
     )

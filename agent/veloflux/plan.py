@@ -59,6 +59,13 @@ class _Row:
     current: int | None
     static: int | None
     problem: str
+    # Where the step limit starts: the current weight, or the weight VeloFlux had set
+    # before the proxy reloaded and forgot it (see ``plan_weights``'s ``restore``).
+    start: int | None = None
+
+    @property
+    def origin(self) -> int | None:
+        return self.start if self.start is not None else self.current
 
     def planned(
         self,
@@ -83,7 +90,12 @@ class _Row:
         return self.planned(self.current, reason, confidence)
 
 
-def _rows(observation: Observation, pool: str, policy: PolicySection) -> list[_Row]:
+def _rows(
+    observation: Observation,
+    pool: str,
+    policy: PolicySection,
+    restore: Mapping[str, int] | None = None,
+) -> list[_Row]:
     rows = []
     for rec in observation.servers_of(pool):
         current = _as_int(rec.weight)
@@ -97,6 +109,7 @@ def _rows(observation: Observation, pool: str, policy: PolicySection) -> list[_R
                 current=current,
                 static=static_weight(key, _as_int(rec.initial_weight), current, policy),
                 problem=rec.problem,
+                start=(restore or {}).get(key),
             )
         )
     return rows
@@ -160,6 +173,7 @@ def _finish(
 ) -> ServerPlan:
     """Outlier guard, then bounds, step limit and deadband; the reason says what applied."""
     assert row.current is not None
+    assert row.origin is not None
     confidence = advice.confidence if advice else 0.0
     parts = advice.parts if advice else None
     if advice and advice.outlier and policy.outlier.enabled:
@@ -168,7 +182,9 @@ def _finish(
         cut = max(policy.min_weight, math.floor(desired * (1 - policy.outlier.reduce_ratio)))
         if cut < desired:
             desired, exact, reason = cut, True, advice.outlier
-    planned, notes = bounded_weight(row.current, desired, policy, exact_target=exact)
+    planned, notes = bounded_weight(row.origin, desired, policy, exact_target=exact)
+    if row.origin != row.current:
+        notes.insert(0, f"restored after a proxy reload reset it to {row.current}")
     text = reason + (f" ({'; '.join(notes)})" if notes else "")
     return row.planned(planned, text, confidence, parts)
 
@@ -252,9 +268,10 @@ def plan_pool(
     pool: PoolInfo,
     policy: PolicySection,
     advice: PoolAdvice | None,
+    restore: Mapping[str, int] | None = None,
 ) -> PoolPlan:
     """Plan one pool: model mode when the advice allows it, else fallback."""
-    rows = _rows(observation, pool.name, policy)
+    rows = _rows(observation, pool.name, policy, restore)
     if not pool.managed:
         return _unmanaged(pool, rows)
     blocked = advice.blocked if advice is not None else "no model"
@@ -302,11 +319,23 @@ def plan_pool(
 
 
 def plan_weights(
-    observation: Observation, policy: PolicySection, advice: Advice = NO_ADVICE
+    observation: Observation,
+    policy: PolicySection,
+    advice: Advice = NO_ADVICE,
+    restore: Mapping[str, int] | None = None,
 ) -> WeightPlan:
-    """The plan for every pool of one observation."""
+    """The plan for every pool of one observation.
+
+    ``restore`` maps ``BACKEND/SERVER`` to the weight VeloFlux last set, for a proxy
+    that has just reloaded and reset its runtime weights: steps then start from those
+    weights, not from the reset ones, so the whole tick's work is not lost and the
+    weights are back within one tick. Rules that protect an operator's decisions
+    (MAINT, DRAIN, overrides, weight 0 set by hand) are unaffected.
+    """
     pools = tuple(
-        plan_pool(observation, p, policy, advice.for_pool(p.name) if advice.pools else None)
+        plan_pool(
+            observation, p, policy, advice.for_pool(p.name) if advice.pools else None, restore
+        )
         for p in observation.pools
     )
     return WeightPlan(observation.taken_at, pools, advice.model_version)

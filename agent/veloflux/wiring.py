@@ -80,3 +80,9 @@ def build_agent(config: Config, events: Events, write: bool, strict_pools: bool 
         journal=open_journal(config, events, create=write),
         registry=open_registry(config, events) if config.ai.enabled else None,
     )
+
+
+def build_daemon_agent(config: Config, events: Events) -> Agent:
+    """The daemon's agent: it records history, and a backend missing from HAProxy is
+    counted and skipped rather than fatal (the other pools still need managing)."""
+    return build_agent(config, events, write=True, strict_pools=False)

@@ -610,3 +610,40 @@ def test_observation_factory_has_every_documented_column() -> None:
     obs: Observation = observation(one_pool(Server("s1", weight=None)))
     assert list(obs.frame.columns) == list(COLUMN_NAMES)
     assert math.isnan(float(obs.frame["weight"].iloc[0]))
+
+
+# --- restoring after a proxy reload ------------------------------------------------------------
+
+
+def test_after_a_reload_steps_start_from_the_weights_veloflux_had_set() -> None:
+    # HAProxy reloaded: s1 is back at its configured 10, VeloFlux had moved it to 40.
+    obs = observation([Pool("app", [Server("s1", weight=10), Server("s2", weight=10)])])
+    pol = policy(static_weights={"app/s1": 40, "app/s2": 10}, max_step_ratio=0.5)
+    normal = {s.server: s for s in plan_weights(obs, pol).servers()}
+    assert normal["s1"].planned_weight == 15  # one step from the reset weight
+    restored = {s.server: s for s in plan_weights(obs, pol, restore={"app/s1": 40}).servers()}
+    assert restored["s1"].planned_weight == 40  # back where it was, in one tick
+    assert restored["s1"].current_weight == 10  # the plan still shows what HAProxy has
+    assert "restored after a proxy reload" in restored["s1"].reason
+    assert restored["s2"] == normal["s2"]
+
+
+def test_restoring_never_overrules_an_operator() -> None:
+    obs = observation(
+        [
+            Pool(
+                "app",
+                [
+                    Server("s1", weight=10, state="MAINT"),
+                    Server("s2", weight=10),
+                    Server("s3", weight=0),
+                ],
+            )
+        ]
+    )
+    pol = policy(overrides={"app/s2": 3})
+    restore = {"app/s1": 50, "app/s2": 50, "app/s3": 50}
+    planned = {
+        s.server: s.planned_weight for s in plan_weights(obs, pol, restore=restore).servers()
+    }
+    assert planned == {"s1": 10, "s2": 3, "s3": 0}

@@ -50,6 +50,7 @@ from typing import Any, NoReturn
 
 from veloflux.errors import ModelUnavailable
 from veloflux.events import Events
+from veloflux.files import fsync_dir, replace_atomically, write_synced
 
 FORMAT = 1
 CANDIDATE, CURRENT, RETIRED, BROKEN = "candidate", "current", "retired", "broken"
@@ -128,11 +129,11 @@ class Registry:
             self._versions.mkdir(parents=True, exist_ok=True)
             temp.mkdir()
             for name, blob in blobs:
-                _write_synced(temp / f"{name}.ubj", blob)
-            _write_synced(temp / _META, meta_bytes)  # last: a meta.json means a whole version
-            _fsync_dir(temp)
+                write_synced(temp / f"{name}.ubj", blob)
+            write_synced(temp / _META, meta_bytes)  # last: a meta.json means a whole version
+            fsync_dir(temp)
             os.rename(temp, final)  # fails, rather than replaces, if the version exists
-            _fsync_dir(self._versions)
+            fsync_dir(self._versions)
         except OSError as exc:
             shutil.rmtree(temp, ignore_errors=True)
             raise ModelUnavailable(f"cannot save {version} in {self._versions}: {exc}") from exc
@@ -271,14 +272,9 @@ class Registry:
         self._replace(self._versions / version / _META, _dump(meta))
 
     def _replace(self, path: Path, data: bytes) -> None:
-        """Atomically replace ``path``: a temp file beside it, fsync, ``os.replace``."""
-        temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         try:
-            _write_synced(temp, data)
-            os.replace(temp, path)
-            _fsync_dir(path.parent)
+            replace_atomically(path, data)
         except OSError as exc:
-            temp.unlink(missing_ok=True)
             raise ModelUnavailable(f"cannot write {path}: {exc}") from exc
 
 
@@ -378,21 +374,3 @@ def _verify(versions: Path, version: str) -> LoadedModel:
             raise _Untrusted("checksum_mismatch", f"checksum mismatch for {path}: {changed}")
         boosters[name] = blob
     return LoadedModel(version, MappingProxyType(meta), MappingProxyType(boosters))
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    """Write a new file and fsync it, so that a rename never publishes unwritten blocks."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Persist a directory's entries: a rename is durable only once its parent is synced."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,0 +1,166 @@
+"""The operator commands against a real `veloflux-agent run` beside a real HAProxy.
+
+The daemon runs as an operator runs it (a subprocess, its own config file, a fixed
+API port); `override`, `pause`, `resume` and `status` are run as commands too, and
+HAProxy's weights are read straight from its socket, never through VeloFlux.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from integration.haproxy_proc import free_port, stop_process
+from integration.stack import DemoServer, LocalStack
+from tests.integration.helpers import run_cli, weights
+
+pytestmark = pytest.mark.integration
+
+SERVERS = (DemoServer("s1"), DemoServer("s2"), DemoServer("s3"))
+KEYS = ["app/s1", "app/s2", "app/s3"]
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[tuple[LocalStack, Path, subprocess.Popen[str]]]:
+    token = tmp_path / "token"
+    token.write_text("let-me-in\n")
+    with LocalStack(tmp_path / "stack", SERVERS) as stack:
+        config = stack.write_agent_config(
+            tmp_path / "v.yaml",
+            interval="500ms",
+            token_file=token,
+            listen=f"127.0.0.1:{free_port()}",
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "veloflux", "run", "-c", str(config), "--log-format", "json"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until(lambda: run_cli("status", "-c", config).code == 0, 20, "the daemon's API")
+            yield stack, config, proc
+        finally:
+            stop_process(proc, 15)
+            if proc.stderr is not None:
+                proc.stderr.close()
+
+
+def test_pin_pause_resume_and_clear_through_the_cli(
+    daemon: tuple[LocalStack, Path, subprocess.Popen[str]],
+) -> None:
+    stack, config, _ = daemon
+    socket_path = stack.admin_socket
+    wait_until(lambda: run_cli("status", "-c", config).json()["ready"], 10, "readiness")
+
+    pinned = run_cli("override", "set", "-c", config, "app/s2", "7", "--ttl", "1h")
+    assert pinned.code == 0, pinned.stderr
+    assert pinned.json()["weight"] == 7
+    assert pinned.json()["expires_at"]
+    wait_until(lambda: weights(socket_path, KEYS)["app/s2"] == 7, 10, "the pin in HAProxy")
+    status = run_cli("status", "-c", config).json()
+    assert [o["server"] for o in status["overrides"]] == ["app/s2"]
+
+    paused = run_cli("pause", "-c", config, "--reason", "incident 42")
+    assert paused.code == 0, paused.stderr
+    # While paused, a new pin is accepted but not written.
+    assert run_cli("override", "set", "-c", config, "app/s3", "9").code == 0
+    time.sleep(1.5)  # three ticks: long enough for a write that must not happen
+    assert weights(socket_path, KEYS)["app/s3"] == 100
+    assert run_cli("status", "-c", config).json()["pause_reason"] == "incident 42"
+
+    assert run_cli("resume", "-c", config).code == 0
+    wait_until(lambda: weights(socket_path, KEYS)["app/s3"] == 9, 10, "the pin after resume")
+
+    cleared = run_cli("override", "clear", "-c", config)
+    assert cleared.code == 0, cleared.stderr
+    assert sorted(cleared.json()["cleared"]) == ["app/s2", "app/s3"]
+    assert run_cli("status", "-c", config).json()["overrides"] == []
+
+
+def test_refused_requests_exit_1_and_write_nothing(
+    daemon: tuple[LocalStack, Path, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    stack, config, proc = daemon
+    wait_until(lambda: run_cli("status", "-c", config).json()["ready"], 10, "readiness")
+    before = weights(stack.admin_socket, KEYS)
+
+    unknown = run_cli("override", "set", "-c", config, "app/nope", "5")
+    assert unknown.code == 1
+    assert "unknown server" in unknown.stderr
+
+    not_a_pin = run_cli("override", "clear", "-c", config, "app/s1")
+    assert not_a_pin.code == 1
+    assert "no override" in not_a_pin.stderr
+
+    (tmp_path / "wrong").write_text("guess\n")
+    wrong = config.read_text().replace(str(tmp_path / "token"), str(tmp_path / "wrong"))
+    wrong_config = tmp_path / "wrong.yaml"
+    wrong_config.write_text(wrong)
+    refused = run_cli("pause", "-c", wrong_config)
+    assert refused.code == 1
+    assert "401" in refused.stderr or "token" in refused.stderr.lower()
+
+    time.sleep(1.0)
+    assert weights(stack.admin_socket, KEYS) == before
+    assert proc.poll() is None  # still running
+
+
+def test_no_daemon_means_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "v.yaml"
+    config.write_text(
+        "haproxy:\n  socket: unix:///nonexistent/admin.sock\n"
+        f"api:\n  listen: 127.0.0.1:{free_port()}\n"
+    )
+    result = run_cli("status", "-c", config)
+    assert result.code == 2
+    assert "veloflux-agent run" in result.stderr
+
+
+def test_sigterm_stops_after_the_tick_and_on_exit_static_reverts(tmp_path: Path) -> None:
+    with LocalStack(tmp_path / "stack", SERVERS) as stack:
+        config = stack.write_agent_config(
+            tmp_path / "v.yaml",
+            interval="500ms",
+            extra=(
+                "policy:\n  on_exit: static\n  overrides: {app/s1: 7}\n"
+                "  static_weights: {app/s1: 50, app/s2: 50, app/s3: 50}\n"
+            ),
+            listen=f"127.0.0.1:{free_port()}",
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "veloflux", "run", "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            running = {"app/s1": 7, "app/s2": 50, "app/s3": 50}
+            wait_until(
+                lambda: weights(stack.admin_socket, KEYS) == running, 15, "the pin + fallback"
+            )
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        assert proc.returncode == 0, err
+        assert "stopped" in err
+        # on_exit: static puts every managed server back to its static weight, pins too.
+        assert weights(stack.admin_socket, KEYS) == dict.fromkeys(KEYS, 50)

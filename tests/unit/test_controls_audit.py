@@ -1,0 +1,172 @@
+"""Operator pins and pause (persisted, expiring) and the audit log (confirmed writes, rotation)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.unit.factories import TAKEN_AT, Pool, Server, observation, policy
+from veloflux.audit import AuditLog, entries
+from veloflux.controls import OperatorControls
+from veloflux.errors import ControlRefused
+from veloflux.events import Events
+from veloflux.plan import plan_weights
+from veloflux.weightplan import ApplyReport, WeightPlan, WriteResult
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = TAKEN_AT
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def controls(path: Path, clock: Clock | None = None) -> tuple[OperatorControls, Events]:
+    events = Events()
+    return OperatorControls(path, clock or Clock(), events), events
+
+
+def test_pins_and_pause_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "operator.json"
+    first, _ = controls(path)
+    first.set_override("app/s1", 7, None)
+    first.set_override("app/s2", 0, 3600)
+    first.pause("maintenance window")
+    again, _ = controls(path)
+    state = again.snapshot()
+    assert state.weights == {"app/s1": 7, "app/s2": 0}
+    assert state.overrides["app/s2"].expires_at == TAKEN_AT + timedelta(hours=1)
+    assert state.paused
+    assert state.pause_reason == "maintenance window"
+    again.resume()
+    assert not controls(path)[0].snapshot().paused
+
+
+def test_a_pin_with_a_ttl_expires_and_the_expiry_is_counted(tmp_path: Path) -> None:
+    clock = Clock()
+    ctl, events = controls(tmp_path / "op.json", clock)
+    ctl.set_override("app/s1", 5, 60)
+    ctl.set_override("app/s2", 6, None)
+    clock.now += timedelta(seconds=59)
+    assert set(ctl.snapshot().weights) == {"app/s1", "app/s2"}
+    clock.now += timedelta(seconds=1)
+    assert ctl.snapshot().weights == {"app/s2": 6}
+    assert events.count("override_expired") == 1
+    assert controls(tmp_path / "op.json")[0].snapshot().weights == {"app/s2": 6}
+
+
+@pytest.mark.parametrize(
+    ("server", "weight", "ttl", "field"),
+    [
+        ("app/s1;disable server app/s2", 5, None, "server"),
+        ("no-slash", 5, None, "server"),
+        ("app/s1", 257, None, "weight"),
+        ("app/s1", -1, None, "weight"),
+        ("app/s1", 5, 0.0, "ttl"),
+    ],
+)
+def test_bad_pins_are_refused_with_the_field_named(
+    tmp_path: Path, server: str, weight: int, ttl: float | None, field: str
+) -> None:
+    ctl, _ = controls(tmp_path / "op.json")
+    with pytest.raises(ControlRefused, match=f"^{field}") as refused:
+        ctl.set_override(server, weight, ttl)
+    assert refused.value.status == 400
+    assert ctl.snapshot().weights == {}
+    assert not (tmp_path / "op.json").exists()
+
+
+def test_clearing_one_all_or_an_unknown_pin(tmp_path: Path) -> None:
+    ctl, _ = controls(tmp_path / "op.json")
+    ctl.set_override("app/s1", 1, None)
+    ctl.set_override("app/s2", 2, None)
+    ctl.set_override("app/s3", 3, None)
+    assert ctl.clear_overrides("app/s2") == ["app/s2"]
+    with pytest.raises(ControlRefused) as missing:
+        ctl.clear_overrides("app/s2")
+    assert missing.value.status == 404
+    assert ctl.clear_overrides(None) == ["app/s1", "app/s3"]
+    assert ctl.snapshot().weights == {}
+
+
+@pytest.mark.parametrize(
+    "content", ["{not json", '{"overrides": [{"server": "a;b/c", "weight": 1}]}', "[]"]
+)
+def test_an_unreadable_state_file_starts_paused_and_says_why(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "op.json"
+    path.write_text(content)
+    ctl, events = controls(path)
+    state = ctl.snapshot()
+    assert state.paused
+    assert str(path) in state.pause_reason
+    assert "resume" in state.pause_reason
+    assert events.count("operator_state_unreadable") == 1
+    assert path.read_text() == content  # left for the operator until they resume
+
+
+def test_a_state_file_that_cannot_be_written_refuses_the_change(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    ctl, events = controls(blocked / "op.json")  # a path under a regular file
+    with pytest.raises(ControlRefused) as refused:
+        ctl.set_override("app/s1", 4, None)
+    assert refused.value.status == 500
+    assert ctl.snapshot().weights == {}  # not adopted unless saved
+    assert events.count("operator_state_write_failed") == 1
+
+
+# --- audit -----------------------------------------------------------------------------------
+
+
+def _plan_and_report() -> tuple[WeightPlan, ApplyReport]:
+    obs = observation([Pool("app", [Server("s1", weight=10), Server("s2", weight=10)])])
+    plan = plan_weights(obs, policy(static_weights={"app/s1": 20, "app/s2": 10}))
+    report = ApplyReport(
+        (
+            WriteResult("app", "s1", 10, 15, 15, ""),
+            WriteResult("app", "s2", 10, 12, None, "No such server."),
+        )
+    )
+    return plan, report
+
+
+def test_only_confirmed_writes_are_audited_with_mode_and_reason() -> None:
+    plan, report = _plan_and_report()
+    (entry,) = entries(plan, report)
+    assert entry["backend"] == "app"
+    assert entry["server"] == "s1"
+    assert (entry["old"], entry["new"]) == (10, 15)
+    assert entry["mode"] == "fallback"
+    assert entry["reason"].startswith("no model")
+    assert entry["time"] == TAKEN_AT.isoformat()
+    assert set(entry) == {
+        "time", "backend", "server", "old", "new", "mode", "confidence", "model_version", "reason",
+    }  # fmt: skip
+
+
+def test_the_audit_log_appends_json_lines_and_rotates_by_size(tmp_path: Path) -> None:
+    path = tmp_path / "audit" / "audit.jsonl"
+    log = AuditLog(path, Events(), max_bytes=600, backups=2)
+    plan, report = _plan_and_report()
+    for _ in range(12):
+        assert log.record(plan, report) == 1
+    files = sorted(p.name for p in path.parent.iterdir())
+    assert files == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]
+    for name in files:
+        text = (path.parent / name).read_text()
+        assert len(text.encode()) <= 600
+        assert all(json.loads(line)["server"] == "s1" for line in text.splitlines())
+
+
+def test_a_failed_audit_append_is_counted_and_the_agent_goes_on(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    events = Events()
+    log = AuditLog(blocked / "audit.jsonl", events, max_bytes=4096, backups=1)
+    plan, report = _plan_and_report()
+    assert log.record(plan, report) == 0
+    assert events.count("audit_write_failed") == 1
