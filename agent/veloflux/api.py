@@ -26,25 +26,28 @@ from html import escape
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BufferedIOBase
-from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote
 
 from veloflux import __version__
-from veloflux.durations import parse_duration
-from veloflux.errors import ConfigError, ConfigProblem, ControlRefused, UnsafeName
+from veloflux.api_fields import (
+    Refused,
+    bad,
+    reason_field,
+    reject_unknown,
+    server_field,
+    ttl_field,
+    weight_field,
+)
+from veloflux.errors import ConfigError, ConfigProblem, ControlRefused
 from veloflux.events import Events
-from veloflux.names import parse_server_key, server_key
 
 _log = logging.getLogger("veloflux.api")
 
 OVERRIDES_PATH = "/api/v1/overrides"
-MAX_WEIGHT = 256
-DEFAULT_PAUSE_REASON = "paused through the API"
 _WRITE_METHODS = frozenset({"POST", "DELETE"})
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
-_MAX_REASON_CHARS = 500
 
 
 class StatusPort(Protocol):
@@ -70,26 +73,6 @@ class ControlPort(Protocol):
 MetricsText = Callable[[], tuple[bytes, str]]
 
 
-def read_token(path: Path | None) -> str | None:
-    """The bearer token from ``path``; None (write endpoints off) when no file is set."""
-    if path is None:
-        return None
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise _token_problem(f"cannot read {path}: {reason}") from None
-    if not token:
-        raise _token_problem(f"{path} is empty")
-    if not (token.isascii() and token.isprintable()) or " " in token:
-        raise _token_problem(f"{path}: the token must be one word of printable ASCII")
-    return token
-
-
-def _token_problem(message: str) -> ConfigError:
-    return ConfigError([ConfigProblem("api.token_file", message)])
-
-
 # --- requests and replies, independent of sockets --------------------------------------
 
 
@@ -109,20 +92,6 @@ class _Reply:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(eq=False)
-class _Refused(Exception):
-    """An answer with an error status: the message for the client, a label to count by."""
-
-    status: int
-    message: str
-    reason: str
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-def _bad(message: str) -> _Refused:
-    return _Refused(400, message, "bad_request")
-
-
 def _json_reply(status: int, payload: object, headers: tuple[tuple[str, str], ...] = ()) -> _Reply:
     body = json.dumps(payload, default=str, sort_keys=True).encode() + b"\n"
     return _Reply(status, body, _JSON, headers)
@@ -131,55 +100,6 @@ def _json_reply(status: int, payload: object, headers: tuple[tuple[str, str], ..
 def _loggable(text: str, limit: int = 200) -> str:
     """One log line whatever the client sent: control characters escaped, length capped."""
     return text.encode("unicode_escape").decode("ascii")[:limit]
-
-
-# --- field checks: each names the field it refuses -------------------------------------
-
-
-def _reject_unknown(body: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        names = ", ".join(repr(key)[:60] for key in unknown[:5])
-        raise _bad(f"unknown field(s) {names}; allowed: {', '.join(sorted(allowed))}")
-
-
-def _server_field(value: object) -> str:
-    if not isinstance(value, str):
-        raise _bad("server: required, a string of the form BACKEND/SERVER")
-    try:
-        return server_key(*parse_server_key(value))
-    except UnsafeName as exc:
-        raise _bad(f"server: {exc}") from None
-
-
-def _weight_field(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad(f"weight: required, an integer in 0..{MAX_WEIGHT}")
-    if not 0 <= value <= MAX_WEIGHT:
-        raise _bad(f"weight: {value} is outside 0..{MAX_WEIGHT}")
-    return value
-
-
-def _ttl_field(value: object) -> float | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise _bad("ttl: must be a duration such as 30m or 1h, or null for no expiry")
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise _bad(f"ttl: {exc}") from None
-    if seconds <= 0:
-        raise _bad("ttl: must be longer than zero; use null for no expiry")
-    return seconds
-
-
-def _reason_field(value: object) -> str:
-    if value is None:
-        return DEFAULT_PAUSE_REASON
-    if not isinstance(value, str) or not value.isprintable() or len(value) > _MAX_REASON_CHARS:
-        raise _bad(f"reason: must be one line of printable text, at most {_MAX_REASON_CHARS} chars")
-    return value.strip() or DEFAULT_PAUSE_REASON
 
 
 _INDEX = """<!doctype html>
@@ -228,7 +148,7 @@ class _Api:
     def handle(self, request: _Request) -> _Reply:
         try:
             return self._answer(request)
-        except _Refused as refused:
+        except Refused as refused:
             return self.refuse(request.method, request.path, refused)
         except Exception:
             _log.exception("API %s %s failed", request.method, _loggable(request.path))
@@ -242,11 +162,11 @@ class _Api:
             return endpoint(request)
         except ControlRefused as exc:
             status = exc.status if 400 <= exc.status < 600 else 400
-            raise _Refused(status, str(exc), "control_refused") from None
+            raise Refused(status, str(exc), "control_refused") from None
         except TimeoutError:
-            raise _Refused(408, "the body did not arrive in time", "timeout") from None
+            raise Refused(408, "the body did not arrive in time", "timeout") from None
 
-    def refuse(self, method: str, path: str, refused: _Refused) -> _Reply:
+    def refuse(self, method: str, path: str, refused: Refused) -> _Reply:
         """Count and log a refusal, and answer it as JSON."""
         where = _loggable(f"{method} {path}")
         message = f"{where} -> {refused.status}: {_loggable(refused.message, 300)}"
@@ -258,39 +178,39 @@ class _Api:
         if methods is None and request.path.startswith(OVERRIDES_PATH + "/"):
             methods = {"DELETE": self._clear_one}
         if methods is None:
-            raise _Refused(404, f"no such path: {request.path[:200]}", "not_found")
+            raise Refused(404, f"no such path: {request.path[:200]}", "not_found")
         endpoint = methods.get("GET" if request.method == "HEAD" else request.method)
         if endpoint is None:
             allow = ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
             message = f"{request.method} is not allowed on {request.path}; allowed: {allow}"
-            raise _Refused(405, message, "method_not_allowed", (("Allow", allow),))
+            raise Refused(405, message, "method_not_allowed", (("Allow", allow),))
         return endpoint
 
     def _authorize(self, request: _Request) -> None:
         if self._token is None:
             message = "operator controls are disabled: set api.token_file"
-            raise _Refused(403, message, "controls_disabled")
+            raise Refused(403, message, "controls_disabled")
         scheme, _, given = (request.headers.get("Authorization") or "").partition(" ")
         valid = hmac.compare_digest(given.strip().encode(), self._token.encode())
         if scheme.lower() != "bearer" or not valid:
             challenge = (("WWW-Authenticate", "Bearer"),)
-            raise _Refused(401, "missing or wrong bearer token", "unauthorized", challenge)
+            raise Refused(401, "missing or wrong bearer token", "unauthorized", challenge)
 
     def _json_object(self, request: _Request, *, required: bool) -> dict[str, Any]:
         length = self._content_length(request, required=required)
         if length == 0:
             if required:
-                raise _bad("a JSON object body is required")
+                raise bad("a JSON object body is required")
             return {}
         raw = request.body.read(length)
         if len(raw) < length:
-            raise _bad("the body ended before Content-Length bytes arrived")
+            raise bad("the body ended before Content-Length bytes arrived")
         try:
             value = json.loads(raw)
         except (ValueError, RecursionError):
-            raise _bad("the body is not valid JSON") from None
+            raise bad("the body is not valid JSON") from None
         if not isinstance(value, dict):
-            raise _bad("the body must be a JSON object")
+            raise bad("the body must be a JSON object")
         return value
 
     def _content_length(self, request: _Request, *, required: bool) -> int:
@@ -299,14 +219,14 @@ class _Api:
         if text is None:
             if required or request.headers.get("Transfer-Encoding"):
                 message = "send the body with a Content-Length header"
-                raise _Refused(411, message, "length_required")
+                raise Refused(411, message, "length_required")
             return 0
         if not (text.strip().isascii() and text.strip().isdigit()):
-            raise _bad("Content-Length must be a non-negative integer")
+            raise bad("Content-Length must be a non-negative integer")
         length = int(text)
         if length > self._max_body_bytes:
             message = f"the body of {length} bytes exceeds the limit of {self._max_body_bytes}"
-            raise _Refused(413, message, "body_too_large")
+            raise Refused(413, message, "body_too_large")
         return length
 
     # --- endpoints ---------------------------------------------------------------------
@@ -326,25 +246,25 @@ class _Api:
 
     def _set_override(self, request: _Request) -> _Reply:
         body = self._json_object(request, required=True)
-        _reject_unknown(body, {"server", "weight", "ttl"})
-        key = _server_field(body.get("server"))
-        weight = _weight_field(body.get("weight"))
-        ttl_seconds = _ttl_field(body.get("ttl"))
+        reject_unknown(body, {"server", "weight", "ttl"})
+        key = server_field(body.get("server"))
+        weight = weight_field(body.get("weight"))
+        ttl_seconds = ttl_field(body.get("ttl"))
         return _json_reply(200, self._controls.set_override(key, weight, ttl_seconds))
 
     def _clear_one(self, request: _Request) -> _Reply:
-        return self._cleared(_server_field(unquote(request.path[len(OVERRIDES_PATH) + 1 :])))
+        return self._cleared(server_field(unquote(request.path[len(OVERRIDES_PATH) + 1 :])))
 
     def _cleared(self, key: str | None) -> _Reply:
         return _json_reply(200, {"cleared": self._controls.clear_overrides(key)})
 
     def _pause(self, request: _Request) -> _Reply:
         body = self._json_object(request, required=False)
-        _reject_unknown(body, {"reason"})
-        return _json_reply(200, self._controls.pause(_reason_field(body.get("reason"))))
+        reject_unknown(body, {"reason"})
+        return _json_reply(200, self._controls.pause(reason_field(body.get("reason"))))
 
     def _resume(self, request: _Request) -> _Reply:
-        _reject_unknown(self._json_object(request, required=False), set())
+        reject_unknown(self._json_object(request, required=False), set())
         return _json_reply(200, self._controls.resume())
 
 
@@ -383,7 +303,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # A malformed request never reaches the router; answer and count it the same way.
-        refused = _Refused(code, message or HTTPStatus(code).phrase, "malformed_request")
+        refused = Refused(code, message or HTTPStatus(code).phrase, "malformed_request")
         self.close_connection = True
         self.request_version = "HTTP/1.0"  # a status line even when the request line was garbage
         self._send(self.server.api.refuse(self.command or "-", getattr(self, "path", "-"), refused))

@@ -107,8 +107,8 @@ def run(config_path: str | None, log_format: Literal["text", "json"], level: str
 
 
 def _client(config_path: str | None) -> ApiClient:
-    from veloflux.api import read_token
     from veloflux.api_client import ApiClient
+    from veloflux.api_fields import read_token
 
     config = _load(config_path)
     try:

@@ -37,7 +37,8 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from veloflux import __version__
-from veloflux.api import ApiServer, read_token
+from veloflux.api import ApiServer
+from veloflux.api_fields import read_token
 from veloflux.audit import AuditLog
 from veloflux.config import Config, load_config
 from veloflux.controls import OperatorControls

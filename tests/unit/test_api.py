@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from veloflux import __version__
-from veloflux.api import ApiServer, read_token
+from veloflux.api import ApiServer
 from veloflux.api_client import ApiClient, ApiRefused, ApiUnreachable
+from veloflux.api_fields import read_token
 from veloflux.errors import ConfigError, ControlRefused
 from veloflux.events import Events
 
