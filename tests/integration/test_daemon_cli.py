@@ -7,14 +7,17 @@ HAProxy's weights are read straight from its socket, never through VeloFlux.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from integration.haproxy_proc import free_port, stop_process
 from integration.stack import DemoServer, LocalStack
@@ -86,6 +89,18 @@ def test_pin_pause_resume_and_clear_through_the_cli(
 
     assert run_cli("resume", "-c", config).code == 0
     wait_until(lambda: weights(socket_path, KEYS)["app/s3"] == 9, 10, "the pin after resume")
+
+    # The live daemon's metrics pass promtool's checks and show the pin.
+    address = yaml.safe_load(config.read_text())["api"]["listen"]
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
+        text = reply.read()
+    assert b'veloflux_server_weight{backend="app",server="s3"} 9.0' in text
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make deps` installs Debian's prometheus package"
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
     cleared = run_cli("override", "clear", "-c", config)
     assert cleared.code == 0, cleared.stderr
