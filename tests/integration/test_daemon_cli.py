@@ -8,12 +8,11 @@ HAProxy's weights are read straight from its socket, never through VeloFlux.
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,21 +20,13 @@ import yaml
 
 from integration.haproxy_proc import free_port, stop_process
 from integration.stack import DemoServer, LocalStack
+from tests.integration.daemon_helpers import wait_until
 from tests.integration.helpers import run_cli, weights
 
 pytestmark = pytest.mark.integration
 
 SERVERS = (DemoServer("s1"), DemoServer("s2"), DemoServer("s3"))
 KEYS = ["app/s1", "app/s2", "app/s3"]
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture
@@ -56,7 +47,7 @@ def daemon(tmp_path: Path) -> Iterator[tuple[LocalStack, Path, subprocess.Popen[
             text=True,
         )
         try:
-            wait_until(lambda: run_cli("status", "-c", config).code == 0, 20, "the daemon's API")
+            wait_until(lambda: run_cli("status", "-c", config).code == 0, "the daemon's API", 20)
             yield stack, config, proc
         finally:
             stop_process(proc, 15)
@@ -69,13 +60,13 @@ def test_pin_pause_resume_and_clear_through_the_cli(
 ) -> None:
     stack, config, _ = daemon
     socket_path = stack.admin_socket
-    wait_until(lambda: run_cli("status", "-c", config).json()["ready"], 10, "readiness")
+    wait_until(lambda: run_cli("status", "-c", config).json()["ready"], "readiness", 10)
 
     pinned = run_cli("override", "set", "-c", config, "app/s2", "7", "--ttl", "1h")
     assert pinned.code == 0, pinned.stderr
     assert pinned.json()["weight"] == 7
     assert pinned.json()["expires_at"]
-    wait_until(lambda: weights(socket_path, KEYS)["app/s2"] == 7, 10, "the pin in HAProxy")
+    wait_until(lambda: weights(socket_path, KEYS)["app/s2"] == 7, "the pin in HAProxy", 10)
     status = run_cli("status", "-c", config).json()
     assert [o["server"] for o in status["overrides"]] == ["app/s2"]
 
@@ -88,7 +79,7 @@ def test_pin_pause_resume_and_clear_through_the_cli(
     assert run_cli("status", "-c", config).json()["pause_reason"] == "incident 42"
 
     assert run_cli("resume", "-c", config).code == 0
-    wait_until(lambda: weights(socket_path, KEYS)["app/s3"] == 9, 10, "the pin after resume")
+    wait_until(lambda: weights(socket_path, KEYS)["app/s3"] == 9, "the pin after resume", 10)
 
     # The live daemon's metrics pass promtool's checks and show the pin.
     address = yaml.safe_load(config.read_text())["api"]["listen"]
@@ -112,7 +103,7 @@ def test_refused_requests_exit_1_and_write_nothing(
     daemon: tuple[LocalStack, Path, subprocess.Popen[str]], tmp_path: Path
 ) -> None:
     stack, config, proc = daemon
-    wait_until(lambda: run_cli("status", "-c", config).json()["ready"], 10, "readiness")
+    wait_until(lambda: run_cli("status", "-c", config).json()["ready"], "readiness", 10)
     before = weights(stack.admin_socket, KEYS)
 
     unknown = run_cli("override", "set", "-c", config, "app/nope", "5")
@@ -145,37 +136,3 @@ def test_no_daemon_means_exit_2(tmp_path: Path) -> None:
     result = run_cli("status", "-c", config)
     assert result.code == 2
     assert "veloflux-agent run" in result.stderr
-
-
-def test_sigterm_stops_after_the_tick_and_on_exit_static_reverts(tmp_path: Path) -> None:
-    with LocalStack(tmp_path / "stack", SERVERS) as stack:
-        config = stack.write_agent_config(
-            tmp_path / "v.yaml",
-            interval="500ms",
-            extra=(
-                "policy:\n  on_exit: static\n  overrides: {app/s1: 7}\n"
-                "  static_weights: {app/s1: 50, app/s2: 50, app/s3: 50}\n"
-            ),
-            listen=f"127.0.0.1:{free_port()}",
-        )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "veloflux", "run", "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            running = {"app/s1": 7, "app/s2": 50, "app/s3": 50}
-            wait_until(
-                lambda: weights(stack.admin_socket, KEYS) == running, 15, "the pin + fallback"
-            )
-            proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=15)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
-        assert proc.returncode == 0, err
-        assert "stopped" in err
-        # on_exit: static puts every managed server back to its static weight, pins too.
-        assert weights(stack.admin_socket, KEYS) == dict.fromkeys(KEYS, 50)
