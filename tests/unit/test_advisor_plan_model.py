@@ -29,7 +29,7 @@ from tests.unit.learning_factories import (
 )
 from veloflux.advice import Advice, PoolAdvice, ServerAdvice
 from veloflux.config import OutlierSection, PolicySection
-from veloflux.model.advisor import AdvisorSettings, advise, find_outliers
+from veloflux.model.advisor import OUTLIER_MEMORY_INTERVALS, AdvisorSettings, advise, find_outliers
 from veloflux.model.predict import Confidence, Curves, Predictor
 from veloflux.outliers import MIN_POOL_SIZE, latency_outliers, moving_average_outliers
 from veloflux.plan import max_step, plan_weights
@@ -451,15 +451,33 @@ def test_no_outlier_is_judged_on_too_few_requests(bad: str) -> None:
     assert find_outliers(busy_observation({"app": []}), "app", features, RULES) == {}
 
 
-def test_outliers_are_judged_on_the_latest_instant_only() -> None:
-    old = latest([("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0), ("c", 100, 0.02, 0.9)])
-    now = latest([("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0), ("c", 100, 0.02, 0.0)])
-    now["time"] = now["time"] + pd.Timedelta(INTERVAL)
-    features = pd.concat([old, now], ignore_index=True)
-    assert find_outliers(busy_observation({"app": []}), "app", features, RULES) == {}
-    assert find_outliers(busy_observation({"app": []}), "app", old, RULES) == {
+def test_a_flagged_server_is_released_only_after_clean_intervals() -> None:
+    healthy = [("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0)]
+    bad = latest([*healthy, ("c", 100, 0.02, 0.9)])
+    clean = [latest([*healthy, ("c", 100, 0.02, 0.0)]) for _ in range(OUTLIER_MEMORY_INTERVALS)]
+    for k, frame in enumerate(clean, start=1):
+        frame["time"] = frame["time"] + k * pd.Timedelta(INTERVAL)
+    obs = busy_observation({"app": []})
+    assert find_outliers(obs, "app", bad, RULES) == {
         "c": "outlier: error rate 90% (pool median 0%)"
     }
+    # Its cut drained it and it looks fine for a moment: still flagged, and the reason says so.
+    for k in range(1, OUTLIER_MEMORY_INTERVALS):
+        found = find_outliers(obs, "app", pd.concat([bad, *clean[:k]], ignore_index=True), RULES)
+        assert list(found) == ["c"]
+        assert f"{k} interval(s) ago" in found["c"]
+    # Clean for OUTLIER_MEMORY_INTERVALS intervals in a row: released.
+    released = pd.concat([bad, *clean], ignore_index=True)
+    assert find_outliers(obs, "app", released, RULES) == {}
+
+
+def test_the_newest_finding_gives_the_reason() -> None:
+    older = latest([("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0), ("c", 100, 0.02, 0.9)])
+    newer = latest([("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0), ("c", 100, 0.10, 0.0)])
+    newer["time"] = newer["time"] + pd.Timedelta(INTERVAL)
+    both = pd.concat([older, newer], ignore_index=True)
+    found = find_outliers(busy_observation({"app": []}), "app", both, RULES)
+    assert found == {"c": "outlier: latency 100 ms (pool median 20 ms)"}
 
 
 def test_the_guard_can_be_disabled() -> None:

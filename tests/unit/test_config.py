@@ -438,6 +438,23 @@ def test_env_path_is_used_without_an_explicit_one() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("haproxy:\n  socket: unix:///x\nai:\n  enabled: true\nai:\n  history_path: /h\n", 5),
+        ("haproxy:\n  socket: unix:///x\n  timeout: 2s\n  timeout: 3s\n", 4),
+    ],
+)
+def test_a_key_given_twice_is_an_error_not_a_silent_overwrite(
+    tmp_path: Path, text: str, line: int
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), environ=NO_ENV)
+    (problem,) = caught.value.problems
+    assert f"line {line}" in problem.message
+    assert "appears twice" in problem.message
+
+
 @pytest.mark.parametrize("environ", [{}, {"VELOFLUX_CONFIG": ""}])
 def test_default_path_is_veloflux_yaml_in_the_working_directory(
     environ: dict[str, str],

@@ -26,6 +26,8 @@ from veloflux.optimize import rate_grid, water_fill
 from veloflux.outliers import latency_outliers, moving_average_outliers
 
 _FORECAST_INTERVALS = 3
+# How many intervals a flagged server stays an outlier for after its last bad one.
+OUTLIER_MEMORY_INTERVALS = 3
 
 
 @dataclass(frozen=True)
@@ -158,15 +160,30 @@ def find_outliers(
 ) -> dict[str, str]:
     """Servers whose recent errors or latency stand far outside their pool's.
 
-    Judged on the latest interval when history exists (errors need counter deltas),
-    else on HAProxy's moving-average response time alone.
+    With history, each of the last ``OUTLIER_MEMORY_INTERVALS`` intervals is judged and
+    a server flagged in any of them stays flagged: once its cut takes traffic off it,
+    its queue drains and it can look fine for one interval while still being slow, and
+    releasing it then would give it its traffic back only to cut it again. It is
+    released after that many clean intervals. Without history (no counter deltas, so
+    no error rates) HAProxy's moving-average response time is all there is.
     """
     if not rules.enabled:
         return {}
-    now = newest_rows(features)
-    if now.empty:
+    if features.empty:
         return moving_average_outliers(observation, pool, rules)
-    busy = now[now["requests"].fillna(0) >= rules.min_requests]
+    times = instants(features)
+    recent = np.unique(times)[-OUTLIER_MEMORY_INTERVALS:]
+    found: dict[str, str] = {}
+    for age, instant in enumerate(reversed(recent)):
+        later = "" if age == 0 else f"; {age} interval(s) ago, released after clean ones"
+        for server, reason in _outliers_at(features[times == instant], rules).items():
+            found.setdefault(server, reason + later)  # the newest finding wins
+    return found
+
+
+def _outliers_at(rows: pd.DataFrame, rules: OutlierSection) -> dict[str, str]:
+    """The outliers of one instant's rows (one per server)."""
+    busy = rows[rows["requests"].fillna(0) >= rules.min_requests]
     found: dict[str, str] = {}
     pool_errors = (
         float(np.nanmedian(busy["error_rate"])) if busy["error_rate"].notna().any() else 0.0
