@@ -1,0 +1,149 @@
+"""Pure parsers for Envoy's admin API answers: ``/clusters``, ``/stats``, ``/server_info``.
+
+Envoy's JSON leaves out a counter whose value is 0 (``{"name": "rq_error"}`` with no
+``value``), spells 64-bit integers as strings in places, and may change shape between
+versions. Every parser here reads defensively and raises ``EnvoyFormatError`` naming
+what it expected, so that a surprising answer is a counted, logged event, never a
+traceback or a silently wrong number.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from veloflux.errors import VelofluxError
+
+
+class EnvoyFormatError(VelofluxError):
+    """An admin API answer that does not have the documented shape."""
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    """One endpoint of one cluster as ``/clusters?format=json`` shows it."""
+
+    address: str
+    port: int
+    weight: float  # NaN when Envoy did not say
+    health: str  # HEALTHY, UNHEALTHY, DRAINING, DEGRADED, TIMEOUT, UNKNOWN
+    failed_checks: tuple[str, ...]  # which health flags are set (active check, outlier...)
+    stats: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The server's name in VeloFlux: ``ADDRESS:PORT`` (Envoy endpoints have no name)."""
+        return endpoint_name(self.address, self.port)
+
+
+@dataclass(frozen=True)
+class UpdateCounters:
+    """A cluster's EDS update counters: ``update_success`` rises on every accepted file."""
+
+    attempt: float
+    success: float
+    rejected: float
+
+
+def endpoint_name(address: str, port: int) -> str:
+    return f"{address}:{port}"
+
+
+def parse_clusters(document: Any) -> dict[str, list[HostStatus]]:
+    """``/clusters?format=json`` -> cluster name -> its hosts."""
+    statuses = _field(document, "cluster_statuses", list, "the /clusters answer")
+    clusters: dict[str, list[HostStatus]] = {}
+    for cluster in statuses:
+        name = _field(cluster, "name", str, "a cluster status")
+        hosts = cluster.get("host_statuses", []) if isinstance(cluster, dict) else []
+        if not isinstance(hosts, list):
+            raise EnvoyFormatError(f"cluster {name!r}: host_statuses is not a list")
+        clusters[name] = [_host(name, host) for host in hosts]
+    return clusters
+
+
+def _host(cluster: str, host: Any) -> HostStatus:
+    where = f"a host of cluster {cluster!r}"
+    socket = _field(_field(host, "address", dict, where), "socket_address", dict, where)
+    address = _field(socket, "address", str, where)
+    port = socket.get("port_value")
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise EnvoyFormatError(f"{where}: port_value {port!r} is not a port")
+    health = host.get("health_status", {})
+    if not isinstance(health, dict):
+        raise EnvoyFormatError(f"{where}: health_status is not an object")
+    flags = tuple(sorted(k for k, v in health.items() if k.startswith("failed") and v is True))
+    stats = {}
+    for stat in host.get("stats", []) or []:
+        if isinstance(stat, dict) and isinstance(stat.get("name"), str):
+            stats[stat["name"]] = _number(stat.get("value", 0))
+    return HostStatus(
+        address=address,
+        port=port,
+        weight=_number(host.get("weight")),
+        health=str(health.get("eds_health_status", "UNKNOWN")),
+        failed_checks=flags,
+        stats=stats,
+    )
+
+
+def parse_update_counters(document: Any, cluster: str) -> UpdateCounters:
+    """``/stats?format=json&filter=...`` -> the cluster's EDS update counters."""
+    values = stat_values(document)
+    prefix = f"cluster.{cluster}."
+    return UpdateCounters(
+        attempt=values.get(prefix + "update_attempt", 0.0),
+        success=values.get(prefix + "update_success", 0.0),
+        rejected=values.get(prefix + "update_rejected", 0.0),
+    )
+
+
+def stat_values(document: Any) -> dict[str, float]:
+    """Counters and gauges of a ``/stats?format=json`` answer (histograms are skipped)."""
+    stats = _field(document, "stats", list, "the /stats answer")
+    values = {}
+    for stat in stats:
+        if isinstance(stat, dict) and isinstance(stat.get("name"), str) and "value" in stat:
+            values[stat["name"]] = _number(stat["value"])
+    return values
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)s$")
+
+
+def parse_uptime(document: Any) -> tuple[float, int]:
+    """``/server_info`` -> (uptime of this epoch in seconds, hot-restart epoch)."""
+    uptime = _field(document, "uptime_current_epoch", str, "the /server_info answer")
+    match = _DURATION.match(uptime)
+    if not match:
+        raise EnvoyFormatError(f"uptime_current_epoch {uptime!r} is not a duration like '7s'")
+    options = document.get("command_line_options", {})
+    epoch = options.get("restart_epoch", 0) if isinstance(options, dict) else 0
+    return float(match.group(1)), int(epoch) if isinstance(epoch, int) else 0
+
+
+def _field(value: Any, key: str, kind: type, where: str) -> Any:
+    if not isinstance(value, dict):
+        raise EnvoyFormatError(f"{where}: expected an object")
+    found = value.get(key)
+    if not isinstance(found, kind):
+        raise EnvoyFormatError(f"{where}: '{key}' is missing or not a {kind.__name__}")
+    return found
+
+
+def _number(value: Any) -> float:
+    """An admin API number (int, float or decimal string); NaN when it is none of them."""
+    if isinstance(value, bool):
+        return math.nan
+    if isinstance(value, int | float):
+        return float(value) if math.isfinite(value) else math.nan
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return math.nan
+        return number if math.isfinite(number) else math.nan
+    return math.nan
