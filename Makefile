@@ -56,6 +56,7 @@ demo: deps
 bench: deps
 	$(BIN)/python bench/bench_haproxy_1000.py --write
 	$(BIN)/python bench/bench_learning.py --write
+	$(BIN)/python bench/bench_daemon.py --write
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import xgboost as xgb  # noqa: E402
 
-from bench.common import cpu_model, table  # noqa: E402
+from bench.common import cpu_model, replace_section, table  # noqa: E402
 from integration.loadgen import run_load_sync  # noqa: E402
 from integration.stack import DemoServer, LocalStack  # noqa: E402
 from integration.synthetic import SyntheticPool, synthetic_samples  # noqa: E402
@@ -517,9 +517,9 @@ HAProxy's cumulative counters and 512-request moving averages):
    20%) under open-loop load in {f.real_phase_seconds:.0f} s phases of {phases}
    requests/s; then p50 MAE and pinball losses on the test window against the naive
    forecast "next interval's latency = this interval's". The test window is small (its
-   size is in the table), so this figure is noisy: it has gone both ways between
-   runs (the model ahead, and the naive forecast ahead by a few percent), so read a
-   single run as "about even" on this small, steady stack.
+   size is in the table), so this figure is noisy. While the model predicted absolute
+   latency it went both ways between runs; since it predicts the ratio to each
+   server's moving average it has been ahead on every recording checked (five).
 
 Medians; p95 in brackets."""
 
@@ -672,20 +672,7 @@ def _noise_note(noise: dict[str, float]) -> str:
 
 def write_section(result: dict[str, Any]) -> None:
     """Replace this benchmark's section (heading, prose and markers), or append it."""
-    text = DOC.read_text(encoding="utf-8")
-    section = render_section(result)
-    if MARK_BEGIN in text and MARK_END in text:
-        begin = text.index(MARK_BEGIN)
-        heading = text.rfind("\n## ", 0, begin) + 1
-        if heading > 0 and text.startswith("## Learning", heading):
-            begin = heading
-        else:  # markers without our heading: keep what precedes them
-            section = section[section.index(MARK_BEGIN) :]
-        end = text.index(MARK_END) + len(MARK_END)
-        text = text[:begin] + section + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.write_text(text, encoding="utf-8")
+    replace_section(render_section(result), "## Learning", MARK_BEGIN, MARK_END, DOC)
 
 
 if __name__ == "__main__":

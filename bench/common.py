@@ -39,3 +39,21 @@ def replace_between(begin: str, end: str, section: str, doc: Path = DOC) -> None
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     doc.write_text(text, encoding="utf-8")
+
+
+def replace_section(section: str, heading: str, begin: str, end: str, doc: Path = DOC) -> None:
+    """Replace a benchmark's whole section (its ``heading``, prose and the text between
+    ``begin`` and ``end``) with ``section``, or append it when the markers are absent."""
+    text = doc.read_text(encoding="utf-8")
+    if begin in text and end in text:
+        start = text.index(begin)
+        heading_at = text.rfind("\n## ", 0, start) + 1
+        if heading_at > 0 and text.startswith(heading, heading_at):
+            start = heading_at
+        else:  # markers without our heading: keep what precedes them
+            section = section[section.index(begin) :]
+        stop = text.index(end) + len(end)
+        text = text[:start] + section + text[stop:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    doc.write_text(text, encoding="utf-8")

@@ -13,7 +13,6 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
 
 from veloflux.advice import Advice, blocked_pool
@@ -30,7 +29,7 @@ from veloflux.weightplan import ApplyReport, WeightPlan
 if TYPE_CHECKING:
     import pandas as pd
 
-    from veloflux.history import Journal
+    from veloflux.history import Journal, RecentWindow
     from veloflux.model.predict import Predictor
 
 _log = logging.getLogger("veloflux.tick")
@@ -93,6 +92,7 @@ class Agent:
         # weights VeloFlux set, to put back if a reload resets them.
         self._proxy: ProxyIdentity | None = None
         self._set_weights: dict[str, int] = {}
+        self._window: RecentWindow | None = None
 
     @property
     def events(self) -> Events:
@@ -164,9 +164,13 @@ class Agent:
 
         if self._journal is None:
             return pd.DataFrame()
-        window = HISTORY_WINDOW_INTERVALS * self._config.interval_seconds
+        if self._window is None:
+            from veloflux.history import RecentWindow
+
+            span = HISTORY_WINDOW_INTERVALS * self._config.interval_seconds
+            self._window = RecentWindow(self._journal, span)
         try:
-            return self._journal.read(since=observation.taken_at - timedelta(seconds=window))
+            return self._window.read(observation.taken_at)
         except HistoryError as exc:
             self._events.record("history_read_failed", str(exc))
             return pd.DataFrame()

@@ -30,6 +30,7 @@ from veloflux.model.features import (
     TARGET_ERROR_RATE,
     TARGET_LATENCY,
     TARGET_REQUESTS,
+    baseline_log_latency,
     build_features,
     instants,
     monotone_constraints,
@@ -265,26 +266,37 @@ def test_instants_are_plain_utc_datetimes() -> None:
     assert list(times) == [np.datetime64(t.tz_convert(None)) for t in features["time"]]
 
 
-def test_training_rows_need_a_known_next_interval_with_traffic() -> None:
-    t = [BASE_TIME + i * INTERVAL for i in range(5)]
+def test_training_rows_need_a_known_next_interval_with_traffic_and_a_baseline() -> None:
+    t = [BASE_TIME + i * INTERVAL for i in range(7)]
     nan = np.nan
-    # (time, server, next_rate, target latency, target requests)
+    # (time, server, next_rate, target latency, target requests, latency_ema, latency)
     table = [
-        (t[0], "a", 10.0, 0.02, 100.0),
-        (t[1], "a", nan, nan, nan),  # the last row: no next interval yet
-        (t[2], "b", 0.0, 0.02, 0.0),  # an idle next interval
-        (t[3], "b", nan, 0.02, 50.0),  # the next rate is unknown
-        (t[4], "c", 5.0, 0.03, 50.0),
+        (t[0], "a", 10.0, 0.02, 100.0, 0.02, nan),
+        (t[1], "a", nan, nan, nan, 0.02, nan),  # the last row: no next interval yet
+        (t[2], "b", 0.0, 0.02, 0.0, 0.02, nan),  # an idle next interval
+        (t[3], "b", nan, 0.02, 50.0, 0.02, nan),  # the next rate is unknown
+        (t[4], "c", 5.0, 0.03, 50.0, nan, 0.03),  # no moving average: the last interval's
+        (t[5], "c", 5.0, 0.03, 50.0, nan, nan),  # no latency at all: nothing to anchor to
+        (t[6], "d", 5.0, 0.03, 50.0, 0.0, 0.03),  # a zero moving average is no baseline
     ]
     frame = feature_frame(
         [
-            {"time": when, "server": s, "next_rate": r, TARGET_LATENCY: y, TARGET_REQUESTS: k}
-            for when, s, r, y, k in table
+            {
+                "time": when,
+                "server": s,
+                "next_rate": r,
+                TARGET_LATENCY: y,
+                TARGET_REQUESTS: k,
+                "latency_ema": ema,
+                "latency": last,
+            }
+            for when, s, r, y, k, ema, last in table
         ]
     )
     kept = training_rows(frame.iloc[::-1])
-    assert kept["time"].tolist() == [pd.Timestamp(t[0]), pd.Timestamp(t[4])]
-    assert kept.index.tolist() == [0, 1]
+    assert kept["time"].tolist() == [pd.Timestamp(t[i]) for i in (0, 4, 6)]
+    assert kept.index.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(np.exp(baseline_log_latency(kept)), [0.02, 0.03, 0.03])
 
 
 def test_training_rows_of_real_history_are_time_ordered_and_complete() -> None:

@@ -26,6 +26,7 @@ from veloflux.history import (
     STORED_COLUMNS,
     HistoryError,
     Journal,
+    RecentWindow,
     derive_rates,
     interval_mean,
 )
@@ -154,6 +155,22 @@ def test_read_filters_by_time_and_pool_and_sorts(journal: Journal) -> None:
     empty = journal.read(pools=[])
     assert empty.empty
     assert list(empty.columns) == list(STORED_COLUMNS)
+
+
+def test_the_recent_window_matches_a_fresh_read_tick_after_tick(journal: Journal) -> None:
+    window = RecentWindow(journal, span_seconds=25)
+    assert window.read(T0).empty
+    for step in range(8):
+        at = T0 + timedelta(seconds=10 * step)
+        rows = [
+            server_row(at, p, s, requests_total=100.0 + step)
+            for p, s in (("web", "b"), ("app", "z"))
+        ]
+        journal.append(observation(at, rows))
+        cached = window.read(at)
+        fresh = journal.read(since=at - timedelta(seconds=25))
+        pd.testing.assert_frame_equal(cached, fresh)
+        assert len(cached) == 2 * min(step + 1, 3)  # 25 s at a 10 s interval: three instants
 
 
 def test_prune_deletes_rows_older_than_retention(tmp_path: Path, events: Events) -> None:

@@ -38,6 +38,7 @@ from veloflux.model.features import (
     FEATURES,
     LOAD_FEATURE,
     TARGET_LATENCY,
+    baseline_log_latency,
     newest_rows,
     training_rows,
 )
@@ -263,9 +264,13 @@ def test_curves_at_one_rate_are_the_trained_models_quantiles(
 
 
 def raw_median_and_p90(model: TrainedModel, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """The two boosters' own predictions, uncrossed: what the curves promise to give."""
+    """The two boosters' own predictions (ratios to each row's baseline) in seconds,
+    uncrossed: what the curves promise to give."""
     x = rows[list(FEATURES)].to_numpy(dtype=np.float32)
-    q50, q90 = (np.exp(np.asarray(b.inplace_predict(x), dtype=float)) for b in model.latency[1:])
+    base = baseline_log_latency(rows)
+    q50, q90 = (
+        np.exp(np.asarray(b.inplace_predict(x), dtype=float) + base) for b in model.latency[1:]
+    )
     return np.minimum(q50, q90), np.maximum(q50, q90)
 
 

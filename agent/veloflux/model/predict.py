@@ -31,9 +31,15 @@ import pandas as pd
 import xgboost as xgb
 
 from veloflux.errors import ModelUnavailable
-from veloflux.model.features import FEATURES, LOAD_FEATURE, TARGET_LATENCY, instants
+from veloflux.model.features import (
+    FEATURES,
+    LOAD_FEATURE,
+    TARGET_LATENCY,
+    baseline_log_latency,
+    instants,
+)
 from veloflux.model.registry import LoadedModel
-from veloflux.model.train import QUANTILES, log_latency, quantile_name
+from veloflux.model.train import LATENCY_TARGET, QUANTILES, log_latency, quantile_name
 
 CONFIDENCE_PARTS = ("freshness", "width", "realized", "ood")
 # How many of each server's latest judged intervals the realized-error part looks at.
@@ -85,6 +91,11 @@ class Predictor:
                 f"model {loaded.version} was trained on a different feature set "
                 f"({len(meta.get('features', []))} features); retrain it with this version"
             )
+        if meta.get("latency_target") != LATENCY_TARGET:
+            raise ModelUnavailable(
+                f"model {loaded.version} predicts latency in another form "
+                f"({meta.get('latency_target', 'absolute')!r}); retrain it with this version"
+            )
         self.version = loaded.version
         self.metadata: dict[str, Any] = dict(meta)
         self.trained_at = datetime.fromisoformat(str(meta.get("created_at")))
@@ -123,6 +134,7 @@ class Predictor:
         skip = 1 if g > 1 and not rates[:, 0].any() else 0
         x = np.repeat(self._matrix(rows), g - skip, axis=0)
         x[:, FEATURES.index(LOAD_FEATURE)] = rates[:, skip:].reshape(-1)
+        base = np.repeat(_baselines(rows), g - skip)
 
         def curve(values: np.ndarray) -> np.ndarray:
             grid = values.reshape(n, g - skip)
@@ -131,8 +143,12 @@ class Predictor:
             out: np.ndarray = np.maximum.accumulate(grid, axis=1)
             return out
 
-        p90 = curve(np.exp(self._score(self._q90, x)))
-        p50 = curve(np.exp(self._score(self._q50, x))) if with_median else np.full_like(p90, np.nan)
+        p90 = curve(np.exp(self._score(self._q90, x) + base))
+        p50 = (
+            curve(np.exp(self._score(self._q50, x) + base))
+            if with_median
+            else np.full_like(p90, np.nan)
+        )
         return Curves(
             rates=rates,
             latency_p50=np.minimum(p50, p90) if with_median else p50,
@@ -150,6 +166,8 @@ class Predictor:
         x = self._matrix(now_rows)
         low, high = self._score(self._q10, x), self._score(self._q90, x)
         width = np.abs(high - low) + 2 * self._offset
+        # No latency reading to anchor the forecast to: no interval, no trust.
+        width[~np.isfinite(baseline_log_latency(now_rows))] = np.inf
         # Freshness first: when parts tie, the most basic reason is the one named.
         parts = {
             "freshness": np.full(len(now_rows), 1.0 if fresh else 0.0),
@@ -197,7 +215,7 @@ class Predictor:
             return np.zeros(n)
         judged_now = known & (times >= last_times[0])
         recent, times = recent[judged_now], times[judged_now]
-        q50 = np.exp(self._score(self._q50, self._matrix(recent)))
+        q50 = np.exp(self._score(self._q50, self._matrix(recent)) + baseline_log_latency(recent))
         actual = np.exp(log_latency(recent[TARGET_LATENCY]))
         slot = _server_keys(now_rows).get_indexer(_server_keys(recent))
         column = np.searchsorted(last_times, times)
@@ -217,6 +235,17 @@ def _server_keys(rows: pd.DataFrame) -> pd.Index:
     pools = rows["pool"].to_numpy(dtype=object)
     keys: pd.Index = pd.Index(pools + "\x00" + rows["server"].to_numpy(dtype=object))
     return keys
+
+
+def _baselines(rows: pd.DataFrame) -> np.ndarray:
+    """Each row's log-latency baseline; a server without one borrows its pool's median,
+    so that its curve stays finite (its confidence is 0, so it is not driven by it)."""
+    base = baseline_log_latency(rows)
+    known = np.isfinite(base)
+    if known.all():
+        return base
+    fill = float(np.median(base[known])) if known.any() else 0.0
+    return np.where(known, base, fill)
 
 
 def ratio_score(ratio: np.ndarray, typical: float, hopeless: float = 3.0) -> np.ndarray:

@@ -33,11 +33,14 @@ from veloflux.model.features import (
     TARGET_ERROR_RATE,
     TARGET_LATENCY,
     TARGET_REQUESTS,
+    baseline_log_latency,
     monotone_constraints,
     training_rows,
 )
 
 QUANTILES = (0.1, 0.5, 0.9)
+# What the latency boosters predict; a model that says otherwise is refused.
+LATENCY_TARGET = "log ratio to baseline_log_latency"
 LOG_FLOOR_SECONDS = 1e-4  # 0.1 ms: keeps log() finite for instant replies
 Progress = Callable[[str, float], None]
 
@@ -118,6 +121,12 @@ def split_by_time(rows: pd.DataFrame) -> Split:
     )
 
 
+def latency_label(rows: pd.DataFrame) -> np.ndarray:
+    """What the latency boosters learn: log(next latency / the row's baseline)."""
+    labels: np.ndarray = log_latency(rows[TARGET_LATENCY]) - baseline_log_latency(rows)
+    return labels
+
+
 def log_latency(seconds: pd.Series | np.ndarray) -> np.ndarray:
     floored: np.ndarray = np.maximum(np.asarray(seconds, dtype=float), LOG_FLOOR_SECONDS)
     logs: np.ndarray = np.log(floored)
@@ -175,8 +184,8 @@ def train_model(
         "seed": settings.seed,
         "nthread": settings.nthread,
     }
-    train_m = _matrix(split.train, log_latency(split.train[TARGET_LATENCY]), _weights(split.train))
-    valid_m = _matrix(split.valid, log_latency(split.valid[TARGET_LATENCY]), _weights(split.valid))
+    train_m = _matrix(split.train, latency_label(split.train), _weights(split.train))
+    valid_m = _matrix(split.valid, latency_label(split.valid), _weights(split.valid))
     boosters = []
     for i, alpha in enumerate(QUANTILES):
         report(f"latency q{round(alpha * 100)}", 0.1 + 0.2 * i)
@@ -226,8 +235,10 @@ def log_quantiles(latency: Sequence[xgb.Booster], x: np.ndarray) -> np.ndarray:
 
 
 def predict_log_quantiles(latency: Sequence[xgb.Booster], rows: pd.DataFrame) -> np.ndarray:
-    """``log_quantiles`` of a feature frame."""
-    return log_quantiles(latency, rows[list(FEATURES)].to_numpy(dtype=np.float32))
+    """(n, 3) log-latency quantiles of a feature frame: the boosters' ratios plus baseline."""
+    ratios = log_quantiles(latency, rows[list(FEATURES)].to_numpy(dtype=np.float32))
+    quantiles: np.ndarray = ratios + baseline_log_latency(rows)[:, None]
+    return quantiles
 
 
 def conformal_offset(latency: Sequence[xgb.Booster], calib: pd.DataFrame, coverage: float) -> float:
@@ -283,6 +294,7 @@ def _metadata(
     widths = calib_q[:, 2] - calib_q[:, 0] + 2 * offset
     return {
         "features": list(FEATURES),
+        "latency_target": LATENCY_TARGET,
         "quantiles": list(QUANTILES),
         "conformal_offset": offset,
         "width_reference": float(np.median(widths)),
