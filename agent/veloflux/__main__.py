@@ -2,4 +2,7 @@
 
 from veloflux.cli import main
 
-main()
+# Guarded: a training process is started with "spawn", which imports the parent's
+# main module again (as ``__mp_main__``); it must not run the CLI a second time.
+if __name__ == "__main__":
+    main()

@@ -42,7 +42,7 @@ from veloflux.api_fields import read_token
 from veloflux.audit import AuditLog
 from veloflux.config import Config, load_config
 from veloflux.controls import OperatorControls
-from veloflux.daemon_ops import DaemonOps, Trainer, TrainingRun, train_once
+from veloflux.daemon_ops import DaemonOps, Trainer, TrainingRun, train_in_child
 from veloflux.errors import ConfigError, SinkRejected, SourceUnavailable
 from veloflux.events import Events
 from veloflux.loop import Agent
@@ -60,7 +60,7 @@ class DaemonOptions:
 
     config_path: Path
     agent_factory: AgentFactory = build_daemon_agent
-    trainer: Trainer = train_once
+    trainer: Trainer = train_in_child
     clock: Callable[[], datetime] = utc_now
     serve_api: bool = True
     install_signals: bool = True

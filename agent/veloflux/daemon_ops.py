@@ -9,12 +9,14 @@ takes no locks around ticks: ``veloflux.daemon`` calls it from one tick at a tim
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from multiprocessing.connection import Connection
+from typing import Any
 
 from veloflux import __version__
 from veloflux.config import Config
@@ -26,15 +28,17 @@ from veloflux.metrics import AgentMetrics
 from veloflux.names import parse_server_key, server_key
 from veloflux.wiring import open_journal, open_registry
 
-if TYPE_CHECKING:
-    from veloflux.training import TrainingReport
-
 _log = logging.getLogger("veloflux.daemon")
-Trainer = Callable[[Config, Events, Callable[[], bool]], "TrainingReport"]
+# A trainer returns ``TrainingReport.to_json()``: plain data, so it crosses processes.
+Trainer = Callable[[Config, Events, Callable[[], bool]], dict[str, Any]]
 
 
 class TrainingCancelled(VelofluxError):
     """The daemon is stopping: the training in progress gives up at its next stage."""
+
+
+class TrainingFailed(VelofluxError):
+    """The training process ended without a result."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class TrainingRun:
         }
 
 
-def train_once(config: Config, events: Events, cancelled: Callable[[], bool]) -> TrainingReport:
+def train_once(config: Config, events: Events, cancelled: Callable[[], bool]) -> dict[str, Any]:
     """Train from the journal with the daemon's settings (raises ``NotEnoughData`` etc.)."""
     from veloflux.model.train import NotEnoughData, TrainSettings
     from veloflux.training import train_from_journal
@@ -74,7 +78,50 @@ def train_once(config: Config, events: Events, cancelled: Callable[[], bool]) ->
         min_rows=config.ai.min_training_rows, nthread=config.ai.training_threads
     )
     with journal:
-        return train_from_journal(journal, open_registry(config, events), settings, progress)
+        registry = open_registry(config, events)
+        return train_from_journal(journal, registry, settings, progress).to_json()
+
+
+def train_in_child(config: Config, events: Events, cancelled: Callable[[], bool]) -> dict[str, Any]:
+    """``train_once`` in a ``spawn`` process (never a fork: XGBoost's threads do not
+    survive one). Training peaks at several times the journal's size in memory; in a
+    child, that memory goes back to the system when it ends, so the daemon stays flat.
+    Stopping the daemon terminates the child."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(
+        target=_training_child, args=(config, sender), name="veloflux-training", daemon=True
+    )
+    child.start()
+    sender.close()
+    try:
+        while not receiver.poll(0.2):
+            if cancelled():
+                raise TrainingCancelled("the daemon is stopping")
+            if not child.is_alive() and not receiver.poll(0):
+                raise TrainingFailed(f"the training process died (exit code {child.exitcode})")
+        outcome, value = receiver.recv()
+    finally:
+        receiver.close()
+        if child.is_alive():
+            child.terminate()
+        child.join(10)
+    if outcome == "error":
+        raise value
+    report: dict[str, Any] = value
+    return report
+
+
+def _training_child(config: Config, sender: Connection) -> None:
+    try:
+        sender.send(("ok", train_once(config, Events(), lambda: False)))
+    except Exception as exc:  # sent back whole: the daemon reports and counts it
+        try:
+            sender.send(("error", exc))
+        except Exception:  # an exception that does not pickle: its text still travels
+            sender.send(("error", TrainingFailed(f"{type(exc).__name__}: {exc}")))
+    finally:
+        sender.close()
 
 
 class DaemonOps:
@@ -154,9 +201,9 @@ class DaemonOps:
             _log.exception("training failed")
             outcome, message = "failed", f"{type(exc).__name__}: {exc}"
         else:
-            report = result.to_json()
-            outcome = "promoted" if result.promoted else "not_promoted"
-            message = f"model {result.entry.version}: {result.reason}"
+            report = result
+            outcome = "promoted" if result["promoted"] else "not_promoted"
+            message = f"model {result['version']}: {result['reason']}"
         run = TrainingRun(outcome, self._clock(), time.monotonic() - started, message, report)
         self._training = run
         self._metrics.training_finished(outcome, run.duration_seconds, time.time())

@@ -33,8 +33,10 @@ if TYPE_CHECKING:
     from veloflux.model.predict import Predictor
 
 _log = logging.getLogger("veloflux.tick")
-# How much journal history a tick reads: rates, trends and realized error need it.
-HISTORY_WINDOW_INTERVALS = 12
+# How much journal history a tick reads. The realized-error part of confidence judges
+# the last 3 intervals; each of their features needs a 3-interval trend, and each rate
+# one reading before it: 7 readings back from now, plus one for timing jitter.
+HISTORY_WINDOW_INTERVALS = 8
 
 
 class Source(Protocol):

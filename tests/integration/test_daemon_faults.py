@@ -50,7 +50,7 @@ from veloflux.daemon_ops import Trainer
 from veloflux.events import Events
 from veloflux.history import Journal, derive_rates
 from veloflux.model.train import TrainSettings
-from veloflux.training import TrainingReport, train_from_journal
+from veloflux.training import train_from_journal
 from veloflux.wiring import open_registry
 
 pytestmark = pytest.mark.integration
@@ -308,9 +308,10 @@ def _trainer(history: Path, *settings: TrainSettings) -> Trainer:
     """The real training on ``history``, into the daemon's registry, with ``settings`` in turn."""
     queue = list(settings)
 
-    def train(config: Config, events: Events, _cancelled: Callable[[], bool]) -> TrainingReport:
+    def train(config: Config, events: Events, _cancelled: Callable[[], bool]) -> dict[str, Any]:
         with Journal(history, events) as journal:
-            return train_from_journal(journal, open_registry(config, events), queue.pop(0))
+            registry = open_registry(config, events)
+            return train_from_journal(journal, registry, queue.pop(0)).to_json()
 
     return train
 
@@ -318,7 +319,7 @@ def _trainer(history: Path, *settings: TrainSettings) -> Trainer:
 def test_training_that_raises_is_counted_and_ticks_go_on(
     haproxy: HAProxyProcess, files: AgentFiles
 ) -> None:
-    def broken(_config: Config, _events: Events, _cancelled: Callable[[], bool]) -> TrainingReport:
+    def broken(_config: Config, _events: Events, _cancelled: Callable[[], bool]) -> dict[str, Any]:
         raise RuntimeError("injected: the trainer crashed")
 
     config = _config(haproxy.admin_socket, files, policy={"static_weights": {"app/s1": 12}})

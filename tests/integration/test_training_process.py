@@ -1,0 +1,69 @@
+"""The daemon's default trainer: real training in a spawned child process.
+
+Training peaks at several times the journal's size in memory, so the daemon trains in
+a child that gives its memory back when it ends. These tests run that child for real:
+a model is trained and promoted into the registry; a too-short journal comes back as
+the same ``NotEnoughData`` the parent would have raised; a stop request ends the child.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.unit.learning_factories import synthetic_observation, synthetic_raw
+from veloflux.config import Config, validate_config
+from veloflux.daemon_ops import TrainingCancelled, train_in_child
+from veloflux.events import Events
+from veloflux.history import Journal
+from veloflux.model.registry import Registry
+from veloflux.model.train import NotEnoughData
+
+pytestmark = pytest.mark.integration
+
+
+def config_for(tmp_path: Path, history: Path, min_rows: int = 200) -> Config:
+    return validate_config(
+        {
+            "haproxy": {"socket": "unix:///nonexistent/admin.sock"},
+            "ai": {
+                "history_path": str(history),
+                "model_dir": str(tmp_path / "models"),
+                "min_training_rows": min_rows,
+            },
+        }
+    )
+
+
+def journal_of(path: Path, intervals: int | None = None) -> Path:
+    raw = synthetic_raw()
+    times = sorted(raw["time"].unique())[:intervals]
+    with Journal(path, Events()) as journal:
+        for when in times:
+            journal.append(synthetic_observation(raw, pd.Timestamp(when)))
+    return path
+
+
+def test_a_child_process_trains_and_promotes(tmp_path: Path) -> None:
+    config = config_for(tmp_path, journal_of(tmp_path / "history.sqlite"))
+    report = train_in_child(config, Events(), lambda: False)
+    assert report["promoted"], report["reason"]
+    registry = Registry(config.ai.model_dir, lambda: pd.Timestamp.now(tz="UTC"), Events())
+    assert registry.current_version() == report["version"]
+
+
+def test_too_little_history_comes_back_as_not_enough_data(tmp_path: Path) -> None:
+    config = config_for(tmp_path, journal_of(tmp_path / "history.sqlite", intervals=5))
+    with pytest.raises(NotEnoughData, match="at least 200 are needed"):
+        train_in_child(config, Events(), lambda: False)
+
+
+def test_a_stop_request_ends_the_child(tmp_path: Path) -> None:
+    config = config_for(tmp_path, journal_of(tmp_path / "history.sqlite"))
+    asked = time.monotonic()
+    with pytest.raises(TrainingCancelled):
+        train_in_child(config, Events(), lambda: time.monotonic() - asked > 0.5)
+    assert time.monotonic() - asked < 15
