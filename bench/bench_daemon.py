@@ -802,11 +802,15 @@ def main() -> None:
         "--only", choices=("tick", "rss", "idle"), action="append", help="run only these"
     )
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
+    parser.add_argument(
+        "--reuse", type=Path, help="with --only: take the other figures from this --out file"
+    )
     opts = parser.parse_args()
     if opts.quick and opts.write:
         parser.error("--quick figures are a smoke run; they must not be written to the doc")
-    if opts.write and opts.only:
-        parser.error("--write needs every figure; drop --only")
+    if opts.write and opts.only and opts.reuse is None:
+        parser.error("--write needs every figure; drop --only, or --reuse a full run's --out")
+    previous: dict[str, Any] = json.loads(opts.reuse.read_text()) if opts.reuse else {}
     sizes = QUICK if opts.quick else FULL
     rss_minutes = opts.rss_minutes if opts.rss_minutes is not None else sizes.rss_minutes
     idle_minutes = opts.idle_minutes if opts.idle_minutes is not None else sizes.idle_minutes
@@ -829,6 +833,12 @@ def main() -> None:
             )
         if "rss" in wanted:
             result["rss"], noise["rss"] = _with_noise(lambda: bench_rss(rss_minutes, workdir / "r"))
+    reused = [f for f in ("tick", "idle", "rss") if f not in result and f in previous]
+    for figure in reused:
+        result[figure] = previous[figure]
+        noise[figure] = previous.get("other_cpu_share", {}).get(figure, 0.0)
+    if reused:
+        result["reused"] = {"figures": reused, "command": previous.get("command", "?")}
     result["verdicts"] = verdicts(result)
     result["other_cpu_share"] = noise
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
@@ -1060,13 +1070,26 @@ def render_section(r: dict[str, Any]) -> str:
         f"Measured {datetime.now(UTC).date()} on {m['cpu']}, {m['cores']} cores, "
         f"Python {m['python']}, {m['haproxy']}, XGBoost {m['xgboost']}, "
         f"pandas {m['pandas']}.",
-        f"Command: `{r['command']}` ({r['wall_seconds'] / 60:.0f} minutes in all).",
+        f"Command: `{r['command']}` ({r['wall_seconds'] / 60:.0f} minutes in all)."
+        + _reused_note(r),
         _noise_note(r["other_cpu_share"]),
         "",
         *table(("figure", "measured", "target", "met?"), _tick_rows(r) + _daemon_rows(r)),
         MARK_END,
     ]
     return "\n".join(lines)
+
+
+def _reused_note(r: dict[str, Any]) -> str:
+    reused = r.get("reused")
+    if not reused:
+        return ""
+    fresh = ", ".join(f for f in ("tick", "idle", "rss") if f not in reused["figures"])
+    return (
+        f" Re-measured by this command: {fresh}; {', '.join(reused['figures'])} from an "
+        f"earlier full run (`{reused['command']}`), before the tick and training changes "
+        "that followed it."
+    )
 
 
 def write_section(result: dict[str, Any]) -> None:
