@@ -377,6 +377,11 @@ def test_the_outlier_guard_only_ever_lowers_a_weight_and_never_below_min_weight(
         flagged, unflagged = flagged_plan[server.name], clean_plan[server.name]
         assert flagged.planned_weight is not None
         assert unflagged.planned_weight is not None
+        if flagged.reason.startswith("kept in rotation"):
+            # The cut would have taken the pool below min_servers_in_rotation, so the
+            # rotation rule kept its current weight: that rule outranks the guard.
+            assert flagged.planned_weight == flagged.current_weight
+            continue
         assert flagged.planned_weight <= unflagged.planned_weight
         current = int(server.weight or 0)
         if pol.min_weight <= current <= pol.max_weight:

@@ -477,11 +477,27 @@ def test_all_parts_and_most_common_weakest_agree_with_the_per_server_forms(
     for fresh in (True, False):
         confidence = predictor.confidence(half_missing, recent, fresh=fresh)
         assert confidence.all_parts() == [confidence.parts_of(i) for i in range(len(now))]
-        weakest = [confidence.weakest(i) for i in range(len(now))]
+        unsure = [i for i in range(len(now)) if confidence.value[i] < 1.0] or range(len(now))
+        weakest = [confidence.weakest(i) for i in unsure]
         top = max(
             CONFIDENCE_PARTS, key=lambda part: (weakest.count(part), -CONFIDENCE_PARTS.index(part))
         )
         assert confidence.most_common_weakest() == top
+
+
+def test_the_weakest_part_is_named_among_the_unsure_servers_only(
+    predictor: Predictor, split: Split
+) -> None:
+    now, recent = now_and_recent(split)
+    # One server without a latency reading (its "width" is 0); the rest are as they are.
+    one_unsure = now.assign(
+        latency=np.where(np.arange(len(now)) == 0, np.nan, now["latency"]),
+        latency_ema=np.where(np.arange(len(now)) == 0, np.nan, now["latency_ema"]),
+    )
+    confidence = predictor.confidence(one_unsure, recent, fresh=True)
+    threshold = float(np.sort(confidence.value)[1]) - 1e-9  # only the first is below
+    assert confidence.value[0] < threshold
+    assert confidence.most_common_weakest(threshold) == confidence.weakest(0) == "width"
 
 
 readings = st.one_of(st.just(np.nan), st.floats(min_value=-1e6, max_value=1e6, allow_nan=False))

@@ -98,7 +98,7 @@ def _pool_advice(
     if pool_confidence < settings.confidence_threshold:
         reason = (
             f"confidence {pool_confidence:.2f} < {settings.confidence_threshold:.2f} "
-            f"(weakest: {confidence.most_common_weakest()})"
+            f"(weakest: {confidence.most_common_weakest(settings.confidence_threshold)})"
         )
     else:
         confident = np.flatnonzero(confidence.value >= settings.confidence_threshold)

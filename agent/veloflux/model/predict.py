@@ -74,10 +74,14 @@ class Confidence:
     def weakest(self, i: int) -> str:
         return min(self.parts, key=lambda name: float(self.parts[name][i]))
 
-    def most_common_weakest(self) -> str:
-        """The part that is weakest for the most servers (the first part wins ties)."""
+    def most_common_weakest(self, below: float = 1.0) -> str:
+        """The part that is weakest for the most servers under ``below`` (the first part
+        wins ties). Servers above it are left out: for a fully confident server every
+        part is 1, and counting it would name whichever part comes first."""
         stacked = np.vstack(list(self.parts.values()))
-        counts = np.bincount(np.argmin(stacked, axis=0), minlength=len(self.parts))
+        unsure = self.value < below
+        columns = stacked[:, unsure] if unsure.any() else stacked
+        counts = np.bincount(np.argmin(columns, axis=0), minlength=len(self.parts))
         return list(self.parts)[int(np.argmax(counts))]
 
 
