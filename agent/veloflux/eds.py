@@ -1,0 +1,142 @@
+"""Envoy EDS files: rendered from a Jinja template, checked, then swapped in atomically.
+
+Envoy gives no answer when it rejects a file: one bad weight and it silently keeps the
+last good assignment. So nothing is written that has not been parsed back and checked
+(every weight an integer >= 1, the right ``cluster_name``, well-formed addresses and
+ports), and the file is replaced the only way Envoy notices: a temp file in the same
+directory, fsynced, moved over the old one. Confirming that Envoy took it (its
+``update_success`` counter and the weights ``/clusters`` shows) is the sink's job.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from veloflux.errors import VelofluxError
+from veloflux.files import replace_atomically
+from veloflux.names import is_safe_name
+
+MAX_ENVOY_WEIGHT = 2**32 - 1
+_ASSIGNMENT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
+
+class EdsError(VelofluxError):
+    """A rendered EDS document that must not reach Envoy, or a template that failed."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One endpoint as it goes into the file; ``health`` is "" or an EDS health status."""
+
+    address: str
+    port: int
+    weight: int
+    health: str = ""
+
+
+def eds_path(eds_dir: Path, cluster: str) -> Path:
+    """Where cluster ``cluster``'s file always lives, so a bootstrap can point at it."""
+    if not is_safe_name(cluster):
+        raise EdsError(f"cluster name {cluster!r} is not safe to use as a file name")
+    return eds_dir / f"{cluster}.yaml"
+
+
+def _environment() -> jinja2.Environment:
+    loader = jinja2.FunctionLoader(_template_source)
+    return jinja2.Environment(
+        loader=loader,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+
+
+def _template_source(name: str) -> str:
+    return files("veloflux.templates").joinpath(name).read_text(encoding="utf-8")
+
+
+def render_eds(cluster: str, endpoints: Sequence[Endpoint], version: str) -> str:
+    """The EDS document for ``cluster``, checked; raise ``EdsError`` if it is not fit."""
+    check_endpoints(cluster, endpoints)
+    try:
+        template = _environment().get_template("envoy/eds.yaml.j2")
+        text = template.render(cluster_name=cluster, version=version, endpoints=endpoints)
+    except jinja2.TemplateError as exc:
+        raise EdsError(f"template envoy/eds.yaml.j2: {exc}") from None
+    validate_eds(text, cluster, [e.weight for e in endpoints])
+    return text
+
+
+def check_endpoints(cluster: str, endpoints: Sequence[Endpoint]) -> None:
+    """What must hold before rendering: weights, addresses, ports, at least one endpoint."""
+    if not endpoints:
+        raise EdsError(f"cluster {cluster}: no endpoint to write (never drain all of them)")
+    for e in endpoints:
+        where = f"cluster {cluster}, endpoint {e.address}:{e.port}"
+        if isinstance(e.weight, bool) or not isinstance(e.weight, int):
+            raise EdsError(f"{where}: weight {e.weight!r} is not an integer")
+        if not 1 <= e.weight <= MAX_ENVOY_WEIGHT:
+            raise EdsError(f"{where}: weight {e.weight} is outside 1..{MAX_ENVOY_WEIGHT}")
+        _check_address(where, e.address)
+        if isinstance(e.port, bool) or not isinstance(e.port, int) or not 0 < e.port < 65536:
+            raise EdsError(f"{where}: port {e.port!r} is not in 1..65535")
+        if e.health not in ("", "HEALTHY", "DRAINING", "DEGRADED", "UNHEALTHY"):
+            raise EdsError(f"{where}: health {e.health!r} is not an EDS health status")
+
+
+def _check_address(where: str, address: str) -> None:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        if not is_safe_name(address) or ":" in address:
+            raise EdsError(
+                f"{where}: address {address!r} is neither an IP nor a host name"
+            ) from None
+
+
+def validate_eds(text: str, cluster: str, weights: Sequence[int]) -> None:
+    """Parse the rendered text back and check it says what was meant."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise EdsError(f"cluster {cluster}: the rendered file is not YAML: {exc}") from None
+    resources = _get(document, "resources", list, cluster)
+    if len(resources) != 1:
+        raise EdsError(f"cluster {cluster}: expected one ClusterLoadAssignment")
+    assignment = resources[0]
+    if _get(assignment, "@type", str, cluster) != _ASSIGNMENT_TYPE:
+        raise EdsError(f"cluster {cluster}: the resource is not a ClusterLoadAssignment")
+    if _get(assignment, "cluster_name", str, cluster) != cluster:
+        raise EdsError(f"cluster {cluster}: cluster_name is {assignment['cluster_name']!r}")
+    found = [
+        lb.get("load_balancing_weight")
+        for group in _get(assignment, "endpoints", list, cluster)
+        for lb in _get(group, "lb_endpoints", list, cluster)
+    ]
+    if found != list(weights):
+        raise EdsError(f"cluster {cluster}: the file's weights {found} are not the planned ones")
+
+
+def _get(value: Any, key: str, kind: type, cluster: str) -> Any:
+    found = value.get(key) if isinstance(value, dict) else None
+    if not isinstance(found, kind):
+        raise EdsError(f"cluster {cluster}: '{key}' is missing or not a {kind.__name__}")
+    return found
+
+
+def write_eds(eds_dir: Path, cluster: str, text: str) -> Path:
+    """Swap the file in atomically (the move is what makes Envoy reload it)."""
+    path = eds_path(eds_dir, cluster)
+    try:
+        replace_atomically(path, text.encode("utf-8"))
+    except OSError as exc:
+        raise EdsError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
