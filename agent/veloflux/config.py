@@ -171,6 +171,79 @@ class PolicySection(_Section):
         return self
 
 
+class EnvoyEndpointSection(_Section):
+    """One endpoint of an Envoy cluster; ``weight`` is its static (fallback) weight."""
+
+    address: str
+    port: int = Field(ge=1, le=65535)
+    weight: int = Field(default=1, ge=1, le=2**32 - 1)
+
+    @field_validator("address")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError("must be an IP address (Envoy's EDS endpoints are)") from None
+        return value
+
+    @property
+    def name(self) -> str:
+        """The server's name in VeloFlux: ``ADDRESS:PORT``."""
+        return f"{self.address}:{self.port}"
+
+
+class EnvoyClusterSection(_Section):
+    """An EDS cluster VeloFlux writes, by its service name, with its endpoints."""
+
+    name: str
+    endpoints: tuple[EnvoyEndpointSection, ...]
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        check_name("cluster", value)
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_endpoints(self) -> EnvoyClusterSection:
+        if not self.endpoints:
+            raise ValueError(f"cluster {self.name}: no endpoint listed")
+        names = [e.name for e in self.endpoints]
+        if len(set(names)) != len(names):
+            raise ValueError(f"cluster {self.name} lists an endpoint twice")
+        return self
+
+
+class EnvoySection(_Section):
+    """Where Envoy's admin API is, where it watches for EDS files, and which clusters."""
+
+    admin: str = Field(description="http://HOST:PORT of Envoy's admin API")
+    eds_dir: Path = Field(default=Path("/var/lib/veloflux/eds"))
+    timeout_seconds: Seconds = Field(default=2.0, alias="timeout", gt=0, le=60)
+    confirm_timeout_seconds: Seconds = Field(default=5.0, alias="confirm_timeout", gt=0, le=300)
+    clusters: tuple[EnvoyClusterSection, ...]
+
+    @field_validator("admin")
+    @classmethod
+    def _http_address(cls, value: str) -> str:
+        if not value.startswith("http://"):
+            raise ValueError("must be http://HOST:PORT (Envoy's admin API)")
+        parse_listen_address(value.removeprefix("http://").rstrip("/"))
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_clusters(self) -> EnvoySection:
+        if not self.clusters:
+            raise ValueError("envoy.clusters: name at least one cluster")
+        names = [c.name for c in self.clusters]
+        if len(set(names)) != len(names):
+            raise ValueError("envoy.clusters lists a cluster twice")
+        return self
+
+
 class APISection(_Section):
     """The daemon's HTTP API: metrics, health, status and the operator controls."""
 
@@ -203,7 +276,8 @@ class Config(_Section):
     """The whole agent configuration."""
 
     interval_seconds: Seconds = Field(default=10.0, alias="interval", gt=0, le=3600)
-    haproxy: HAProxySection
+    haproxy: HAProxySection | None = None
+    envoy: EnvoySection | None = None
     ai: AISection = Field(default_factory=AISection)
     policy: PolicySection = Field(default_factory=PolicySection)
     api: APISection = Field(default_factory=APISection)
@@ -215,8 +289,21 @@ class Config(_Section):
         return explicit if explicit is not None else 3 * self.interval_seconds
 
     @model_validator(mode="after")
+    def _one_proxy(self) -> Config:
+        if self.haproxy is None and self.envoy is None:
+            raise ValueError("haproxy: required (or envoy): which proxy should VeloFlux drive?")
+        if self.haproxy is not None and self.envoy is not None:
+            raise ValueError("envoy: one agent drives one proxy for now; run one agent per proxy")
+        return self
+
+    @model_validator(mode="after")
     def _weights_name_managed_backends(self) -> Config:
-        allowed = self.haproxy.backends
+        if self.envoy is not None:
+            allowed: tuple[str, ...] | None = tuple(c.name for c in self.envoy.clusters)
+            where = "envoy.clusters"
+        else:
+            allowed = self.haproxy.backends if self.haproxy else None
+            where = "haproxy.backends"
         if allowed is None:
             return self
         for section in ("static_weights", "overrides"):
@@ -224,7 +311,7 @@ class Config(_Section):
                 backend = key.partition("/")[0]
                 if backend not in allowed:
                     raise ValueError(
-                        f"policy.{section}.{key}: backend {backend!r} is not in haproxy.backends"
+                        f"policy.{section}.{key}: backend {backend!r} is not in {where}"
                     )
         return self
 
@@ -305,7 +392,7 @@ def _problem_from(error: Mapping[str, Any], env_paths: Mapping[str, str]) -> Con
     else:
         message = str(error["msg"]).removeprefix("Value error, ")
     located = _LOCATED.match(message)
-    if not path and located:
+    if located and (not path or located.group(1).startswith(path + ".")):
         path, message = located.group(1), located.group(2)
     env = env_paths.get(path)
     if env:

@@ -26,7 +26,7 @@ from veloflux.events import Events
 from veloflux.loop import Agent, TickResult
 from veloflux.metrics import AgentMetrics
 from veloflux.names import parse_server_key, server_key
-from veloflux.wiring import open_journal, open_registry
+from veloflux.wiring import open_journal, open_registry, proxy_address, proxy_kind
 
 _log = logging.getLogger("veloflux.daemon")
 # A trainer returns ``TrainingReport.to_json()``: plain data, so it crosses processes.
@@ -159,7 +159,7 @@ class DaemonOps:
         finally:
             self._heartbeat = time.monotonic()
         self._last, self._last_error = result, ""
-        self._metrics.source_up("haproxy", True)
+        self._metrics.source_up(proxy_kind(self._config), True)
         self._metrics.tick_succeeded(result, time.time())
         self._metrics.model_loaded(result.plan.model_version)
         if result.proxy_reloaded:
@@ -169,7 +169,7 @@ class DaemonOps:
     def tick_failed(self, reason: str, message: str, duration_seconds: float) -> None:
         self._last_error = f"{reason}: {message}"
         if reason == "source":
-            self._metrics.source_up("haproxy", False)
+            self._metrics.source_up(proxy_kind(self._config), False)
         self._metrics.tick_failed(reason, duration_seconds)
 
     def revert(self) -> TickResult:
@@ -245,9 +245,9 @@ class DaemonOps:
                 "error": self._last_error,
             },
             "sources": {
-                "haproxy": {
+                proxy_kind(self._config): {
                     "up": not self._last_error.startswith("source"),
-                    "socket": self._config.haproxy.socket,
+                    "address": proxy_address(self._config),
                 }
             },
             "model": self._model_status(),

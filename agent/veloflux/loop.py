@@ -189,12 +189,17 @@ class Agent:
     def _observe(self) -> Observation:
         observation = self._source.observe()
         if self._strict_pools and observation.missing_pools:
+            path, proxy = (
+                ("envoy.clusters", "Envoy")
+                if self._config.envoy
+                else ("haproxy.backends", "HAProxy")
+            )
             raise ConfigError(
                 [
                     ConfigProblem(
-                        "haproxy.backends",
-                        f"backend {name!r} does not exist in HAProxy at "
-                        f"{observation.proxy.address}",
+                        path,
+                        f"{'cluster' if self._config.envoy else 'backend'} {name!r} does not "
+                        f"exist in {proxy} at {observation.proxy.address}",
                     )
                     for name in observation.missing_pools
                 ]

@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from veloflux.config import Config
+from veloflux.errors import ConfigError, ConfigProblem
 from veloflux.events import Events
 from veloflux.haproxy_runtime import RuntimeAPI
-from veloflux.loop import Agent
+from veloflux.loop import Agent, Sink, Source
 from veloflux.model.registry import Registry
 from veloflux.sinks.haproxy import HAProxySink
 from veloflux.sources.haproxy import HAProxySource
@@ -27,13 +28,35 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def proxy_kind(config: Config) -> str:
+    """``haproxy`` or ``envoy``: the proxy this agent drives (the config has exactly one)."""
+    return "envoy" if config.envoy is not None else "haproxy"
+
+
 def runtime_api(config: Config) -> RuntimeAPI:
+    if config.haproxy is None:
+        raise ConfigError([ConfigProblem("haproxy", "required for this command")])
     return RuntimeAPI(config.haproxy.socket, config.haproxy.timeout_seconds)
 
 
-def build_source(
-    config: Config, events: Events, clock: Callable[[], datetime] = utc_now
-) -> HAProxySource:
+def proxy_address(config: Config) -> str:
+    """What the status page and messages name: the socket, or Envoy's admin URL."""
+    if config.envoy is not None:
+        return config.envoy.admin
+    return config.haproxy.socket if config.haproxy else ""
+
+
+def build_source(config: Config, events: Events, clock: Callable[[], datetime] = utc_now) -> Source:
+    if config.envoy is not None:
+        from veloflux.envoy_admin import EnvoyAdmin
+        from veloflux.sources.envoy import EnvoyCluster, EnvoySource
+
+        envoy = config.envoy
+        clusters = [
+            EnvoyCluster(c.name, {e.name: e.weight for e in c.endpoints}) for c in envoy.clusters
+        ]
+        return EnvoySource(EnvoyAdmin(envoy.admin, envoy.timeout_seconds), clusters, clock, events)
+    assert config.haproxy is not None  # the config has exactly one proxy
     return HAProxySource(
         runtime_api(config),
         clock=clock,
@@ -41,6 +64,17 @@ def build_source(
         backends=config.haproxy.backends,
         consistent_hash_backends=config.haproxy.consistent_hash_backends,
     )
+
+
+def build_sink(config: Config, events: Events) -> Sink:
+    if config.envoy is not None:
+        from veloflux.envoy_admin import EnvoyAdmin
+        from veloflux.sinks.envoy import EnvoySink
+
+        envoy = config.envoy
+        admin = EnvoyAdmin(envoy.admin, envoy.timeout_seconds)
+        return EnvoySink(admin, envoy.eds_dir, envoy.confirm_timeout_seconds, events)
+    return HAProxySink(runtime_api(config), events)
 
 
 def open_registry(config: Config, events: Events) -> Registry:
@@ -70,7 +104,7 @@ def open_journal(config: Config, events: Events, create: bool) -> Journal | None
 def build_agent(config: Config, events: Events, write: bool, strict_pools: bool = True) -> Agent:
     """The agent for one-shot commands: ``write`` also appends to the journal."""
     source = build_source(config, events)
-    sink = HAProxySink(runtime_api(config), events)
+    sink = build_sink(config, events)
     return Agent(
         config,
         source,

@@ -21,6 +21,7 @@ import pytest
 
 from integration.envoy_proc import EnvoyProcess
 from integration.haproxy_proc import free_port
+from tests.integration.helpers import run_cli
 from veloflux.eds import Endpoint, eds_path, render_eds, write_eds
 from veloflux.envoy_admin import EnvoyAdmin
 from veloflux.envoy_replies import parse_clusters, parse_update_counters
@@ -181,3 +182,61 @@ def test_draining_every_endpoint_is_refused_before_writing(envoy: EnvoyProcess) 
     assert len(report.failures) == 2
     assert all("drain every endpoint" in f.error for f in report.failures)
     assert weights(envoy) == [3, 1]
+
+
+# --- the commands, as an operator runs them ----------------------------------------------------
+
+
+def envoy_config(envoy: EnvoyProcess, path: Path, statics: tuple[int, int]) -> Path:
+    endpoints = ", ".join(
+        f"{{address: 127.0.0.1, port: {port}, weight: {w}}}"
+        for port, w in zip((18081, 18082), statics, strict=True)
+    )
+    path.write_text(
+        f"interval: 1s\nenvoy:\n  admin: {envoy.admin_url}\n  eds_dir: {envoy.eds_dir}\n"
+        f"  confirm_timeout: 5s\n  clusters:\n    - name: app\n      endpoints: [{endpoints}]\n"
+        "ai:\n  enabled: false\npolicy:\n  max_step_ratio: 10\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_dry_run_apply_and_revert_drive_envoy(envoy: EnvoyProcess, tmp_path: Path) -> None:
+    config = envoy_config(envoy, tmp_path / "v.yaml", statics=(1, 4))
+    preview = run_cli("dry-run", "-c", config, "--output", "json")
+    assert preview.code == 0, preview.stderr
+    (pool,) = preview.json()["pools"]
+    assert (pool["backend"], pool["mode"]) == ("app", "fallback")
+    planned = {s["server"]: s["planned_weight"] for s in pool["servers"]}
+    assert planned == {"127.0.0.1:18081": 1, "127.0.0.1:18082": 4}
+    assert weights(envoy) == [3, 1]  # a dry-run writes nothing
+
+    applied = run_cli("apply", "-c", config, "--output", "json")
+    assert applied.code == 0, applied.stderr
+    assert applied.json()["apply"]["failed"] == 0
+    assert weights(envoy) == [1, 4]
+
+    # Someone else changes the file; revert puts the static weights back at once.
+    write_eds(envoy.eds_dir, "app", render_eds("app", ENDPOINTS, version="other"))
+    wait_for(lambda: weights(envoy) == [3, 1], 10, "the other file to load")
+    reverted = run_cli("revert", "-c", config)
+    assert reverted.code == 0, reverted.stderr
+    assert weights(envoy) == [1, 4]
+
+
+def test_a_cluster_envoy_does_not_know_is_a_config_error(
+    envoy: EnvoyProcess, tmp_path: Path
+) -> None:
+    config = envoy_config(envoy, tmp_path / "v.yaml", statics=(1, 1))
+    config.write_text(config.read_text().replace("- name: app", "- name: nope"))
+    result = run_cli("dry-run", "-c", config)
+    assert result.code == 1
+    assert "envoy.clusters: cluster 'nope' does not exist in Envoy" in result.stderr
+
+
+def test_an_unreachable_envoy_exits_2(tmp_path: Path) -> None:
+    dead = EnvoyProcess(tmp_path, {"app": ENDPOINTS})  # configured, never started
+    config = envoy_config(dead, tmp_path / "v.yaml", statics=(1, 1))
+    result = run_cli("apply", "-c", config)
+    assert result.code == 2
+    assert "unreachable" in result.stderr

@@ -5,14 +5,20 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from veloflux.config import load_config
+from veloflux.config import Config, HAProxySection, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def haproxy_of(config: Config) -> HAProxySection:
+    """The config's HAProxy section, which these configs always have."""
+    assert config.haproxy is not None
+    return config.haproxy
+
+
 def test_example_agent_config_is_valid() -> None:
     config = load_config(ROOT / "haproxy" / "veloflux.yaml", environ={})
-    assert config.haproxy.backends == ("app",)
+    assert haproxy_of(config).backends == ("app",)
     assert config.interval_seconds == 10
 
 

@@ -12,6 +12,7 @@ import yaml
 
 from veloflux.config import (
     Config,
+    HAProxySection,
     load_config,
     parse_socket_address,
     resolve_config_path,
@@ -40,6 +41,12 @@ policy:
 NO_ENV: dict[str, str] = {}
 
 
+def haproxy_of(config: Config) -> HAProxySection:
+    """The config's HAProxy section, which these configs always have."""
+    assert config.haproxy is not None
+    return config.haproxy
+
+
 def write(tmp_path: Path, text: str, name: str = "veloflux.yaml") -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(text), encoding="utf-8")
@@ -66,9 +73,9 @@ def problems_of(data: dict[str, Any]) -> dict[str, str]:
 def test_minimum_contract_loads_with_every_value(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMUM_CONTRACT), environ=NO_ENV)
     assert config.interval_seconds == 10.0
-    assert config.haproxy.socket == "unix:///run/haproxy/admin.sock"
-    assert config.haproxy.timeout_seconds == 2.0
-    assert config.haproxy.backends == ("app",)
+    assert haproxy_of(config).socket == "unix:///run/haproxy/admin.sock"
+    assert haproxy_of(config).timeout_seconds == 2.0
+    assert haproxy_of(config).backends == ("app",)
     assert config.ai.enabled is True
     assert config.ai.confidence_threshold == 0.7
     assert dict(config.policy.static_weights) == {"app/s1": 20}
@@ -84,8 +91,8 @@ def test_only_the_socket_is_required_and_defaults_are_documented_ones(tmp_path: 
         write(tmp_path, "haproxy:\n  socket: tcp://127.0.0.1:9999\n"), environ=NO_ENV
     )
     assert config.interval_seconds == 10.0
-    assert config.haproxy.timeout_seconds == 2.0
-    assert config.haproxy.backends is None
+    assert haproxy_of(config).timeout_seconds == 2.0
+    assert haproxy_of(config).backends is None
     assert config.ai.confidence_threshold == 0.7
     assert config.policy.max_step_ratio == 0.5
     assert config.policy.min_weight == 1
@@ -172,8 +179,52 @@ def test_python_field_name_is_accepted_as_well_as_the_yaml_key() -> None:
 def test_empty_file_says_haproxy_is_required(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, ""), environ=NO_ENV)
-    assert caught.value.problems == (ConfigProblem("haproxy", "required"),)
+    assert caught.value.problems == (
+        ConfigProblem("haproxy", "required (or envoy): which proxy should VeloFlux drive?"),
+    )
     assert "haproxy: required" in str(caught.value)
+
+
+ENVOY = {
+    "admin": "http://127.0.0.1:9901",
+    "eds_dir": "/tmp/eds",
+    "clusters": [{"name": "app", "endpoints": [{"address": "127.0.0.1", "port": 8081}]}],
+}
+
+
+def test_an_envoy_config_instead_of_haproxy() -> None:
+    config = validate_config({"envoy": ENVOY})
+    assert config.haproxy is None
+    assert config.envoy is not None
+    assert config.envoy.confirm_timeout_seconds == 5.0
+    (endpoint,) = config.envoy.clusters[0].endpoints
+    assert (endpoint.name, endpoint.weight) == ("127.0.0.1:8081", 1)
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"admin": "127.0.0.1:9901"}, "envoy.admin"),
+        ({"confirm_timeout": "0s"}, "envoy.confirm_timeout"),
+        ({"clusters": []}, "envoy.clusters"),
+        ({"clusters": [{"name": "a;b", "endpoints": [{"address": "127.0.0.1", "port": 1}]}]},
+         "envoy.clusters.0.name"),
+        ({"clusters": [{"name": "app", "endpoints": [{"address": "db.local", "port": 1}]}]},
+         "envoy.clusters.0.endpoints.0.address"),
+        ({"clusters": [{"name": "app", "endpoints": [{"address": "127.0.0.1", "port": 1,
+                                                      "weight": 0}]}]},
+         "envoy.clusters.0.endpoints.0.weight"),
+    ],
+)  # fmt: skip
+def test_envoy_problems_are_named_with_their_path(change: dict[str, object], path: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        validate_config({"envoy": {**ENVOY, **change}})
+    assert [p.path for p in caught.value.problems] == [path]
+
+
+def test_both_proxies_at_once_are_refused_for_now() -> None:
+    with pytest.raises(ConfigError, match="one agent drives one proxy"):
+        validate_config({"envoy": ENVOY, "haproxy": {"socket": "unix:///x"}})
 
 
 def test_missing_socket_is_required() -> None:
@@ -327,7 +378,7 @@ def test_socket_addresses_parse(address: str, parsed: tuple[str, str, int]) -> N
     assert parse_socket_address(address) == parsed
     data = base()
     data["haproxy"]["socket"] = address
-    assert validate_config(data).haproxy.socket == address
+    assert haproxy_of(validate_config(data)).socket == address
 
 
 @pytest.mark.parametrize(
@@ -375,17 +426,17 @@ def test_env_overrides_are_applied(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMUM_CONTRACT), environ=environ)
     assert config.policy.max_step_ratio == 0.3
     assert config.interval_seconds == 5.0
-    assert config.haproxy.timeout_seconds == 0.5
+    assert haproxy_of(config).timeout_seconds == 0.5
     assert config.ai.enabled is False
     # Untouched siblings keep their file values.
     assert config.policy.deadband_ratio == 0.05
-    assert config.haproxy.socket == "unix:///run/haproxy/admin.sock"
+    assert haproxy_of(config).socket == "unix:///run/haproxy/admin.sock"
 
 
 def test_env_override_can_supply_a_value_missing_from_the_file(tmp_path: Path) -> None:
     environ = {"VELOFLUX_HAPROXY__SOCKET": "tcp://127.0.0.1:9999"}
     config = load_config(write(tmp_path, "interval: 10s\n"), environ=environ)
-    assert config.haproxy.socket == "tcp://127.0.0.1:9999"
+    assert haproxy_of(config).socket == "tcp://127.0.0.1:9999"
 
 
 def test_bad_env_value_is_reported_with_its_variable(tmp_path: Path) -> None:
