@@ -14,6 +14,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NoReturn
 
 import click
@@ -218,6 +219,32 @@ def revert(config_path: str | None, output: str) -> None:
     print_plan(result.plan, output, "revert: static weights", result.report)
     if result.report is not None and result.report.failures:
         sys.exit(EXIT_PROXY)
+
+
+@main.command("render-envoy")
+@_config_option
+@click.option("--out", "out_dir", required=True, metavar="DIR", help="where to write the files")
+def render_envoy(config_path: str | None, out_dir: str) -> None:
+    """Write the static-weight EDS files and a CDS file to bootstrap Envoy with."""
+    from veloflux.eds import EdsError, Endpoint, render_cds, render_eds, write_eds
+
+    config = _load(config_path)
+    if config.envoy is None:
+        _fail(EXIT_CONFIG, "envoy: this config has no envoy section")
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        names = []
+        for cluster in config.envoy.clusters:
+            endpoints = [Endpoint(e.address, e.port, e.weight) for e in cluster.endpoints]
+            path = write_eds(out, cluster.name, render_eds(cluster.name, endpoints, "static"))
+            names.append(cluster.name)
+            click.echo(f"wrote {path}")
+        cds = out / "cds.yaml"
+        cds.write_text(render_cds(config.envoy.eds_dir, names), encoding="utf-8")
+        click.echo(f"wrote {cds} (its clusters read their endpoints from {config.envoy.eds_dir})")
+    except (EdsError, OSError) as exc:
+        _fail(EXIT_CONFIG, f"--out {out}: {exc}")
 
 
 @main.command("record")

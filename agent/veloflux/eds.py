@@ -140,3 +140,25 @@ def write_eds(eds_dir: Path, cluster: str, text: str) -> Path:
     except OSError as exc:
         raise EdsError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
+
+
+def render_cds(eds_dir: Path, clusters: Sequence[str], version: str = "1") -> str:
+    """A CDS file declaring each cluster as EDS from its file in ``eds_dir`` (bootstrap)."""
+    for name in clusters:
+        eds_path(eds_dir, name)  # refuses an unsafe name
+    try:
+        template = _environment().get_template("envoy/cds.yaml.j2")
+        text = template.render(
+            version=version,
+            eds_dir=str(eds_dir),
+            clusters=[{"name": name} for name in clusters],
+            connect_timeout="1s",
+            lb_policy="ROUND_ROBIN",
+        )
+    except jinja2.TemplateError as exc:
+        raise EdsError(f"template envoy/cds.yaml.j2: {exc}") from None
+    document = yaml.safe_load(text)
+    names = [r.get("name") for r in document.get("resources", [])]
+    if names != list(clusters):
+        raise EdsError(f"the rendered CDS file names {names}, not {list(clusters)}")
+    return text

@@ -12,6 +12,7 @@ the last confirmed file back when Envoy rejects an update.
 from __future__ import annotations
 
 import math
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -19,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from integration.envoy_proc import EnvoyProcess
-from integration.haproxy_proc import free_port
+from integration.envoy_proc import EnvoyProcess, envoy_binary
+from integration.haproxy_proc import free_port, stop_process
 from tests.integration.helpers import run_cli
 from veloflux.eds import Endpoint, eds_path, render_eds, write_eds
-from veloflux.envoy_admin import EnvoyAdmin
+from veloflux.envoy_admin import EnvoyAdmin, EnvoyAdminError
 from veloflux.envoy_replies import parse_clusters, parse_update_counters
 from veloflux.errors import SourceUnavailable
 from veloflux.events import Events
@@ -240,3 +241,58 @@ def test_an_unreachable_envoy_exits_2(tmp_path: Path) -> None:
     result = run_cli("apply", "-c", config)
     assert result.code == 2
     assert "unreachable" in result.stderr
+
+
+# --- bootstrapping from the shipped examples ------------------------------------------------
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_examples_bootstrap_a_real_envoy_with_static_weights(tmp_path: Path) -> None:
+    """render-envoy + envoy/envoy.yaml (paths and ports moved to this test's temp dir)."""
+    eds_dir = tmp_path / "eds"
+    agent = (
+        (ROOT / "envoy" / "veloflux.yaml").read_text().replace("/var/lib/veloflux", str(tmp_path))
+    )
+    config = tmp_path / "veloflux.yaml"
+    config.write_text(agent)
+    rendered = run_cli("render-envoy", "-c", config, "--out", eds_dir)
+    assert rendered.code == 0, rendered.stderr
+    assert sorted(p.name for p in eds_dir.iterdir()) == ["app.yaml", "cds.yaml"]
+
+    admin_port, listen_port = free_port(), free_port()
+    bootstrap = (
+        (ROOT / "envoy" / "envoy.yaml")
+        .read_text()
+        .replace("/var/lib/veloflux", str(tmp_path))
+        .replace("port_value: 9901", f"port_value: {admin_port}")
+        .replace("port_value: 8080", f"port_value: {listen_port}")
+        .replace("0.0.0.0", "127.0.0.1")
+    )
+    (tmp_path / "envoy.yaml").write_text(bootstrap)
+    validated = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(tmp_path / "envoy.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+    proc = subprocess.Popen(
+        [envoy_binary(), "-c", str(tmp_path / "envoy.yaml"), "--log-level", "warn"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        envoy = EnvoyAdmin(f"http://127.0.0.1:{admin_port}", timeout_seconds=1)
+
+        def app_weights() -> dict[int, float]:
+            try:
+                hosts = parse_clusters(envoy.get_json("/clusters?format=json")).get("app", [])
+            except EnvoyAdminError:
+                return {}
+            return {h.port: h.weight for h in hosts}
+
+        wait_for(lambda: app_weights() == {8081: 10, 8082: 10, 8083: 5}, 20, "static weights")
+    finally:
+        stop_process(proc)

@@ -31,3 +31,9 @@ def test_example_haproxy_config_is_valid() -> None:
     )
     assert check.returncode == 0, check.stderr
     assert "level admin" in (ROOT / "haproxy" / "haproxy.cfg").read_text()
+
+
+def test_example_envoy_agent_config_is_valid() -> None:
+    config = load_config(ROOT / "envoy" / "veloflux.yaml", environ={})
+    assert config.envoy is not None
+    assert [c.name for c in config.envoy.clusters] == ["app"]

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from veloflux.eds import EdsError, Endpoint, eds_path, render_eds, validate_eds, write_eds
+from veloflux.eds import (
+    EdsError,
+    Endpoint,
+    eds_path,
+    render_cds,
+    render_eds,
+    validate_eds,
+    write_eds,
+)
 
 ENDPOINTS = [Endpoint("127.0.0.1", 8081, 3), Endpoint("127.0.0.1", 8082, 1, "DRAINING")]
 
@@ -84,3 +92,14 @@ def test_an_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
 def test_a_cluster_name_cannot_escape_the_directory(tmp_path: Path) -> None:
     with pytest.raises(EdsError, match="not safe"):
         eds_path(tmp_path, "../etc/passwd")
+
+
+def test_the_cds_file_declares_each_cluster_from_its_eds_file(tmp_path: Path) -> None:
+    document = yaml.safe_load(render_cds(tmp_path, ["app", "api"]))
+    app, api = document["resources"]
+    assert (app["name"], app["type"], api["name"]) == ("app", "EDS", "api")
+    source = app["eds_cluster_config"]["eds_config"]["path_config_source"]
+    assert source["path"] == str(tmp_path / "app.yaml")
+    assert source["watched_directory"]["path"] == str(tmp_path)
+    with pytest.raises(EdsError, match="not safe"):
+        render_cds(tmp_path, ["a/b"])
