@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from integration.envoy_proc import EnvoyProcess, envoy_binary
+from integration.envoy_proc import EnvoyProcess, envoy_binary, envoy_in_front
 from integration.haproxy_proc import free_port, stop_process
+from integration.loadgen import run_load_sync
+from integration.stack import DemoServer, LocalStack
 from tests.integration.helpers import run_cli
 from veloflux.eds import Endpoint, eds_path, render_eds, write_eds
 from veloflux.envoy_admin import EnvoyAdmin, EnvoyAdminError
@@ -296,3 +298,22 @@ def test_the_examples_bootstrap_a_real_envoy_with_static_weights(tmp_path: Path)
         wait_for(lambda: app_weights() == {8081: 10, 8082: 10, 8083: 5}, 20, "static weights")
     finally:
         stop_process(proc)
+
+
+# --- traffic through Envoy follows the weights ---------------------------------------------
+
+
+def test_traffic_through_envoy_follows_the_weights(tmp_path: Path) -> None:
+    with LocalStack(tmp_path / "stack", (DemoServer("s1"), DemoServer("s2"))) as stack:
+        names = {f"127.0.0.1:{port}": name for name, port in stack.ports.items()}
+        with envoy_in_front(tmp_path / "envoy", stack.ports, {"s1": 1, "s2": 1}) as envoy:
+            sink = EnvoySink(admin(envoy), envoy.eds_dir, 5.0, Events())
+            current = dict.fromkeys(names, 1)
+            planned = {f"127.0.0.1:{stack.ports['s1']}": 3, f"127.0.0.1:{stack.ports['s2']}": 1}
+            assert not sink.apply(pool_plan(planned, current)).failures
+            result = run_load_sync(envoy.url, 200, 3.0, max_requests=400, seed=3)
+    served = result.served_by
+    total = served.get("s1", 0) + served.get("s2", 0)
+    assert total >= 380, served  # a few may be lost at the edges of the window
+    # Weighted round robin: 3:1 means s1 serves 75% (tolerance: 5 points).
+    assert abs(served["s1"] / total - 0.75) <= 0.05, served
