@@ -57,6 +57,7 @@ bench: deps
 	$(BIN)/python bench/bench_haproxy_1000.py --write
 	$(BIN)/python bench/bench_learning.py --write
 	$(BIN)/python bench/bench_daemon.py --write
+	$(BIN)/python bench/bench_envoy.py --write
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -11,6 +11,7 @@ directory, fsynced, moved over the old one. Confirming that Envoy took it (its
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -25,6 +26,7 @@ from veloflux.files import replace_atomically
 from veloflux.names import is_safe_name
 
 MAX_ENVOY_WEIGHT = 2**32 - 1
+_FastSafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present
 _ASSIGNMENT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 
 
@@ -105,9 +107,12 @@ def _check_address(where: str, address: str) -> None:
 def validate_eds(text: str, cluster: str, weights: Sequence[int]) -> None:
     """Parse the rendered text back and check it says what was meant."""
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise EdsError(f"cluster {cluster}: the rendered file is not YAML: {exc}") from None
+        document = json.loads(text)  # the shipped template writes JSON-style YAML
+    except json.JSONDecodeError:
+        try:
+            document = yaml.load(text, Loader=_FastSafeLoader)
+        except yaml.YAMLError as exc:
+            raise EdsError(f"cluster {cluster}: the rendered file is not YAML: {exc}") from None
     resources = _get(document, "resources", list, cluster)
     if len(resources) != 1:
         raise EdsError(f"cluster {cluster}: expected one ClusterLoadAssignment")

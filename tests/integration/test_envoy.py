@@ -117,9 +117,9 @@ def test_a_file_with_weight_zero_is_rejected_and_the_last_good_kept(envoy: Envoy
     stats_path = "/stats?format=json&filter=^cluster\\.app\\.update_"
     before = parse_update_counters(admin(envoy).get_json(stats_path), "app")
     good = render_eds("app", ENDPOINTS, version="1")
-    write_eds(
-        envoy.eds_dir, "app", good.replace("load_balancing_weight: 3", "load_balancing_weight: 0")
-    )
+    zero = good.replace('"load_balancing_weight": 3', '"load_balancing_weight": 0')
+    assert zero != good
+    write_eds(envoy.eds_dir, "app", zero)  # behind the renderer's back: it would refuse
     wait_for(
         lambda: (
             parse_update_counters(admin(envoy).get_json(stats_path), "app").rejected

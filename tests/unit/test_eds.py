@@ -65,11 +65,19 @@ def test_an_empty_assignment_is_refused_never_all_drained() -> None:
 def test_validation_catches_a_document_that_says_something_else() -> None:
     text = render_eds("app", ENDPOINTS, version="1")
     with pytest.raises(EdsError, match="cluster_name"):
-        validate_eds(text.replace('cluster_name: "app"', 'cluster_name: "other"'), "app", [3, 1])
+        validate_eds(
+            text.replace('"cluster_name": "app"', '"cluster_name": "other"'), "app", [3, 1]
+        )
     with pytest.raises(EdsError, match="not the planned ones"):
         validate_eds(text, "app", [3, 2])
     with pytest.raises(EdsError, match="not YAML"):
         validate_eds("resources: [", "app", [3, 1])
+
+
+def test_a_block_yaml_document_from_an_adapted_template_is_parsed_as_yaml() -> None:
+    block = yaml.safe_dump(yaml.safe_load(render_eds("app", ENDPOINTS, version="1")))
+    assert not block.lstrip().startswith("{")
+    validate_eds(block, "app", [3, 1])  # no error: the same document, in block style
 
 
 def test_the_file_is_replaced_atomically_at_its_fixed_path(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from veloflux.envoy_replies import (
     parse_clusters,
     parse_update_counters,
     parse_uptime,
+    parse_weights_text,
     stat_values,
 )
 
@@ -110,3 +111,21 @@ def test_uptime_and_restart_epoch() -> None:
     assert parse_uptime({"uptime_current_epoch": "12.5s"}) == (12.5, 0)
     with pytest.raises(EnvoyFormatError):
         parse_uptime({"uptime_current_epoch": "soon"})
+
+
+def test_weights_from_the_text_form_of_clusters() -> None:
+    text = "\n".join(
+        [
+            "app::default_priority::max_requests::1024",
+            "app::127.0.0.1:8081::weight::3",
+            "app::127.0.0.1:8081::rq_total::12",
+            "app::127.0.0.1:8082::weight::1",
+            "other::127.0.0.1:9000::weight::7",
+            "app::127.0.0.1:8083::weight::x",
+        ]
+    )
+    weights = parse_weights_text(text, "app")
+    assert weights["127.0.0.1:8081"] == 3
+    assert weights["127.0.0.1:8082"] == 1
+    assert math.isnan(weights["127.0.0.1:8083"])
+    assert "127.0.0.1:9000" not in weights

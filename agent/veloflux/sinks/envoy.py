@@ -17,7 +17,7 @@ from pathlib import Path
 
 from veloflux.eds import EdsError, Endpoint, eds_path, render_eds, write_eds
 from veloflux.envoy_admin import EnvoyAdmin, EnvoyAdminError
-from veloflux.envoy_replies import EnvoyFormatError, parse_clusters, parse_update_counters
+from veloflux.envoy_replies import EnvoyFormatError, parse_update_counters, parse_weights_text
 from veloflux.events import Events
 from veloflux.weightplan import ApplyReport, PoolPlan, ServerPlan, WeightPlan, WriteResult
 
@@ -87,8 +87,7 @@ class EnvoySink:
                 success, rejected = self._successes(cluster)
                 if rejected > before[1]:
                     return "Envoy rejected the file (update_rejected rose); last good kept"
-                hosts = parse_clusters(self._admin.get_json("/clusters?format=json"))
-                shown = {h.name: h.weight for h in hosts.get(cluster, [])}
+                shown = parse_weights_text(self._admin.get_text("/clusters"), cluster)
                 if success > before[0] and all(shown.get(k) == w for k, w in wanted.items()):
                     return ""
             except (EnvoyAdminError, EnvoyFormatError) as exc:
