@@ -489,8 +489,12 @@ def test_sigterm_stops_after_the_tick_in_progress_and_keeps_weights(
         _weights_become(haproxy.admin_socket, {"app/s1": 5}, "the pinned weight")
         os.kill(haproxy.pid, signal.SIGSTOP)
         try:
+            # A connection stays in a frozen listener's backlog after its tick gave up,
+            # so wait for a new one: a tick that has just connected and now blocks.
+            socket_path = haproxy.workdir / "admin.sock"
+            stale = pending_connections(socket_path)
             wait_until(
-                lambda: pending_connections(haproxy.workdir / "admin.sock") > 0,
+                lambda: pending_connections(socket_path) > stale,
                 "a tick to block on the frozen HAProxy",
             )
             daemon.send(signal.SIGTERM)
