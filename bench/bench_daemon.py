@@ -39,7 +39,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -65,6 +65,8 @@ from integration.haproxy_proc import (  # noqa: E402
 from integration.stack import DemoServer, LocalStack  # noqa: E402
 from veloflux.config import Config, validate_config  # noqa: E402
 from veloflux.events import Events  # noqa: E402
+from veloflux.heap import HeapSettler  # noqa: E402
+from veloflux.history import RecentWindow, journal_frame  # noqa: E402
 from veloflux.loop import HISTORY_WINDOW_INTERVALS, TickResult  # noqa: E402
 from veloflux.model.advisor import AdvisorSettings, advise  # noqa: E402
 from veloflux.model.inputs import recent_features  # noqa: E402
@@ -476,7 +478,8 @@ class SplitTick:
             max_model_age_seconds=ai.max_model_age_seconds,
             outlier=config.policy.outlier,
         )
-        self._window = timedelta(seconds=HISTORY_WINDOW_INTERVALS * config.interval_seconds)
+        span = HISTORY_WINDOW_INTERVALS * config.interval_seconds
+        self._window = RecentWindow(journal, span)
 
     def close(self) -> None:
         self._journal.close()
@@ -485,12 +488,12 @@ class SplitTick:
         parts: dict[str, Timed[Any]] = {}
         parts["observe"] = observed = _timed(self._source.observe)
         obs = observed.value
-        parts["history_read"] = read = _timed(
-            lambda: self._journal.read(since=obs.taken_at - self._window)
-        )
+        parts["history_read"] = read = _timed(lambda: self._window.read(obs.taken_at))
         # The observation's frame is built once, on first use; timed apart from the rest.
         parts["observation_frame"] = _timed(lambda: obs.frame)
-        parts["features"] = featured = _timed(lambda: recent_features(read.value, obs))
+        parts["journal_frame"] = framed = _timed(lambda: journal_frame(obs))
+        samples = framed.value
+        parts["features"] = featured = _timed(lambda: recent_features(read.value, samples))
         features, last = featured.value
 
         def advice() -> Any:
@@ -503,7 +506,12 @@ class SplitTick:
             lambda: plan_weights(obs, self._config.policy, advised.value)
         )
         parts["apply_verify"] = _timed(lambda: self._sink.apply(planned.value, obs.proxy.level))
-        parts["journal_append"] = _timed(lambda: self._journal.append(obs))
+
+        def record() -> None:
+            self._journal.append(obs, samples)
+            self._window.add(samples)
+
+        parts["journal_append"] = _timed(record)
         return parts
 
 
@@ -543,13 +551,14 @@ def _train(config: Config, events: Events) -> dict[str, Any]:
     if not report.promoted:
         registry.promote(report.entry.version, f"benchmark (the gate said: {report.reason})")
     metrics = report.metadata["metrics"]
+    naive = metrics["naive_mae_seconds"]  # None: no test interval to carry forward
     return {
         "journal_rows": rows,
         "rows_used": report.metadata["rows"],
         "seconds": round(trained.wall_ms / 1000, 1),
         "gate": "promoted" if report.promoted else f"kept as candidate: {report.reason}",
         "mae_p50_ms": round(metrics["mae_p50_seconds"] * 1000, 2),
-        "naive_mae_ms": round(metrics["naive_mae_seconds"] * 1000, 2),
+        "naive_mae_ms": None if naive is None else round(naive * 1000, 2),
         "coverage_80": round(metrics["coverage_80"], 3),
     }
 
@@ -571,12 +580,18 @@ def _tick_phases(config: Config, sizes: Sizes, load: Load) -> dict[str, Any]:
     def tick() -> TickResult:
         return agent.tick(write=True)
 
+    # As the daemon does after a tick with a new model or config (veloflux.heap).
+    settler = HeapSettler()
     _progress(f"figure 1: recording {sizes.record_ticks} ticks (no model yet)")
-    recorded = [cadence.run(tick) for _ in range(sizes.record_ticks)]
+    recorded = [cadence.run(tick)]
+    settler.settle(recorded[0].value.plan.model_version)
+    recorded += [cadence.run(tick) for _ in range(sizes.record_ticks - 1)]
     _progress("figure 1: training on the recorded journal")
     training = _train(config, events)
     _progress(f"figure 1: {sizes.timed_ticks} timed ticks with the model")
-    warm = [cadence.run(tick) for _ in range(sizes.warm_ticks)]
+    warm = [cadence.run(tick)]
+    settler.settle(warm[0].value.plan.model_version)
+    warm += [cadence.run(tick) for _ in range(sizes.warm_ticks - 1)]
     timed = [cadence.run(tick) for _ in range(sizes.timed_ticks)]
     _progress(f"figure 1: {sizes.split_ticks} split ticks, {sizes.profile_ticks} profiled")
     split_tick = SplitTick(config, events)

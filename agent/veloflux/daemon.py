@@ -45,6 +45,7 @@ from veloflux.controls import OperatorControls
 from veloflux.daemon_ops import DaemonOps, Trainer, TrainingRun, train_in_child
 from veloflux.errors import ConfigError, SinkRejected, SourceUnavailable
 from veloflux.events import Events
+from veloflux.heap import HeapSettler
 from veloflux.loop import Agent
 from veloflux.metrics import AgentMetrics
 from veloflux.wiring import build_daemon_agent, utc_now
@@ -77,6 +78,8 @@ class Daemon:
         self._controls = OperatorControls(config.api.state_path, options.clock, self.events)
         self._audit = _audit_log(config, self.events)
         self._tick_lock = threading.Lock()
+        self._heap = HeapSettler()
+        self._generation = 0  # counts adopted configurations: a new agent, a new heap
         self._stop = threading.Event()
         self._reload = threading.Event()
         self.ops = DaemonOps(
@@ -214,6 +217,7 @@ class Daemon:
             else:
                 if result.report is not None:
                     self._audit.record(result.plan, result.report)
+                self._heap.settle((self._generation, result.plan.model_version))
 
     def _tick_failed(self, reason: str, exc: BaseException, started: float) -> None:
         elapsed = time.perf_counter() - started
@@ -245,6 +249,7 @@ class Daemon:
         with self._tick_lock:
             agent = self._options.agent_factory(config, self.events)
             self.ops.adopt(config, agent)
+            self._generation += 1
             if config.api != self._config.api:
                 _log.warning("api.* changes take effect at the next restart")
             if config.ai.audit_log != self._config.ai.audit_log:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from veloflux.history import Journal, RecentWindow
     from veloflux.model.predict import Predictor
+    from veloflux.recorder import BackgroundRecorder
 
 _log = logging.getLogger("veloflux.tick")
 # How much journal history a tick reads. The realized-error part of confidence judges
@@ -69,7 +70,8 @@ class Agent:
     the tick before anything is written (the one-shot commands want that: the config is
     wrong). The daemon instead counts the event and keeps managing the other pools.
     The journal and the model registry are optional: without them every pool is in
-    fallback, and the outlier guard judges on HAProxy's moving averages alone.
+    fallback, and the outlier guard judges on HAProxy's moving averages alone. With a
+    ``recorder`` (the daemon's), appends to the journal happen on its writer thread.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class Agent:
         strict_pools: bool = False,
         journal: Journal | None = None,
         registry: Registry | None = None,
+        recorder: BackgroundRecorder | None = None,
     ) -> None:
         self._config = config
         self._source = source
@@ -89,6 +92,7 @@ class Agent:
         self._strict_pools = strict_pools
         self._journal = journal
         self._registry = registry
+        self._recorder = recorder
         self._predictor: Predictor | None = None
         # What the previous ticks learned about the proxy: its identity, and the
         # weights VeloFlux set, to put back if a reload resets them.
@@ -105,11 +109,14 @@ class Agent:
         return self._registry
 
     def close(self) -> None:
-        """Release the journal (the daemon calls this when a reloaded config replaces it)."""
+        """Release the journal (the daemon calls this when a reloaded config replaces it),
+        after the recorder, if any, has written what it holds."""
+        if self._recorder is not None:
+            self._recorder.close()
         if self._journal is not None:
             self._journal.close()
 
-    def _advice(self, observation: Observation) -> Advice:
+    def _advice(self, observation: Observation, samples: pd.DataFrame | None) -> Advice:
         """Ask the model layer; it is imported only when there is something to ask it.
 
         Importing pandas and XGBoost costs about half a second; a one-shot dry-run with
@@ -119,11 +126,13 @@ class Agent:
         if self._journal is None and (not ai.enabled or self._current_version() is None):
             reason = "ai disabled" if not ai.enabled else self._no_model_reason()
             return _fallback_advice(observation, self._config, reason)
+        from veloflux.history import journal_frame
         from veloflux.model.advisor import AdvisorSettings, advise
         from veloflux.model.inputs import recent_features
 
         history = self._recent_history(observation)
-        features, last_sample = recent_features(history, observation)
+        current = journal_frame(observation) if samples is None else samples
+        features, last_sample = recent_features(history, current)
         predictor, reason = (None, "ai disabled") if not ai.enabled else self._load_predictor()
         settings = AdvisorSettings(
             confidence_threshold=ai.confidence_threshold,
@@ -177,14 +186,29 @@ class Agent:
             self._events.record("history_read_failed", str(exc))
             return pd.DataFrame()
 
-    def _record(self, observation: Observation) -> None:
+    def _samples(self, observation: Observation) -> pd.DataFrame | None:
+        """The observation as journal rows, made once a tick for the model, the journal
+        and the recent window; None without a journal (nothing to record or compare)."""
+        if self._journal is None:
+            return None
+        from veloflux.history import journal_frame
+
+        return journal_frame(observation)
+
+    def _record(self, observation: Observation, samples: pd.DataFrame | None) -> None:
         if self._journal is None:
             return
         from veloflux.history import HistoryError
 
-        # A failed append is already counted and logged by the journal; the tick goes on.
+        # A failed append is already counted and logged by the journal; the tick goes on,
+        # and the recent window still gets the rows: the model judges on what was seen.
         with contextlib.suppress(HistoryError):
-            self._journal.append(observation)
+            if self._recorder is not None:
+                self._recorder.append(observation, samples)
+            else:
+                self._journal.append(observation, samples)
+        if self._window is not None and samples is not None:
+            self._window.add(samples)
 
     def _observe(self) -> Observation:
         observation = self._source.observe()
@@ -232,12 +256,13 @@ class Agent:
         if overrides:
             policy = policy.model_copy(update={"overrides": {**policy.overrides, **overrides}})
         restore = self._set_weights if reloaded and write else None
-        plan = plan_weights(observation, policy, self._advice(observation), restore)
+        samples = self._samples(observation)
+        plan = plan_weights(observation, policy, self._advice(observation, samples), restore)
         report = self._sink.apply(plan, observation.proxy.level) if write else None
         if report is not None:
             self._remember(plan, report)
         if write if record is None else record:
-            self._record(observation)
+            self._record(observation, samples)
         return self._finish(observation, plan, report, started, reloaded)
 
     def _remember(self, plan: WeightPlan, report: ApplyReport) -> None:

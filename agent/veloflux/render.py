@@ -102,8 +102,8 @@ def print_plan(
             console.print(f"  [red]{f.backend}/{f.server} -> {f.new_weight}: {f.error}[/red]")
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.2f} ms"
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.2f} ms"
 
 
 def training_table(result: TrainingReport) -> Table:

@@ -8,6 +8,7 @@ reason. Runs in the calling thread; never call it in a forked child (XGBoost).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,7 @@ class TrainingReport:
     reason: str
     metadata: dict[str, Any]
     current_version: str | None
-    current_metrics: dict[str, float] | None
+    current_metrics: Mapping[str, float | None] | None
 
     def to_json(self) -> dict[str, Any]:
         meta = self.metadata
@@ -73,10 +74,18 @@ def train_from_journal(
 
 
 def gate(
-    metrics: dict[str, float], current_version: str | None, current: dict[str, float] | None
+    metrics: Mapping[str, float | None],
+    current_version: str | None,
+    current: Mapping[str, float | None] | None,
 ) -> tuple[bool, str]:
     """Beat the naive baseline, and the current model on the same window, or stay a candidate."""
     mae, naive = metrics["mae_p50_seconds"], metrics["naive_mae_seconds"]
+    assert mae is not None  # the model's own figure exists whenever there is a test window
+    if naive is None:
+        return False, (
+            "cannot be judged: no interval in the test window had a measured latency for the "
+            "naive forecast (too little traffic per server and interval)"
+        )
     if not mae < naive:
         return (
             False,
@@ -85,6 +94,7 @@ def gate(
     if current is None:
         return True, f"beats the naive baseline ({mae * 1000:.2f} vs {naive * 1000:.2f} ms MAE)"
     theirs = current["mae_p50_seconds"]
+    assert theirs is not None
     if not mae < theirs:
         return False, (
             f"MAE {mae * 1000:.2f} ms does not beat current model {current_version}'s "
@@ -96,7 +106,9 @@ def gate(
     )
 
 
-def _current_on(registry: Registry, test: Any) -> tuple[str | None, dict[str, float] | None]:
+def _current_on(
+    registry: Registry, test: Any
+) -> tuple[str | None, Mapping[str, float | None] | None]:
     """The current model's metrics on the candidate's test window, if it can be judged."""
     import xgboost as xgb
 

@@ -117,6 +117,22 @@ def build_agent(config: Config, events: Events, write: bool, strict_pools: bool 
 
 
 def build_daemon_agent(config: Config, events: Events) -> Agent:
-    """The daemon's agent: it records history, and a backend missing from HAProxy is
-    counted and skipped rather than fatal (the other pools still need managing)."""
-    return build_agent(config, events, write=True, strict_pools=False)
+    """The daemon's agent: it records history on a writer thread, and a backend missing
+    from HAProxy is counted and skipped rather than fatal (the other pools still need
+    managing)."""
+    journal = open_journal(config, events, create=True)
+    recorder = None
+    if journal is not None:
+        from veloflux.recorder import BackgroundRecorder
+
+        recorder = BackgroundRecorder(journal, events)
+    return Agent(
+        config,
+        build_source(config, events),
+        build_sink(config, events),
+        events,
+        strict_pools=False,
+        journal=journal,
+        registry=open_registry(config, events) if config.ai.enabled else None,
+        recorder=recorder,
+    )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import random
+from collections.abc import Callable, Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +18,7 @@ from veloflux.haproxy_replies import (
     parse_info,
     parse_servers_state,
     parse_stat,
+    parse_stat_columns,
     parse_weight_reply,
     read_number,
 )
@@ -278,6 +282,115 @@ def test_parse_stat_oversized_field_is_a_format_error() -> None:
         parse_stat(text)
 
 
+# --- show stat: the csv.reader path and parse_stat_columns -----------------------------
+
+
+def quote_all(text: str) -> str:
+    """The same reply with every row field quoted, as csv.writer would quote it."""
+    header, *lines = text.splitlines()
+    out = io.StringIO()
+    writer = csv.writer(out, quoting=csv.QUOTE_ALL, lineterminator="\n")
+    writer.writerows(line.split(",") for line in lines)
+    return f"{header}\n{out.getvalue()}"
+
+
+def restricted(rows: list[dict[str, str]], columns: Sequence[str]) -> list[tuple[str, ...]]:
+    """What parse_stat_columns must return: parse_stat's rows, read with row.get(c, "")."""
+    return [tuple(r.get(c, "") for c in columns) for r in rows]
+
+
+def cut_first_row(text: str, fields: int) -> str:
+    """The reply with its first row cut after ``fields`` fields (a short row)."""
+    header, first, *rest = text.splitlines()
+    return "\n".join([header, ",".join(first.split(",")[:fields]), *rest]) + "\n"
+
+
+# A reply with two 'rtime' columns, the first one 7 everywhere.
+REPEATED_RTIME = stat_reply(
+    [*STAT_COLUMNS[:20], "first_rtime", *STAT_COLUMNS[20:]],
+    tuple(r | {"first_rtime": "7"} for r in ROWS),
+).replace("first_rtime", "rtime")
+
+
+def test_parse_stat_repeated_column_reads_its_last_position() -> None:
+    assert [r["rtime"] for r in parse_stat(REPEATED_RTIME)] == ["12", "", ""]
+    assert parse_stat_columns(REPEATED_RTIME, ["rtime"]) == [("12",), ("",), ("",)]
+    short = cut_first_row(REPEATED_RTIME, 40)  # cut before the last rtime: the first one counts
+    assert parse_stat(short)[0]["rtime"] == "7"
+    assert parse_stat_columns(short, ["rtime"])[0] == ("7",)
+
+
+def test_parse_stat_quoted_rows_read_as_the_plain_ones() -> None:
+    """A '"' sends the reply through csv.reader; the rows are the comma-split ones."""
+    plain = stat_reply(STAT_COLUMNS)
+    assert '"' in quote_all(plain)
+    assert parse_stat(quote_all(plain)) == parse_stat(plain)
+
+
+def test_parse_stat_quoted_field_keeps_its_comma() -> None:
+    text = stat_reply(STAT_COLUMNS).replace(",L4OK,", ',"L4OK, 2 ms",')
+    assert parse_stat(text)[0]["check_status"] == "L4OK, 2 ms"
+    assert parse_stat_columns(text, ["check_status", "addr"])[0] == ("L4OK, 2 ms", "127.0.0.1:8001")
+
+
+def test_parse_stat_with_a_nul_reads_as_csv_reader_does() -> None:
+    text = stat_reply(STAT_COLUMNS).replace(",L4OK,", ",L4\0OK,")
+    header, *lines = text.splitlines()
+    expected = [dict(zip(header[2:].split(","), r, strict=False)) for r in csv.reader(lines)]
+    assert parse_stat(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        stat_reply(STAT_COLUMNS),
+        quote_all(stat_reply(STAT_COLUMNS)),
+        REPEATED_RTIME,
+        cut_first_row(stat_reply(STAT_COLUMNS), 40),  # short, but has every required column
+        cut_first_row(quote_all(stat_reply(STAT_COLUMNS)), 40),
+        stat_reply(["type", "weight", "svname", "status", "pxname"]),
+        "# " + ",".join(STAT_COLUMNS) + ",\n",
+    ],
+)
+@pytest.mark.parametrize(
+    "columns",
+    [(), ("rtime",), ("svname", "pxname"), ("uweight", "no_such_column", "rtime"), STAT_COLUMNS],
+)
+def test_parse_stat_columns_is_parse_stat_restricted(text: str, columns: tuple[str, ...]) -> None:
+    assert parse_stat_columns(text, columns) == restricted(parse_stat(text), columns)
+
+
+@PROPERTY
+@given(
+    st.permutations(STAT_COLUMNS),
+    st.lists(st.sampled_from([*STAT_COLUMNS, "no_such_column"]), max_size=25),
+)
+def test_parse_stat_columns_reads_any_column_order(order: list[str], columns: list[str]) -> None:
+    text = stat_reply(order)
+    assert parse_stat_columns(text, columns) == restricted(parse_stat(text), columns)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "Unknown command.\n",
+        stat_reply([c for c in STAT_COLUMNS if c != "type"]),
+        stat_reply(STAT_COLUMNS).rstrip("\n") + ",x,y,z\n",
+        stat_reply(STAT_COLUMNS) + "app,s3\n",
+        cut_first_row(stat_reply(STAT_COLUMNS), 20),  # cut before 'type'
+        cut_first_row(quote_all(stat_reply(STAT_COLUMNS)), 20),
+        "# pxname,svname,status,weight,type\napp,s1,UP," + "9" * 200_000 + ",2\n",
+    ],
+)
+def test_parse_stat_columns_refuses_what_parse_stat_refuses(text: str) -> None:
+    with pytest.raises(StatsFormatError) as full:
+        parse_stat(text)
+    with pytest.raises(StatsFormatError) as selected:
+        parse_stat_columns(text, ["rtime", "pxname"])
+    assert str(selected.value) == str(full.value)
+
+
 # --- show servers state ----------------------------------------------------------------
 
 
@@ -334,6 +447,22 @@ def test_parse_servers_state_skips_a_row_cut_short_or_not_numeric() -> None:
     assert ("app", "s3") not in states
     assert ("app", "s4") not in states
     assert len(states) == 3
+
+
+def test_parse_servers_state_reads_a_row_cut_after_the_columns_it_needs() -> None:
+    states = parse_servers_state(SERVERS_STATE + "3 app 3 s3 127.0.0.1 2 0 7 9\n")
+    assert states[("app", "s3")] == ServerState("app", "s3", 2, 0, 7, 9)
+
+
+def test_parse_servers_state_reads_a_repeated_column_where_dict_zip_does() -> None:
+    """The last srv_uweight the row reaches wins, as dict(zip(header, fields)) has it."""
+    lines = SERVERS_STATE.splitlines()
+    text = "\n".join(
+        [lines[0], lines[1] + " srv_uweight", lines[2] + " 99", lines[3]]  # s2: no extra field
+    )
+    states = parse_servers_state(text)
+    assert states[("app", "s1")].user_weight == 99
+    assert states[("app", "s2")].user_weight == 20
 
 
 @pytest.mark.parametrize(
@@ -476,19 +605,36 @@ def test_parse_info_never_raises_another_exception(text: str) -> None:
     assert "Pid" in info
 
 
-@PROPERTY
-@given(
-    any_text
-    | st.builds(
-        lambda h, b: h + b, st.just("# pxname,svname,status,weight,type\n"), st.text(max_size=200)
-    )
+# Any text, or a plausible header followed by any text.
+stat_like_text = any_text | st.builds(
+    lambda h, b: h + b, st.just("# pxname,svname,status,weight,type\n"), st.text(max_size=200)
 )
+
+
+@PROPERTY
+@given(stat_like_text)
 def test_parse_stat_never_raises_another_exception(text: str) -> None:
     try:
         rows = parse_stat(text)
     except StatsFormatError:
         return
     assert all(isinstance(r, dict) for r in rows)
+
+
+@PROPERTY
+@given(stat_like_text)
+def test_parse_stat_columns_agrees_with_parse_stat_on_any_text(text: str) -> None:
+    columns = ["type", "weight", "no_such_column", "pxname"]
+
+    def outcome(parse: Callable[[], object]) -> object:
+        try:
+            return parse()
+        except StatsFormatError as exc:
+            return f"StatsFormatError: {exc}"
+
+    assert outcome(lambda: parse_stat_columns(text, columns)) == outcome(
+        lambda: restricted(parse_stat(text), columns)
+    )
 
 
 @PROPERTY

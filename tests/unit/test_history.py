@@ -29,6 +29,7 @@ from veloflux.history import (
     RecentWindow,
     derive_rates,
     interval_mean,
+    journal_frame,
 )
 from veloflux.observation import Observation, PoolInfo, ProxyIdentity, ServerRow
 
@@ -157,20 +158,26 @@ def test_read_filters_by_time_and_pool_and_sorts(journal: Journal) -> None:
     assert list(empty.columns) == list(STORED_COLUMNS)
 
 
-def test_the_recent_window_matches_a_fresh_read_tick_after_tick(journal: Journal) -> None:
+def test_the_recent_window_fed_tick_after_tick_matches_a_fresh_read(journal: Journal) -> None:
+    """The window is read from the journal once, then fed what the agent records; it
+    must hold exactly what a fresh read of the journal would give."""
+    journal.append(snapshot(T0 - timedelta(seconds=10), {"z": {}}))
     window = RecentWindow(journal, span_seconds=25)
-    assert window.read(T0).empty
+    assert len(window.read(T0)) == 1
     for step in range(8):
         at = T0 + timedelta(seconds=10 * step)
         rows = [
-            server_row(at, p, s, requests_total=100.0 + step)
+            server_row(at, p, s, requests_total=100.0 + step, queue=NAN if step % 2 else 1.0)
             for p, s in (("web", "b"), ("app", "z"))
         ]
-        journal.append(observation(at, rows))
-        cached = window.read(at)
+        recorded = observation(at, rows, pid=7)
+        journal.append(recorded)
+        window.add(journal_frame(recorded))
+        cached = window.read(at).sort_values(["pool", "server", "time"], ignore_index=True)
         fresh = journal.read(since=at - timedelta(seconds=25))
         pd.testing.assert_frame_equal(cached, fresh)
-        assert len(cached) == 2 * min(step + 1, 3)  # 25 s at a 10 s interval: three instants
+        # 25 s at a 10 s interval: three instants, the seeded one (T0 - 10 s) among them
+        assert len(cached) == 2 * min(step + 1, 3) + (step <= 1)
 
 
 def test_prune_deletes_rows_older_than_retention(tmp_path: Path, events: Events) -> None:

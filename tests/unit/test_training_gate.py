@@ -18,6 +18,7 @@ import pytest
 from tests.unit.learning_factories import (
     FAST,
     StepClock,
+    synthetic_features,
     synthetic_observation,
     synthetic_raw,
     train_small,
@@ -27,7 +28,7 @@ from veloflux.events import Events
 from veloflux.history import Journal, derive_rates
 from veloflux.model.features import FEATURES
 from veloflux.model.registry import CANDIDATE, CURRENT, RETIRED, Registry
-from veloflux.model.train import NotEnoughData, TrainSettings
+from veloflux.model.train import NotEnoughData, TrainSettings, evaluate, train_model
 from veloflux.training import gate, train_from_journal
 
 START = datetime(2026, 9, 22, 0, 0, tzinfo=UTC)
@@ -68,7 +69,7 @@ def test_the_journal_gives_back_the_history_it_was_given(journal: Journal) -> No
 # --- the gate, with metrics chosen by hand ------------------------------------------------------
 
 
-def metrics(mae: float, naive: float) -> dict[str, float]:
+def metrics(mae: float, naive: float) -> dict[str, float | None]:
     return {"mae_p50_seconds": mae, "naive_mae_seconds": naive}
 
 
@@ -88,6 +89,26 @@ def test_gate_refuses_when_the_naive_baseline_is_unknown() -> None:
     promoted, reason = gate(metrics(0.010, math.nan), None, None)
     assert not promoted
     assert "naive" in reason
+
+
+def test_gate_cannot_judge_without_a_naive_figure() -> None:
+    promoted, reason = gate({"mae_p50_seconds": 0.010, "naive_mae_seconds": None}, None, None)
+    assert not promoted
+    assert "cannot be judged" in reason
+
+
+def test_a_test_window_with_no_measured_latency_has_no_naive_figure() -> None:
+    """Sparse traffic: no interval to carry forward. The figures are None (JSON null),
+    never NaN, which the registry refuses to write."""
+    features = synthetic_features()
+    model, split = train_model(features, FAST)
+    test = split.test.assign(latency=math.nan)
+    figures = evaluate(model, test, float(model.metadata["conformal_offset"]))
+    assert figures["naive_mae_seconds"] is None
+    assert figures["naive_pinball_p50"] is None
+    assert figures["mae_p50_seconds"] is not None
+    assert math.isfinite(figures["mae_p50_seconds"])
+    assert gate(figures, None, None)[0] is False
 
 
 def test_gate_promotes_a_first_model_that_beats_naive() -> None:

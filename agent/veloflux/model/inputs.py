@@ -14,25 +14,16 @@ import pandas as pd
 
 from veloflux.history import derive_rates
 from veloflux.model.features import build_features
-from veloflux.observation import Observation
-
-
-def observation_samples(observation: Observation) -> pd.DataFrame:
-    """The observation in the journal's row format (with the proxy's identity)."""
-    frame = observation.frame.copy()
-    frame["proxy_pid"] = observation.proxy.pid
-    frame["proxy_started"] = observation.proxy.started_at_epoch
-    return frame
 
 
 def recent_features(
-    history: pd.DataFrame, observation: Observation
+    history: pd.DataFrame, current: pd.DataFrame
 ) -> tuple[pd.DataFrame, datetime | None]:
-    """Features over ``history`` + ``observation``, and when history last saw a sample."""
+    """Features over ``history`` + ``current`` (the observation just made, as
+    ``journal_frame`` gives it), and when history last saw a sample."""
     last: datetime | None = None
     if len(history):
         last = pd.Timestamp(history["time"].max()).to_pydatetime()
-    current = observation_samples(observation)
     parts = [p for p in (history, current) if len(p)]
     samples = pd.concat(parts, ignore_index=True) if len(parts) > 1 else current
     return build_features(derive_rates(samples)), last

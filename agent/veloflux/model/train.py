@@ -251,8 +251,13 @@ def conformal_offset(latency: Sequence[xgb.Booster], calib: pd.DataFrame, covera
     return float(np.quantile(scores, level, method="higher"))
 
 
-def evaluate(model: TrainedModel, test: pd.DataFrame, offset: float) -> dict[str, float]:
-    """Every figure the train command prints and the promotion gate compares."""
+def evaluate(model: TrainedModel, test: pd.DataFrame, offset: float) -> dict[str, float | None]:
+    """Every figure the train command prints and the promotion gate compares.
+
+    The naive figures are None when no test interval had a measured latency to carry
+    forward (sparse traffic: most servers see no request in most intervals); the gate
+    then cannot judge, and says so, rather than compare against NaN.
+    """
     q = np.exp(predict_log_quantiles(model.latency, test))
     y = test[TARGET_LATENCY].to_numpy(dtype=float)
     naive = test["latency"].to_numpy(dtype=float)
@@ -265,14 +270,16 @@ def evaluate(model: TrainedModel, test: pd.DataFrame, offset: float) -> dict[str
     err_true = _error_label(test)
     err_naive = np.nan_to_num(test["error_rate"].to_numpy(dtype=float))
     relative = np.abs(q[:, 1] - y) / np.maximum(y, LOG_FLOOR_SECONDS)
+    naive_y, naive_q = y[has_naive], naive[has_naive]
+    judged = bool(has_naive.any())
     return {
         "rows": float(len(test)),
         "mae_p50_seconds": float(np.mean(np.abs(q[:, 1] - y))),
-        "naive_mae_seconds": float(np.mean(np.abs(naive[has_naive] - y[has_naive]))),
+        "naive_mae_seconds": float(np.mean(np.abs(naive_q - naive_y))) if judged else None,
         "pinball_p50": _pinball(y, q[:, 1], 0.5),
         "pinball_p90": _pinball(y, q[:, 2], 0.9),
-        "naive_pinball_p50": _pinball(y[has_naive], naive[has_naive], 0.5),
-        "naive_pinball_p90": _pinball(y[has_naive], naive[has_naive], 0.9),
+        "naive_pinball_p50": _pinball(naive_y, naive_q, 0.5) if judged else None,
+        "naive_pinball_p90": _pinball(naive_y, naive_q, 0.9) if judged else None,
         "coverage_80": float(np.mean((y >= lo) & (y <= hi))),
         "median_relative_error": float(np.median(relative)),
         "p90_relative_error": float(np.quantile(relative, 0.9)),
