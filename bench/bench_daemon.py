@@ -69,7 +69,7 @@ from veloflux.heap import HeapSettler  # noqa: E402
 from veloflux.history import RecentWindow, journal_frame  # noqa: E402
 from veloflux.loop import HISTORY_WINDOW_INTERVALS, TickResult  # noqa: E402
 from veloflux.model.advisor import AdvisorSettings, advise  # noqa: E402
-from veloflux.model.inputs import recent_features  # noqa: E402
+from veloflux.model.features import build_features  # noqa: E402
 from veloflux.model.predict import Predictor  # noqa: E402
 from veloflux.model.train import TrainSettings  # noqa: E402
 from veloflux.plan import plan_weights  # noqa: E402
@@ -488,13 +488,13 @@ class SplitTick:
         parts: dict[str, Timed[Any]] = {}
         parts["observe"] = observed = _timed(self._source.observe)
         obs = observed.value
-        parts["history_read"] = read = _timed(lambda: self._window.read(obs.taken_at))
-        # The observation's frame is built once, on first use; timed apart from the rest.
         parts["observation_frame"] = _timed(lambda: obs.frame)
         parts["journal_frame"] = framed = _timed(lambda: journal_frame(obs))
         samples = framed.value
-        parts["features"] = featured = _timed(lambda: recent_features(read.value, samples))
-        features, last = featured.value
+        parts["history_rates"] = rated = _timed(lambda: self._window.rates(obs.taken_at, samples))
+        rates, last = rated.value
+        parts["features"] = featured = _timed(lambda: build_features(rates))
+        features = featured.value
 
         def advice() -> Any:
             # The agent asks the registry for the current version every tick.
@@ -884,19 +884,24 @@ What `bench/bench_daemon.py` measures (targets from the daemon issue):
    {f.load_rps:g} requests/s of open-loop Poisson load through HAProxy the whole time
    (in five-minute subprocess runs), about {per_server:g} requests per server per
    interval. The daemon's agent (`build_daemon_agent`, then `Agent.tick(write=True)`:
-   observe, read the last {window} intervals of the journal, build features, advise,
-   plan, apply and verify, append to the journal) ticks every
-   {f.interval_seconds:g} s, as the daemon's scheduler would. {f.record_ticks} ticks
-   without a model record the history; a model is trained on that real journal with
-   `train_from_journal` (`TrainSettings(nthread=2)`, no synthetic history) and made
-   current; if the promotion gate kept it as a candidate it is promoted anyway and the
-   table says so, since this figure times the model's path, not the gate. After
+   observe, take the last {window} intervals from its in-memory window (read from the
+   journal once, then fed by the agent), build features, advise, plan, apply and
+   verify, hand the observation to the journal's writer thread) ticks every
+   {f.interval_seconds:g} s, as the daemon's scheduler would; as the daemon does, the
+   heap is frozen (`veloflux.heap`) after the first tick and after the model changes.
+   {f.record_ticks} ticks without a model record the history; a model is trained on
+   that real journal with `train_from_journal` (`TrainSettings(nthread=2)`, no
+   synthetic history) and made current; if the promotion gate kept it as a candidate
+   it is promoted anyway and the table says so, since this figure times the model's
+   path, not the gate. After
    {f.warm_ticks} warm-up ticks (the first loads the model; shown apart)
    {f.timed_ticks} ticks are timed end to end; the pool's mode in each is read from
    its plan. The split re-runs the tick's steps one by one for {f.split_ticks} more
-   ticks through the same public calls (`HAProxySource.observe`, `Journal.read`,
-   `recent_features`, `advise`, `plan_weights`, `HAProxySink.apply`,
-   `Journal.append`). For comparison: the ticks before the model existed, once the
+   ticks through the same public calls (`HAProxySource.observe`, `journal_frame`,
+   `RecentWindow.rates`, `build_features`, `advise`, `plan_weights`, `HAProxySink.apply`,
+   and `Journal.append` + `RecentWindow.add`, which in the daemon run on the writer
+   thread after the tick: the split shows what that thread does, the tick does not
+   wait for it). For comparison: the ticks before the model existed, once the
    {window}-interval window had filled (the fallback a new daemon runs until its first
    training: it still reads history and builds features), and ticks with
    `ai.enabled: false` (no journal, no model: observe, outlier guard on HAProxy's
@@ -915,8 +920,8 @@ What `bench/bench_daemon.py` measures (targets from the daemon issue):
    gives it after the first tick, at {f.rss_minutes / 6:g}, {f.rss_minutes / 2:g} and
    {f.rss_minutes:g} minutes, its peak, and the least-squares slope over the last
    {f.rss_minutes * 2 / 3:g} minutes. "Flat" means that slope is under
-   {FLAT_MB_PER_10MIN:g} MB per 10 minutes. The daemon retrains in its own process
-   (a thread) on the whole journal, which here grows by four rows a second: the last
+   {FLAT_MB_PER_10MIN:g} MB per 10 minutes. The daemon retrains in a `spawn` child
+   process on the whole journal, which here grows by four rows a second: the last
    retraining reads about {4 * f.rss_minutes * 60:,.0f} rows. So this figure shows
    the daemon with a small journal; it does not show how retraining's memory grows
    with a longer history or a larger pool.
@@ -941,19 +946,21 @@ def _modes(figure: dict[str, Any]) -> str:
 
 SPLIT_PARTS = (
     ("observe", "observe"),
-    ("history_read", "history read"),
     ("observation_frame", "observation frame"),
+    ("journal_frame", "journal rows"),
+    ("history_rates", "history rates"),
     ("features", "features"),
     ("advice", "advice"),
     ("plan", "plan"),
     ("apply_verify", "apply + verify"),
-    ("journal_append", "journal append"),
+    ("journal_append", "journal append (writer thread)"),
 )
 
 
 def _split_text(split: dict[str, Any]) -> str:
     values = " / ".join(f"{split[key]['median_ms']:.1f}" for key, _ in SPLIT_PARTS)
-    return f"{values} ms (sum {split['total']['median_ms']:.1f} ms)"
+    total = split["total"]["median_ms"]
+    return f"{values} ms (sum, the writer thread's append included: {total:.1f} ms)"
 
 
 def _tick_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:

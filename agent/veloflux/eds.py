@@ -51,28 +51,71 @@ def eds_path(eds_dir: Path, cluster: str) -> Path:
     return eds_dir / f"{cluster}.yaml"
 
 
-def _environment() -> jinja2.Environment:
-    loader = jinja2.FunctionLoader(_template_source)
-    return jinja2.Environment(
+def _environment(templates_dir: Path | None) -> jinja2.Environment:
+    """Jinja with StrictUndefined: a variable the template names but is not given fails.
+
+    ``templates_dir`` (holding ``envoy/eds.yaml.j2`` and ``envoy/cds.yaml.j2``) lets an
+    operator adapt the files; ``None`` is the templates shipped in the package.
+    """
+    loader: jinja2.BaseLoader = (
+        jinja2.FunctionLoader(_template_source)
+        if templates_dir is None
+        else jinja2.FileSystemLoader(templates_dir)
+    )
+    environment = jinja2.Environment(
         loader=loader,
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
     )
+    environment.policies["json.dumps_kwargs"] = {"sort_keys": True, "default": _json_default}
+    return environment
+
+
+def _json_default(value: object) -> object:
+    """``tojson`` of an undefined variable fails the way StrictUndefined does elsewhere
+    (naming the variable), not with json's "StrictUndefined is not JSON serializable"."""
+    if isinstance(value, jinja2.StrictUndefined):
+        str(value)  # raises UndefinedError
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _template_source(name: str) -> str:
     return files("veloflux.templates").joinpath(name).read_text(encoding="utf-8")
 
 
-def render_eds(cluster: str, endpoints: Sequence[Endpoint], version: str) -> str:
+def _render(templates_dir: Path | None, name: str, **values: Any) -> str:
+    """Render one template; any way it fails is one ``EdsError`` naming the template."""
+    where = name if templates_dir is None else str(templates_dir / name)
+    try:
+        return _environment(templates_dir).get_template(name).render(**values)
+    except jinja2.TemplateSyntaxError as exc:
+        raise EdsError(f"template {where}, line {exc.lineno}: {exc.message}") from None
+    except jinja2.TemplateNotFound:
+        raise EdsError(f"template {where}: no such file") from None
+    except jinja2.TemplateError as exc:
+        raise EdsError(f"template {where}: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdsError(f"template {where}: unreadable: {exc}") from None
+    except Exception as exc:  # a template is code: e.g. an undefined value through tojson
+        raise EdsError(f"template {where}: {type(exc).__name__}: {exc}") from None
+
+
+def render_eds(
+    cluster: str,
+    endpoints: Sequence[Endpoint],
+    version: str,
+    templates_dir: Path | None = None,
+) -> str:
     """The EDS document for ``cluster``, checked; raise ``EdsError`` if it is not fit."""
     check_endpoints(cluster, endpoints)
-    try:
-        template = _environment().get_template("envoy/eds.yaml.j2")
-        text = template.render(cluster_name=cluster, version=version, endpoints=endpoints)
-    except jinja2.TemplateError as exc:
-        raise EdsError(f"template envoy/eds.yaml.j2: {exc}") from None
+    text = _render(
+        templates_dir,
+        "envoy/eds.yaml.j2",
+        cluster_name=cluster,
+        version=version,
+        endpoints=endpoints,
+    )
     validate_eds(text, cluster, [e.weight for e in endpoints])
     return text
 
@@ -143,27 +186,37 @@ def write_eds(eds_dir: Path, cluster: str, text: str) -> Path:
     try:
         replace_atomically(path, text.encode("utf-8"))
     except OSError as exc:
-        raise EdsError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise EdsError(
+            f"cannot write {path.name} in the EDS directory {eds_dir}: {exc.strerror or exc}"
+        ) from None
     return path
 
 
-def render_cds(eds_dir: Path, clusters: Sequence[str], version: str = "1") -> str:
+def render_cds(
+    eds_dir: Path,
+    clusters: Sequence[str],
+    version: str = "1",
+    templates_dir: Path | None = None,
+) -> str:
     """A CDS file declaring each cluster as EDS from its file in ``eds_dir`` (bootstrap)."""
     for name in clusters:
         eds_path(eds_dir, name)  # refuses an unsafe name
+    text = _render(
+        templates_dir,
+        "envoy/cds.yaml.j2",
+        version=version,
+        eds_dir=str(eds_dir),
+        clusters=[{"name": name} for name in clusters],
+        connect_timeout="1s",
+        lb_policy="ROUND_ROBIN",
+    )
     try:
-        template = _environment().get_template("envoy/cds.yaml.j2")
-        text = template.render(
-            version=version,
-            eds_dir=str(eds_dir),
-            clusters=[{"name": name} for name in clusters],
-            connect_timeout="1s",
-            lb_policy="ROUND_ROBIN",
-        )
-    except jinja2.TemplateError as exc:
-        raise EdsError(f"template envoy/cds.yaml.j2: {exc}") from None
-    document = yaml.safe_load(text)
-    names = [r.get("name") for r in document.get("resources", [])]
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise EdsError(f"the rendered CDS file is not YAML: {exc}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("resources"), list):
+        raise EdsError("the rendered CDS file has no 'resources' list")
+    names = [r.get("name") if isinstance(r, dict) else None for r in document["resources"]]
     if names != list(clusters):
         raise EdsError(f"the rendered CDS file names {names}, not {list(clusters)}")
     return text

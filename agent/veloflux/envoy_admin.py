@@ -3,7 +3,9 @@
 The admin API is plain HTTP on (normally) loopback. Every call has a timeout, and every
 way it can fail (refused, slow, an HTTP error, a body that is not JSON) becomes one
 ``EnvoyAdminError`` whose message names the address and what went wrong, so the source
-and sink can count it and carry on.
+and sink can count it and carry on. A body that is not JSON is the subclass
+``EnvoyNotJson``: Envoy answered, but with garbage, which callers count as malformed
+input rather than as an unreachable proxy.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ class EnvoyAdminError(VelofluxError):
     """The admin API could not be read: unreachable, slow, an error status, or not JSON."""
 
 
+class EnvoyNotJson(EnvoyAdminError):
+    """The admin API answered, but the body is not JSON (not Envoy, or a broken proxy)."""
+
+
 class EnvoyAdmin:
     """GETs against one Envoy's admin address (``http://HOST:PORT``)."""
 
@@ -38,7 +44,7 @@ class EnvoyAdmin:
         try:
             return json.loads(body)
         except json.JSONDecodeError as exc:
-            raise EnvoyAdminError(
+            raise EnvoyNotJson(
                 f"Envoy admin at {self.address}{path}: not JSON ({exc.msg} at {exc.pos})"
             ) from None
 

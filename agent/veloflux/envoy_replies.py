@@ -1,10 +1,11 @@
 """Pure parsers for Envoy's admin API answers: ``/clusters``, ``/stats``, ``/server_info``.
 
 Envoy's JSON leaves out a counter whose value is 0 (``{"name": "rq_error"}`` with no
-``value``), spells 64-bit integers as strings in places, and may change shape between
-versions. Every parser here reads defensively and raises ``EnvoyFormatError`` naming
-what it expected, so that a surprising answer is a counted, logged event, never a
-traceback or a silently wrong number.
+``value``), spells 64-bit integers as strings in places, writes ``null`` for a
+histogram quantile that has no sample, and may change shape between versions. Every
+parser here reads defensively and raises ``EnvoyFormatError`` naming what it expected,
+so that a surprising answer is a counted, logged event, never a traceback or a
+silently wrong number.
 """
 
 from __future__ import annotations
@@ -110,12 +111,17 @@ def parse_weights_text(text: str, cluster: str) -> dict[str, float]:
 def parse_update_counters(document: Any, cluster: str) -> UpdateCounters:
     """``/stats?format=json&filter=...`` -> the cluster's EDS update counters."""
     values = stat_values(document)
-    prefix = f"cluster.{cluster}."
+    prefix = cluster_stat_prefix(cluster)
     return UpdateCounters(
         attempt=values.get(prefix + "update_attempt", 0.0),
         success=values.get(prefix + "update_success", 0.0),
         rejected=values.get(prefix + "update_rejected", 0.0),
     )
+
+
+def cluster_stat_prefix(cluster: str) -> str:
+    """The prefix of a cluster's stats: Envoy writes ``:`` in a stat name as ``_``."""
+    return f"cluster.{cluster.replace(':', '_')}."
 
 
 def stat_values(document: Any) -> dict[str, float]:
@@ -126,6 +132,92 @@ def stat_values(document: Any) -> dict[str, float]:
         if isinstance(stat, dict) and isinstance(stat.get("name"), str) and "value" in stat:
             values[stat["name"]] = _number(stat["value"])
     return values
+
+
+@dataclass(frozen=True)
+class HistogramSummary:
+    """One histogram of ``/stats?format=json``, as Envoy summarises it: quantiles.
+
+    ``interval`` holds each quantile over Envoy's last stats flush interval
+    (``stats_flush_interval``, 5 s by default), ``cumulative`` since Envoy started;
+    NaN where that window had no sample (Envoy writes ``null``).
+    """
+
+    quantiles: tuple[float, ...]  # percent: 0, 25, 50, ... 100
+    interval: tuple[float, ...]
+    cumulative: tuple[float, ...]
+
+    def interval_at(self, quantile: float) -> float:
+        """The ``quantile`` (percent) over the last flush interval; NaN with no sample."""
+        if quantile not in self.quantiles:
+            raise EnvoyFormatError(
+                f"quantile {quantile:g} is not among Envoy's supported_quantiles "
+                f"{list(self.quantiles)}"
+            )
+        return self.interval[self.quantiles.index(quantile)]
+
+
+def parse_histograms(document: Any) -> dict[str, HistogramSummary]:
+    """``/stats?format=json`` -> histogram name -> its quantiles.
+
+    Envoy puts every histogram in one ``{"histograms": {"supported_quantiles": [...],
+    "computed_quantiles": [{"name": ..., "values": [{"interval": ..., "cumulative":
+    ...}, ...]}]}}`` element of ``stats``, one value per supported quantile, in order.
+    No such element (no histogram matched the filter) is an empty answer, not an error:
+    Envoy leaves it out until a histogram has been used.
+    """
+    stats = _field(document, "stats", list, "the /stats answer")
+    found: dict[str, HistogramSummary] = {}
+    for stat in stats:
+        if isinstance(stat, dict) and "histograms" in stat:
+            found |= _histograms(stat["histograms"])
+    return found
+
+
+def _histograms(block: Any) -> dict[str, HistogramSummary]:
+    where = "the histograms of the /stats answer"
+    supported = _field(block, "supported_quantiles", list, where)
+    quantiles = tuple(_quantile_number(q, where) for q in supported)
+    found = {}
+    for computed in _field(block, "computed_quantiles", list, where):
+        name = _field(computed, "name", str, f"{where}: a computed_quantiles entry")
+        values = _field(computed, "values", list, f"histogram {name!r}")
+        if len(values) != len(quantiles):
+            raise EnvoyFormatError(
+                f"histogram {name!r}: {len(values)} values for {len(quantiles)} quantiles"
+            )
+        pairs = [_quantile_pair(name, value) for value in values]
+        found[name] = HistogramSummary(
+            quantiles=quantiles,
+            interval=tuple(interval for interval, _ in pairs),
+            cumulative=tuple(cumulative for _, cumulative in pairs),
+        )
+    return found
+
+
+def _quantile_number(value: Any, where: str) -> float:
+    number = _number(value) if not isinstance(value, str) else math.nan
+    if not 0 <= number <= 100:
+        raise EnvoyFormatError(f"{where}: supported quantile {value!r} is not in 0..100")
+    return number
+
+
+def _quantile_pair(histogram: str, value: Any) -> tuple[float, float]:
+    """``{"interval": x, "cumulative": y}``: ``null`` is "no sample", NaN; garbage raises."""
+    if not isinstance(value, dict):
+        raise EnvoyFormatError(f"histogram {histogram!r}: a quantile value is not an object")
+    pair = []
+    for key in ("interval", "cumulative"):
+        if key not in value:
+            raise EnvoyFormatError(f"histogram {histogram!r}: a quantile value lacks {key!r}")
+        raw = value[key]
+        number = math.nan if raw is None or isinstance(raw, str) else _number(raw)
+        if raw is not None and not number >= 0:
+            raise EnvoyFormatError(
+                f"histogram {histogram!r}: {key} {raw!r} is not a non-negative number or null"
+            )
+        pair.append(number)
+    return pair[0], pair[1]
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)s$")

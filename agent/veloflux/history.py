@@ -273,39 +273,99 @@ class Journal:
 
 
 class RecentWindow:
-    """The last ``span_seconds`` of samples, in memory: read from the journal once, then
-    fed by the agent with each observation it records.
+    """The last ``span_seconds`` of history as per-interval rates, kept in memory.
 
-    Every tick needs the last few intervals (rates, trends, realized error); reading
-    them back is 9,000 rows for a 1,000-server pool at the default window, tens of
-    milliseconds a tick. The agent made those rows itself a moment ago, so it keeps
-    them. ``add`` takes ``journal_frame(observation)``: the rows exactly as the journal
-    would give them back. Rows come in no particular order; consumers sort.
+    Every tick needs the last few intervals (rates, trends, realized error). Deriving
+    them afresh from 9,000 samples of a 1,000-server pool cost tens of milliseconds a
+    tick, for intervals whose rates had not changed: a rate depends only on a sample
+    and the one before it. So the window keeps the rates of the intervals in the span
+    and each server's last sample; a new observation costs the derivation of its own
+    rows. It is read from the journal once (on first use, or after it emptied), then
+    fed by the agent with what it records (``journal_frame`` rows, exactly what the
+    journal would give back). The rates it returns are those ``derive_rates`` gives on
+    the span's samples, in no particular order.
     """
 
     def __init__(self, journal: Journal, span_seconds: float) -> None:
         self._journal = journal
         self._span = timedelta(seconds=span_seconds)
-        self._frame: pd.DataFrame | None = None
+        self._last: pd.DataFrame | None = None  # each server's newest sample in the span
+        self._rates: list[pd.DataFrame] = []
+        self._pending: tuple[pd.DataFrame, pd.DataFrame] | None = None
 
-    def read(self, now: datetime) -> pd.DataFrame:
-        """Samples with ``now - span <= time``."""
+    def rates(self, now: datetime, current: pd.DataFrame) -> tuple[pd.DataFrame, datetime | None]:
+        """Rates over ``now - span <= time`` with ``current``'s appended (``current`` is
+        not kept until ``add``), and the time of the newest sample before ``current``."""
         since = now - self._span
-        if self._frame is None or self._frame.empty:
-            self._frame = self._journal.read(since=since)
-            return self._frame
-        times = self._frame["time"].to_numpy(dtype="datetime64[us]")
-        kept = times >= np.datetime64(round(_epoch(since) * 1e6), "us")
-        if not kept.all():
-            self._frame = self._frame[kept].reset_index(drop=True)
-        return self._frame
+        if self._last is None or self._last.empty:
+            self._load(since)
+        self._trim(since)
+        assert self._last is not None
+        newest = None
+        if len(self._last):
+            newest = pd.Timestamp(self._last["time"].max()).to_pydatetime()
+        fresh = self._derive(current)
+        self._pending = (current, fresh)
+        parts = [p for p in (*self._rates, fresh) if len(p)]
+        if not parts:
+            return fresh, newest
+        return (pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]), newest
 
-    def add(self, samples: pd.DataFrame) -> None:
-        """Rows just recorded (``journal_frame``); before the first read, the journal
-        read on first use already holds them."""
-        if self._frame is None or samples.empty:
+    def add(self, current: pd.DataFrame) -> None:
+        """Keep ``current`` (the rows just recorded); a window never read stays empty,
+        since its first read takes everything from the journal."""
+        if self._last is None or current.empty:
             return
-        self._frame = pd.concat([self._frame, samples], ignore_index=True)
+        pending, self._pending = self._pending, None
+        fresh = pending[1] if pending is not None and pending[0] is current else None
+        self._rates.append(self._derive(current) if fresh is None else fresh)
+        replaced = _server_keys(self._last).isin(_server_keys(current))
+        self._last = pd.concat([self._last[~replaced], current], ignore_index=True)
+
+    def _load(self, since: datetime) -> None:
+        samples = self._journal.read(since=since)
+        self._rates = [derive_rates(samples)] if len(samples) else []
+        newest = samples.sort_values("time", kind="stable").drop_duplicates(
+            ["pool", "server"], keep="last"
+        )
+        self._last = newest.reset_index(drop=True)
+
+    def _trim(self, since: datetime) -> None:
+        """Drop what the span no longer holds: samples before ``since``, and rates
+        whose first sample is before it (a fresh derivation would not see them)."""
+        cutoff = np.datetime64(round(_epoch(since) * 1e6), "us")
+        assert self._last is not None
+        if len(self._last):
+            self._last = self._last[_times(self._last) >= cutoff].reset_index(drop=True)
+        kept = []
+        for rates in self._rates:
+            step = np.rint(rates["interval_seconds"].to_numpy(dtype=float) * 1e6)
+            begins = _times(rates) - step.astype("timedelta64[us]")
+            inside = begins >= cutoff
+            if inside.all():
+                kept.append(rates)
+            elif inside.any():
+                kept.append(rates[inside].reset_index(drop=True))
+        self._rates = kept
+
+    def _derive(self, current: pd.DataFrame) -> pd.DataFrame:
+        """Rates of ``current``'s samples from each server's last sample."""
+        assert self._last is not None
+        if self._last.empty:
+            return derive_rates(current)
+        return derive_rates(pd.concat([self._last, current], ignore_index=True))
+
+
+def _times(frame: pd.DataFrame) -> np.ndarray:
+    times: np.ndarray = frame["time"].to_numpy(dtype="datetime64[us]")
+    return times
+
+
+def _server_keys(frame: pd.DataFrame) -> pd.Index:
+    """One hashable key per row naming its server within its pool."""
+    pools = frame["pool"].to_numpy(dtype=object)
+    keys: pd.Index = pd.Index(pools + "\x00" + frame["server"].to_numpy(dtype=object))
+    return keys
 
 
 @contextmanager
@@ -394,11 +454,14 @@ def derive_rates(samples: pd.DataFrame) -> pd.DataFrame:
     up to 1 ms of rounding that the inversion multiplies by about N/k (N = EMA_SAMPLES,
     or the request count while it is below N): roughly ±0.5 ms·N/k, ±5 ms at k = 50.
     ``requests`` (k) is returned so that consumers can weight or filter by it.
+    Envoy rows (``source == "envoy"``) carry an interval figure already (the cluster's
+    median over Envoy's last stats flush), used as it is.
     """
     missing = [c for c in _NEEDED if c not in samples]
     if missing:
         raise ValueError(f"derive_rates needs the journal's columns; missing {missing}")
-    columns = [*_NEEDED, *(["proxy_started"] if "proxy_started" in samples else [])]
+    optional = [c for c in ("proxy_started", "source") if c in samples]
+    columns = [*_NEEDED, *optional]
     ordered, seconds, later = _series_order(samples[columns])
     earlier = later - 1
 
@@ -428,9 +491,15 @@ def derive_rates(samples: pd.DataFrame) -> pd.DataFrame:
     derived |= {"request_rate": request_rate, "errors": errors, "error_rate": error_rate}
     derived |= {column: before_after(column)[1] for column in _CURRENT}
     count_before = before_after("requests_total")[0]
+    # Envoy's figure is already the interval's (the cluster's median over its last stats
+    # flush), not a moving average to invert: taken as it is.
+    direct = np.zeros(len(later), dtype=bool)
+    if "source" in ordered:
+        direct = ordered["source"].to_numpy(dtype=object)[later] == "envoy"
     for column in ("response_time", "total_time"):
         old, new = before_after(column)
-        derived[f"interval_{column}"] = interval_mean(old, new, count_before, requests)
+        inverted = interval_mean(old, new, count_before, requests)
+        derived[f"interval_{column}"] = np.where(direct, new, inverted)
     return out.assign(**derived)[list(RATE_COLUMNS)]
 
 

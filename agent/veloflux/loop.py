@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 from veloflux.advice import Advice, blocked_pool
@@ -128,11 +129,9 @@ class Agent:
             return _fallback_advice(observation, self._config, reason)
         from veloflux.history import journal_frame
         from veloflux.model.advisor import AdvisorSettings, advise
-        from veloflux.model.inputs import recent_features
 
-        history = self._recent_history(observation)
         current = journal_frame(observation) if samples is None else samples
-        features, last_sample = recent_features(history, current)
+        features, last_sample = self._recent_features(observation, current)
         predictor, reason = (None, "ai disabled") if not ai.enabled else self._load_predictor()
         settings = AdvisorSettings(
             confidence_threshold=ai.confidence_threshold,
@@ -168,23 +167,20 @@ class Agent:
             return None, f"model refused: {exc}"
         return self._predictor, ""
 
-    def _recent_history(self, observation: Observation) -> pd.DataFrame:
-        import pandas as pd
+    def _recent_features(
+        self, observation: Observation, current: pd.DataFrame
+    ) -> tuple[pd.DataFrame, datetime | None]:
+        from veloflux.history import HistoryError, RecentWindow
+        from veloflux.model.inputs import recent_features
 
-        from veloflux.history import HistoryError
-
-        if self._journal is None:
-            return pd.DataFrame()
-        if self._window is None:
-            from veloflux.history import RecentWindow
-
+        if self._journal is not None and self._window is None:
             span = HISTORY_WINDOW_INTERVALS * self._config.interval_seconds
             self._window = RecentWindow(self._journal, span)
         try:
-            return self._window.read(observation.taken_at)
+            return recent_features(self._window, observation.taken_at, current)
         except HistoryError as exc:
             self._events.record("history_read_failed", str(exc))
-            return pd.DataFrame()
+            return recent_features(None, observation.taken_at, current)
 
     def _samples(self, observation: Observation) -> pd.DataFrame | None:
         """The observation as journal rows, made once a tick for the model, the journal

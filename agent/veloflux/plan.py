@@ -176,13 +176,16 @@ def _finish(
     assert row.origin is not None
     confidence = advice.confidence if advice else 0.0
     parts = advice.parts if advice else None
+    planned, notes = bounded_weight(row.origin, desired, policy, exact_target=exact)
     if advice and advice.outlier and policy.outlier.enabled:
         # One bounded cut below what the server would otherwise get, not a cut that
-        # compounds every tick: a server that is merely slower must not starve.
+        # compounds every tick: a server that is merely slower must not starve. The cut
+        # is exact (no deadband), so it is kept only where it ends lower than the plan
+        # without it: near a bound, an exact cut could otherwise end a step higher.
         cut = max(policy.min_weight, math.floor(desired * (1 - policy.outlier.reduce_ratio)))
-        if cut < desired:
-            desired, exact, reason = cut, True, advice.outlier
-    planned, notes = bounded_weight(row.origin, desired, policy, exact_target=exact)
+        guarded, guard_notes = bounded_weight(row.origin, cut, policy, exact_target=True)
+        if cut < desired and guarded < planned:
+            planned, notes, reason = guarded, guard_notes, advice.outlier
     if row.origin != row.current:
         notes.insert(0, f"restored after a proxy reload reset it to {row.current}")
     text = reason + (f" ({'; '.join(notes)})" if notes else "")

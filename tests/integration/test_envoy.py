@@ -6,17 +6,25 @@ reloaded (``update_success`` rises) while a file rewritten in place is not; and 
 with a weight of 0, written by the test behind the renderer's back, is rejected by Envoy
 (``update_rejected`` rises and the last good weights stay). The sink writes a plan's
 weights and confirms them, drains a server planned at 0 instead of writing 0, and puts
-the last confirmed file back when Envoy rejects an update.
+the last confirmed file back when Envoy rejects an update. Under traffic, the cluster's
+``upstream_rq_time`` median becomes every UP endpoint's ``response_time`` (and NaN once
+an interval passes without a request); an EDS directory that cannot be written and a
+broken template fail the update with a clear message while Envoy keeps its last good
+assignment.
 """
 
 from __future__ import annotations
 
 import math
 import subprocess
+import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +38,7 @@ from veloflux.envoy_admin import EnvoyAdmin, EnvoyAdminError
 from veloflux.envoy_replies import parse_clusters, parse_update_counters
 from veloflux.errors import SourceUnavailable
 from veloflux.events import Events
+from veloflux.observation import Observation
 from veloflux.sinks.envoy import EnvoySink
 from veloflux.sources.envoy import EnvoyCluster, EnvoySource
 from veloflux.weightplan import PoolPlan, ServerPlan, WeightPlan
@@ -85,6 +94,99 @@ def test_the_source_reads_envoy_into_an_observation(envoy: EnvoyProcess) -> None
     assert first.problem == ""
     # A second reading of the same process is not a restart.
     assert not source.observe().proxy.reloaded_since(observation.proxy)
+
+
+# --- latency: the cluster's upstream_rq_time histogram -------------------------------------
+
+
+class FastFlushEnvoy(EnvoyProcess):
+    """Envoy flushing stats every second (default 5 s), so that histogram intervals turn
+    over within a short test."""
+
+    def _bootstrap(self) -> dict[str, object]:
+        return {**super()._bootstrap(), "stats_flush_interval": "1s"}
+
+
+class SlowBackend:
+    """A loopback HTTP server answering every request after ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            wbufsize = -1  # headers and body in one segment: no Nagle + delayed-ACK stall
+
+            def do_GET(self) -> None:
+                time.sleep(delay)
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def send_requests(url: str, stop: threading.Event) -> None:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no http_proxy
+    while not stop.is_set():
+        try:
+            with opener.open(url, timeout=5) as reply:
+                reply.read()
+        except OSError:
+            time.sleep(0.05)
+
+
+def test_the_clusters_median_latency_is_each_up_endpoints_response_time(tmp_path: Path) -> None:
+    backends = [SlowBackend(0.05), SlowBackend(0.05)]
+    endpoints = [Endpoint("127.0.0.1", b.port, 1) for b in backends]
+    stop = threading.Event()
+    try:
+        with FastFlushEnvoy(tmp_path, {"app": endpoints}) as envoy:
+            events = Events()
+            source = EnvoySource(admin(envoy), [EnvoyCluster("app")], time_now, events)
+            assert all(math.isnan(r.response_time) for r in source.observe().rows)  # no traffic
+            traffic = threading.Thread(target=send_requests, args=(envoy.url, stop))
+            traffic.start()
+            try:
+                observed = wait_for_latency(source, lambda v: not math.isnan(v), "a median")
+            finally:
+                stop.set()
+                traffic.join()
+            (latency,) = {r.response_time for r in observed.rows}  # one figure, shared
+            assert 0.045 <= latency <= 0.5  # seconds: a 50 ms backend, Envoy's ms converted
+            assert all(math.isnan(r.total_time) for r in observed.rows)
+            # An interval with no request has no median: NaN again, never the last value.
+            wait_for_latency(source, math.isnan, "NaN after the traffic stopped")
+            assert events.totals() == {}
+    finally:
+        for backend in backends:
+            backend.stop()
+
+
+def time_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def wait_for_latency(
+    source: EnvoySource, wanted: Callable[[float], bool], what: str
+) -> Observation:
+    deadline = time.monotonic() + 15
+    while True:
+        observation = source.observe()
+        if all(wanted(r.response_time) for r in observation.rows):
+            return observation
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: {observation.rows}")
+        time.sleep(0.2)
 
 
 def test_an_unreachable_admin_api_is_source_unavailable() -> None:
@@ -176,6 +278,98 @@ def test_a_file_envoy_rejects_is_reported_and_the_last_good_one_restored(
     assert eds_path(envoy.eds_dir, "app").read_text() == good
     assert weights(envoy) == [3, 1]
     assert events.count("eds_update_failed") == 1
+
+
+def can_create_in(directory: Path) -> bool:
+    probe = directory / ".veloflux-probe"
+    try:
+        probe.touch(exist_ok=False)
+    except OSError:
+        return False
+    probe.unlink()
+    return True
+
+
+@pytest.fixture(params=["read-only directory", "parent is a regular file"])
+def unwritable_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """An EDS directory no file can be created in, proven so before the test uses it."""
+    if request.param == "parent is a regular file":
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("")
+        directory = blocker / "eds"
+    else:
+        directory = tmp_path / "read-only"
+        directory.mkdir()
+        directory.chmod(0o555)
+        if can_create_in(directory):
+            # Root (CAP_DAC_OVERRIDE) writes through mode 0555: use sysfs instead,
+            # where the kernel refuses to create a file even to root.
+            directory = Path("/sys")
+    assert not can_create_in(directory), f"{directory} is writable after all"
+    yield directory
+    if request.param == "read-only directory":
+        (tmp_path / "read-only").chmod(0o755)  # so that pytest can clean up, as non-root
+
+
+def test_an_unwritable_eds_dir_fails_every_change_naming_the_directory(
+    envoy: EnvoyProcess, unwritable_dir: Path
+) -> None:
+    events = Events()
+    sink = EnvoySink(admin(envoy), unwritable_dir, 5.0, events)
+    current = {"127.0.0.1:18081": 3, "127.0.0.1:18082": 1}
+    report = sink.apply(pool_plan({"127.0.0.1:18081": 6, "127.0.0.1:18082": 2}, current))
+    assert len(report.failures) == len(report.results) == 2
+    for failure in report.failures:
+        assert f"in the EDS directory {unwritable_dir}: " in failure.error
+        assert failure.confirmed_weight is None
+    assert events.count("eds_update_failed") == 1
+    assert weights(envoy) == [3, 1]
+
+
+BROKEN_TEMPLATES = {
+    "undefined variable": (
+        '{"version_info": {{ version | tojson }}, {{ owner }}',
+        "'owner' is undefined",
+    ),
+    "syntax error": ("{% for ep in endpoints %}{{ ep.weight }}", "Unexpected end of template"),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_TEMPLATES))
+def test_a_template_error_is_reported_and_the_last_good_file_kept(
+    envoy: EnvoyProcess, tmp_path: Path, broken: str
+) -> None:
+    template, message = BROKEN_TEMPLATES[broken]
+    templates = tmp_path / "templates"
+    (templates / "envoy").mkdir(parents=True)
+    (templates / "envoy" / "eds.yaml.j2").write_text(template)
+    good = eds_path(envoy.eds_dir, "app").read_text()
+    events = Events()
+    sink = EnvoySink(admin(envoy), envoy.eds_dir, 5.0, events, templates_dir=templates)
+    current = {"127.0.0.1:18081": 3, "127.0.0.1:18082": 1}
+    report = sink.apply(pool_plan({"127.0.0.1:18081": 6, "127.0.0.1:18082": 2}, current))
+    assert len(report.failures) == 2
+    for failure in report.failures:
+        assert failure.error.startswith(f"not written: template {templates}/envoy/eds.yaml.j2")
+        assert message in failure.error
+    assert events.count("eds_update_failed") == 1
+    assert eds_path(envoy.eds_dir, "app").read_text() == good
+    assert weights(envoy) == [3, 1]
+
+
+def test_a_colon_in_a_cluster_name_is_confirmed_through_its_stat_names(tmp_path: Path) -> None:
+    """Envoy writes ``:`` as ``_`` in stat names; confirmation must look there."""
+    with EnvoyProcess(tmp_path, {"app:v2": ENDPOINTS}) as envoy:
+        sink = EnvoySink(admin(envoy), envoy.eds_dir, 5.0, Events())
+        servers = (
+            ServerPlan("app:v2", "127.0.0.1:18081", "UP", 3, 5, 3, 0.0, "fallback"),
+            ServerPlan("app:v2", "127.0.0.1:18082", "UP", 1, 1, 1, 0.0, "fallback"),
+        )
+        pool = PoolPlan("app:v2", "eds", "fallback", 0.0, "no model", servers)
+        report = sink.apply(WeightPlan(datetime.now(UTC), (pool,)))
+        assert [(r.server, r.confirmed_weight, r.error) for r in report.results] == [
+            ("127.0.0.1:18081", 5, "")
+        ]
 
 
 def test_draining_every_endpoint_is_refused_before_writing(envoy: EnvoyProcess) -> None:

@@ -9,8 +9,10 @@ import pytest
 
 from veloflux.envoy_replies import (
     EnvoyFormatError,
+    cluster_stat_prefix,
     endpoint_name,
     parse_clusters,
+    parse_histograms,
     parse_update_counters,
     parse_uptime,
     parse_weights_text,
@@ -129,3 +131,108 @@ def test_weights_from_the_text_form_of_clusters() -> None:
     assert weights["127.0.0.1:8082"] == 1
     assert math.isnan(weights["127.0.0.1:8083"])
     assert "127.0.0.1:9000" not in weights
+
+
+# --- histograms --------------------------------------------------------------------------
+
+QUANTILES = [0, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 100]
+
+
+def histogram_stats(*computed: Any) -> Any:
+    """``/stats?format=json`` with histograms, in Envoy 1.40's shape."""
+    return {
+        "stats": [
+            {"name": "cluster.app.update_success", "value": 2},
+            {
+                "histograms": {
+                    "supported_quantiles": QUANTILES,
+                    "computed_quantiles": list(computed),
+                }
+            },
+        ]
+    }
+
+
+def rq_time(interval: list[Any], cumulative: list[Any], name: str = "app") -> Any:
+    values = [{"interval": i, "cumulative": c} for i, c in zip(interval, cumulative, strict=True)]
+    return {"name": f"cluster.{name}.upstream_rq_time", "values": values}
+
+
+def test_histogram_quantiles_over_the_interval_and_since_start() -> None:
+    interval = [10, 20, 31.5, 40, 50, 60, 70, 80, 90, 100]
+    cumulative = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    document = histogram_stats(rq_time(interval, cumulative))
+    summary = parse_histograms(document)["cluster.app.upstream_rq_time"]
+    assert summary.quantiles == tuple(QUANTILES)
+    assert summary.interval_at(50) == 31.5
+    assert summary.cumulative[2] == 3
+    assert stat_values(document) == {"cluster.app.update_success": 2}  # histograms skipped
+
+
+def test_a_histogram_without_samples_in_the_interval_is_nan_not_zero() -> None:
+    quiet = rq_time([None] * 10, [5] * 10)
+    summary = parse_histograms(histogram_stats(quiet))["cluster.app.upstream_rq_time"]
+    assert math.isnan(summary.interval_at(50))
+    assert summary.cumulative == (5.0,) * 10
+
+
+def test_no_histogram_element_is_no_histograms() -> None:
+    """Envoy leaves the element out when no histogram matched the filter."""
+    assert parse_histograms({"stats": []}) == {}
+    assert parse_histograms({"stats": [{"name": "x", "value": 1}]}) == {}
+
+
+def test_an_unsupported_quantile_is_a_format_error_not_a_guess() -> None:
+    summary = parse_histograms(histogram_stats(rq_time([1] * 10, [1] * 10)))
+    with pytest.raises(EnvoyFormatError, match="quantile 42"):
+        summary["cluster.app.upstream_rq_time"].interval_at(42)
+
+
+def _block(**block: Any) -> Any:
+    return {"stats": [{"histograms": block}]}
+
+
+GOOD_VALUES = [{"interval": 1, "cumulative": 1}] * 10
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (None, "expected an object"),
+        ({"stats": {}}, "'stats' is missing or not a list"),
+        ({"stats": [{"histograms": []}]}, "expected an object"),
+        (_block(computed_quantiles=[]), "'supported_quantiles' is missing"),
+        (_block(supported_quantiles=QUANTILES), "'computed_quantiles' is missing"),
+        (_block(supported_quantiles=["50"], computed_quantiles=[]), "not in 0..100"),
+        (_block(supported_quantiles=[150], computed_quantiles=[]), "not in 0..100"),
+        (
+            _block(supported_quantiles=QUANTILES, computed_quantiles=[{"values": GOOD_VALUES}]),
+            "'name' is missing",
+        ),
+        (
+            _block(supported_quantiles=QUANTILES, computed_quantiles=[{"name": "h"}]),
+            "'values' is missing",
+        ),
+        (histogram_stats({"name": "h", "values": GOOD_VALUES[:3]}), "3 values for 10"),
+        (histogram_stats({"name": "h", "values": [7] * 10}), "not an object"),
+        (histogram_stats({"name": "h", "values": [{"interval": 1}] * 10}), "lacks 'cumulative'"),
+        (histogram_stats(rq_time(["12"] * 10, [1] * 10)), "interval '12'"),
+        (histogram_stats(rq_time([-1] * 10, [1] * 10)), "interval -1"),
+        (histogram_stats(rq_time([1] * 10, [True] * 10)), "cumulative True"),
+        (histogram_stats(rq_time([float("nan")] * 10, [1] * 10)), "interval nan"),
+    ],
+)
+def test_malformed_histograms_are_format_errors_naming_what_was_expected(
+    document: Any, message: str
+) -> None:
+    with pytest.raises(EnvoyFormatError, match=message):
+        parse_histograms(document)
+
+
+def test_a_colon_in_a_cluster_name_is_an_underscore_in_its_stat_names() -> None:
+    assert cluster_stat_prefix("app") == "cluster.app."
+    assert cluster_stat_prefix("app:v2") == "cluster.app_v2."
+    counters = parse_update_counters(
+        {"stats": [{"name": "cluster.app_v2.update_success", "value": 3}]}, "app:v2"
+    )
+    assert counters.success == 3

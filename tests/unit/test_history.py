@@ -158,26 +158,49 @@ def test_read_filters_by_time_and_pool_and_sorts(journal: Journal) -> None:
     assert list(empty.columns) == list(STORED_COLUMNS)
 
 
-def test_the_recent_window_fed_tick_after_tick_matches_a_fresh_read(journal: Journal) -> None:
-    """The window is read from the journal once, then fed what the agent records; it
-    must hold exactly what a fresh read of the journal would give."""
-    journal.append(snapshot(T0 - timedelta(seconds=10), {"z": {}}))
+def _sorted(rates: pd.DataFrame) -> pd.DataFrame:
+    return rates.sort_values(["pool", "server", "time"], ignore_index=True)
+
+
+def test_the_recent_window_gives_the_rates_a_fresh_derivation_gives(journal: Journal) -> None:
+    """Tick after tick (a reload, a counter reset, a server that leaves and comes back
+    after the span, an idle gap), the window's rates equal ``derive_rates`` over a fresh
+    read of the span plus the current rows; it reads the journal only once."""
+    journal.append(snapshot(T0 - timedelta(seconds=10), {"z": {}, "y": {}}))
     window = RecentWindow(journal, span_seconds=25)
-    assert len(window.read(T0)) == 1
-    for step in range(8):
-        at = T0 + timedelta(seconds=10 * step)
+    reads = 0
+    real_read = journal.read
+
+    def counting_read(*args: Any, **kwargs: Any) -> pd.DataFrame:
+        nonlocal reads
+        reads += 1
+        return real_read(*args, **kwargs)
+
+    journal.read = counting_read  # type: ignore[method-assign]
+    for step in range(12):
+        at = T0 + timedelta(seconds=10 * step + (30 if step >= 8 else 0))  # a gap at 8
+        servers = ["z"] + (["y"] if step < 2 or step > 6 else []) + (["x"] if step > 3 else [])
         rows = [
-            server_row(at, p, s, requests_total=100.0 + step, queue=NAN if step % 2 else 1.0)
-            for p, s in (("web", "b"), ("app", "z"))
+            server_row(
+                at,
+                "app",
+                s,
+                requests_total=(100.0 + 7 * step) if step != 5 else 3.0,  # 5: counter reset
+                queue=NAN if step % 3 else 1.0,
+            )
+            for s in servers
         ]
-        recorded = observation(at, rows, pid=7)
-        journal.append(recorded)
-        window.add(journal_frame(recorded))
-        cached = window.read(at).sort_values(["pool", "server", "time"], ignore_index=True)
-        fresh = journal.read(since=at - timedelta(seconds=25))
-        pd.testing.assert_frame_equal(cached, fresh)
-        # 25 s at a 10 s interval: three instants, the seeded one (T0 - 10 s) among them
-        assert len(cached) == 2 * min(step + 1, 3) + (step <= 1)
+        current = journal_frame(observation(at, rows, pid=7 if step < 6 else 8))  # reload at 6
+        rates, newest = window.rates(at, current)
+        journal.read = real_read  # type: ignore[method-assign]
+        history = journal.read(since=at - timedelta(seconds=25))
+        journal.read = counting_read  # type: ignore[method-assign]
+        fresh = derive_rates(pd.concat([history, current], ignore_index=True))
+        pd.testing.assert_frame_equal(_sorted(rates), _sorted(fresh), rtol=1e-9)
+        assert newest == (history["time"].max() if len(history) else None)
+        journal.append(observation(at, rows, pid=7 if step < 6 else 8))
+        window.add(current)
+    assert reads == 1
 
 
 def test_prune_deletes_rows_older_than_retention(tmp_path: Path, events: Events) -> None:
@@ -603,3 +626,24 @@ def test_derive_rates_never_outputs_a_negative_number(rows: list[dict[str, Any]]
     assert not (rates["error_rate"] > 1).any()
     assert rates.loc[rates["reset"], "requests"].isna().all()
     assert len(rates) == len(rows) - samples(rows)["server"].nunique()
+
+
+def test_envoy_latency_is_an_interval_figure_already_and_is_not_inverted() -> None:
+    """HAProxy's rtime is a moving average to invert; Envoy's is the cluster's median
+    over its last stats flush, so the interval latency is the reading itself."""
+    rows = []
+    for step, latency in enumerate((0.050, 0.020, 0.080)):
+        at = T0 + timedelta(seconds=10 * step)
+        for source in ("envoy", "haproxy"):
+            rows.append(
+                server_row(
+                    at, source, "s1", source=source, response_time=latency,
+                    requests_total=100.0 + 50 * step,
+                )
+            )  # fmt: skip
+    frame = Observation.from_frame(T0, pd.DataFrame(rows), (), observation(T0, []).proxy).frame
+    rates = derive_rates(frame.assign(proxy_pid=1))
+    envoy = rates[rates["pool"] == "envoy"]
+    haproxy = rates[rates["pool"] == "haproxy"]
+    assert envoy["interval_response_time"].tolist() == [0.020, 0.080]
+    assert haproxy["interval_response_time"].tolist() != [0.020, 0.080]

@@ -7,17 +7,27 @@ weights within ``confirm_timeout``. A rejected or unconfirmed update is reported
 server, counted, and the last confirmed file is put back, so that the file on disk
 never disagrees with what Envoy serves. Envoy weights are at least 1: a server planned
 at 0 is written as DRAINING (weight 1), and never every server of a cluster.
+
+Whatever stops a file from reaching Envoy (an EDS directory that cannot be written, a
+template that fails, an admin API that does not answer) fails that cluster's changes
+with a message saying why, counted as ``eds_update_failed``; the agent carries on.
 """
 
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from veloflux.eds import EdsError, Endpoint, eds_path, render_eds, write_eds
 from veloflux.envoy_admin import EnvoyAdmin, EnvoyAdminError
-from veloflux.envoy_replies import EnvoyFormatError, parse_update_counters, parse_weights_text
+from veloflux.envoy_replies import (
+    EnvoyFormatError,
+    cluster_stat_prefix,
+    parse_update_counters,
+    parse_weights_text,
+)
 from veloflux.events import Events
 from veloflux.weightplan import ApplyReport, PoolPlan, ServerPlan, WeightPlan, WriteResult
 
@@ -33,9 +43,11 @@ class EnvoySink:
         events: Events,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        templates_dir: Path | None = None,
     ) -> None:
         self._admin = admin
         self._eds_dir = eds_dir
+        self._templates_dir = templates_dir  # None: the templates shipped in the package
         self._timeout = confirm_timeout_seconds
         self._events = events
         self._monotonic = monotonic
@@ -54,11 +66,10 @@ class EnvoySink:
     ) -> list[WriteResult]:
         try:
             endpoints = assignment(pool)
-            text = render_eds(pool.backend, endpoints, version)
+            text = render_eds(pool.backend, endpoints, version, self._templates_dir)
+            previous = self._last_good(pool.backend)
         except (EdsError, ValueError) as exc:
             return self._failed(pool.backend, changes, f"not written: {exc}")
-        path = eds_path(self._eds_dir, pool.backend)
-        previous = path.read_text(encoding="utf-8") if path.exists() else None
         try:
             before = self._successes(pool.backend)
             write_eds(self._eds_dir, pool.backend, text)
@@ -74,8 +85,20 @@ class EnvoySink:
             for s in changes
         ]
 
+    def _last_good(self, cluster: str) -> str | None:
+        """The file in place now, to restore if Envoy refuses the new one; None if none."""
+        path = eds_path(self._eds_dir, cluster)
+        try:
+            return path.read_text(encoding="utf-8")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EdsError(f"cannot read the current {path}: {exc}") from None
+
     def _successes(self, cluster: str) -> tuple[float, float]:
-        stats = self._admin.get_json(f"/stats?format=json&filter=^cluster\\.{cluster}\\.update_")
+        prefix = cluster_stat_prefix(cluster).replace(".", "\\.")
+        query = urllib.parse.urlencode({"format": "json", "filter": f"^{prefix}update_"})
+        stats = self._admin.get_json(f"/stats?{query}")
         counters = parse_update_counters(stats, cluster)
         return counters.success, counters.rejected
 
