@@ -421,7 +421,28 @@ def _describe(result: TickResult, before: TickResult | None) -> dict[str, Any]:
         "written": len(result.report.applied) if result.report else 0,
         "failed": len(result.report.failures) if result.report else 0,
         "servers_served_since_last_tick": served,
+        "taken_at": result.observation.taken_at.timestamp(),
+        "pool_requests_total": float(result.observation.frame["requests_total"].sum()),
     }
+
+
+class DescribedTicks:
+    """Runs ticks on the cadence and keeps a few figures of each, not its TickResult.
+
+    A benchmark that kept every result (1,000 rows and 1,000 planned servers each) would
+    make the garbage collector walk them all, in whichever tick came next: a cost the
+    daemon, which keeps only the last result, never pays.
+    """
+
+    def __init__(self, cadence: Cadence, tick: Callable[[], TickResult]) -> None:
+        self._cadence, self._tick = cadence, tick
+        self._before: TickResult | None = None
+
+    def run(self) -> Timed[dict[str, Any]]:
+        timed = self._cadence.run(self._tick)
+        described = _describe(timed.value, self._before)
+        self._before = timed.value
+        return Timed(timed.wall_ms, timed.cpu_ms, described)
 
 
 def _reason_kind(reason: str) -> str:
@@ -431,17 +452,16 @@ def _reason_kind(reason: str) -> str:
     return reason
 
 
-def _tick_stats(runs: list[Timed[TickResult]]) -> dict[str, Any]:
-    results = [run.value for run in runs]
-    described = [_describe(r, b) for r, b in zip(results, [None, *results[:-1]], strict=True)]
+def _tick_stats(runs: list[Timed[dict[str, Any]]]) -> dict[str, Any]:
+    described = [run.value for run in runs]
     by_mode: dict[str, list[float]] = {}
     for run, d in zip(runs, described, strict=True):
         by_mode.setdefault(d["mode"], []).append(run.wall_ms)
     served = [d["servers_served_since_last_tick"] for d in described[1:]]
     reasons = Counter(_reason_kind(d["reason"]) for d in described if d["mode"] != "model")
-    first, last = results[0].observation, results[-1].observation
-    seconds = (last.taken_at - first.taken_at).total_seconds()
-    requests = last.frame["requests_total"].sum() - first.frame["requests_total"].sum()
+    first, last = described[0], described[-1]
+    seconds = last["taken_at"] - first["taken_at"]
+    requests = last["pool_requests_total"] - first["pool_requests_total"]
     return {
         **_median_p95([run.wall_ms for run in runs]),
         "cpu": _median_p95([run.cpu_ms for run in runs]),
@@ -454,8 +474,11 @@ def _tick_stats(runs: list[Timed[TickResult]]) -> dict[str, Any]:
         "not_model_reasons": dict(reasons),
         "min_servers_served_per_interval": min(served) if served else None,
         "pool_requests_per_second": round(float(requests) / seconds, 1) if seconds else None,
-        "last": described[-1],
+        "last": {k: v for k, v in described[-1].items() if k not in _BOOKKEEPING},
     }
+
+
+_BOOKKEEPING = ("taken_at", "pool_requests_total")
 
 
 class SplitTick:
@@ -563,6 +586,12 @@ def _train(config: Config, events: Events) -> dict[str, Any]:
     }
 
 
+def _times_only(parts: dict[str, Timed[object]]) -> dict[str, Timed[object]]:
+    """The split's timings without the values (observations, frames), for the reason
+    ``DescribedTicks`` gives."""
+    return {name: Timed(t.wall_ms, t.cpu_ms, None) for name, t in parts.items()}
+
+
 def _split_stats(splits: list[dict[str, Timed[object]]]) -> dict[str, Any]:
     parts = list(splits[0])
     wall = {p: _median_p95([s[p].wall_ms for s in splits]) for p in parts}
@@ -580,23 +609,24 @@ def _tick_phases(config: Config, sizes: Sizes, load: Load) -> dict[str, Any]:
     def tick() -> TickResult:
         return agent.tick(write=True)
 
+    ticks = DescribedTicks(cadence, tick)
     # As the daemon does after a tick with a new model or config (veloflux.heap).
     settler = HeapSettler()
     _progress(f"figure 1: recording {sizes.record_ticks} ticks (no model yet)")
-    recorded = [cadence.run(tick)]
-    settler.settle(recorded[0].value.plan.model_version)
-    recorded += [cadence.run(tick) for _ in range(sizes.record_ticks - 1)]
+    recorded = [ticks.run()]
+    settler.settle("no model")
+    recorded += [ticks.run() for _ in range(sizes.record_ticks - 1)]
     _progress("figure 1: training on the recorded journal")
     training = _train(config, events)
     _progress(f"figure 1: {sizes.timed_ticks} timed ticks with the model")
-    warm = [cadence.run(tick)]
-    settler.settle(warm[0].value.plan.model_version)
-    warm += [cadence.run(tick) for _ in range(sizes.warm_ticks - 1)]
-    timed = [cadence.run(tick) for _ in range(sizes.timed_ticks)]
+    warm = [ticks.run()]
+    settler.settle("model")
+    warm += [ticks.run() for _ in range(sizes.warm_ticks - 1)]
+    timed = [ticks.run() for _ in range(sizes.timed_ticks)]
     _progress(f"figure 1: {sizes.split_ticks} split ticks, {sizes.profile_ticks} profiled")
     split_tick = SplitTick(config, events)
     try:
-        splits = [cadence.run(split_tick).value for _ in range(sizes.split_ticks)]
+        splits = [_times_only(cadence.run(split_tick).value) for _ in range(sizes.split_ticks)]
     finally:
         split_tick.close()
     profile = _profile(cadence, tick, sizes.profile_ticks)
@@ -604,7 +634,8 @@ def _tick_phases(config: Config, sizes: Sizes, load: Load) -> dict[str, Any]:
     _progress(f"figure 1: {sizes.shortcut_ticks} ticks with ai disabled")
     no_ai_config = config.model_copy(update={"ai": config.ai.model_copy(update={"enabled": False})})
     no_ai = build_daemon_agent(no_ai_config, events)
-    shortcut = [cadence.run(lambda: no_ai.tick(write=True)) for _ in range(sizes.shortcut_ticks)]
+    no_ai_ticks = DescribedTicks(cadence, lambda: no_ai.tick(write=True))
+    shortcut = [no_ai_ticks.run() for _ in range(sizes.shortcut_ticks)]
     no_ai.close()
     return {
         "servers": sizes.servers,
@@ -896,7 +927,10 @@ What `bench/bench_daemon.py` measures (targets from the daemon issue):
    path, not the gate. After
    {f.warm_ticks} warm-up ticks (the first loads the model; shown apart)
    {f.timed_ticks} ticks are timed end to end; the pool's mode in each is read from
-   its plan. The split re-runs the tick's steps one by one for {f.split_ticks} more
+   its plan. Only a few figures of each tick are kept, not its result: keeping 50
+   results of 1,000 servers each made the garbage collector walk them inside later
+   ticks (21 ms a tick in the profile), which the daemon, keeping only the last, does
+   not pay. The split re-runs the tick's steps one by one for {f.split_ticks} more
    ticks through the same public calls (`HAProxySource.observe`, `journal_frame`,
    `RecentWindow.rates`, `build_features`, `advise`, `plan_weights`, `HAProxySink.apply`,
    and `Journal.append` + `RecentWindow.add`, which in the daemon run on the writer
@@ -1109,8 +1143,8 @@ def _reused_note(r: dict[str, Any]) -> str:
     fresh = ", ".join(f for f in ("tick", "idle", "rss") if f not in reused["figures"])
     return (
         f" Re-measured by this command: {fresh}; {', '.join(reused['figures'])} from an "
-        f"earlier full run (`{reused['command']}`), before the tick and training changes "
-        "that followed it."
+        f"earlier run (`{reused['command']}`) of the same day, on the code of an earlier "
+        "commit (the commit log says what changed in between)."
     )
 
 

@@ -237,11 +237,13 @@ def render_envoy(config_path: str | None, out_dir: str) -> None:
         names = []
         for cluster in config.envoy.clusters:
             endpoints = [Endpoint(e.address, e.port, e.weight) for e in cluster.endpoints]
-            path = write_eds(out, cluster.name, render_eds(cluster.name, endpoints, "static"))
+            text = render_eds(cluster.name, endpoints, "static", config.envoy.templates_dir)
+            path = write_eds(out, cluster.name, text)
             names.append(cluster.name)
             click.echo(f"wrote {path}")
         cds = out / "cds.yaml"
-        cds.write_text(render_cds(config.envoy.eds_dir, names), encoding="utf-8")
+        text = render_cds(config.envoy.eds_dir, names, templates_dir=config.envoy.templates_dir)
+        cds.write_text(text, encoding="utf-8")
         click.echo(f"wrote {cds} (its clusters read their endpoints from {config.envoy.eds_dir})")
     except (EdsError, OSError) as exc:
         _fail(EXIT_CONFIG, f"--out {out}: {exc}")

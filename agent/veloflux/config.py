@@ -224,7 +224,21 @@ class EnvoySection(_Section):
     eds_dir: Path = Field(default=Path("/var/lib/veloflux/eds"))
     timeout_seconds: Seconds = Field(default=2.0, alias="timeout", gt=0, le=60)
     confirm_timeout_seconds: Seconds = Field(default=5.0, alias="confirm_timeout", gt=0, le=300)
+    templates_dir: Path | None = Field(
+        default=None,
+        description=(
+            "a directory holding envoy/eds.yaml.j2 and envoy/cds.yaml.j2 to render instead "
+            "of the shipped templates (copy templates/ and adapt it)"
+        ),
+    )
     clusters: tuple[EnvoyClusterSection, ...]
+
+    @field_validator("templates_dir")
+    @classmethod
+    def _templates_exist(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value / "envoy" / "eds.yaml.j2").is_file():
+            raise ValueError(f"{value}/envoy/eds.yaml.j2 does not exist")
+        return value
 
     @field_validator("admin")
     @classmethod

@@ -73,7 +73,13 @@ def build_sink(config: Config, events: Events) -> Sink:
 
         envoy = config.envoy
         admin = EnvoyAdmin(envoy.admin, envoy.timeout_seconds)
-        return EnvoySink(admin, envoy.eds_dir, envoy.confirm_timeout_seconds, events)
+        return EnvoySink(
+            admin,
+            envoy.eds_dir,
+            envoy.confirm_timeout_seconds,
+            events,
+            templates_dir=envoy.templates_dir,
+        )
     return HAProxySink(runtime_api(config), events)
 
 

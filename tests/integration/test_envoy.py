@@ -16,6 +16,7 @@ assignment.
 from __future__ import annotations
 
 import math
+import shutil
 import subprocess
 import threading
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from integration.envoy_proc import EnvoyProcess, envoy_binary, envoy_in_front
 from integration.haproxy_proc import free_port, stop_process
@@ -443,6 +445,22 @@ def test_an_unreachable_envoy_exits_2(tmp_path: Path) -> None:
 
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_render_envoy_uses_the_operators_templates_dir(tmp_path: Path) -> None:
+    """``envoy.templates_dir``: an adapted copy of templates/ is what gets rendered."""
+    adapted = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates" / "envoy", adapted / "envoy")
+    eds = adapted / "envoy" / "eds.yaml.j2"
+    eds.write_text(eds.read_text() + "# adapted by the operator\n")
+    agent = yaml.safe_load((ROOT / "envoy" / "veloflux.yaml").read_text())
+    agent["envoy"] |= {"eds_dir": str(tmp_path / "eds"), "templates_dir": str(adapted)}
+    agent["ai"] = {"enabled": False}
+    config = tmp_path / "veloflux.yaml"
+    config.write_text(yaml.safe_dump(agent))
+    rendered = run_cli("render-envoy", "-c", config, "--out", tmp_path / "out")
+    assert rendered.code == 0, rendered.stderr
+    assert (tmp_path / "out" / "app.yaml").read_text().endswith("# adapted by the operator\n")
 
 
 def test_the_examples_bootstrap_a_real_envoy_with_static_weights(tmp_path: Path) -> None:

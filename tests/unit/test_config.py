@@ -207,6 +207,7 @@ def test_an_envoy_config_instead_of_haproxy() -> None:
         ({"admin": "127.0.0.1:9901"}, "envoy.admin"),
         ({"confirm_timeout": "0s"}, "envoy.confirm_timeout"),
         ({"clusters": []}, "envoy.clusters"),
+        ({"templates_dir": "/nonexistent/templates"}, "envoy.templates_dir"),
         ({"clusters": [{"name": "a;b", "endpoints": [{"address": "127.0.0.1", "port": 1}]}]},
          "envoy.clusters.0.name"),
         ({"clusters": [{"name": "app", "endpoints": [{"address": "db.local", "port": 1}]}]},
@@ -220,6 +221,16 @@ def test_envoy_problems_are_named_with_their_path(change: dict[str, object], pat
     with pytest.raises(ConfigError) as caught:
         validate_config({"envoy": {**ENVOY, **change}})
     assert [p.path for p in caught.value.problems] == [path]
+
+
+def test_an_operators_templates_directory_is_taken_when_it_has_the_eds_template(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "envoy").mkdir()
+    (tmp_path / "envoy" / "eds.yaml.j2").write_text("{}", encoding="utf-8")
+    config = validate_config({"envoy": {**ENVOY, "templates_dir": str(tmp_path)}})
+    assert config.envoy is not None
+    assert config.envoy.templates_dir == tmp_path
 
 
 def test_both_proxies_at_once_are_refused_for_now() -> None:
