@@ -319,7 +319,7 @@ class RecentWindow:
         pending, self._pending = self._pending, None
         fresh = pending[1] if pending is not None and pending[0] is current else None
         self._rates.append(self._derive(current) if fresh is None else fresh)
-        replaced = _server_keys(self._last).isin(_server_keys(current))
+        replaced = server_keys(self._last).isin(server_keys(current))
         self._last = pd.concat([self._last[~replaced], current], ignore_index=True)
 
     def _load(self, since: datetime) -> None:
@@ -361,7 +361,7 @@ def _times(frame: pd.DataFrame) -> np.ndarray:
     return times
 
 
-def _server_keys(frame: pd.DataFrame) -> pd.Index:
+def server_keys(frame: pd.DataFrame) -> pd.Index:
     """One hashable key per row naming its server within its pool."""
     pools = frame["pool"].to_numpy(dtype=object)
     keys: pd.Index = pd.Index(pools + "\x00" + frame["server"].to_numpy(dtype=object))

@@ -31,6 +31,7 @@ import pandas as pd
 import xgboost as xgb
 
 from veloflux.errors import ModelUnavailable
+from veloflux.history import server_keys
 from veloflux.model.features import (
     FEATURES,
     LOAD_FEATURE,
@@ -221,7 +222,7 @@ class Predictor:
         recent, times = recent[judged_now], times[judged_now]
         q50 = np.exp(self._score(self._q50, self._matrix(recent)) + baseline_log_latency(recent))
         actual = np.exp(log_latency(recent[TARGET_LATENCY]))
-        slot = _server_keys(now_rows).get_indexer(_server_keys(recent))
+        slot = server_keys(now_rows).get_indexer(server_keys(recent))
         column = np.searchsorted(last_times, times)
         table = np.full((n, len(last_times)), np.nan)
         seen = slot >= 0
@@ -232,13 +233,6 @@ class Predictor:
             ratio = np.median(table[judged], axis=1) / self._error_ref
             score[judged] = ratio_score(ratio, typical=1.0)
         return score
-
-
-def _server_keys(rows: pd.DataFrame) -> pd.Index:
-    """One hashable key per row naming its server within its pool."""
-    pools = rows["pool"].to_numpy(dtype=object)
-    keys: pd.Index = pd.Index(pools + "\x00" + rows["server"].to_numpy(dtype=object))
-    return keys
 
 
 def _baselines(rows: pd.DataFrame) -> np.ndarray:
