@@ -10,15 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple
+
+_NO_PARTS: Mapping[str, float] = MappingProxyType({})
 
 
-@dataclass(frozen=True)
-class ServerAdvice:
-    """One server: how sure the model is, what share it wants, and any outlier finding."""
+class ServerAdvice(NamedTuple):
+    """One server: how sure the model is, what share it wants, and any outlier finding
+    (a named tuple: the advisor makes one per server per tick)."""
 
     server: str
     confidence: float = 0.0
-    parts: Mapping[str, float] = field(default_factory=dict)
+    parts: Mapping[str, float] = _NO_PARTS
     share: float | None = None  # desired share of the model-driven servers' traffic
     outlier: str = ""  # why the server stands out from its pool; "" when it does not
 

@@ -12,8 +12,8 @@ import io
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from operator import itemgetter
+from typing import NamedTuple
 
 from veloflux.errors import VelofluxError
 
@@ -145,9 +145,9 @@ def _split_csv(lines: list[str], stop: int) -> list[tuple[int, list[str]]]:
         raise StatsFormatError(f"'show stat' reply is not valid CSV: {exc}") from None
 
 
-@dataclass(frozen=True)
-class ServerState:
-    """One line of ``show servers state``: the admin view of a server."""
+class ServerState(NamedTuple):
+    """One line of ``show servers state``: the admin view of a server (a named tuple:
+    one is made per server per tick)."""
 
     backend: str
     server: str

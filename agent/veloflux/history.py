@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -290,7 +290,8 @@ class RecentWindow:
         self._journal = journal
         self._span = timedelta(seconds=span_seconds)
         self._last: pd.DataFrame | None = None  # each server's newest sample in the span
-        self._rates: list[pd.DataFrame] = []
+        # The span's rates, a frame per derivation, with when each row's interval began.
+        self._rates: list[tuple[pd.DataFrame, np.ndarray]] = []
         self._pending: tuple[pd.DataFrame, pd.DataFrame] | None = None
 
     def rates(self, now: datetime, current: pd.DataFrame) -> tuple[pd.DataFrame, datetime | None]:
@@ -306,7 +307,7 @@ class RecentWindow:
             newest = pd.Timestamp(self._last["time"].max()).to_pydatetime()
         fresh = self._derive(current)
         self._pending = (current, fresh)
-        parts = [p for p in (*self._rates, fresh) if len(p)]
+        parts = [p for p in (*(r for r, _ in self._rates), fresh) if len(p)]
         if not parts:
             return fresh, newest
         return (pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]), newest
@@ -318,13 +319,22 @@ class RecentWindow:
             return
         pending, self._pending = self._pending, None
         fresh = pending[1] if pending is not None and pending[0] is current else None
-        self._rates.append(self._derive(current) if fresh is None else fresh)
+        self._keep(self._derive(current) if fresh is None else fresh)
+        if self._follows(current):  # the same servers as last time: all replaced
+            self._last = current
+            return
         replaced = server_keys(self._last).isin(server_keys(current))
         self._last = pd.concat([self._last[~replaced], current], ignore_index=True)
 
+    def _keep(self, rates: pd.DataFrame) -> None:
+        step = np.rint(rates["interval_seconds"].to_numpy(dtype=float) * 1e9)
+        self._rates.append((rates, instants(rates) - step.astype("timedelta64[ns]")))
+
     def _load(self, since: datetime) -> None:
         samples = self._journal.read(since=since)
-        self._rates = [derive_rates(samples)] if len(samples) else []
+        self._rates = []
+        if len(samples):
+            self._keep(derive_rates(samples))
         newest = samples.sort_values("time", kind="stable").drop_duplicates(
             ["pool", "server"], keep="last"
         )
@@ -336,35 +346,64 @@ class RecentWindow:
         cutoff = np.datetime64(round(_epoch(since) * 1e6), "us")
         assert self._last is not None
         if len(self._last):
-            self._last = self._last[_times(self._last) >= cutoff].reset_index(drop=True)
+            inside = instants(self._last) >= cutoff
+            if not inside.all():
+                self._last = self._last[inside].reset_index(drop=True)
         kept = []
-        for rates in self._rates:
-            step = np.rint(rates["interval_seconds"].to_numpy(dtype=float) * 1e6)
-            begins = _times(rates) - step.astype("timedelta64[us]")
+        for rates, begins in self._rates:
             inside = begins >= cutoff
             if inside.all():
-                kept.append(rates)
+                kept.append((rates, begins))
             elif inside.any():
-                kept.append(rates[inside].reset_index(drop=True))
+                kept.append((rates[inside].reset_index(drop=True), begins[inside]))
         self._rates = kept
+
+    def _follows(self, current: pd.DataFrame) -> bool:
+        """True when ``current`` has the last samples' servers, in the same order, each
+        later than its last sample: then each row's previous sample is the row at the
+        same position (the common case: a proxy lists its servers in a stable order)."""
+        last = self._last
+        assert last is not None
+        return (
+            len(last) == len(current)
+            and np.array_equal(
+                last["server"].to_numpy(dtype=object), current["server"].to_numpy(dtype=object)
+            )
+            and np.array_equal(
+                last["pool"].to_numpy(dtype=object), current["pool"].to_numpy(dtype=object)
+            )
+            and bool((instants(last) < instants(current)).all())
+        )
 
     def _derive(self, current: pd.DataFrame) -> pd.DataFrame:
         """Rates of ``current``'s samples from each server's last sample."""
         assert self._last is not None
         if self._last.empty:
             return derive_rates(current)
+        if self._follows(current):
+            positions = np.arange(len(current))
+            return _rates_between(self._last, positions, current, positions)
         return derive_rates(pd.concat([self._last, current], ignore_index=True))
 
 
-def _times(frame: pd.DataFrame) -> np.ndarray:
-    times: np.ndarray = frame["time"].to_numpy(dtype="datetime64[us]")
+def instants(frame: pd.DataFrame) -> np.ndarray:
+    """The ``time`` column as plain UTC datetime64 values, cheap to compare and sort.
+
+    A timezone-aware column would otherwise come out as an array of Python objects,
+    a hundred times slower to work with.
+    """
+    times: np.ndarray = frame["time"].to_numpy(dtype="datetime64[ns]")
     return times
 
 
-def server_keys(frame: pd.DataFrame) -> pd.Index:
-    """One hashable key per row naming its server within its pool."""
+def server_keys(frame: pd.DataFrame, positions: np.ndarray | None = None) -> pd.Index:
+    """One hashable key per row (per row at ``positions``) naming its server within its
+    pool."""
     pools = frame["pool"].to_numpy(dtype=object)
-    keys: pd.Index = pd.Index(pools + "\x00" + frame["server"].to_numpy(dtype=object))
+    servers = frame["server"].to_numpy(dtype=object)
+    if positions is not None:
+        pools, servers = pools[positions], servers[positions]
+    keys: pd.Index = pd.Index(pools + "\x00" + servers)
     return keys
 
 
@@ -461,16 +500,22 @@ def derive_rates(samples: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise ValueError(f"derive_rates needs the journal's columns; missing {missing}")
     optional = [c for c in ("proxy_started", "source") if c in samples]
-    columns = [*_NEEDED, *optional]
-    ordered, seconds, later = _series_order(samples[columns])
-    earlier = later - 1
+    ordered, later = _series_order(samples[[*_NEEDED, *optional]])
+    return _rates_between(ordered, later - 1, ordered, later)
+
+
+def _rates_between(
+    before: pd.DataFrame, earlier: np.ndarray, after: pd.DataFrame, later: np.ndarray
+) -> pd.DataFrame:
+    """``derive_rates``'s rows for the pairs (``before`` row ``earlier[i]``, ``after``
+    row ``later[i]``): two samples of one server, the first one earlier."""
 
     def before_after(column: str) -> tuple[np.ndarray, np.ndarray]:
-        values = ordered[column].to_numpy(dtype=float, na_value=np.nan)
-        return values[earlier], values[later]
+        old = before[column].to_numpy(dtype=float, na_value=np.nan)[earlier]
+        return old, after[column].to_numpy(dtype=float, na_value=np.nan)[later]
 
     reset = _changed(*before_after("proxy_pid"))
-    if "proxy_started" in ordered:
+    if "proxy_started" in after and "proxy_started" in before:
         reset |= _changed(*before_after("proxy_started"))
     deltas: dict[str, np.ndarray] = {}
     for counter in _COUNTERS:
@@ -479,14 +524,18 @@ def derive_rates(samples: pd.DataFrame) -> pd.DataFrame:
         deltas[counter] = new - old
     for delta in deltas.values():
         delta[reset] = np.nan
-    interval = seconds[later] - seconds[earlier]
+    # Exact nanoseconds, then seconds: the same figure however the pairs were found.
+    step = instants(after)[later] - instants(before)[earlier]
+    interval = step.astype("int64") / 1e9
     requests = deltas["requests_total"]
     errors = sum(deltas[c] for c in _COUNTERS[1:4])
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         request_rate = np.where(interval > 0, requests / interval, np.nan)
         most = np.maximum(requests, errors)
         error_rate = np.where(most > 0, errors / most, np.nan)
-    out = ordered[list(_IDENTITY)].iloc[later].reset_index(drop=True)
+    out = after[list(_IDENTITY)]
+    if not np.array_equal(later, np.arange(len(after))):
+        out = out.iloc[later]
     derived = {"reset": reset, "interval_seconds": interval, "requests": requests}
     derived |= {"request_rate": request_rate, "errors": errors, "error_rate": error_rate}
     derived |= {column: before_after(column)[1] for column in _CURRENT}
@@ -494,39 +543,45 @@ def derive_rates(samples: pd.DataFrame) -> pd.DataFrame:
     # Envoy's figure is already the interval's (the cluster's median over its last stats
     # flush), not a moving average to invert: taken as it is.
     direct = np.zeros(len(later), dtype=bool)
-    if "source" in ordered:
-        direct = ordered["source"].to_numpy(dtype=object)[later] == "envoy"
+    if "source" in after:
+        direct = after["source"].to_numpy(dtype=object)[later] == "envoy"
     for column in ("response_time", "total_time"):
         old, new = before_after(column)
         inverted = interval_mean(old, new, count_before, requests)
         derived[f"interval_{column}"] = np.where(direct, new, inverted)
-    return out.assign(**derived)[list(RATE_COLUMNS)]
+    return out.reset_index(drop=True).assign(**derived)[list(RATE_COLUMNS)]
 
 
-def _series_order(samples: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Samples sorted by (pool, server, time), their times in seconds, and the positions
-    of rows whose previous row is the same server."""
+def _series_order(samples: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """Samples sorted by (pool, server, time), and the positions of rows whose previous
+    row is the same server."""
     order, series = series_order(samples)
-    times = samples["time"]
-    seconds = (times - times.min()).dt.total_seconds().to_numpy(dtype=float, na_value=np.nan)
     later = np.flatnonzero(series[1:] == series[:-1]) + 1
-    return samples.iloc[order].reset_index(drop=True), seconds[order], later
+    return samples.iloc[order].reset_index(drop=True), later
 
 
-def series_order(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+@overload
+def series_order(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def series_order(
+    frame: pd.DataFrame, with_pools: Literal[True]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+def series_order(
+    frame: pd.DataFrame, with_pools: bool = False
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The positions that sort ``frame`` by (pool, server, time), and each sorted row's
     series number (one per server): "the previous interval of this server" is then
     the row before, when its series number is the same. Integer codes and a lexsort
     beat a sort or a group-by over the string keys by far, from one tick's rows to
-    millions of training rows."""
+    millions of training rows. ``with_pools`` adds each sorted row's pool code."""
     pool_codes, _ = pd.factorize(frame["pool"], sort=True)
     server_codes, _ = pd.factorize(frame["server"], sort=True)
-    times = frame["time"].to_numpy(dtype="datetime64[ns]")
-    order = np.lexsort((times, server_codes, pool_codes))
+    order = np.lexsort((instants(frame), server_codes, pool_codes))
     pool_codes, server_codes = pool_codes[order], server_codes[order]
     starts = np.ones(len(order), dtype=bool)
     starts[1:] = (pool_codes[1:] != pool_codes[:-1]) | (server_codes[1:] != server_codes[:-1])
-    return order, np.cumsum(starts)
+    series = np.cumsum(starts)
+    return (order, series, pool_codes) if with_pools else (order, series)
 
 
 def _changed(old: np.ndarray, new: np.ndarray) -> np.ndarray:

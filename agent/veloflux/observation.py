@@ -8,11 +8,10 @@ is a real measurement and would teach the model a lie.
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -65,9 +64,13 @@ COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 STATES = ("UP", "DOWN", "MAINT", "DRAIN")
 
 
-@dataclass(frozen=True, slots=True)
-class ServerRow:
-    """One row of the Observation, typed; field order is ``COLUMN_NAMES``."""
+class ServerRow(NamedTuple):
+    """One row of the Observation, typed; field order is ``COLUMN_NAMES``.
+
+    A named tuple rather than a frozen dataclass: a source makes one per server per
+    tick, and a frozen dataclass's ``__init__`` (one ``object.__setattr__`` per field)
+    cost five times as much, 3 ms a tick for 1,000 servers.
+    """
 
     time: datetime
     source: str
@@ -160,12 +163,7 @@ class Observation:
         """The rows as a DataFrame with the documented columns and dtypes."""
         import pandas as pd
 
-        # attrgetter, not dataclasses.astuple: astuple deep-copies every field, which
-        # cost 160 ms per tick for 1,000 servers.
-        fields = operator.attrgetter(*COLUMN_NAMES)
-        frame = pd.DataFrame.from_records(
-            [fields(r) for r in self.rows], columns=list(COLUMN_NAMES)
-        )
+        frame = pd.DataFrame.from_records(list(self.rows), columns=list(COLUMN_NAMES))
         frame["time"] = pd.to_datetime(frame["time"], utc=True)
         return frame
 

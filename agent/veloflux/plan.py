@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from veloflux.advice import NO_ADVICE, Advice, PoolAdvice, ServerAdvice
 from veloflux.config import HAPROXY_MAX_WEIGHT, PolicySection
 from veloflux.names import server_key
 from veloflux.observation import Observation, PoolInfo
-from veloflux.weightplan import Mode, PoolPlan, ServerPlan, WeightPlan
+from veloflux.weightplan import NO_PARTS, Mode, PoolPlan, ServerPlan, WeightPlan
 
 # --- rules -----------------------------------------------------------------------------
 
@@ -50,8 +50,10 @@ def static_weight(
     return initial if initial is not None else current
 
 
-@dataclass(frozen=True)
-class _Row:
+class _Row(NamedTuple):
+    """One server as the planner sees it (a named tuple: one per server per tick)."""
+
+    key: str  # BACKEND/SERVER
     backend: str
     server: str
     state: str
@@ -83,7 +85,7 @@ class _Row:
             self.static,
             confidence,
             reason,
-            dict(parts) if parts else {},
+            parts or NO_PARTS,
         )
 
     def held(self, reason: str, confidence: float = 0.0) -> ServerPlan:
@@ -97,21 +99,14 @@ def _rows(
     restore: Mapping[str, int] | None = None,
 ) -> list[_Row]:
     rows = []
+    restore = restore or {}
     for rec in observation.servers_of(pool):
         current = _as_int(rec.weight)
         key = server_key(pool, rec.server)
-        rows.append(
-            _Row(
-                backend=pool,
-                server=rec.server,
-                state=rec.state,
-                backup=rec.backup,
-                current=current,
-                static=static_weight(key, _as_int(rec.initial_weight), current, policy),
-                problem=rec.problem,
-                start=(restore or {}).get(key),
-            )
-        )
+        static = static_weight(key, _as_int(rec.initial_weight), current, policy)
+        start = restore.get(key)
+        row = (key, pool, rec.server, rec.state, rec.backup, current, static, rec.problem, start)
+        rows.append(_Row._make(row))
     return rows
 
 
@@ -250,8 +245,7 @@ def _keep_in_rotation(servers: list[ServerPlan], policy: PolicySection) -> list[
         if count >= policy.min_servers_in_rotation:
             break
         if s.state == "UP" and s.planned_weight == 0 and (s.current_weight or 0) > 0:
-            result[i] = replace(
-                s,
+            result[i] = s._replace(
                 planned_weight=s.current_weight,
                 reason="kept in rotation (min_servers_in_rotation)",
             )
@@ -284,7 +278,7 @@ def plan_pool(
         if not _untouchable(r)
         and r.state == "UP"
         and r.static
-        and server_key(r.backend, r.server) not in policy.overrides
+        and r.key not in policy.overrides
         and not _zeroed_outside(r, policy)
     ]
     if not blocked and not movable:
@@ -294,12 +288,11 @@ def plan_pool(
     targets = _model_targets(movable, advice, policy, scale) if use_model and advice else {}
     planned: list[ServerPlan] = []
     for row in rows:
-        key = server_key(row.backend, row.server)
         server_advice = advice.servers.get(row.server) if advice else None
         if why_not := _untouchable(row):
             planned.append(row.held(why_not))
-        elif key in policy.overrides:
-            planned.append(_override(row, policy.overrides[key], scale))
+        elif row.key in policy.overrides:
+            planned.append(_override(row, policy.overrides[row.key], scale))
         elif zeroed := _zeroed_outside(row, policy):
             planned.append(row.held(zeroed))
         elif row.state == "DOWN":

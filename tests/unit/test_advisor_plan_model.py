@@ -366,7 +366,7 @@ def test_the_outlier_guard_only_ever_lowers_a_weight_and_never_below_min_weight(
 ) -> None:
     pools, pol, advice = scenario
     pool_advice = advice.pools["app"]
-    clean_servers = {n: replace(a, outlier="") for n, a in pool_advice.servers.items()}
+    clean_servers = {n: a._replace(outlier="") for n, a in pool_advice.servers.items()}
     clean = Advice(advice.model_version, {"app": replace(pool_advice, servers=clean_servers)})
     flagged_plan = by_name(plan_weights(observation(pools), pol, advice))
     clean_plan = by_name(plan_weights(observation(pools), pol, clean))

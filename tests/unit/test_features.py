@@ -21,7 +21,7 @@ from tests.unit.learning_factories import (
     synthetic_features,
     synthetic_raw,
 )
-from veloflux.history import derive_rates
+from veloflux.history import derive_rates, instants
 from veloflux.model.features import (
     COLUMNS,
     FEATURES,
@@ -32,7 +32,6 @@ from veloflux.model.features import (
     TARGET_REQUESTS,
     baseline_log_latency,
     build_features,
-    instants,
     monotone_constraints,
     newest_rows,
     training_rows,

@@ -19,7 +19,8 @@ import pandas as pd
 
 from veloflux.advice import Advice, PoolAdvice, ServerAdvice, blocked_pool
 from veloflux.config import OutlierSection
-from veloflux.model.features import instants, newest_rows
+from veloflux.history import instants
+from veloflux.model.features import newest_rows
 from veloflux.model.predict import Predictor
 from veloflux.observation import Observation
 from veloflux.optimize import rate_grid, water_fill
@@ -61,7 +62,7 @@ def advise(
     for pool in observation.pools:
         if not pool.managed:
             continue
-        pool_features = features[features["pool"] == pool.name] if len(features) else features
+        pool_features = _rows_of(features, pool.name)
         outliers = find_outliers(observation, pool.name, pool_features, settings.outlier)
         if predictor is None:
             advice = blocked_pool(pool.name, blocked_reason, outliers)
@@ -75,6 +76,15 @@ def advise(
             advice = _pool_advice(pool.name, pool_features, predictor, settings, outliers)
         pools[pool.name] = advice
     return Advice(model_version=predictor.version if predictor else None, pools=pools)
+
+
+def _rows_of(features: pd.DataFrame, pool: str) -> pd.DataFrame:
+    """The rows of one pool; the frame itself when it holds that pool alone (a copy of
+    every column for nothing, otherwise, on the most common setup)."""
+    if features.empty:
+        return features
+    mine = features["pool"].to_numpy(dtype=object) == pool
+    return features if mine.all() else features[mine]
 
 
 def _pool_advice(
@@ -173,23 +183,44 @@ def find_outliers(
         return moving_average_outliers(observation, pool, rules)
     times = instants(features)
     recent = np.unique(times)[-OUTLIER_MEMORY_INTERVALS:]
+    busy = features["requests"].fillna(0).to_numpy(dtype=float) >= rules.min_requests
+    columns = _OutlierColumns(
+        features["server"].to_numpy(dtype=object),
+        features["error_rate"].to_numpy(dtype=float, na_value=np.nan),
+        features["latency"].to_numpy(dtype=float, na_value=np.nan),
+    )
     found: dict[str, str] = {}
     for age, instant in enumerate(reversed(recent)):
         later = "" if age == 0 else f"; {age} interval(s) ago, released after clean ones"
-        for server, reason in _outliers_at(features[times == instant], rules).items():
+        rows = np.flatnonzero(busy & (times == instant))
+        for server, reason in _outliers_at(columns, rows, rules).items():
             found.setdefault(server, reason + later)  # the newest finding wins
     return found
 
 
-def _outliers_at(rows: pd.DataFrame, rules: OutlierSection) -> dict[str, str]:
-    """The outliers of one instant's rows (one per server)."""
-    busy = rows[rows["requests"].fillna(0) >= rules.min_requests]
+@dataclass(frozen=True)
+class _OutlierColumns:
+    """The columns of a pool's features that the outlier guard reads, as arrays."""
+
+    servers: np.ndarray
+    error_rates: np.ndarray
+    latencies: np.ndarray
+
+
+def _outliers_at(
+    columns: _OutlierColumns, rows: np.ndarray, rules: OutlierSection
+) -> dict[str, str]:
+    """The outliers among ``rows`` (one instant's busy rows, one per server)."""
+    servers = columns.servers[rows].tolist()
+    error_rates = columns.error_rates[rows]
+    known = np.isfinite(error_rates)
+    pool_errors = float(np.median(error_rates[known])) if known.any() else 0.0
     found: dict[str, str] = {}
-    pool_errors = (
-        float(np.nanmedian(busy["error_rate"])) if busy["error_rate"].notna().any() else 0.0
+    threshold = max(rules.error_rate, 3 * pool_errors)
+    for i in np.flatnonzero(known & (error_rates >= threshold)).tolist():
+        rate = float(error_rates[i])
+        found[str(servers[i])] = f"outlier: error rate {rate:.0%} (pool median {pool_errors:.0%})"
+    slow = latency_outliers(
+        list(zip(servers, columns.latencies[rows].tolist(), strict=True)), rules
     )
-    for server, rate in zip(busy["server"], busy["error_rate"], strict=True):
-        if np.isfinite(rate) and rate >= max(rules.error_rate, 3 * pool_errors):
-            found[str(server)] = f"outlier: error rate {rate:.0%} (pool median {pool_errors:.0%})"
-    slow = latency_outliers(list(zip(busy["server"], busy["latency"], strict=True)), rules)
     return {**slow, **found}

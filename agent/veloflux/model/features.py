@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from veloflux.history import series_order
+from veloflux.history import instants, series_order
 
 # The load feature: latency must not fall as it rises (monotone +1).
 LOAD_FEATURE = "next_rate"
@@ -69,13 +69,22 @@ def build_features(rates: pd.DataFrame) -> pd.DataFrame:
     """
     if rates.empty:
         return pd.DataFrame(columns=list(COLUMNS))
-    ordered, series = _by_series(rates)
-    up = (ordered["state"] == "UP").to_numpy()
+    order, series, pool_codes = series_order(rates, with_pools=True)
+    # The float columns as arrays in (pool, server, time) order: permuting arrays is
+    # cheap, taking whole frames (string and time columns too) is not.
+    identity = np.array_equal(order, np.arange(len(order)))  # derive_rates' output is sorted
+
+    def floats(column: str) -> np.ndarray:
+        values: np.ndarray = rates[column].to_numpy(dtype=float, na_value=np.nan)
+        return values if identity else values[order]
+
+    up_all = rates["state"].to_numpy(dtype=object) == "UP"
+    up = up_all if identity else up_all[order]
     # The next interval is taken before non-UP rows are dropped, so that the interval
     # before a DOWN gap never borrows its "next" from the interval after the gap.
     next_up = _shifted(up.astype(float), series, -1) == 1.0
     upcoming = {
-        column: np.where(next_up, _shifted(_floats(ordered, source), series, -1), np.nan)[up]
+        column: np.where(next_up, _shifted(floats(source), series, -1), np.nan)[up]
         for column, source in (
             (LOAD_FEATURE, "request_rate"),
             (TARGET_LATENCY, "interval_response_time"),
@@ -83,18 +92,19 @@ def build_features(rates: pd.DataFrame) -> pd.DataFrame:
             (TARGET_REQUESTS, "requests"),
         )
     }
-    df = ordered[up].reset_index(drop=True)
-    series = series[up]
-    rate = _floats(df, "request_rate")
-    latency = _floats(df, "interval_response_time")
-    requests = _floats(df, "requests")
+    kept = order[up]  # the rows of the output, as positions in ``rates``
+    series, pool_codes = series[up], pool_codes[up]
+    rate = floats("request_rate")[up]
+    latency = floats("interval_response_time")[up]
+    requests = floats("requests")[up]
+    times = instants(rates)[kept]
 
-    instant = _instant_codes(df)
+    instant = _instant_codes(pool_codes, times)
     # min_count: an instant whose rates are all unknown (a reload) has no pool rate, not 0.
     pool_rate = _group_sum(rate, instant, empty=np.nan)
     weighted = _group_sum(latency * requests, instant, empty=0.0)
     weight = _group_sum(np.where(np.isnan(latency), np.nan, requests), instant, empty=0.0)
-    seconds_of_day = (instants(df).astype("int64") // 1_000_000_000) % 86_400
+    seconds_of_day = (times.astype("int64") // 1_000_000_000) % 86_400
     angle = 2 * np.pi * seconds_of_day.astype(float) / 86_400.0
     with np.errstate(divide="ignore", invalid="ignore"):
         columns: dict[str, np.ndarray] = {
@@ -102,11 +112,11 @@ def build_features(rates: pd.DataFrame) -> pd.DataFrame:
             "request_rate": rate,
             "share": rate / np.where(pool_rate == 0, np.nan, pool_rate),
             "latency": latency,
-            "latency_ema": _floats(df, "response_time"),
+            "latency_ema": floats("response_time")[up],
             "latency_trend": latency - _previous_mean(latency, series),
-            "error_rate": _floats(df, "error_rate"),
-            "sessions": _floats(df, "sessions"),
-            "queue": _floats(df, "queue"),
+            "error_rate": floats("error_rate")[up],
+            "sessions": floats("sessions")[up],
+            "queue": floats("queue")[up],
             "rate_trend": rate - _previous_mean(rate, series),
             "pool_rate": pool_rate,
             "relative_latency": latency / (weighted / np.where(weight == 0, np.nan, weight)),
@@ -115,22 +125,10 @@ def build_features(rates: pd.DataFrame) -> pd.DataFrame:
             **upcoming,
         }
     # A division by a zero that slipped through is missing data, not an infinite load.
+    keys = {key: rates[key].take(kept).reset_index(drop=True) for key in KEYS}
     numeric = {c: np.where(np.isinf(v), np.nan, v) for c, v in columns.items()}
-    out = pd.DataFrame({**{key: df[key] for key in KEYS}, **numeric})
-    return out[list(COLUMNS)]
-
-
-def _by_series(rates: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """Rows sorted by (pool, server, time), and each row's series (server) number."""
-    order, series = series_order(rates)
-    if np.array_equal(order, np.arange(len(order))):  # derive_rates' output is sorted
-        return rates.reset_index(drop=True), series
-    return rates.iloc[order].reset_index(drop=True), series
-
-
-def _floats(frame: pd.DataFrame, column: str) -> np.ndarray:
-    values: np.ndarray = frame[column].to_numpy(dtype=float, na_value=np.nan)
-    return values
+    frame = {**keys, **numeric}
+    return pd.DataFrame({c: frame[c] for c in COLUMNS})
 
 
 def _shifted(values: np.ndarray, series: np.ndarray, k: int) -> np.ndarray:
@@ -148,12 +146,11 @@ def _shifted(values: np.ndarray, series: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _instant_codes(df: pd.DataFrame) -> np.ndarray:
+def _instant_codes(pool_codes: np.ndarray, times: np.ndarray) -> np.ndarray:
     """One code per (pool, time): the rows a pool-level figure is summed over."""
-    if df.empty:
+    if len(times) == 0:
         return np.zeros(0, dtype="int64")
-    pool_codes, _ = pd.factorize(df["pool"])
-    time_codes, _ = pd.factorize(instants(df))
+    time_codes, _ = pd.factorize(times)
     codes, _ = pd.factorize(pool_codes.astype("int64") * (int(time_codes.max()) + 1) + time_codes)
     return codes
 
@@ -189,16 +186,6 @@ def newest_rows(features: pd.DataFrame) -> pd.DataFrame:
     times = instants(features)
     newest: pd.DataFrame = features[times == times.max()].reset_index(drop=True)
     return newest
-
-
-def instants(frame: pd.DataFrame) -> np.ndarray:
-    """The ``time`` column as plain UTC datetime64 values, cheap to compare and sort.
-
-    A timezone-aware column would otherwise come out as an array of Python objects,
-    a hundred times slower to work with.
-    """
-    times: np.ndarray = frame["time"].to_numpy(dtype="datetime64[ns]")
-    return times
 
 
 def baseline_log_latency(rows: pd.DataFrame) -> np.ndarray:

@@ -31,13 +31,12 @@ import pandas as pd
 import xgboost as xgb
 
 from veloflux.errors import ModelUnavailable
-from veloflux.history import server_keys
+from veloflux.history import instants, server_keys
 from veloflux.model.features import (
     FEATURES,
     LOAD_FEATURE,
     TARGET_LATENCY,
     baseline_log_latency,
-    instants,
 )
 from veloflux.model.registry import LoadedModel
 from veloflux.model.train import LATENCY_TARGET, QUANTILES, log_latency, quantile_name
@@ -119,9 +118,13 @@ class Predictor:
             float(metrics.get("p90_relative_error", metrics["median_relative_error"])), 1e-3
         )
 
-    def _matrix(self, rows: pd.DataFrame) -> np.ndarray:
-        """The model's input, column by column (cheaper than a sub-frame's interleave)."""
-        return np.column_stack([rows[f].to_numpy(dtype=np.float32) for f in FEATURES])
+    def _matrix(self, rows: pd.DataFrame, positions: np.ndarray | None = None) -> np.ndarray:
+        """The model's input, column by column (cheaper than a sub-frame's interleave);
+        only the rows at ``positions`` when given (cheaper than a sub-frame)."""
+        columns = (rows[f].to_numpy(dtype=np.float32) for f in FEATURES)
+        if positions is None:
+            return np.column_stack(list(columns))
+        return np.column_stack([column[positions] for column in columns])
 
     @staticmethod
     def _score(booster: xgb.Booster, x: np.ndarray) -> np.ndarray:
@@ -214,16 +217,18 @@ class Predictor:
         if recent.empty or n == 0:
             return np.zeros(n)
         times = instants(recent)
-        known = recent[TARGET_LATENCY].notna().to_numpy()
+        target = recent[TARGET_LATENCY].to_numpy(dtype=float, na_value=np.nan)
+        known = ~np.isnan(target)
         last_times = np.unique(times[known])[-REALIZED_INTERVALS:]
         if len(last_times) == 0:
             return np.zeros(n)
-        judged_now = known & (times >= last_times[0])
-        recent, times = recent[judged_now], times[judged_now]
-        q50 = np.exp(self._score(self._q50, self._matrix(recent)) + baseline_log_latency(recent))
-        actual = np.exp(log_latency(recent[TARGET_LATENCY]))
-        slot = server_keys(now_rows).get_indexer(server_keys(recent))
-        column = np.searchsorted(last_times, times)
+        judged_now = np.flatnonzero(known & (times >= last_times[0]))
+        x = self._matrix(recent, judged_now)
+        base = baseline_log_latency(recent)[judged_now]
+        q50 = np.exp(self._score(self._q50, x) + base)
+        actual = np.exp(log_latency(target[judged_now]))
+        slot = server_keys(now_rows).get_indexer(server_keys(recent, judged_now))
+        column = np.searchsorted(last_times, times[judged_now])
         table = np.full((n, len(last_times)), np.nan)
         seen = slot >= 0
         table[slot[seen], column[seen]] = (np.abs(q50 - actual) / actual)[seen]

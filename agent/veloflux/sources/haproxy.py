@@ -53,7 +53,7 @@ _METRICS: tuple[tuple[str, str, float], ...] = (
 )
 
 # The stat columns this source reads, ~20 of HAProxy's ~130, in the order of the
-# tuples parse_stat_columns returns: the ones _record unpacks, then _METRICS's.
+# tuples parse_stat_columns returns: the ones _server_rows unpacks, then _METRICS's.
 _STAT_COLUMNS: tuple[str, ...] = (
     "pxname",
     "svname",
@@ -155,13 +155,17 @@ class HAProxySource:
         in_order = list(dict.fromkeys(r[_PXNAME] for r in server_rows))
         present = set(in_order)
         wanted = in_order if self._allowed is None else list(self._allowed)
-        allowed = set(wanted)
-        numbers = {"": math.nan}  # an empty column is NaN, and not a problem
-        records = [
-            self._record(taken_at, row, algorithms, states, numbers)
-            for row in server_rows
-            if row[_PXNAME] in allowed
-        ]
+        if self._allowed is not None:
+            allowed = set(wanted)
+            server_rows = [r for r in server_rows if r[_PXNAME] in allowed]
+        records = _server_rows(taken_at, server_rows, algorithms, states)
+        for record in records:
+            if record.problem:
+                self._events.record(
+                    "source_bad_row",
+                    f"{record.pool}/{record.server}: {record.problem}",
+                    source="haproxy",
+                )
         pools = tuple(
             classify_pool(name, algorithms.get(name, ""), self._consistent, level)
             for name in wanted
@@ -183,17 +187,40 @@ class HAProxySource:
             missing_pools=missing,
         )
 
-    def _record(
-        self,
-        taken_at: datetime,
-        row: tuple[str, ...],
-        algorithms: Mapping[str, str],
-        states: Mapping[tuple[str, str], ServerState],
-        numbers: dict[str, float],
-    ) -> ServerRow:
-        backend, server, _, _, status, address, backup, check_status, uweight = row[:_FIRST_METRIC]
+
+def _server_rows(
+    taken_at: datetime,
+    rows: list[tuple[str, ...]],
+    algorithms: Mapping[str, str],
+    states: Mapping[tuple[str, str], ServerState],
+) -> list[ServerRow]:
+    """One ServerRow per ``show stat`` server row, its problems said in ``problem``.
+
+    The numbers are read a column at a time (``_metric_column``), not a row at a time:
+    13 list passes instead of 13,000 loop turns for 1,000 servers, the same values.
+    """
+    if not rows:
+        return []
+    columns = list(zip(*rows, strict=True))
+    metric_problems: dict[int, list[str]] = {}
+    numbers = {"": math.nan}  # an empty column is NaN, and not a problem
+    metrics = [
+        _metric_column(columns[_FIRST_METRIC + i], column, scale, numbers, metric_problems)
+        for i, (_, column, scale) in enumerate(_METRICS)
+    ]
+    # TCP mode has no request counter: every session is one request.
+    metrics[_REQUESTS] = [
+        sessions if requests != requests else requests  # requests != requests: NaN
+        for requests, sessions in zip(metrics[_REQUESTS], metrics[_SESSIONS], strict=True)
+    ]
+    safe_backends = {name: is_safe_name(name) for name in set(columns[_PXNAME])}
+    records = []
+    identity = zip(*columns[:_FIRST_METRIC], zip(*metrics, strict=True), strict=True)
+    for i, (backend, server, _, _, status, address, backup, check, uweight, values) in enumerate(
+        identity
+    ):
         problems: list[str] = []
-        if not (is_safe_name(backend) and is_safe_name(server)):
+        if not (safe_backends[backend] and is_safe_name(server)):
             problems.append("unsafe name: it will not be written into a command")
         state = states.get((backend, server))
         if state is None:
@@ -203,67 +230,63 @@ class HAProxySource:
             word = status.split(" ")[0]
             server_state = word if word in ("MAINT", "DRAIN", "DOWN") else "UP"
         else:
-            weight, initial, server_state = (
-                float(state.user_weight),
-                float(state.initial_weight),
-                state.state,
-            )
+            weight, initial = float(state.user_weight), float(state.initial_weight)
+            server_state = state.state
         if not 0 <= weight <= 256:
             problems.append("weight is not a number in 0..256")
             weight = math.nan
-        metrics = _read_metrics(row[_FIRST_METRIC:], problems, numbers)
-        problem = "; ".join(problems)
-        if problems:
-            self._events.record(
-                "source_bad_row", f"{backend}/{server}: {problem}", source="haproxy"
-            )
+        problems += metric_problems.get(i, ())
         # Positional, in ServerRow's field order; a unit test checks _METRICS follows it.
-        return ServerRow(
-            taken_at,
-            "haproxy",
-            backend,
-            server,
-            address,
-            server_state,
-            backup == "1",
-            weight,
-            initial,
-            algorithms.get(backend, ""),
-            *metrics,
-            check_status,
-            problem,
+        records.append(
+            ServerRow(
+                taken_at,
+                "haproxy",
+                backend,
+                server,
+                address,
+                server_state,
+                backup == "1",
+                weight,
+                initial,
+                algorithms.get(backend, ""),
+                *cast(_Metrics, values),
+                check,
+                "; ".join(problems),
+            )
         )
+    return records
 
 
-def _read_metrics(
-    raws: tuple[str, ...], problems: list[str], numbers: dict[str, float]
-) -> _Metrics:
-    """The ``_METRICS`` values of one row, in order; appends a problem per bad value.
+def _metric_column(
+    raws: tuple[str, ...],
+    column: str,
+    scale: float,
+    numbers: dict[str, float],
+    problems: dict[int, list[str]],
+) -> list[float]:
+    """One ``_METRICS`` column of every row, scaled; a bad value is NaN and a problem
+    of its row (in ``problems``, by row position).
 
     ``numbers`` holds the good values already read in this observation, by their text
     (seeded with ``"": NaN``, an empty column): counters such as "0" repeat across
-    servers, and a dict lookup is several times cheaper than ``float``. Only a bad
-    value goes through ``read_number``, for its problem text. This runs 13 times per
-    server per observation, so what it saves adds up.
+    servers, and a dict lookup is several times cheaper than ``float``.
     """
-    values = []
-    for raw, (_, column, scale) in zip(raws, _METRICS, strict=True):
-        value = numbers.get(raw)
-        if value is None:
+    found = [numbers.get(raw) for raw in raws]
+    if None in found:
+        for i, raw in enumerate(raws):
+            if found[i] is not None:
+                continue
             try:
                 value = float(raw)
             except ValueError:
                 value = math.nan
-            if not 0.0 <= value < math.inf:  # NaN, infinite or negative: a bad value
-                value, problem = read_number({column: raw}, column, scale)
-                values.append(value)
-                problems.append(problem)
-                continue
-            numbers[raw] = value
-        values.append(value * scale)
-    if math.isnan(values[_REQUESTS]):  # TCP mode: every session is one request
-        values[_REQUESTS] = values[_SESSIONS]
-    return cast(_Metrics, tuple(values))
+            if 0.0 <= value < math.inf:
+                numbers[raw] = found[i] = value
+            else:  # NaN, infinite or negative: a bad value
+                found[i], problem = read_number({column: raw}, column)
+                problems.setdefault(i, []).append(problem)
+    values = cast(list[float], found)
+    return values if scale == 1.0 else [value * scale for value in values]
 
 
 def _identity(address: str, info: Mapping[str, str], level: str) -> ProxyIdentity:
