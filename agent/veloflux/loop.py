@@ -192,17 +192,23 @@ class Agent:
         return journal_frame(observation)
 
     def _record(self, observation: Observation, samples: pd.DataFrame | None) -> None:
+        """Append to the journal; with a recorder this only hands the rows to its writer
+        thread, which is why a tick does it last: the writer then competes for the
+        interpreter with nothing the tick still has to do."""
         if self._journal is None:
             return
         from veloflux.history import HistoryError
 
-        # A failed append is already counted and logged by the journal; the tick goes on,
-        # and the recent window still gets the rows: the model judges on what was seen.
+        # A failed append is already counted and logged by the journal; the tick goes on.
         with contextlib.suppress(HistoryError):
             if self._recorder is not None:
                 self._recorder.append(observation, samples)
             else:
                 self._journal.append(observation, samples)
+
+    def _remember_samples(self, samples: pd.DataFrame | None) -> None:
+        """The recent window keeps what was seen, recorded or not (a failed append
+        included): the model judges on what was seen."""
         if self._window is not None and samples is not None:
             self._window.add(samples)
 
@@ -257,9 +263,13 @@ class Agent:
         report = self._sink.apply(plan, observation.proxy.level) if write else None
         if report is not None:
             self._remember(plan, report)
-        if write if record is None else record:
+        recording = write if record is None else record
+        if recording:
+            self._remember_samples(samples)
+        result = self._finish(observation, plan, report, started, reloaded)
+        if recording:
             self._record(observation, samples)
-        return self._finish(observation, plan, report, started, reloaded)
+        return result
 
     def _remember(self, plan: WeightPlan, report: ApplyReport) -> None:
         """The weights in effect after a write tick, for restoring after a reload.

@@ -102,9 +102,8 @@ class WeightPlan:
         return json.dumps(self.to_json())
 
 
-@dataclass(frozen=True)
-class WriteResult:
-    """The outcome of one weight write."""
+class WriteResult(NamedTuple):
+    """The outcome of one weight write (a named tuple: a tick may write 1,000)."""
 
     backend: str
     server: str
