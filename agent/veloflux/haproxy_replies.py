@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
 from typing import NamedTuple
@@ -33,9 +32,6 @@ _STATE_COLUMNS = (
     "srv_uweight",
     "srv_iweight",
 )
-
-
-_WEIGHT_REPLY = re.compile(r"([0-9]{1,4}) \(initial ([0-9]{1,4})\)")
 
 
 class StatsFormatError(VelofluxError):
@@ -202,14 +198,6 @@ def parse_servers_state(text: str) -> dict[tuple[str, str], ServerState]:
             continue  # the stat row for this server is then marked as untrustworthy
         states[(backend, server)] = state
     return states
-
-
-def parse_weight_reply(text: str) -> tuple[int, int]:
-    """``get weight b/s`` answers ``12 (initial 10)``; return (current, initial)."""
-    match = _WEIGHT_REPLY.fullmatch(text.strip())
-    if match:
-        return int(match.group(1)), int(match.group(2))
-    raise StatsFormatError(f"unexpected 'get weight' reply: {text.strip()!r}")
 
 
 def read_number(row: Mapping[str, str], column: str, scale: float = 1.0) -> tuple[float, str]:

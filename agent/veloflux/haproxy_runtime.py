@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import selectors
 import socket
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from veloflux.errors import VelofluxError
 
 _PROMPT = "\n> "
 _RECV_BYTES = 1 << 16
+_BULK_BYTES = 1 << 22
 
 
 class RuntimeAPIError(VelofluxError):
@@ -99,34 +101,65 @@ class RuntimeAPI:
         """Write ``payload`` while reading replies, until the server closes or time runs out.
 
         Writing and reading are interleaved so that a large reply cannot fill the
-        buffers and stall a large request (and the other way round).
+        buffers and stall a large request (and the other way round). Once everything is
+        written, the rest is read in bulk (``_drain``).
         """
         deadline = time.monotonic() + self.timeout_seconds
         sock = self._connect()
         sock.setblocking(False)
         chunks: list[bytes] = []
         view = memoryview(payload)
-        with sock, selectors.DefaultSelector() as sel:
-            sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise RuntimeAPIError(
-                        f"{self.address}: no complete answer within {self.timeout_seconds:g}s"
-                    )
-                for _key, mask in sel.select(remaining):
-                    if mask & selectors.EVENT_WRITE and view:
-                        try:
-                            view = view[sock.send(view) :]
-                        except (BrokenPipeError, ConnectionResetError):
-                            view = view[:0]
-                        if not view:
-                            sel.modify(sock, selectors.EVENT_READ)
-                    if mask & selectors.EVENT_READ:
-                        try:
-                            chunk = sock.recv(_RECV_BYTES)
-                        except ConnectionResetError:
-                            chunk = b""
-                        if not chunk:
-                            return b"".join(chunks)
-                        chunks.append(chunk)
+        with sock:
+            with selectors.DefaultSelector() as sel:
+                sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+                while view:
+                    for _key, mask in sel.select(self._remaining(deadline)):
+                        if mask & selectors.EVENT_WRITE:
+                            try:
+                                view = view[sock.send(view) :]
+                            except (BrokenPipeError, ConnectionResetError):
+                                view = view[:0]
+                        if mask & selectors.EVENT_READ:
+                            try:
+                                chunk = sock.recv(_RECV_BYTES)
+                            except ConnectionResetError:
+                                chunk = b""
+                            if not chunk:
+                                return b"".join(chunks)
+                            chunks.append(chunk)
+            return self._drain(sock, chunks, deadline)
+
+    def _drain(self, sock: socket.socket, chunks: list[bytes], deadline: float) -> bytes:
+        """Read until the server closes (it does after ``quit``), in few large reads.
+
+        HAProxy writes each command's reply as it goes; woken for every one, a reader
+        spends ~10 us of CPU per command (10 ms for a 1,000-server update) to read
+        bytes that are all coming anyway. So the socket blocks in the kernel until a
+        large read is full or the connection closes (``MSG_WAITALL``), bounded by the
+        deadline through ``SO_RCVTIMEO``.
+        """
+        sock.setblocking(True)
+        while True:
+            remaining = self._remaining(deadline)
+            seconds = int(remaining)
+            micros = max(1, int((remaining - seconds) * 1e6)) if seconds == 0 else 0
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, micros)
+            )
+            try:
+                chunk = sock.recv(_BULK_BYTES, socket.MSG_WAITALL)
+            except BlockingIOError:  # the timer ran out with nothing read
+                continue
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+    def _remaining(self, deadline: float) -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RuntimeAPIError(
+                f"{self.address}: no complete answer within {self.timeout_seconds:g}s"
+            )
+        return remaining

@@ -19,7 +19,6 @@ from veloflux.haproxy_replies import (
     parse_servers_state,
     parse_stat,
     parse_stat_columns,
-    parse_weight_reply,
     read_number,
 )
 
@@ -504,47 +503,6 @@ def test_maint_wins_over_drain_wins_over_health(op_state: int, admin: int) -> No
         assert state == ("UP" if op_state in (1, 2) else "DOWN")
 
 
-# --- get weight ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("12 (initial 10)", (12, 10)),
-        ("0 (initial 1)\n", (0, 1)),
-        ("256 (initial 256)", (256, 256)),
-        ("  7 (initial 7)  \n", (7, 7)),
-    ],
-)
-def test_parse_weight_reply(text: str, expected: tuple[int, int]) -> None:
-    assert parse_weight_reply(text) == expected
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "",
-        "No such server.",
-        "12",
-        "12 (initial)",
-        "-1 (initial 10)",
-        "12 (current 10)",
-        "1.5 (initial 2)",
-        "12 (initial 10) extra",
-        "Require 'backend/server'.",
-    ],
-)
-def test_parse_weight_reply_refuses_anything_else(text: str) -> None:
-    with pytest.raises(StatsFormatError, match="unexpected 'get weight' reply"):
-        parse_weight_reply(text)
-
-
-@pytest.mark.parametrize("text", ["² (initial 1)", "1 (initial ²)", "9" * 5000 + " (initial 1)"])
-def test_parse_weight_reply_odd_digits_are_a_format_error(text: str) -> None:
-    with pytest.raises(StatsFormatError):
-        parse_weight_reply(text)
-
-
 # --- read_number -----------------------------------------------------------------------
 
 
@@ -645,17 +603,6 @@ def test_parse_servers_state_never_raises_another_exception(text: str) -> None:
     except StatsFormatError:
         return
     assert all(isinstance(s, ServerState) for s in states.values())
-
-
-@PROPERTY
-@given(any_text | st.from_regex(r"\A[0-9 ]{0,6}\(initial [0-9a-z]{0,4}\)\Z"))
-def test_parse_weight_reply_never_raises_another_exception(text: str) -> None:
-    try:
-        current, initial = parse_weight_reply(text)
-    except StatsFormatError:
-        return
-    assert current >= 0
-    assert initial >= 0
 
 
 @PROPERTY
