@@ -122,6 +122,7 @@ class HAProxySource:
         self._events = events
         self._allowed = None if backends is None else tuple(backends)
         self._consistent = frozenset(consistent_hash_backends)
+        self._names = SafeNames()
 
     def observe(self) -> Observation:
         """One reading; raises ``SourceUnavailable`` if HAProxy cannot be read at all."""
@@ -158,7 +159,7 @@ class HAProxySource:
         if self._allowed is not None:
             allowed = set(wanted)
             server_rows = [r for r in server_rows if r[_PXNAME] in allowed]
-        records = _server_rows(taken_at, server_rows, algorithms, states)
+        records = _server_rows(taken_at, server_rows, algorithms, states, self._names)
         for record in records:
             if record.problem:
                 self._events.record(
@@ -188,11 +189,29 @@ class HAProxySource:
         )
 
 
+class SafeNames:
+    """``is_safe_name``, remembered: the same 1,000 names come back every tick. Bounded:
+    past ``limit`` names (a proxy whose servers churn), it starts again empty."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._known: dict[str, bool] = {}
+        self._limit = limit
+
+    def safe(self, name: str) -> bool:
+        known = self._known.get(name)
+        if known is None:
+            if len(self._known) >= self._limit:
+                self._known.clear()
+            known = self._known[name] = is_safe_name(name)
+        return known
+
+
 def _server_rows(
     taken_at: datetime,
     rows: list[tuple[str, ...]],
     algorithms: Mapping[str, str],
     states: Mapping[tuple[str, str], ServerState],
+    names: SafeNames,
 ) -> list[ServerRow]:
     """One ServerRow per ``show stat`` server row, its problems said in ``problem``.
 
@@ -203,9 +222,8 @@ def _server_rows(
         return []
     columns = list(zip(*rows, strict=True))
     metric_problems: dict[int, list[str]] = {}
-    numbers = {"": math.nan}  # an empty column is NaN, and not a problem
     metrics = [
-        _metric_column(columns[_FIRST_METRIC + i], column, scale, numbers, metric_problems)
+        _metric_column(columns[_FIRST_METRIC + i], column, scale, metric_problems)
         for i, (_, column, scale) in enumerate(_METRICS)
     ]
     # TCP mode has no request counter: every session is one request.
@@ -213,14 +231,13 @@ def _server_rows(
         sessions if requests != requests else requests  # requests != requests: NaN
         for requests, sessions in zip(metrics[_REQUESTS], metrics[_SESSIONS], strict=True)
     ]
-    safe_backends = {name: is_safe_name(name) for name in set(columns[_PXNAME])}
     records = []
     identity = zip(*columns[:_FIRST_METRIC], zip(*metrics, strict=True), strict=True)
     for i, (backend, server, _, _, status, address, backup, check, uweight, values) in enumerate(
         identity
     ):
         problems: list[str] = []
-        if not (safe_backends[backend] and is_safe_name(server)):
+        if not (names.safe(backend) and names.safe(server)):
             problems.append("unsafe name: it will not be written into a command")
         state = states.get((backend, server))
         if state is None:
@@ -258,35 +275,33 @@ def _server_rows(
 
 
 def _metric_column(
-    raws: tuple[str, ...],
-    column: str,
-    scale: float,
-    numbers: dict[str, float],
-    problems: dict[int, list[str]],
+    raws: tuple[str, ...], column: str, scale: float, problems: dict[int, list[str]]
 ) -> list[float]:
     """One ``_METRICS`` column of every row, scaled; a bad value is NaN and a problem
     of its row (in ``problems``, by row position).
 
-    ``numbers`` holds the good values already read in this observation, by their text
-    (seeded with ``"": NaN``, an empty column): counters such as "0" repeat across
-    servers, and a dict lookup is several times cheaper than ``float``.
+    Each distinct text is converted once: across a pool most counters and averages
+    repeat ("0", the same few values), and a dict lookup is several times cheaper
+    than ``float`` (a column of 1,000 servers in 40 us rather than 250).
     """
-    found = [numbers.get(raw) for raw in raws]
-    if None in found:
+    by_text: dict[str, float] = {}
+    bad: dict[str, str] = {}
+    for raw in dict.fromkeys(raws):
+        if raw == "":
+            by_text[raw] = math.nan  # HAProxy leaves a column empty when it does not apply
+            continue
+        try:
+            value = float(raw) * scale
+        except ValueError:
+            value = math.nan
+        if not 0.0 <= value < math.inf:  # NaN, infinite or negative: a bad value
+            value, bad[raw] = read_number({column: raw}, column)
+        by_text[raw] = value
+    if bad:
         for i, raw in enumerate(raws):
-            if found[i] is not None:
-                continue
-            try:
-                value = float(raw)
-            except ValueError:
-                value = math.nan
-            if 0.0 <= value < math.inf:
-                numbers[raw] = found[i] = value
-            else:  # NaN, infinite or negative: a bad value
-                found[i], problem = read_number({column: raw}, column)
-                problems.setdefault(i, []).append(problem)
-    values = cast(list[float], found)
-    return values if scale == 1.0 else [value * scale for value in values]
+            if raw in bad:
+                problems.setdefault(i, []).append(bad[raw])
+    return [by_text[raw] for raw in raws]
 
 
 def _identity(address: str, info: Mapping[str, str], level: str) -> ProxyIdentity:
