@@ -157,12 +157,3 @@ class EnvoyProcess:
 
 def _socket(port: int) -> dict[str, object]:
     return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
-
-
-def envoy_in_front(workdir: Path, ports: dict[str, int], weights: dict[str, int]) -> EnvoyProcess:
-    """An Envoy whose cluster ``app`` holds the local stack's demo backends (by port).
-
-    The stack's HAProxy keeps running beside it: both proxies serve the same backends.
-    """
-    endpoints = [Endpoint("127.0.0.1", ports[name], weights[name]) for name in sorted(ports)]
-    return EnvoyProcess(workdir, {"app": endpoints})

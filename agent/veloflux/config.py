@@ -303,21 +303,40 @@ class Config(_Section):
         return explicit if explicit is not None else 3 * self.interval_seconds
 
     @model_validator(mode="after")
-    def _one_proxy(self) -> Config:
+    def _a_proxy(self) -> Config:
+        """At least one proxy; with both, one namespace of pool names across them."""
         if self.haproxy is None and self.envoy is None:
             raise ValueError("haproxy: required (or envoy): which proxy should VeloFlux drive?")
-        if self.haproxy is not None and self.envoy is not None:
-            raise ValueError("envoy: one agent drives one proxy for now; run one agent per proxy")
+        if self.haproxy is None or self.envoy is None:
+            return self
+        # Overrides, static weights, metrics and history name a pool by its name alone.
+        if self.haproxy.backends is None:
+            raise ValueError(
+                "haproxy.backends: required when envoy is set too: list the HAProxy "
+                "backends to manage, so that no pool name is claimed by both proxies"
+            )
+        clusters = {c.name for c in self.envoy.clusters}
+        shared = [name for name in self.haproxy.backends if name in clusters]
+        if shared:
+            raise ValueError(
+                f"envoy.clusters: {', '.join(map(repr, shared))} is also in haproxy.backends; "
+                "a pool name must be unique across the proxies"
+            )
         return self
+
+    def _managed_pools(self) -> tuple[str, ...] | None:
+        """Every pool name this config manages; None for "all of HAProxy's backends"."""
+        if self.haproxy is not None and self.haproxy.backends is None:
+            return None
+        names = list(self.haproxy.backends or ()) if self.haproxy else []
+        names += [c.name for c in self.envoy.clusters] if self.envoy else []
+        return tuple(names)
 
     @model_validator(mode="after")
     def _weights_name_managed_backends(self) -> Config:
-        if self.envoy is not None:
-            allowed: tuple[str, ...] | None = tuple(c.name for c in self.envoy.clusters)
-            where = "envoy.clusters"
-        else:
-            allowed = self.haproxy.backends if self.haproxy else None
-            where = "haproxy.backends"
+        allowed = self._managed_pools()
+        sections = (("haproxy.backends", self.haproxy), ("envoy.clusters", self.envoy))
+        where = " or ".join(name for name, section in sections if section is not None)
         if allowed is None:
             return self
         for section in ("static_weights", "overrides"):

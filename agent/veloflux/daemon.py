@@ -46,12 +46,12 @@ from veloflux.daemon_ops import DaemonOps, Trainer, TrainingRun, train_in_child
 from veloflux.errors import ConfigError, SinkRejected, SourceUnavailable
 from veloflux.events import Events
 from veloflux.heap import HeapSettler
-from veloflux.loop import Agent
+from veloflux.loop import Driver
 from veloflux.metrics import AgentMetrics
 from veloflux.wiring import build_daemon_agent, utc_now
 
 _log = logging.getLogger("veloflux.daemon")
-AgentFactory = Callable[[Config, Events], Agent]
+AgentFactory = Callable[[Config, Events], Driver]
 _TICK, _TRAIN = "tick", "train"
 
 
@@ -68,7 +68,7 @@ class DaemonOptions:
 
 
 class Daemon:
-    """Scheduler, API and signal handling around one ``Agent``."""
+    """Scheduler, API and signal handling around one ``Driver`` (an agent, or a fleet)."""
 
     def __init__(self, config: Config, options: DaemonOptions) -> None:
         self._options = options

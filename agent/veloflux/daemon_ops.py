@@ -23,10 +23,10 @@ from veloflux.config import Config
 from veloflux.controls import OperatorControls
 from veloflux.errors import ControlRefused, UnsafeName, VelofluxError
 from veloflux.events import Events
-from veloflux.loop import Agent, TickResult
+from veloflux.loop import Driver, TickResult
 from veloflux.metrics import AgentMetrics
 from veloflux.names import parse_server_key, server_key
-from veloflux.wiring import open_journal, open_registry, proxy_address, proxy_kind
+from veloflux.wiring import open_journal, open_registry, proxy_address, proxy_kinds
 
 _log = logging.getLogger("veloflux.daemon")
 # A trainer returns ``TrainingReport.to_json()``: plain data, so it crosses processes.
@@ -130,7 +130,7 @@ class DaemonOps:
     def __init__(
         self,
         config: Config,
-        agent: Agent,
+        agent: Driver,
         controls: OperatorControls,
         metrics: AgentMetrics,
         clock: Callable[[], datetime],
@@ -159,7 +159,9 @@ class DaemonOps:
         finally:
             self._heartbeat = time.monotonic()
         self._last, self._last_error = result, ""
-        self._metrics.source_up(proxy_kind(self._config), True)
+        failed = {f.proxy for f in result.failures if f.reason == "source"}
+        for proxy in proxy_kinds(self._config):
+            self._metrics.source_up(proxy, proxy not in failed)
         self._metrics.tick_succeeded(result, time.time())
         self._metrics.model_loaded(result.plan.model_version)
         if result.proxy_reloaded:
@@ -168,14 +170,15 @@ class DaemonOps:
 
     def tick_failed(self, reason: str, message: str, duration_seconds: float) -> None:
         self._last_error = f"{reason}: {message}"
-        if reason == "source":
-            self._metrics.source_up(proxy_kind(self._config), False)
+        if reason == "source":  # with several proxies: every one of them failed
+            for proxy in proxy_kinds(self._config):
+                self._metrics.source_up(proxy, False)
         self._metrics.tick_failed(reason, duration_seconds)
 
     def revert(self) -> TickResult:
         return self._agent.revert()
 
-    def adopt(self, config: Config, agent: Agent) -> None:
+    def adopt(self, config: Config, agent: Driver) -> None:
         """A reloaded config and the agent built from it (called between ticks)."""
         self._agent.close()
         self._config, self._agent = config, agent
@@ -245,15 +248,23 @@ class DaemonOps:
                 "error": self._last_error,
             },
             "sources": {
-                proxy_kind(self._config): {
-                    "up": not self._last_error.startswith("source"),
-                    "address": proxy_address(self._config),
+                proxy: {
+                    "up": self._source_up(proxy),
+                    "address": proxy_address(self._config, proxy),
                 }
+                for proxy in proxy_kinds(self._config)
             },
             "model": self._model_status(),
             "last_training": self._training.to_json() if self._training else None,
             "plan": last.plan.to_json() if last else None,
         }
+
+    def _source_up(self, proxy: str) -> bool:
+        """Whether ``proxy``'s source answered at the last tick."""
+        if self._last_error.startswith("source"):
+            return False
+        failures = self._last.failures if self._last else ()
+        return not any(f.proxy == proxy and f.reason == "source" for f in failures)
 
     def _model_status(self) -> dict[str, Any] | None:
         registry = self._agent.registry

@@ -54,6 +54,15 @@ class Sink(Protocol):
 
 
 @dataclass(frozen=True)
+class ProxyFailure:
+    """A proxy a tick could not drive (its source or sink failed); its weights held."""
+
+    proxy: str  # haproxy | envoy
+    reason: str  # source | sink
+    message: str
+
+
+@dataclass(frozen=True)
 class TickResult:
     """What one tick saw, decided and (if it wrote) did."""
 
@@ -62,6 +71,29 @@ class TickResult:
     report: ApplyReport | None
     duration_seconds: float
     proxy_reloaded: bool = False  # a new proxy process since the previous tick
+    # Proxies skipped in this tick while others were driven (several proxies only).
+    failures: tuple[ProxyFailure, ...] = ()
+
+
+class Driver(Protocol):
+    """What the CLI and the daemon drive: one proxy's ``Agent``, or a ``Fleet`` of them."""
+
+    @property
+    def events(self) -> Events: ...
+
+    @property
+    def registry(self) -> Registry | None: ...
+
+    def tick(
+        self,
+        write: bool,
+        overrides: Mapping[str, int] | None = None,
+        record: bool | None = None,
+    ) -> TickResult: ...
+
+    def revert(self) -> TickResult: ...
+
+    def close(self) -> None: ...
 
 
 class Agent:
@@ -73,6 +105,8 @@ class Agent:
     The journal and the model registry are optional: without them every pool is in
     fallback, and the outlier guard judges on HAProxy's moving averages alone. With a
     ``recorder`` (the daemon's), appends to the journal happen on its writer thread.
+    In a ``Fleet`` the agents share journal, registry and recorder, and the fleet logs
+    the tick's summary line (``log_summary=False``).
     """
 
     def __init__(
@@ -85,8 +119,10 @@ class Agent:
         journal: Journal | None = None,
         registry: Registry | None = None,
         recorder: BackgroundRecorder | None = None,
+        log_summary: bool = True,
     ) -> None:
         self._config = config
+        self._log_summary = log_summary
         self._source = source
         self._sink = sink
         self._events = events
@@ -305,7 +341,8 @@ class Agent:
         reloaded: bool = False,
     ) -> TickResult:
         result = TickResult(observation, plan, report, time.perf_counter() - started, reloaded)
-        _log.info(summary_line(result))
+        if self._log_summary:
+            _log.info(summary_line(result))
         return result
 
 
@@ -334,8 +371,10 @@ def summary_line(result: TickResult) -> str:
     driven = [p.confidence for p in result.plan.pools if p.mode in ("model", "fallback")]
     lowest = f"{min(driven):.2f}" if driven else "-"
     reload_text = " proxy_reloaded" if result.proxy_reloaded else ""
+    failed = ",".join(f"{f.proxy}({f.reason})" for f in result.failures)
+    failed_text = f" proxies_failed={failed}" if failed else ""
     return (
         f"tick pools[{mode_text}] servers={servers} {acted} lowest_confidence={lowest} "
-        f"model={result.plan.model_version or '-'}{reload_text} "
+        f"model={result.plan.model_version or '-'}{reload_text}{failed_text} "
         f"duration_ms={result.duration_seconds * 1000:.1f}"
     )

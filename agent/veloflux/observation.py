@@ -8,6 +8,7 @@ is a real measurement and would teach the model a lie.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -157,6 +158,19 @@ class Observation:
         records = frame[list(COLUMN_NAMES)].to_dict("records")
         rows = tuple(ServerRow(**{str(k): v for k, v in r.items()}) for r in records)
         return cls(taken_at, rows, pools, proxy, missing_pools)
+
+    @classmethod
+    def combined(cls, parts: Sequence[Observation]) -> Observation:
+        """Several proxies' observations as one, for what reads pools and rows across
+        them (the status page, checking an operator's pin). ``proxy`` is the first
+        part's: each proxy's own identity stays with the agent that reads that proxy."""
+        return cls(
+            taken_at=max(p.taken_at for p in parts),
+            rows=tuple(row for p in parts for row in p.rows),
+            pools=tuple(pool for p in parts for pool in p.pools),
+            proxy=parts[0].proxy,
+            missing_pools=tuple(name for p in parts for name in p.missing_pools),
+        )
 
     @cached_property
     def frame(self) -> pd.DataFrame:

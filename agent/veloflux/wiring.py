@@ -14,23 +14,33 @@ from typing import TYPE_CHECKING
 from veloflux.config import Config
 from veloflux.errors import ConfigError, ConfigProblem
 from veloflux.events import Events
+from veloflux.fleet import Fleet
 from veloflux.haproxy_runtime import RuntimeAPI
-from veloflux.loop import Agent, Sink, Source
+from veloflux.loop import Agent, Driver, Sink, Source
 from veloflux.model.registry import Registry
 from veloflux.sinks.haproxy import HAProxySink
 from veloflux.sources.haproxy import HAProxySource
 
 if TYPE_CHECKING:
     from veloflux.history import Journal
+    from veloflux.recorder import BackgroundRecorder
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def proxy_kind(config: Config) -> str:
-    """``haproxy`` or ``envoy``: the proxy this agent drives (the config has exactly one)."""
-    return "envoy" if config.envoy is not None else "haproxy"
+def proxy_kinds(config: Config) -> tuple[str, ...]:
+    """The proxies this config drives: ``haproxy``, ``envoy`` or both, in that order."""
+    sections = (("haproxy", config.haproxy), ("envoy", config.envoy))
+    return tuple(kind for kind, section in sections if section is not None)
+
+
+def proxy_view(config: Config, kind: str) -> Config:
+    """``config`` as if ``kind`` were its only proxy: what that proxy's agent reads."""
+    other = "envoy" if kind == "haproxy" else "haproxy"
+    view: Config = config.model_copy(update={other: None})
+    return view
 
 
 def runtime_api(config: Config) -> RuntimeAPI:
@@ -39,14 +49,15 @@ def runtime_api(config: Config) -> RuntimeAPI:
     return RuntimeAPI(config.haproxy.socket, config.haproxy.timeout_seconds)
 
 
-def proxy_address(config: Config) -> str:
+def proxy_address(config: Config, kind: str) -> str:
     """What the status page and messages name: the socket, or Envoy's admin URL."""
-    if config.envoy is not None:
-        return config.envoy.admin
+    if kind == "envoy":
+        return config.envoy.admin if config.envoy else ""
     return config.haproxy.socket if config.haproxy else ""
 
 
 def build_source(config: Config, events: Events, clock: Callable[[], datetime] = utc_now) -> Source:
+    """The source of the config's one proxy (with both set: Envoy's; see ``build_sources``)."""
     if config.envoy is not None:
         from veloflux.envoy_admin import EnvoyAdmin
         from veloflux.sources.envoy import EnvoyCluster, EnvoySource
@@ -56,7 +67,7 @@ def build_source(config: Config, events: Events, clock: Callable[[], datetime] =
             EnvoyCluster(c.name, {e.name: e.weight for e in c.endpoints}) for c in envoy.clusters
         ]
         return EnvoySource(EnvoyAdmin(envoy.admin, envoy.timeout_seconds), clusters, clock, events)
-    assert config.haproxy is not None  # the config has exactly one proxy
+    assert config.haproxy is not None  # the config has a proxy
     return HAProxySource(
         runtime_api(config),
         clock=clock,
@@ -66,7 +77,13 @@ def build_source(config: Config, events: Events, clock: Callable[[], datetime] =
     )
 
 
+def build_sources(config: Config, events: Events) -> list[Source]:
+    """A source per proxy the config drives."""
+    return [build_source(proxy_view(config, kind), events) for kind in proxy_kinds(config)]
+
+
 def build_sink(config: Config, events: Events) -> Sink:
+    """The sink of the config's one proxy (with both set: Envoy's)."""
     if config.envoy is not None:
         from veloflux.envoy_admin import EnvoyAdmin
         from veloflux.sinks.envoy import EnvoySink
@@ -107,23 +124,14 @@ def open_journal(config: Config, events: Events, create: bool) -> Journal | None
         return None
 
 
-def build_agent(config: Config, events: Events, write: bool, strict_pools: bool = True) -> Agent:
-    """The agent for one-shot commands: ``write`` also appends to the journal."""
-    source = build_source(config, events)
-    sink = build_sink(config, events)
-    return Agent(
-        config,
-        source,
-        sink,
-        events,
-        strict_pools=strict_pools,
-        journal=open_journal(config, events, create=write),
-        registry=open_registry(config, events) if config.ai.enabled else None,
-    )
+def build_agent(config: Config, events: Events, write: bool, strict_pools: bool = True) -> Driver:
+    """The driver for one-shot commands: ``write`` also appends to the journal."""
+    journal = open_journal(config, events, create=write)
+    return _driver(config, events, journal, None, strict_pools)
 
 
-def build_daemon_agent(config: Config, events: Events) -> Agent:
-    """The daemon's agent: it records history on a writer thread, and a backend missing
+def build_daemon_agent(config: Config, events: Events) -> Driver:
+    """The daemon's driver: it records history on a writer thread, and a backend missing
     from HAProxy is counted and skipped rather than fatal (the other pools still need
     managing)."""
     journal = open_journal(config, events, create=True)
@@ -132,13 +140,34 @@ def build_daemon_agent(config: Config, events: Events) -> Agent:
         from veloflux.recorder import BackgroundRecorder
 
         recorder = BackgroundRecorder(journal, events)
-    return Agent(
-        config,
-        build_source(config, events),
-        build_sink(config, events),
-        events,
-        strict_pools=False,
-        journal=journal,
-        registry=open_registry(config, events) if config.ai.enabled else None,
-        recorder=recorder,
-    )
+    return _driver(config, events, journal, recorder, strict_pools=False)
+
+
+def _driver(
+    config: Config,
+    events: Events,
+    journal: Journal | None,
+    recorder: BackgroundRecorder | None,
+    strict_pools: bool,
+) -> Driver:
+    """One proxy: its agent. Several: a fleet of one agent per proxy, sharing the
+    journal, the registry and the writer."""
+    registry = open_registry(config, events) if config.ai.enabled else None
+
+    def agent(view: Config, log_summary: bool) -> Agent:
+        return Agent(
+            view,
+            build_source(view, events),
+            build_sink(view, events),
+            events,
+            strict_pools=strict_pools,
+            journal=journal,
+            registry=registry,
+            recorder=recorder,
+            log_summary=log_summary,
+        )
+
+    kinds = proxy_kinds(config)
+    if len(kinds) == 1:
+        return agent(config, True)
+    return Fleet({kind: agent(proxy_view(config, kind), False) for kind in kinds}, events)

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
-from integration.envoy_proc import EnvoyProcess, envoy_binary, envoy_in_front
+from integration.envoy_proc import EnvoyProcess, envoy_binary
 from integration.haproxy_proc import free_port, stop_process
 from integration.loadgen import run_load_sync
 from integration.stack import DemoServer, LocalStack
@@ -516,14 +516,16 @@ def test_the_examples_bootstrap_a_real_envoy_with_static_weights(tmp_path: Path)
 
 
 def test_traffic_through_envoy_follows_the_weights(tmp_path: Path) -> None:
-    with LocalStack(tmp_path / "stack", (DemoServer("s1"), DemoServer("s2"))) as stack:
+    servers = (DemoServer("s1", weight=1), DemoServer("s2", weight=1))
+    with LocalStack(tmp_path / "stack", servers, proxies=("envoy",)) as stack:
+        assert stack.envoy is not None
+        assert stack.haproxy is None  # Envoy instead of HAProxy
         names = {f"127.0.0.1:{port}": name for name, port in stack.ports.items()}
-        with envoy_in_front(tmp_path / "envoy", stack.ports, {"s1": 1, "s2": 1}) as envoy:
-            sink = EnvoySink(admin(envoy), envoy.eds_dir, 5.0, Events())
-            current = dict.fromkeys(names, 1)
-            planned = {f"127.0.0.1:{stack.ports['s1']}": 3, f"127.0.0.1:{stack.ports['s2']}": 1}
-            assert not sink.apply(pool_plan(planned, current)).failures
-            result = run_load_sync(envoy.url, 200, 3.0, max_requests=400, seed=3)
+        sink = EnvoySink(admin(stack.envoy), stack.envoy.eds_dir, 5.0, Events())
+        current = dict.fromkeys(names, 1)
+        planned = {f"127.0.0.1:{stack.ports['s1']}": 3, f"127.0.0.1:{stack.ports['s2']}": 1}
+        assert not sink.apply(pool_plan(planned, current)).failures
+        result = run_load_sync(stack.url, 200, 3.0, max_requests=400, seed=3)
     served = result.served_by
     total = served.get("s1", 0) + served.get("s2", 0)
     assert total >= 380, served  # a few may be lost at the edges of the window

@@ -1,4 +1,5 @@
-"""The local stack end to end: demo backends behind a real HAProxy, driven by the agent."""
+"""The local stack end to end: demo backends behind a real HAProxy (and Envoy), driven by
+the agent."""
 
 from __future__ import annotations
 
@@ -39,3 +40,30 @@ def test_backend_behaviour_changes_while_haproxy_serves_it(tmp_path: Path) -> No
     assert healthy.errors == 0
     # Round robin over two servers: about half the requests land on the failing one.
     assert failing.status_counts.get("500", 0) == pytest.approx(100, abs=5)
+
+
+def test_one_stack_with_both_proxies_and_one_agent_driving_them(tmp_path: Path) -> None:
+    """HAProxy and Envoy side by side in front of the same demo backends, one config for
+    the agent: both take the weights it writes, and traffic through each follows them."""
+    servers = (DemoServer("fast", weight=10, mean_ms=1), DemoServer("slow", weight=10, mean_ms=1))
+    with LocalStack(tmp_path / "stack", servers, proxies=("haproxy", "envoy")) as stack:
+        assert stack.haproxy is not None
+        assert stack.envoy is not None
+        fast, slow = (f"127.0.0.1:{stack.ports[name]}" for name in ("fast", "slow"))
+        config = stack.write_agent_config(
+            tmp_path / "v.yaml",
+            "policy:\n  max_step_ratio: 10\n  static_weights:\n"
+            f"    app/fast: 30\n    app/slow: 10\n    app-envoy/{fast}: 30\n"
+            f"    app-envoy/{slow}: 10\n",
+        )
+        result = run_cli("apply", "-c", config, "--output", "json")
+        assert result.code == 0, result.stderr
+        # fast 10 -> 30 in each proxy; slow is at its static weight already.
+        assert result.json()["apply"] == {"written": 2, "failed": 0, "failures": []}
+        assert {p["backend"] for p in result.json()["pools"]} == {"app", "app-envoy"}
+        through_haproxy = run_load_sync(stack.url, 200, 3, max_requests=400, seed=3)
+        through_envoy = run_load_sync(stack.envoy.url, 200, 3, max_requests=400, seed=4)
+    for load in (through_haproxy, through_envoy):
+        total = load.served_by.get("fast", 0) + load.served_by.get("slow", 0)
+        assert total >= 380, load.served_by
+        assert load.served_by["fast"] / total == pytest.approx(0.75, abs=0.05)

@@ -233,9 +233,48 @@ def test_an_operators_templates_directory_is_taken_when_it_has_the_eds_template(
     assert config.envoy.templates_dir == tmp_path
 
 
-def test_both_proxies_at_once_are_refused_for_now() -> None:
-    with pytest.raises(ConfigError, match="one agent drives one proxy"):
-        validate_config({"envoy": ENVOY, "haproxy": {"socket": "unix:///x"}})
+def test_both_proxies_in_one_config_with_their_pools_listed() -> None:
+    config = validate_config(
+        {
+            "envoy": ENVOY,
+            "haproxy": {"socket": "unix:///x", "backends": ["web"]},
+            "policy": {"static_weights": {"app/127.0.0.1:8081": 3, "web/w1": 2}},
+        }
+    )
+    assert config.haproxy is not None
+    assert config.envoy is not None
+    assert config.haproxy.backends == ("web",)
+
+
+def test_both_proxies_need_haproxys_backends_listed() -> None:
+    """Pools share one namespace (overrides, metrics, history): with "every backend",
+    a backend could take an Envoy cluster's name at any reload."""
+    problems = problems_of({"envoy": ENVOY, "haproxy": {"socket": "unix:///x"}})
+    assert list(problems) == ["haproxy.backends"]
+    assert "required when envoy is set too" in problems["haproxy.backends"]
+
+
+def test_a_pool_name_used_by_both_proxies_is_refused() -> None:
+    problems = problems_of(
+        {"envoy": ENVOY, "haproxy": {"socket": "unix:///x", "backends": ["web", "app"]}}
+    )
+    assert problems == {
+        "envoy.clusters": "'app' is also in haproxy.backends; "
+        "a pool name must be unique across the proxies"
+    }
+
+
+def test_with_both_proxies_a_weight_must_name_a_pool_of_either() -> None:
+    problems = problems_of(
+        {
+            "envoy": ENVOY,
+            "haproxy": {"socket": "unix:///x", "backends": ["web"]},
+            "policy": {"overrides": {"db/d1": 3}},
+        }
+    )
+    assert problems == {
+        "policy.overrides.db/d1": "backend 'db' is not in haproxy.backends or envoy.clusters"
+    }
 
 
 def test_missing_socket_is_required() -> None:
