@@ -48,8 +48,32 @@ def _median_ms(fn: Callable[[], object], runs: int) -> tuple[float, float]:
         started = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - started) * 1000)
-    samples.sort()
-    return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.95))]
+    return _median_p95(samples)
+
+
+def _median_p95(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
+
+
+def _interleaved_ms(commands: dict[str, list[str]], runs: int) -> dict[str, tuple[float, float]]:
+    """Median and p95 of each command, run in turns (one of each per round) so that the
+    differences between them ("minus start-up", "minus imports") do not depend on the
+    machine being faster during one of them than during another."""
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, args in commands.items():
+            started = time.perf_counter()
+            _run(args)
+            samples[name].append((time.perf_counter() - started) * 1000)
+    out = {}
+    for name, values in samples.items():
+        values.sort()
+        out[name] = (
+            statistics.median(values),
+            values[min(len(values) - 1, int(len(values) * 0.95))],
+        )
+    return out
 
 
 def _run(args: list[str]) -> None:
@@ -80,25 +104,14 @@ def main() -> None:
         with HAProxyProcess(Path(tmp) / "haproxy", [BackendSpec("big", servers)]) as proxy:
             config_path = Path(tmp) / "veloflux.yaml"
             config_path.write_text(f"haproxy:\n  socket: {proxy.admin_socket}\n")
-            bare, _ = _median_ms(lambda: _run([python, "-c", "pass"]), opts.cold_runs)
-            imports, _ = _median_ms(
-                lambda: _run([python, "-c", "import veloflux.cli"]), opts.cold_runs
-            )
-            cold, cold_p95 = _median_ms(
-                lambda: _run(
-                    [
-                        python,
-                        "-m",
-                        "veloflux",
-                        "dry-run",
-                        "-c",
-                        str(config_path),
-                        "--output",
-                        "json",
-                    ]
-                ),
-                opts.cold_runs,
-            )
+            dry_run = ["dry-run", "-c", str(config_path), "--output", "json"]
+            cold_commands = {
+                "bare": [python, "-c", "pass"],
+                "imports": [python, "-c", "import veloflux.cli"],
+                "cold": [python, "-m", "veloflux", *dry_run],
+            }
+            timed = _interleaved_ms(cold_commands, opts.cold_runs)
+            (bare, _), (imports, _), (cold, cold_p95) = (timed[k] for k in cold_commands)
             config = validate_config({"haproxy": {"socket": proxy.admin_socket}})
             agent = build_agent(config, Events(), write=False)
             warm, warm_p95 = _median_ms(
