@@ -21,6 +21,7 @@ from tests.unit.factories import Pool, Server
 from tests.unit.factories import observation as factory_observation
 from veloflux.events import Events
 from veloflux.history import (
+    CACHE_KIB,
     EMA_SAMPLES,
     RATE_COLUMNS,
     STORED_COLUMNS,
@@ -647,3 +648,10 @@ def test_envoy_latency_is_an_interval_figure_already_and_is_not_inverted() -> No
     haproxy = rates[rates["pool"] == "haproxy"]
     assert envoy["interval_response_time"].tolist() == [0.020, 0.080]
     assert haproxy["interval_response_time"].tolist() != [0.020, 0.080]
+
+
+def test_the_journal_keeps_sqlites_page_cache_small(journal: Journal) -> None:
+    """The default cache (2 MiB) grows with the file: the daemon's memory crept for an
+    hour before it filled (docs/benchmarks.md, the daemon's RSS figure)."""
+    (size,) = journal._connection().execute("PRAGMA cache_size").fetchone()
+    assert size == -CACHE_KIB
