@@ -46,10 +46,6 @@ class Fleet:
     def registry(self) -> Registry | None:
         return next(iter(self._agents.values())).registry  # shared by all of them
 
-    @property
-    def proxies(self) -> tuple[str, ...]:
-        return tuple(self._agents)
-
     def tick(
         self,
         write: bool,
