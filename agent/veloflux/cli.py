@@ -14,8 +14,9 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import click
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
     from veloflux.api_client import ApiClient
     from veloflux.model.registry import ModelEntry
+    from veloflux.model.train import TrainSettings
+    from veloflux.training import TrainingReport
 
 EXIT_OK, EXIT_CONFIG, EXIT_PROXY = 0, 1, 2
 
@@ -72,6 +75,12 @@ def _run(
         _fail(EXIT_PROXY, str(exc))
     except ConfigError as exc:
         _fail(EXIT_CONFIG, exc.render())
+
+
+def _seen(result: TickResult) -> dict[str, Any]:
+    """What the plan's printout says about the observation's Prometheus features."""
+    observation = result.observation
+    return {"external": observation.external, "servers": len(observation.rows)}
 
 
 def _exit_if_a_proxy_failed(result: TickResult) -> None:
@@ -207,7 +216,7 @@ def check_config(config_path: str | None) -> None:
 def dry_run(config_path: str | None, output: str) -> None:
     """Observe and plan; print what would be written, write nothing."""
     result = _run(config_path, False, lambda agent: agent.tick(write=False))
-    print_plan(result.plan, output, "dry-run: planned weights (nothing written)")
+    print_plan(result.plan, output, "dry-run: planned weights (nothing written)", **_seen(result))
     _exit_if_a_proxy_failed(result)
 
 
@@ -217,7 +226,7 @@ def dry_run(config_path: str | None, output: str) -> None:
 def apply(config_path: str | None, output: str) -> None:
     """One observe-plan-act tick with writes, verified by read-back."""
     result = _run(config_path, True, lambda agent: agent.tick(write=True))
-    print_plan(result.plan, output, "apply: weights", result.report)
+    print_plan(result.plan, output, "apply: weights", result.report, **_seen(result))
     _exit_if_a_proxy_failed(result)
     if result.report is not None and result.report.failures:
         sys.exit(EXIT_PROXY)
@@ -297,28 +306,50 @@ def record(config_path: str | None, duration: str) -> None:
         )
 
 
+def _duration_option(value: str | None, flag: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from None
+
+
 @main.command("train")
 @_config_option
 @_output_option
-def train(config_path: str | None, output: str) -> None:
-    """Train a model from the journal; promote it only if it beats the current one."""
+@click.option(
+    "--from-prometheus",
+    is_flag=True,
+    help="train on Prometheus's history of HAProxy's exporter (and the features)",
+)
+@click.option("--since", default=None, help="with --from-prometheus: how far back [default: 7d]")
+@click.option("--step", default=None, help="with --from-prometheus: sample spacing [default: 15s]")
+def train(
+    config_path: str | None,
+    output: str,
+    from_prometheus: bool,
+    since: str | None,
+    step: str | None,
+) -> None:
+    """Train a model from the journal (or Prometheus); promote it only if it beats the
+    current one."""
     from veloflux.model.train import NotEnoughData, TrainSettings
-    from veloflux.training import train_from_journal
 
+    since_s, step_s = _duration_option(since, "--since"), _duration_option(step, "--step")
+    if not from_prometheus and (since_s or step_s):
+        raise click.UsageError("--since and --step go with --from-prometheus")
     config = _load(config_path)
     events = Events()
-    journal = open_journal(config, events, create=False)
-    if journal is None:
-        _fail(
-            EXIT_CONFIG,
-            f"ai.history_path: no journal at {config.ai.history_path}; "
-            "run `veloflux-agent record` first",
-        )
     settings = TrainSettings(min_rows=config.ai.min_training_rows)
     console = make_console()
     try:
-        with journal, _progress(console, output) as progress:
-            result = train_from_journal(journal, open_registry(config, events), settings, progress)
+        if from_prometheus:
+            result = _train_from_prometheus(
+                config, events, settings, console, output, since_s or 7 * 86400.0, step_s or 15.0
+            )
+        else:
+            result = _train_from_journal(config, events, settings, console, output)
     except NotEnoughData as exc:
         _fail(EXIT_CONFIG, str(exc))
     except ModelUnavailable as exc:
@@ -327,6 +358,72 @@ def train(config_path: str | None, output: str) -> None:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
         console.print(training_table(result))
+
+
+def _train_from_journal(
+    config: Config, events: Events, settings: TrainSettings, console: Console, output: str
+) -> TrainingReport:
+    from veloflux.training import train_from_journal
+
+    journal = open_journal(config, events, create=False)
+    if journal is None:
+        _fail(
+            EXIT_CONFIG,
+            f"ai.history_path: no journal at {config.ai.history_path}; "
+            "run `veloflux-agent record` first",
+        )
+    with journal, _progress(console, output) as progress:
+        return train_from_journal(journal, open_registry(config, events), settings, progress)
+
+
+def _train_from_prometheus(
+    config: Config,
+    events: Events,
+    settings: TrainSettings,
+    console: Console,
+    output: str,
+    since_seconds: float,
+    step_seconds: float,
+) -> TrainingReport:
+    """Pull HAProxy's exporter history (and the features) from Prometheus, then train
+    on it as on the journal."""
+    from veloflux.prometheus_api import PrometheusAPI, PrometheusError
+    from veloflux.prometheus_history import pull_history
+    from veloflux.training import train_from_samples
+    from veloflux.wiring import feature_queries
+
+    prom = config.prometheus
+    if prom is None:
+        _fail(EXIT_CONFIG, "prometheus: required for --from-prometheus (its url at least)")
+    if config.haproxy is None:
+        _fail(EXIT_CONFIG, "haproxy: --from-prometheus reads HAProxy's exporter series")
+    end = datetime.now(UTC).replace(microsecond=0)
+    start = end - timedelta(seconds=since_seconds)
+    api = PrometheusAPI(prom.url, max(prom.timeout_seconds, 30.0), prom.headers)
+    try:
+        with _progress(console, output, "pulling history") as progress:
+            samples, pulled = pull_history(
+                api,
+                config.haproxy.backends,
+                feature_queries(config, "haproxy"),
+                start,
+                end,
+                step_seconds,
+                events,
+                progress,
+            )
+    except PrometheusError as exc:
+        _fail(EXIT_PROXY, str(exc))
+    finally:
+        api.close()
+    click.echo(
+        f"pulled {pulled.rows} samples of {pulled.servers} server(s) from {prom.url} in "
+        f"{pulled.queries} queries, {pulled.seconds:.1f}s"
+        + (f"; left out (ambiguous): {', '.join(pulled.skipped)}" if pulled.skipped else ""),
+        err=True,
+    )
+    with _progress(console, output) as progress:
+        return train_from_samples(samples, open_registry(config, events), settings, progress)
 
 
 @main.group("model")
@@ -373,7 +470,9 @@ def _entry_json(entry: ModelEntry) -> dict[str, object]:
 
 
 @contextlib.contextmanager
-def _progress(console: Console, output: str) -> Iterator[Callable[[str, float], None]]:
+def _progress(
+    console: Console, output: str, title: str = "training"
+) -> Iterator[Callable[[str, float], None]]:
     """A progress bar on a terminal; silence when piped or when JSON is asked for."""
     if not (console.is_terminal and output == "table"):
         yield lambda _stage, _fraction: None
@@ -381,5 +480,5 @@ def _progress(console: Console, output: str) -> Iterator[Callable[[str, float], 
     from rich.progress import Progress
 
     with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("training", total=1.0)
+        task = bar.add_task(title, total=1.0)
         yield lambda stage, fraction: bar.update(task, completed=fraction, description=stage)

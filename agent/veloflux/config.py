@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from veloflux import promql
 from veloflux.durations import parse_duration
 from veloflux.errors import ConfigError, ConfigProblem, UnsafeName
 from veloflux.names import check_name, parse_server_key
@@ -45,6 +46,25 @@ def _server_key(value: str) -> str:
 
 
 ServerKey = Annotated[str, AfterValidator(_server_key)]
+
+
+def _feature_name(value: str) -> str:
+    if not promql.FEATURE_NAME.match(value):
+        raise ValueError(
+            f"feature name {value!r}: lower-case letters, digits and '_', starting with a letter"
+        )
+    return value
+
+
+def _feature_query(value: str) -> str:
+    problems = promql.syntax_problems(value)
+    if problems:
+        raise ValueError("PromQL: " + "; ".join(problems))
+    return value
+
+
+FeatureName = Annotated[str, AfterValidator(_feature_name)]
+FeatureQuery = Annotated[str, AfterValidator(_feature_query)]
 Weight = Annotated[int, Field(ge=0, le=HAPROXY_MAX_WEIGHT)]
 
 
@@ -258,6 +278,71 @@ class EnvoySection(_Section):
         return self
 
 
+class ServerLabelsSection(_Section):
+    """Which labels of a feature's series name its pool and its server."""
+
+    backend: str = Field(default="proxy", description="the label holding the pool's name")
+    server: str = Field(
+        default="server", description="the label holding the server's name; '' for pool-level"
+    )
+
+    @field_validator("backend", "server")
+    @classmethod
+    def _label_name(cls, value: str) -> str:
+        if value and not promql.LABEL_NAME.match(value):
+            raise ValueError(f"{value!r} is not a Prometheus label name")
+        return value
+
+
+class PrometheusSection(_Section):
+    """Where Prometheus (or a compatible store) is, and which features to read from it."""
+
+    url: str = Field(description="http(s)://HOST:PORT[/prefix] of the Prometheus HTTP API")
+    timeout_seconds: Seconds = Field(default=5.0, alias="timeout", gt=0, le=120)
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="sent with every query, e.g. Authorization"
+    )
+    features: dict[FeatureName, FeatureQuery] = Field(
+        default_factory=dict,
+        description="name -> PromQL; {backend} and {server} inside quoted label values",
+    )
+    default_features: bool = Field(
+        default=True,
+        description="also read the built-in feature set of each proxy's exporter",
+    )
+    server_labels: ServerLabelsSection = Field(default_factory=ServerLabelsSection)
+    instance_map: dict[str, ServerKey] = Field(
+        default_factory=dict,
+        description="series label instance -> BACKEND/SERVER, for node-level series",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        scheme, _, rest = value.partition("://")
+        if scheme not in ("http", "https") or not rest.strip("/"):
+            raise ValueError("must be http(s)://HOST:PORT of the Prometheus HTTP API")
+        return value.rstrip("/")
+
+    @field_validator("headers")
+    @classmethod
+    def _plain_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9-]+", name):
+                raise ValueError(f"header name {name!r}: letters, digits and '-' only")
+            if any(c in text for c in "\r\n\0"):
+                raise ValueError(f"header {name}: a value cannot contain a line break")
+        return value
+
+    @model_validator(mode="after")
+    def _some_feature(self) -> PrometheusSection:
+        if not self.features and not self.default_features:
+            raise ValueError(
+                "prometheus.features: name at least one feature, or keep default_features on"
+            )
+        return self
+
+
 class APISection(_Section):
     """The daemon's HTTP API: metrics, health, status and the operator controls."""
 
@@ -295,6 +380,7 @@ class Config(_Section):
     ai: AISection = Field(default_factory=AISection)
     policy: PolicySection = Field(default_factory=PolicySection)
     api: APISection = Field(default_factory=APISection)
+    prometheus: PrometheusSection | None = None
 
     @property
     def stale_after_seconds(self) -> float:

@@ -162,6 +162,9 @@ class DaemonOps:
         failed = {f.proxy for f in result.failures if f.reason == "source"}
         for proxy in proxy_kinds(self._config):
             self._metrics.source_up(proxy, proxy not in failed)
+        external = result.observation.external
+        if self._config.prometheus is not None:
+            self._metrics.source_up("prometheus", external is not None and not external.error)
         self._metrics.tick_succeeded(result, time.time())
         self._metrics.model_loaded(result.plan.model_version)
         if result.proxy_reloaded:
@@ -253,11 +256,26 @@ class DaemonOps:
                     "address": proxy_address(self._config, proxy),
                 }
                 for proxy in proxy_kinds(self._config)
-            },
+            }
+            | self._prometheus_status(),
             "model": self._model_status(),
             "last_training": self._training.to_json() if self._training else None,
             "plan": last.plan.to_json() if last else None,
         }
+
+    def _prometheus_status(self) -> dict[str, Any]:
+        """Prometheus beside the proxies on the status page: up, and what it gave."""
+        prom = self._config.prometheus
+        if prom is None:
+            return {}
+        external = self._last.observation.external if self._last else None
+        status: dict[str, Any] = {
+            "up": external is not None and not external.error,
+            "address": prom.url,
+        }
+        if external is not None:
+            status |= {"error": external.error, "problems": list(external.problems)}
+        return {"prometheus": status}
 
     def _source_up(self, proxy: str) -> bool:
         """Whether ``proxy``'s source answered at the last tick."""

@@ -10,6 +10,7 @@ number across a reload or a counter reset.
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 import threading
@@ -24,9 +25,10 @@ import pandas as pd
 
 from veloflux.errors import VelofluxError
 from veloflux.events import Events
-from veloflux.observation import COLUMN_NAMES, Observation
+from veloflux.observation import COLUMN_NAMES, EXTERNAL_PREFIX, Observation
 
-SCHEMA_VERSION = 1
+# 2: the ``external`` column (operator-defined features); a version 1 journal gains it.
+SCHEMA_VERSION = 2
 # HAProxy 2.6 averages qtime/ctime/rtime/ttime over the last 512 requests (TIME_STATS_SAMPLES),
 # a plain running mean until a server's 512th request; measured on HAProxy 2.6.12.
 EMA_SAMPLES = 512
@@ -65,13 +67,15 @@ _SCHEMA = (
     + ", ".join(f"{c} TEXT NOT NULL" for c in _TEXT)
     + ", backup INTEGER NOT NULL, "
     + ", ".join(f"{c} REAL" for c in _REAL)
-    + ", problem TEXT NOT NULL, proxy_pid INTEGER NOT NULL, proxy_started REAL)",
+    + ", problem TEXT NOT NULL, proxy_pid INTEGER NOT NULL, proxy_started REAL, external TEXT)",
     "CREATE INDEX IF NOT EXISTS samples_by_server ON samples (pool, server, time)",
     "CREATE INDEX IF NOT EXISTS samples_by_time ON samples (time)",
 )
+# Operator-defined features of a sample, as one JSON object {column: value} (NULL when
+# it had none; a NaN is left out): their set is the operator's, not the schema's.
+_ALL_COLUMNS = (*STORED_COLUMNS, "external")
 _INSERT = (
-    f"INSERT INTO samples ({', '.join(STORED_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(STORED_COLUMNS))})"
+    f"INSERT INTO samples ({', '.join(_ALL_COLUMNS)}) VALUES ({', '.join('?' * len(_ALL_COLUMNS))})"
 )
 _NULLABLE = frozenset((*_REAL, "proxy_started"))
 _HINTS = {
@@ -152,6 +156,11 @@ class Journal:
                     (SCHEMA_VERSION,),
                 )
         found = conn.execute("SELECT version FROM schema_version").fetchone()
+        if found is not None and found[0] == 1:  # what version 2 added: one nullable column
+            with _transaction(conn):
+                conn.execute("ALTER TABLE samples ADD COLUMN external TEXT")
+                conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+            found = (SCHEMA_VERSION,)
         if found is None or found[0] != SCHEMA_VERSION:
             version = found and found[0]
             raise self._refuse(f"schema version {version}, this VeloFlux reads {SCHEMA_VERSION}")
@@ -194,7 +203,8 @@ class Journal:
         pools: Sequence[str] | None = None,
     ) -> pd.DataFrame:
         """Samples with ``since <= time < until`` (half-open, so ranges tile), sorted by
-        (pool, server, time), with the stored column names; NULL comes back as NaN."""
+        (pool, server, time), with the stored column names and a column per
+        operator-defined feature any of them had; NULL comes back as NaN."""
         clauses: list[str] = []
         params: list[object] = []
         for condition, moment in (("time >= ?", since), ("time < ?", until)):
@@ -206,7 +216,7 @@ class Journal:
             clauses.append(f"pool IN ({', '.join('?' * len(names))})")
             params.extend(names)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT {', '.join(STORED_COLUMNS)} FROM samples{where} ORDER BY pool, server, time"
+        sql = f"SELECT {', '.join(_ALL_COLUMNS)} FROM samples{where} ORDER BY pool, server, time"
         rows = self._query("reading", sql, params)
         return _frame(rows)
 
@@ -457,7 +467,29 @@ def journal_frame(observation: Observation) -> pd.DataFrame:
             columns[column] = np.array(values, dtype=bool if column == "backup" else float)
     columns["proxy_pid"] = np.full(n, observation.proxy.pid, dtype="int64")
     columns["proxy_started"] = np.full(n, observation.proxy.started_at_epoch, dtype=float)
+    if observation.external is not None:
+        for column, values in observation.external.values:
+            columns[column] = np.array(values, dtype=float)
     return _typed(pd.DataFrame(columns))
+
+
+def samples_frame(columns: dict[str, Any]) -> pd.DataFrame:
+    """Samples from another store (Prometheus's history) in the journal's own format:
+    the stored columns with their dtypes (a text column it lacks is empty, a number
+    NaN), plus any operator-defined feature columns. ``time`` must be UTC."""
+    n = len(columns["time"])
+    full: dict[str, Any] = {}
+    for column in STORED_COLUMNS:
+        if column in columns:
+            full[column] = columns[column]
+        elif column in _TEXT or column == "problem":
+            full[column] = [""] * n
+        else:
+            full[column] = np.zeros(n) if column in ("backup", "proxy_pid") else np.full(n, np.nan)
+    full |= {c: v for c, v in columns.items() if c.startswith(EXTERNAL_PREFIX)}
+    frame = pd.DataFrame(full)
+    frame["time"] = pd.to_datetime(frame["time"], utc=True).dt.as_unit("us")
+    return _typed(frame)
 
 
 def _utc_micros(times: tuple[datetime, ...]) -> pd.Series:
@@ -479,15 +511,49 @@ def _rows(frame: pd.DataFrame) -> list[tuple[object, ...]]:
         if column in _NULLABLE:
             values = [None if v != v else v for v in values]  # v != v: NaN
         columns.append(values)
+    columns.append(_external_json(frame))
     return list(zip(*columns, strict=True))
+
+
+def external_columns(frame: pd.DataFrame) -> tuple[str, ...]:
+    """The operator-defined feature columns ``frame`` carries, in a stable order."""
+    return tuple(sorted(c for c in frame.columns if str(c).startswith(EXTERNAL_PREFIX)))
+
+
+def _external_json(frame: pd.DataFrame) -> list[str | None]:
+    """Each row's operator-defined features as the ``external`` column's JSON."""
+    names = external_columns(frame)
+    if not names:
+        return [None] * len(frame)
+    table = zip(*(frame[c].to_numpy(dtype=float).tolist() for c in names), strict=True)
+    out: list[str | None] = []
+    for row in table:
+        known = {name: v for name, v in zip(names, row, strict=True) if v == v}  # NaN: left out
+        out.append(json.dumps(known, allow_nan=False) if known else None)
+    return out
 
 
 def _frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
     """Rows as a frame with fixed dtypes, whatever SQLite's per-value types were."""
-    frame = pd.DataFrame.from_records(rows, columns=list(STORED_COLUMNS))
+    frame = pd.DataFrame.from_records(rows, columns=list(_ALL_COLUMNS))
     micros = np.rint(frame["time"].to_numpy(dtype=float) * 1e6).astype("int64")
     frame["time"] = pd.Series(micros.astype("datetime64[us]")).dt.tz_localize(UTC)
+    external = frame.pop("external")
+    if external.notna().any():
+        for column, values in _external_values(external.tolist()).items():
+            frame[column] = values
     return _typed(frame)
+
+
+def _external_values(texts: list[object]) -> dict[str, np.ndarray]:
+    """The ``external`` column back as a float column per feature (NaN where absent;
+    pandas has made SQLite's NULLs NaN)."""
+    parsed = [json.loads(t) if isinstance(t, str) else {} for t in texts]
+    names = sorted({name for p in parsed for name in p if str(name).startswith(EXTERNAL_PREFIX)})
+    return {
+        name: np.array([float(p.get(name, math.nan)) for p in parsed], dtype=float)
+        for name in names
+    }
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
@@ -529,6 +595,7 @@ def derive_rates(samples: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise ValueError(f"derive_rates needs the journal's columns; missing {missing}")
     optional = [c for c in ("proxy_started", "source") if c in samples]
+    optional += external_columns(samples)
     ordered, later = _series_order(samples[[*_NEEDED, *optional]])
     return _rates_between(ordered, later - 1, ordered, later)
 
@@ -578,7 +645,10 @@ def _rates_between(
         old, new = before_after(column)
         inverted = interval_mean(old, new, count_before, requests)
         derived[f"interval_{column}"] = np.where(direct, new, inverted)
-    return out.reset_index(drop=True).assign(**derived)[list(RATE_COLUMNS)]
+    external = external_columns(after)
+    for column in external:  # an operator-defined feature: its value at the interval's end
+        derived[column] = after[column].to_numpy(dtype=float, na_value=np.nan)[later]
+    return out.reset_index(drop=True).assign(**derived)[[*RATE_COLUMNS, *external]]
 
 
 def _series_order(samples: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:

@@ -147,7 +147,11 @@ class Agent:
 
     def close(self) -> None:
         """Release the journal (the daemon calls this when a reloaded config replaces it),
-        after the recorder, if any, has written what it holds."""
+        after the recorder, if any, has written what it holds. A source that holds
+        something of its own (Prometheus's query threads) has a ``close`` too."""
+        close_source = getattr(self._source, "close", None)
+        if close_source is not None:
+            close_source()
         if self._recorder is not None:
             self._recorder.close()
         if self._journal is not None:
@@ -373,6 +377,9 @@ def summary_line(result: TickResult) -> str:
     reload_text = " proxy_reloaded" if result.proxy_reloaded else ""
     failed = ",".join(f"{f.proxy}({f.reason})" for f in result.failures)
     failed_text = f" proxies_failed={failed}" if failed else ""
+    external = result.observation.external
+    if external is not None:  # Prometheus features: read, or down (degraded mode)
+        failed_text += f" {external.source}={'down' if external.error else 'up'}"
     return (
         f"tick pools[{mode_text}] servers={servers} {acted} lowest_confidence={lowest} "
         f"model={result.plan.model_version or '-'}{reload_text}{failed_text} "

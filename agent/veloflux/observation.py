@@ -8,8 +8,9 @@ is a real measurement and would teach the model a lie.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, NamedTuple
@@ -62,6 +63,9 @@ COLUMNS: tuple[Column, ...] = (
 )
 
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
+# Operator-defined features (``prometheus.features``) are columns named with this
+# prefix, beside the documented ones, from the Observation to the model's input.
+EXTERNAL_PREFIX = "prom_"
 STATES = ("UP", "DOWN", "MAINT", "DRAIN")
 
 
@@ -131,6 +135,31 @@ class ProxyIdentity:
 
 
 @dataclass(frozen=True)
+class ExternalFeatures:
+    """Operator-defined features read beside the proxy's own stats (Prometheus).
+
+    ``values`` holds, per feature column (``EXTERNAL_PREFIX`` + name), one value per
+    row of the Observation, NaN where the source had none for that server. When the
+    source could not be read, ``error`` says why and every value is NaN: the tick goes
+    on with the proxy's own stats, and the model's confidence sees what is missing.
+    ``problems`` names what went wrong with single features in an answered reading.
+    """
+
+    source: str
+    values: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    error: str = ""
+    problems: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(column for column, _ in self.values)
+
+    def names(self) -> tuple[str, ...]:
+        """The features' configured names (the columns without the prefix)."""
+        return tuple(column.removeprefix(EXTERNAL_PREFIX) for column in self.columns)
+
+
+@dataclass(frozen=True)
 class Observation:
     """One reading of one proxy: typed rows, and the same rows as a pandas frame.
 
@@ -144,6 +173,7 @@ class Observation:
     pools: tuple[PoolInfo, ...]
     proxy: ProxyIdentity
     missing_pools: tuple[str, ...] = field(default=())
+    external: ExternalFeatures | None = None
 
     @classmethod
     def from_frame(
@@ -170,6 +200,7 @@ class Observation:
             pools=tuple(pool for p in parts for pool in p.pools),
             proxy=parts[0].proxy,
             missing_pools=tuple(name for p in parts for name in p.missing_pools),
+            external=_combined_external(parts),
         )
 
     @cached_property
@@ -184,3 +215,27 @@ class Observation:
     def servers_of(self, pool: str) -> tuple[ServerRow, ...]:
         """The rows of one pool, in the proxy's own server order."""
         return tuple(r for r in self.rows if r.pool == pool)
+
+    def with_external(self, external: ExternalFeatures) -> Observation:
+        """This reading with operator-defined features added."""
+        return replace(self, external=external)
+
+
+def _combined_external(parts: Sequence[Observation]) -> ExternalFeatures | None:
+    """Every part's external features over the combined rows: a part without a
+    feature has NaN for it; the first error and every problem are kept."""
+    found = [p.external for p in parts if p.external is not None]
+    if not found:
+        return None
+    columns = sorted({c for e in found for c in e.columns})
+    values: dict[str, list[float]] = {c: [] for c in columns}
+    for part in parts:
+        own = dict(part.external.values) if part.external is not None else {}
+        for column in columns:
+            values[column].extend(own.get(column, (math.nan,) * len(part.rows)))
+    return ExternalFeatures(
+        source=found[0].source,
+        values=tuple((c, tuple(v)) for c, v in values.items()),
+        error=next((e.error for e in found if e.error), ""),
+        problems=tuple(p for e in found for p in e.problems),
+    )

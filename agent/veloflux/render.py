@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from veloflux.model.registry import ModelEntry
     from veloflux.training import TrainingReport
 
+from veloflux.observation import ExternalFeatures
 from veloflux.weightplan import ApplyReport, WeightPlan
 
 _MODE_STYLE = {"model": "green", "fallback": "yellow", "hold": "magenta", "unmanaged": "dim"}
@@ -74,14 +75,49 @@ def make_console() -> Console:
     return probe if probe.is_terminal else Console(width=160)
 
 
+def external_json(external: ExternalFeatures) -> dict[str, Any]:
+    """What the Prometheus source gave this tick: each feature and how many servers
+    it had a value for, or why it gave nothing."""
+    return {
+        "source": external.source,
+        "available": not external.error,
+        "error": external.error,
+        "features": {
+            name: sum(1 for v in values if v == v)  # v == v: not NaN
+            for name, (_, values) in zip(external.names(), external.values, strict=True)
+        },
+        "problems": list(external.problems),
+    }
+
+
+def external_line(external: ExternalFeatures, servers: int) -> str:
+    """The one line a person reads about the Prometheus features of this tick."""
+    if external.error:
+        return (
+            f"{external.source}: unavailable, every feature missing (degraded mode: the "
+            f"proxy's own stats only; confidence sees the gap): {external.error}"
+        )
+    counts = external_json(external)["features"]
+    read = ", ".join(f"{name} {n}/{servers}" for name, n in counts.items())
+    return f"{external.source} features in use (servers with a value): {read}"
+
+
 def print_plan(
-    plan: WeightPlan, output: str, title: str, report: ApplyReport | None = None
+    plan: WeightPlan,
+    output: str,
+    title: str,
+    report: ApplyReport | None = None,
+    external: ExternalFeatures | None = None,
+    servers: int = 0,
 ) -> None:
-    """Print the plan (and, after a write, what happened) in the chosen format."""
+    """Print the plan (and, after a write, what happened) in the chosen format;
+    ``external``: the Prometheus features of the observation behind it."""
     if output == "json":
         document = plan.to_json()
         if report is not None:
             document["apply"] = report_json(report)
+        if external is not None:
+            document["prometheus"] = external_json(external)
         # Indented for a person at a terminal; compact when piped, where the C encoder is
         # ten times faster on a 1,000-server plan (indentation forces the Python one).
         indent = 2 if sys.stdout.isatty() else None
@@ -93,6 +129,13 @@ def print_plan(
     for pool in plan.pools:
         if pool.mode in ("unmanaged", "hold"):
             console.print(f"[dim]{pool.backend}: {pool.mode}: {pool.reason}[/dim]")
+    if external is not None:
+        from rich.markup import escape
+
+        style = "yellow" if external.error else "dim"
+        console.print(f"[{style}]{escape(external_line(external, servers))}[/{style}]")
+        for problem in external.problems:
+            console.print(f"[yellow]  {escape(problem)}[/yellow]")
     if report is not None:
         console.print(
             f"written {len(report.applied)} weight(s), each confirmed by read-back; "

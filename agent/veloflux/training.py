@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from veloflux.errors import ModelUnavailable
+
+if TYPE_CHECKING:
+    import pandas as pd
 from veloflux.history import Journal, derive_rates
-from veloflux.model.features import FEATURES, build_features
+from veloflux.model.features import build_features, checked_features
 from veloflux.model.registry import ModelEntry, Registry
 from veloflux.model.train import (
     QUANTILES,
@@ -61,7 +64,18 @@ def train_from_journal(
     """Train on the whole journal; raise ``NotEnoughData`` if it is too short."""
     report = progress or (lambda _stage, _fraction: None)
     report("reading history", 0.0)
-    features = build_features(derive_rates(journal.read()))
+    return train_from_samples(journal.read(), registry, settings, progress)
+
+
+def train_from_samples(
+    samples: pd.DataFrame,
+    registry: Registry,
+    settings: TrainSettings,
+    progress: Progress | None = None,
+) -> TrainingReport:
+    """Train on journal-format samples (the journal's, or Prometheus's history laid out
+    the same way): the same rates, the same features, the same gate."""
+    features = build_features(derive_rates(samples))
     model, split = train_model(features, settings, progress)
     entry = registry.save(model.booster_bytes(), model.metadata)
     current_version, current_metrics = _current_on(registry, split.test)
@@ -119,7 +133,9 @@ def _current_on(
         loaded = registry.load(version)
     except ModelUnavailable:
         return version, None  # a model we cannot trust cannot defend its place
-    if list(loaded.metadata.get("features", [])) != list(FEATURES):
+    try:
+        features = checked_features(loaded.metadata.get("features", []), version)
+    except ModelUnavailable:
         return version, None
     boosters = {}
     for name in (*(quantile_name(a) for a in QUANTILES), "errors"):
@@ -129,5 +145,5 @@ def _current_on(
         booster.load_model(bytearray(loaded.boosters[name]))
         boosters[name] = booster
     latency = tuple(boosters[quantile_name(a)] for a in QUANTILES)
-    model = TrainedModel(latency, boosters["errors"], dict(loaded.metadata))
+    model = TrainedModel(latency, boosters["errors"], dict(loaded.metadata), features)
     return version, evaluate(model, test, float(loaded.metadata["conformal_offset"]))

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from veloflux import promql
 from veloflux.config import Config
 from veloflux.errors import ConfigError, ConfigProblem
 from veloflux.events import Events
@@ -18,6 +19,7 @@ from veloflux.fleet import Fleet
 from veloflux.haproxy_runtime import RuntimeAPI
 from veloflux.loop import Agent, Driver, Sink, Source
 from veloflux.model.registry import Registry
+from veloflux.promql import FeatureQuery
 from veloflux.sinks.haproxy import HAProxySink
 from veloflux.sources.haproxy import HAProxySource
 
@@ -56,8 +58,36 @@ def proxy_address(config: Config, kind: str) -> str:
     return config.haproxy.socket if config.haproxy else ""
 
 
+def feature_queries(config: Config, kind: str) -> tuple[FeatureQuery, ...]:
+    """The Prometheus features read for ``kind``'s pools: the proxy's built-in set (unless
+    ``default_features`` is off), then the operator's, which win a name they share."""
+    prom = config.prometheus
+    if prom is None:
+        return ()
+    chosen = {f.name: f for f in (promql.DEFAULTS[kind] if prom.default_features else ())}
+    labels = prom.server_labels
+    for name, template in prom.features.items():
+        chosen[name] = FeatureQuery(name, template, labels.backend, labels.server)
+    return tuple(chosen.values())
+
+
 def build_source(config: Config, events: Events, clock: Callable[[], datetime] = utc_now) -> Source:
-    """The source of the config's one proxy (with both set: Envoy's; see ``build_sources``)."""
+    """The source of the config's one proxy (with both set: Envoy's; see ``build_sources``),
+    reading Prometheus's features beside it when ``prometheus`` is set."""
+    source = _proxy_source(config, events, clock)
+    prom = config.prometheus
+    if prom is None:
+        return source
+    from veloflux.prometheus_api import PrometheusAPI
+    from veloflux.sources.prometheus import PrometheusFeatures, WithPrometheus
+
+    kind = "envoy" if config.envoy is not None else "haproxy"
+    api = PrometheusAPI(prom.url, prom.timeout_seconds, prom.headers)
+    features = PrometheusFeatures(api, feature_queries(config, kind), events, prom.instance_map)
+    return WithPrometheus(source, features)
+
+
+def _proxy_source(config: Config, events: Events, clock: Callable[[], datetime]) -> Source:
     if config.envoy is not None:
         from veloflux.envoy_admin import EnvoyAdmin
         from veloflux.sources.envoy import EnvoyCluster, EnvoySource

@@ -568,3 +568,81 @@ def test_resolved_path_loads(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMUM_CONTRACT, name="custom.yaml")
     resolved = resolve_config_path(None, {"VELOFLUX_CONFIG": str(path)})
     assert isinstance(load_config(resolved, environ=NO_ENV), Config)
+
+
+# --- prometheus ---------------------------------------------------------------------------
+
+PROMETHEUS_CONTRACT = """\
+haproxy:
+  socket: unix:///run/haproxy/admin.sock
+prometheus:
+  url: http://127.0.0.1:9090
+  timeout: 5s
+  headers: {Authorization: "Bearer abc"}
+  features:
+    cpu: 'avg by (instance) (rate(node_cpu_seconds_total{mode!="idle"}[1m]))'
+    p95_latency: 'histogram_quantile(0.95, sum by (le, proxy, server) (rate(x[1m])))'
+  server_labels: {backend: proxy, server: server}
+  instance_map: {"10.0.0.5:9100": app/s1}
+"""
+
+
+def test_the_prometheus_contract_loads(tmp_path: Path) -> None:
+    prom = load_config(write(tmp_path, PROMETHEUS_CONTRACT), NO_ENV).prometheus
+    assert prom is not None
+    assert prom.url == "http://127.0.0.1:9090"
+    assert prom.timeout_seconds == 5.0
+    assert prom.headers == {"Authorization": "Bearer abc"}
+    assert list(prom.features) == ["cpu", "p95_latency"]
+    assert (prom.server_labels.backend, prom.server_labels.server) == ("proxy", "server")
+    assert prom.instance_map == {"10.0.0.5:9100": "app/s1"}
+    assert prom.default_features is True
+
+
+def test_the_url_alone_is_a_prometheus_section() -> None:
+    config = validate_config(
+        {"haproxy": {"socket": "unix:///x.sock"}, "prometheus": {"url": "http://p:9090/"}}
+    )
+    assert config.prometheus is not None
+    assert config.prometheus.url == "http://p:9090"
+    assert config.prometheus.features == {}
+
+
+def test_every_prometheus_problem_is_named_with_its_path() -> None:
+    with pytest.raises(ConfigError) as caught:
+        validate_config(
+            {
+                "haproxy": {"socket": "unix:///x.sock"},
+                "prometheus": {
+                    "url": "ftp://p",
+                    "timeout": "0s",
+                    "headers": {"X-Token": "a\nb"},
+                    "features": {
+                        "Bad-Name": "up",
+                        "unclosed": "rate(x[1m]",
+                        "outside": "x{proxy={backend}}",
+                    },
+                    "server_labels": {"backend": "not a label"},
+                    "instance_map": {"10.0.0.5:9100": "app;s1"},
+                },
+            }
+        )
+    paths = {p.path: p.message for p in caught.value.problems}
+    assert "must be http(s)://" in paths["prometheus.url"]
+    assert paths["prometheus.timeout"] == "must be > 0"
+    assert "line break" in paths["prometheus.headers"]
+    assert "lower-case letters" in paths["prometheus.features.Bad-Name"]
+    assert "never closed" in paths["prometheus.features.unclosed"]
+    assert "inside a quoted label value" in paths["prometheus.features.outside"]
+    assert "not a Prometheus label name" in paths["prometheus.server_labels.backend"]
+    assert "BACKEND/SERVER" in paths["prometheus.instance_map.10.0.0.5:9100"]
+
+
+def test_turning_the_defaults_off_needs_a_feature_of_ones_own() -> None:
+    with pytest.raises(ConfigError, match="name at least one feature"):
+        validate_config(
+            {
+                "haproxy": {"socket": "unix:///x.sock"},
+                "prometheus": {"url": "http://p:9090", "default_features": False},
+            }
+        )

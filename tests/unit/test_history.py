@@ -24,6 +24,7 @@ from veloflux.history import (
     CACHE_KIB,
     EMA_SAMPLES,
     RATE_COLUMNS,
+    SCHEMA_VERSION,
     STORED_COLUMNS,
     HistoryError,
     Journal,
@@ -32,7 +33,7 @@ from veloflux.history import (
     interval_mean,
     journal_frame,
 )
-from veloflux.observation import Observation, PoolInfo, ProxyIdentity, ServerRow
+from veloflux.observation import ExternalFeatures, Observation, PoolInfo, ProxyIdentity, ServerRow
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 A = 1 - 1 / EMA_SAMPLES
@@ -119,7 +120,7 @@ def test_schema_version_and_indexes_exist_and_reopening_keeps_rows(
     with Journal(path, events) as journal:
         journal.append(snapshot(T0, {"a": {}}))
     raw = sqlite3.connect(path)
-    assert raw.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert raw.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     indexes = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"samples_by_server", "samples_by_time"} <= indexes
     assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -655,3 +656,72 @@ def test_the_journal_keeps_sqlites_page_cache_small(journal: Journal) -> None:
     hour before it filled (docs/benchmarks.md, the daemon's RSS figure)."""
     (size,) = journal._connection().execute("PRAGMA cache_size").fetchone()
     assert size == -CACHE_KIB
+
+
+# --- operator-defined (Prometheus) features ----------------------------------------------
+
+
+def with_external(obs: Observation, **columns: tuple[float, ...]) -> Observation:
+    values = tuple((f"prom_{name}", v) for name, v in columns.items())
+    return obs.with_external(ExternalFeatures("prometheus", values))
+
+
+def test_external_features_round_trip_and_nan_is_left_out(journal: Journal) -> None:
+    first = with_external(snapshot(T0, {"a": {}, "b": {}}), cpu=(0.25, NAN))
+    second = snapshot(T0 + timedelta(seconds=10), {"a": {}, "b": {}})  # Prometheus not set
+    journal.append(first)
+    journal.append(second)
+    back = journal.read()
+    assert "prom_cpu" in back.columns
+    keys = zip(back["server"].tolist(), back["time"].tolist(), strict=True)
+    by_key = dict(zip(keys, back["prom_cpu"].tolist(), strict=True))
+    assert by_key[("a", pd.Timestamp(T0))] == 0.25
+    assert math.isnan(by_key[("b", pd.Timestamp(T0))])  # NaN stays unknown, never 0
+    assert math.isnan(by_key[("a", pd.Timestamp(T0 + timedelta(seconds=10)))])
+
+
+def test_journal_without_external_features_reads_back_the_stored_columns_only(
+    journal: Journal,
+) -> None:
+    journal.append(snapshot(T0, {"a": {}}))
+    assert list(journal.read().columns) == list(STORED_COLUMNS)
+
+
+def test_a_version_1_journal_gains_the_external_column_and_keeps_its_rows(
+    tmp_path: Path, events: Events
+) -> None:
+    path = tmp_path / "old.db"
+    with Journal(path, events) as journal:
+        journal.append(snapshot(T0, {"a": {}}))
+    raw = sqlite3.connect(path, isolation_level=None)  # make it look like version 1
+    raw.execute("CREATE TABLE s1 AS SELECT " + ", ".join(STORED_COLUMNS) + " FROM samples")
+    raw.execute("DROP TABLE samples")
+    raw.execute("ALTER TABLE s1 RENAME TO samples")
+    raw.execute("UPDATE schema_version SET version = 1")
+    raw.close()
+    with Journal(path, events) as journal:
+        journal.append(with_external(snapshot(T0 + timedelta(seconds=10), {"a": {}}), cpu=(0.5,)))
+        back = journal.read()
+    assert len(back) == 2
+    assert back["prom_cpu"].tolist()[1] == 0.5
+    assert math.isnan(back["prom_cpu"].tolist()[0])
+    raw = sqlite3.connect(path)
+    assert raw.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_rates_carry_external_features_at_the_interval_end() -> None:
+    samples = pd.concat(
+        [
+            journal_frame(with_external(snapshot(T0, {"a": {}}), cpu=(0.1,))),
+            journal_frame(
+                with_external(
+                    snapshot(T0 + timedelta(seconds=10), {"a": {"requests_total": 150.0}}),
+                    cpu=(0.7,),
+                )
+            ),
+        ],
+        ignore_index=True,
+    )
+    rates = derive_rates(samples)
+    assert list(rates.columns) == [*RATE_COLUMNS, "prom_cpu"]
+    assert rates["prom_cpu"].tolist() == [0.7]

@@ -33,12 +33,15 @@ from veloflux.advice import Advice
 from veloflux.config import OutlierSection, PolicySection
 from veloflux.errors import ModelUnavailable
 from veloflux.events import Events
+from veloflux.history import derive_rates
 from veloflux.model.advisor import AdvisorSettings, advise
 from veloflux.model.features import (
     FEATURES,
     LOAD_FEATURE,
     TARGET_LATENCY,
     baseline_log_latency,
+    build_features,
+    monotone_constraints,
     newest_rows,
     training_rows,
 )
@@ -546,3 +549,49 @@ def test_a_real_model_drives_a_pool_end_to_end(model: TrainedModel) -> None:
     plan = plan_weights(observation, PolicySection(), advice)
     assert plan.pools[0].mode == "model"
     assert all(s.planned_weight is not None and s.planned_weight >= 1 for s in plan.servers())
+
+
+# --- operator-defined (Prometheus) features -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def with_cpu() -> tuple[TrainedModel, Split]:
+    """The synthetic history with a Prometheus feature that tracks each server's load."""
+    raw = synthetic_raw()
+    rng = np.random.default_rng(3)
+    raw["prom_cpu"] = raw["sessions"].fillna(0).to_numpy() / 10 + rng.normal(0, 0.01, len(raw))
+    raw["prom_never_read"] = np.nan
+    return train_model(build_features(derive_rates(raw)), FAST)
+
+
+def test_a_prometheus_feature_is_learned_after_the_built_in_ones(
+    with_cpu: tuple[TrainedModel, Split],
+) -> None:
+    model, _ = with_cpu
+    assert model.features == (*FEATURES, "prom_cpu")  # a feature never read is left out
+    assert model.metadata["features"] == [*FEATURES, "prom_cpu"]
+    assert "prom_cpu" in model.metadata["ood"]["features"]
+    assert monotone_constraints(model.features).count("1") == 1
+
+
+def test_a_predictor_scores_with_the_feature_and_distrusts_its_absence(
+    with_cpu: tuple[TrainedModel, Split],
+) -> None:
+    model, split = with_cpu
+    predictor = Predictor(loaded_from_memory(model))
+    now, recent = now_and_recent(split)
+    assert now["prom_cpu"].notna().all()
+    with_it = predictor.confidence(now, recent, fresh=True).parts["ood"]
+    without = predictor.confidence(now.drop(columns=["prom_cpu"]), recent, fresh=True)
+    # Prometheus down: the feature the model always had is missing for every server.
+    assert (without.parts["ood"] <= 0.5).all()
+    assert with_it.mean() > without.parts["ood"].mean()
+    grid = now[[LOAD_FEATURE]].fillna(1.0).to_numpy(dtype=float)
+    curves = predictor.curves(now.drop(columns=["prom_cpu"]), grid)  # still predicts
+    assert np.isfinite(curves.latency_p90).all()
+
+
+def test_a_model_listing_an_unknown_kind_of_feature_is_refused(model: TrainedModel) -> None:
+    meta = {**model.metadata, "features": [*FEATURES, "cpu_from_somewhere"]}
+    with pytest.raises(ModelUnavailable, match="different feature set"):
+        Predictor(loaded_from_memory(model, **meta))

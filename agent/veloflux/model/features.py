@@ -16,10 +16,14 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
-from veloflux.history import instants, series_order
+from veloflux.errors import ModelUnavailable
+from veloflux.history import external_columns, instants, series_order
+from veloflux.observation import EXTERNAL_PREFIX
 
 # The load feature: latency must not fall as it rises (monotone +1).
 LOAD_FEATURE = "next_rate"
@@ -47,7 +51,22 @@ KEYS = ("time", "pool", "server")
 # Carried along for the outlier guard and sample weights; not a model input.
 EXTRA = ("requests",)
 _TREND_WINDOW = 3
-COLUMNS = (*KEYS, *EXTRA, *FEATURES, TARGET_LATENCY, TARGET_ERROR_RATE, TARGET_REQUESTS)
+TARGETS = (TARGET_LATENCY, TARGET_ERROR_RATE, TARGET_REQUESTS)
+COLUMNS = (*KEYS, *EXTRA, *FEATURES, *TARGETS)
+
+
+def checked_features(names: Sequence[object], version: str) -> tuple[str, ...]:
+    """A model's feature list, if this version can compute it: ``FEATURES`` in order,
+    then operator-defined ones (``EXTERNAL_PREFIX``; missing at a tick: NaN, which
+    XGBoost routes)."""
+    listed = tuple(str(n) for n in names)
+    head, tail = listed[: len(FEATURES)], listed[len(FEATURES) :]
+    if head != FEATURES or not all(n.startswith(EXTERNAL_PREFIX) for n in tail):
+        raise ModelUnavailable(
+            f"model {version} was trained on a different feature set "
+            f"({len(listed)} features); retrain it with this version"
+        )
+    return listed
 
 
 def monotone_constraints(features: tuple[str, ...] = FEATURES) -> str:
@@ -62,13 +81,18 @@ def build_features(rates: pd.DataFrame) -> pd.DataFrame:
     nothing about how it serves traffic. The targets of a server's last row are NaN
     (there is no next interval yet); that row is what prediction uses.
 
+    Operator-defined columns (``EXTERNAL_PREFIX``) in ``rates`` are carried over as
+    they are: each row's value at the interval's end.
+
     Every step is array work on integer codes over rows sorted by (pool, server,
     time): "the previous interval of this server" is the row before when it belongs to
     the same server. Pandas group-bys over the string keys cost 30 ms per tick for a
     1,000-server pool; this costs a few.
     """
+    external = external_columns(rates)
+    columns_out = (*KEYS, *EXTRA, *FEATURES, *external, *TARGETS)
     if rates.empty:
-        return pd.DataFrame(columns=list(COLUMNS))
+        return pd.DataFrame(columns=list(columns_out))
     order, series, pool_codes = series_order(rates, with_pools=True)
     # The float columns as arrays in (pool, server, time) order: permuting arrays is
     # cheap, taking whole frames (string and time columns too) is not.
@@ -122,13 +146,14 @@ def build_features(rates: pd.DataFrame) -> pd.DataFrame:
             "relative_latency": latency / (weighted / np.where(weight == 0, np.nan, weight)),
             "tod_sin": np.sin(angle),
             "tod_cos": np.cos(angle),
+            **{column: floats(column)[up] for column in external},
             **upcoming,
         }
     # A division by a zero that slipped through is missing data, not an infinite load.
     keys = {key: rates[key].take(kept).reset_index(drop=True) for key in KEYS}
     numeric = {c: np.where(np.isinf(v), np.nan, v) for c, v in columns.items()}
     frame = {**keys, **numeric}
-    return pd.DataFrame({c: frame[c] for c in COLUMNS})
+    return pd.DataFrame({c: frame[c] for c in columns_out})
 
 
 def _shifted(values: np.ndarray, series: np.ndarray, k: int) -> np.ndarray:

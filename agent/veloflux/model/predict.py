@@ -37,9 +37,16 @@ from veloflux.model.features import (
     LOAD_FEATURE,
     TARGET_LATENCY,
     baseline_log_latency,
+    checked_features,
 )
 from veloflux.model.registry import LoadedModel
-from veloflux.model.train import LATENCY_TARGET, QUANTILES, log_latency, quantile_name
+from veloflux.model.train import (
+    LATENCY_TARGET,
+    QUANTILES,
+    feature_matrix,
+    log_latency,
+    quantile_name,
+)
 
 CONFIDENCE_PARTS = ("freshness", "width", "realized", "ood")
 # How many of each server's latest judged intervals the realized-error part looks at.
@@ -90,11 +97,7 @@ class Predictor:
 
     def __init__(self, loaded: LoadedModel) -> None:
         meta = loaded.metadata
-        if list(meta.get("features", [])) != list(FEATURES):
-            raise ModelUnavailable(
-                f"model {loaded.version} was trained on a different feature set "
-                f"({len(meta.get('features', []))} features); retrain it with this version"
-            )
+        self.features = checked_features(meta.get("features", []), loaded.version)
         if meta.get("latency_target") != LATENCY_TARGET:
             raise ModelUnavailable(
                 f"model {loaded.version} predicts latency in another form "
@@ -107,7 +110,7 @@ class Predictor:
         self._errors = _booster(loaded, "errors")
         self._offset = float(meta["conformal_offset"])
         ood = meta["ood"]
-        self._ood_columns = [FEATURES.index(f) for f in ood.get("features", FEATURES)]
+        self._ood_columns = [self.features.index(f) for f in ood.get("features", FEATURES)]
         self._mean = np.asarray(ood["mean"], dtype=float)
         self._inv_cov = np.asarray(ood["inv_cov"], dtype=float)
         self._d2_q95 = float(ood["d2_q95"])
@@ -121,10 +124,7 @@ class Predictor:
     def _matrix(self, rows: pd.DataFrame, positions: np.ndarray | None = None) -> np.ndarray:
         """The model's input, column by column (cheaper than a sub-frame's interleave);
         only the rows at ``positions`` when given (cheaper than a sub-frame)."""
-        columns = (rows[f].to_numpy(dtype=np.float32) for f in FEATURES)
-        if positions is None:
-            return np.column_stack(list(columns))
-        return np.column_stack([column[positions] for column in columns])
+        return feature_matrix(rows, self.features, positions)
 
     @staticmethod
     def _score(booster: xgb.Booster, x: np.ndarray) -> np.ndarray:
@@ -141,7 +141,7 @@ class Predictor:
         n, g = rates.shape
         skip = 1 if g > 1 and not rates[:, 0].any() else 0
         x = np.repeat(self._matrix(rows), g - skip, axis=0)
-        x[:, FEATURES.index(LOAD_FEATURE)] = rates[:, skip:].reshape(-1)
+        x[:, self.features.index(LOAD_FEATURE)] = rates[:, skip:].reshape(-1)
         base = np.repeat(_baselines(rows), g - skip)
 
         def curve(values: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ import pandas as pd
 import xgboost as xgb
 
 from veloflux.errors import VelofluxError
+from veloflux.history import external_columns
 from veloflux.model.features import (
     FEATURES,
     TARGET_ERROR_RATE,
@@ -102,6 +103,7 @@ class TrainedModel:
     latency: tuple[xgb.Booster, ...]  # one per QUANTILES entry, in order
     errors: xgb.Booster
     metadata: dict[str, Any] = field(default_factory=dict)
+    features: tuple[str, ...] = FEATURES  # the boosters' input columns, in order
 
     def booster_bytes(self) -> dict[str, bytes]:
         named = {quantile_name(a): b for a, b in zip(QUANTILES, self.latency, strict=True)}
@@ -133,16 +135,43 @@ def log_latency(seconds: pd.Series | np.ndarray) -> np.ndarray:
     return logs
 
 
+def feature_matrix(
+    rows: pd.DataFrame, features: Sequence[str], positions: np.ndarray | None = None
+) -> np.ndarray:
+    """The model input of ``rows`` (only those at ``positions`` when given), column by
+    column: cheaper than a sub-frame's interleave. A feature the frame lacks (an
+    operator-defined one that was not read) is missing, NaN, for every row."""
+    n = len(rows) if positions is None else len(positions)
+    columns = []
+    for f in features:
+        if f not in rows:
+            columns.append(np.full(n, np.nan, dtype=np.float32))
+            continue
+        column = rows[f].to_numpy(dtype=np.float32, na_value=np.nan)
+        columns.append(column if positions is None else column[positions])
+    return np.column_stack(columns)
+
+
 def _matrix(
-    rows: pd.DataFrame, label: np.ndarray | None = None, weight: np.ndarray | None = None
+    rows: pd.DataFrame,
+    features: tuple[str, ...],
+    label: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
 ) -> xgb.DMatrix:
     return xgb.DMatrix(
-        rows[list(FEATURES)].to_numpy(dtype=np.float32),
+        feature_matrix(rows, features),
         label=label,
         weight=weight,
-        feature_names=list(FEATURES),
+        feature_names=list(features),
         missing=np.nan,
     )
+
+
+def model_features(rows: pd.DataFrame) -> tuple[str, ...]:
+    """``FEATURES``, then the operator-defined features the rows have values for: one
+    that was never read teaches nothing, and would only widen the model's input."""
+    known = tuple(c for c in external_columns(rows) if rows[c].notna().any())
+    return (*FEATURES, *known)
 
 
 def _fit(
@@ -175,6 +204,7 @@ def train_model(
             "`veloflux-agent record`."
         )
     split = split_by_time(rows)
+    used = model_features(split.train)
     common = {
         "tree_method": "hist",
         "max_depth": settings.max_depth,
@@ -184,8 +214,8 @@ def train_model(
         "seed": settings.seed,
         "nthread": settings.nthread,
     }
-    train_m = _matrix(split.train, latency_label(split.train), _weights(split.train))
-    valid_m = _matrix(split.valid, latency_label(split.valid), _weights(split.valid))
+    train_m = _matrix(split.train, used, latency_label(split.train), _weights(split.train))
+    valid_m = _matrix(split.valid, used, latency_label(split.valid), _weights(split.valid))
     boosters = []
     for i, alpha in enumerate(QUANTILES):
         report(f"latency q{round(alpha * 100)}", 0.1 + 0.2 * i)
@@ -194,23 +224,23 @@ def train_model(
             "objective": "reg:quantileerror",
             "quantile_alpha": alpha,
             "min_child_weight": settings.latency_min_child_weight,
-            "monotone_constraints": monotone_constraints(),
+            "monotone_constraints": monotone_constraints(used),
         }
         boosters.append(_fit(params, train_m, valid_m, settings))
     latency = tuple(boosters)
     report("error model", 0.7)
     errors = _fit(
-        {**common, "objective": "reg:logistic", "monotone_constraints": monotone_constraints()},
-        _matrix(split.train, _error_label(split.train), _weights(split.train)),
-        _matrix(split.valid, _error_label(split.valid), _weights(split.valid)),
+        {**common, "objective": "reg:logistic", "monotone_constraints": monotone_constraints(used)},
+        _matrix(split.train, used, _error_label(split.train), _weights(split.train)),
+        _matrix(split.valid, used, _error_label(split.valid), _weights(split.valid)),
         settings,
     )
     report("calibration", 0.85)
-    model = TrainedModel(latency, errors)
+    model = TrainedModel(latency, errors, features=used)
     metadata = _metadata(model, split, rows, settings)
     metadata["duration_seconds"] = round(time.perf_counter() - started, 3)
     report("done", 1.0)
-    return TrainedModel(latency, errors, metadata), split
+    return TrainedModel(latency, errors, metadata, used), split
 
 
 def _weights(rows: pd.DataFrame) -> np.ndarray:
@@ -234,16 +264,18 @@ def log_quantiles(latency: Sequence[xgb.Booster], x: np.ndarray) -> np.ndarray:
     return np.sort(raw, axis=1)
 
 
-def predict_log_quantiles(latency: Sequence[xgb.Booster], rows: pd.DataFrame) -> np.ndarray:
+def predict_log_quantiles(
+    latency: Sequence[xgb.Booster], rows: pd.DataFrame, features: tuple[str, ...] = FEATURES
+) -> np.ndarray:
     """(n, 3) log-latency quantiles of a feature frame: the boosters' ratios plus baseline."""
-    ratios = log_quantiles(latency, rows[list(FEATURES)].to_numpy(dtype=np.float32))
+    ratios = log_quantiles(latency, feature_matrix(rows, features))
     quantiles: np.ndarray = ratios + baseline_log_latency(rows)[:, None]
     return quantiles
 
 
-def conformal_offset(latency: Sequence[xgb.Booster], calib: pd.DataFrame, coverage: float) -> float:
+def conformal_offset(model: TrainedModel, calib: pd.DataFrame, coverage: float) -> float:
     """Conformalized quantile regression: widen q10..q90 until it covers ``coverage``."""
-    q = predict_log_quantiles(latency, calib)
+    q = predict_log_quantiles(model.latency, calib, model.features)
     y = log_latency(calib[TARGET_LATENCY])
     scores = np.maximum(q[:, 0] - y, y - q[:, 2])
     n = len(scores)
@@ -258,14 +290,14 @@ def evaluate(model: TrainedModel, test: pd.DataFrame, offset: float) -> dict[str
     forward (sparse traffic: most servers see no request in most intervals); the gate
     then cannot judge, and says so, rather than compare against NaN.
     """
-    q = np.exp(predict_log_quantiles(model.latency, test))
+    q = np.exp(predict_log_quantiles(model.latency, test, model.features))
     y = test[TARGET_LATENCY].to_numpy(dtype=float)
     naive = test["latency"].to_numpy(dtype=float)
     has_naive = np.isfinite(naive)
     lo = np.exp(np.log(np.maximum(q[:, 0], LOG_FLOOR_SECONDS)) - offset)
     hi = np.exp(np.log(np.maximum(q[:, 2], LOG_FLOOR_SECONDS)) + offset)
     err_pred = np.asarray(
-        model.errors.inplace_predict(test[list(FEATURES)].to_numpy(dtype=np.float32)), dtype=float
+        model.errors.inplace_predict(feature_matrix(test, model.features)), dtype=float
     )
     err_true = _error_label(test)
     err_naive = np.nan_to_num(test["error_rate"].to_numpy(dtype=float))
@@ -296,11 +328,11 @@ def _pinball(y: np.ndarray, q: np.ndarray, alpha: float) -> float:
 def _metadata(
     model: TrainedModel, split: Split, rows: pd.DataFrame, settings: TrainSettings
 ) -> dict[str, Any]:
-    offset = conformal_offset(model.latency, split.calib, settings.coverage)
-    calib_q = predict_log_quantiles(model.latency, split.calib)
+    offset = conformal_offset(model, split.calib, settings.coverage)
+    calib_q = predict_log_quantiles(model.latency, split.calib, model.features)
     widths = calib_q[:, 2] - calib_q[:, 0] + 2 * offset
     return {
-        "features": list(FEATURES),
+        "features": list(model.features),
         "latency_target": LATENCY_TARGET,
         "quantiles": list(QUANTILES),
         "conformal_offset": offset,
@@ -320,7 +352,7 @@ def _metadata(
             "errors": int(model.errors.best_iteration),
         },
         "metrics": evaluate(model, split.test, offset),
-        "ood": ood_reference(split.train),
+        "ood": ood_reference(split.train, model.features),
         "xgboost_version": xgb.__version__,
         "settings": settings.__dict__,
     }
@@ -331,22 +363,25 @@ def _metadata(
 OOD_FEATURES = tuple(f for f in FEATURES if f not in ("tod_sin", "tod_cos"))
 
 
-def ood_reference(train: pd.DataFrame) -> dict[str, Any]:
+def ood_reference(train: pd.DataFrame, features: tuple[str, ...] = FEATURES) -> dict[str, Any]:
     """Mean, inverse covariance and distance quantiles of the training features.
 
     Missing values are filled with the mean before the distance, so a missing feature
-    adds nothing by itself; how many features are missing is judged separately.
+    adds nothing by itself; how many features are missing is judged separately (an
+    operator-defined feature the model had is in the distance too: when Prometheus
+    stops answering, confidence must see it).
     """
-    x = train[list(OOD_FEATURES)].to_numpy(dtype=float)
+    used = tuple(f for f in features if f not in ("tod_sin", "tod_cos"))
+    x = feature_matrix(train, used).astype(float)
     mean = np.nanmean(x, axis=0)
     mean = np.where(np.isfinite(mean), mean, 0.0)
     filled = np.where(np.isfinite(x), x, mean)
-    cov = np.cov(filled, rowvar=False) + np.eye(len(OOD_FEATURES)) * 1e-6
+    cov = np.cov(filled, rowvar=False) + np.eye(len(used)) * 1e-6
     inv = np.linalg.pinv(cov)
     d2 = np.einsum("ij,jk,ik->i", filled - mean, inv, filled - mean)
     present = np.isfinite(x).mean(axis=0)
     return {
-        "features": list(OOD_FEATURES),
+        "features": list(used),
         "mean": mean.tolist(),
         "inv_cov": inv.tolist(),
         "d2_q95": float(np.quantile(d2, 0.95)),

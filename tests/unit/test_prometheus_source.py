@@ -1,0 +1,301 @@
+"""The Prometheus source: how series join onto servers, and every bad answer it can get.
+
+The join is driven through a scripted ``PrometheusAPI`` stand-in (what the series say
+is the point, not HTTP); the client's own failure handling is driven through a tiny
+HTTP server that answers what no real Prometheus would (garbage, a wrong shape, an
+error page), since those are the faults a real process cannot be made to produce.
+The integration tests drive both against a real Prometheus.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from tests.unit.factories import Pool, Server, observation
+from veloflux.events import Events
+from veloflux.observation import Observation
+from veloflux.prometheus_api import PrometheusAPI, PrometheusError, Series
+from veloflux.promql import FeatureQuery
+from veloflux.sources.prometheus import PrometheusFeatures, WithPrometheus
+
+Answer = list[Series] | PrometheusError
+
+
+class ScriptedAPI(PrometheusAPI):
+    """Answers each query with what ``script`` says (keyed by a substring of it)."""
+
+    def __init__(self, script: Mapping[str, Answer]) -> None:
+        super().__init__("http://scripted", 1.0)
+        self.script = script
+        self.queries: list[str] = []
+
+    def instant(self, query: str, at: object = None) -> list[Series]:
+        self.queries.append(query)
+        for key, answer in self.script.items():
+            if key in query:
+                if isinstance(answer, PrometheusError):
+                    raise answer
+                return answer
+        return []
+
+
+def seen() -> Observation:
+    return observation(
+        [
+            Pool("app", [Server("s1"), Server("s2"), Server("s3")]),
+            Pool("api", [Server("s1")]),
+            Pool("static", [Server("x")], algorithm="static-rr", managed=False),
+        ]
+    )
+
+
+def series(value: float, **labels: str) -> Series:
+    return Series(labels, value)
+
+
+def read(
+    features: list[FeatureQuery],
+    script: Mapping[str, Answer],
+    instance_map: Mapping[str, str] | None = None,
+) -> tuple[dict[str, list[float]], Any, Events, ScriptedAPI]:
+    events = Events()
+    api = ScriptedAPI(script)
+    external = PrometheusFeatures(api, features, events, instance_map).read(seen())
+    values = {name: list(v) for name, (_, v) in zip(external.names(), external.values, strict=True)}
+    return values, external, events, api
+
+
+def same(a: list[float], b: list[float]) -> bool:
+    return all((math.isnan(x) and math.isnan(y)) or x == y for x, y in zip(a, b, strict=True))
+
+
+NAN = math.nan
+
+
+def test_series_join_by_backend_and_server_labels_and_a_missing_one_is_nan() -> None:
+    feature = FeatureQuery("cpu", 'cpu{proxy="{backend}"}')
+    script = {
+        'proxy="app"': [
+            series(0.5, proxy="app", server="s1"),
+            series(0.7, proxy="app", server="s3"),
+        ],
+        'proxy="api"': [series(0.1, proxy="api", server="s1")],
+    }
+    values, external, _events, api = read([feature], script)
+    # rows: app/s1 app/s2 app/s3 api/s1 static/x
+    assert same(values["cpu"], [0.5, NAN, 0.7, 0.1, NAN])  # never 0 for "no series"
+    assert external.error == ""
+    assert external.problems == ()
+    # one query per managed pool; the unmanaged pool is not asked for
+    assert sorted(api.queries) == ['cpu{proxy="api"}', 'cpu{proxy="app"}']
+
+
+def test_a_pool_level_series_goes_to_every_server_and_a_server_series_wins() -> None:
+    feature = FeatureQuery("p95", 'p95{cluster="{backend}"}', "cluster", "")
+    script = {'cluster="app"': [series(0.2, cluster="app")]}
+    values, *_ = read([feature], script)
+    assert same(values["p95"], [0.2, 0.2, 0.2, NAN, NAN])
+    mixed = FeatureQuery("lat", "lat")
+    script2 = {"lat": [series(0.2, proxy="app"), series(0.9, proxy="app", server="s2")]}
+    values, *_ = read([mixed], script2)
+    assert same(values["lat"], [0.2, 0.9, 0.2, NAN, NAN])
+
+
+def test_instance_map_places_node_level_series() -> None:
+    feature = FeatureQuery("cpu", 'node_cpu{job="node"}')
+    script = {"node_cpu": [series(0.3, instance="10.0.0.5:9100"), series(0.4, instance="other")]}
+    values, external, *_ = read([feature], script, {"10.0.0.5:9100": "app/s2"})
+    assert same(values["cpu"], [NAN, 0.3, NAN, NAN, NAN])
+    assert external.problems == ()  # one series matched: the other is someone else's
+
+
+def test_per_server_queries_fill_both_placeholders() -> None:
+    feature = FeatureQuery("q", 'q{b="{backend}",s="{server}"}', "", "")
+    script = {'s="s2"': [series(5.0)], 's="s1"': [series(1.0)]}
+    values, _, _, api = read([feature], script)
+    assert same(values["q"], [1.0, 5.0, NAN, 1.0, NAN])
+    assert len(api.queries) == 4  # the managed pools' servers
+
+
+def test_several_series_for_one_server_is_ambiguous_not_a_guess() -> None:
+    feature = FeatureQuery("cpu", "cpu")
+    script = {
+        "cpu": [
+            series(0.5, proxy="app", server="s1", instance="a"),
+            series(0.6, proxy="app", server="s1", instance="b"),
+            series(0.7, proxy="app", server="s2"),
+        ]
+    }
+    values, external, events, _ = read([feature], script)
+    assert same(values["cpu"], [NAN, 0.7, NAN, NAN, NAN])
+    assert "several series for app/s1" in external.problems[0]
+    assert events.count("prometheus_ambiguous", feature="cpu") == 1
+
+
+def test_nan_and_infinite_samples_are_missing_and_counted() -> None:
+    feature = FeatureQuery("ratio", "ratio")
+    script = {
+        "ratio": [
+            series(math.inf, proxy="app", server="s1"),
+            series(math.nan, proxy="app", server="s2"),
+            series(0.25, proxy="app", server="s3"),
+        ]
+    }
+    values, external, events, _ = read([feature], script)
+    assert same(values["ratio"], [NAN, NAN, 0.25, NAN, NAN])
+    assert "2 NaN or infinite sample(s) (1 infinite)" in external.problems[0]
+    assert events.count("prometheus_nonfinite", feature="ratio") == 1
+
+
+def test_series_that_name_no_server_are_reported_once() -> None:
+    feature = FeatureQuery("up", "up")
+    values, external, events, _ = read([feature], {"up": [series(1.0, job="haproxy")]})
+    assert same(values["up"], [NAN] * 5)
+    assert "none of them names a server here" in external.problems[0]
+    assert events.count("prometheus_unmatched", feature="up") == 1
+
+
+def test_a_refused_query_costs_its_feature_only() -> None:
+    good = FeatureQuery("good", "good")
+    bad = FeatureQuery("bad", "bad")
+    script: dict[str, Answer] = {
+        "good": [series(1.0, proxy="app", server="s1")],
+        "bad": PrometheusError("bad_query", "refused 'bad': parse error"),
+    }
+    values, external, events, _ = read([good, bad], script)
+    assert external.error == ""
+    assert same(values["good"], [1.0, NAN, NAN, NAN, NAN])
+    assert same(values["bad"], [NAN] * 5)
+    assert external.problems == ("feature bad: refused 'bad': parse error",)
+    assert events.count("prometheus_query_failed", feature="bad", reason="bad_query") == 1
+
+
+@pytest.mark.parametrize("kind", ["unreachable", "timeout", "not_json"])
+def test_prometheus_down_is_a_degraded_reading_not_a_failure(kind: str) -> None:
+    features = [FeatureQuery("a", "a"), FeatureQuery("b", 'b{proxy="{backend}"}')]
+    script = {"a": PrometheusError(kind, f"Prometheus: {kind}")}
+    values, external, events, _ = read(features, script)
+    assert external.error == f"Prometheus: {kind}"
+    assert all(same(v, [NAN] * 5) for v in values.values())  # every feature, not just 'a'
+    assert events.count("source_unavailable", source="prometheus", reason=kind) == 1
+
+
+def test_the_wrapped_source_adds_the_features_to_its_observations() -> None:
+    class Proxy:
+        def observe(self) -> Observation:
+            return seen()
+
+    api = ScriptedAPI({"cpu": [series(0.5, proxy="app", server="s1")]})
+    source = WithPrometheus(
+        Proxy(), PrometheusFeatures(api, [FeatureQuery("cpu", "cpu")], Events())
+    )
+    got = source.observe()
+    assert got.external is not None
+    assert got.external.columns == ("prom_cpu",)
+    assert got.rows == seen().rows
+    source.close()
+
+
+# --- the HTTP client against answers no real Prometheus gives ------------------------------
+
+
+@pytest.fixture
+def fake_prometheus() -> Iterator[Callable[[int, bytes, float], str]]:
+    """A server answering every request with (status, body) after a delay."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(status: int, body: bytes, delay: float = 0.0) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                time.sleep(delay)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind", "words"),
+    [
+        (200, b"<html>not json</html>", "not_json", "not JSON"),
+        (200, b'{"status": "success"}', "bad_shape", "no data.result"),
+        (200, b'{"data": {"result": {"a": 1}}}', "bad_shape", "not a list"),
+        (200, b'{"data": {"result": [{"metric": {}, "value": 3}]}}', "bad_shape", "[time, value]"),
+        (200, b'{"data": {"result": [{"value": [1, "2"]}]}}', "bad_shape", "without labels"),
+        (502, b"<html>bad gateway</html>", "http_error", "HTTP Status Code 502"),
+    ],
+)
+def test_every_bad_answer_is_one_named_error(
+    fake_prometheus: Callable[[int, bytes, float], str],
+    status: int,
+    body: bytes,
+    kind: str,
+    words: str,
+) -> None:
+    url = fake_prometheus(status, body, 0.0)
+    with pytest.raises(PrometheusError) as caught:
+        PrometheusAPI(url, 2.0).instant("up")
+    assert caught.value.kind == kind
+    assert words in str(caught.value)
+    assert url in str(caught.value)
+
+
+def test_a_slow_answer_is_a_timeout_within_the_deadline(
+    fake_prometheus: Callable[[int, bytes, float], str],
+) -> None:
+    url = fake_prometheus(200, b'{"data": {"result": []}}', 3.0)
+    started = time.monotonic()
+    with pytest.raises(PrometheusError) as caught:
+        PrometheusAPI(url, 0.3).instant("up")
+    assert caught.value.kind == "timeout"
+    assert time.monotonic() - started < 2.5  # no retries with back-off behind it
+
+
+def test_a_closed_port_is_unreachable_at_once() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(PrometheusError) as caught:
+        PrometheusAPI(f"http://127.0.0.1:{port}", 2.0).instant("up")
+    assert caught.value.kind == "unreachable"
+    assert "Connection refused" in str(caught.value)
+
+
+def test_values_come_back_as_floats_with_nan_and_infinities(
+    fake_prometheus: Callable[[int, bytes, float], str],
+) -> None:
+    body = (
+        b'{"status":"success","data":{"resultType":"vector","result":['
+        b'{"metric":{"server":"a"},"value":[1.5,"0.25"]},'
+        b'{"metric":{"server":"b"},"value":[1.5,"NaN"]},'
+        b'{"metric":{"server":"c"},"value":[1.5,"+Inf"]}]}}'
+    )
+    got = PrometheusAPI(fake_prometheus(200, body, 0.0), 2.0).instant("x")
+    assert [s.labels["server"] for s in got] == ["a", "b", "c"]
+    assert got[0].value == 0.25
+    assert math.isnan(got[1].value)
+    assert math.isinf(got[2].value)
