@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from veloflux.errors import SourceUnavailable
 
 if TYPE_CHECKING:
@@ -41,13 +43,14 @@ class Series:
     value: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RangeSeries:
-    """One series of a range query: its labels, sample times (epoch s) and values."""
+    """One series of a range query: its labels, sample times (epoch s) and values, as
+    float arrays (read-only by convention)."""
 
     labels: Mapping[str, str]
-    times: tuple[float, ...]
-    values: tuple[float, ...]
+    times: np.ndarray
+    values: np.ndarray
 
 
 class PrometheusAPI:
@@ -100,9 +103,10 @@ class PrometheusAPI:
             labels, values = self._labels(item, query), item.get("values")
             if not isinstance(values, list):
                 raise self._shape(query, "a series without values")
-            try:
-                times = tuple(float(t) for t, _ in values)
-                numbers = tuple(_number(v) for _, v in values)
+            try:  # one conversion per series: a week at 15 s is 40,320 pairs
+                pairs = np.array(values, dtype=object).reshape(len(values), 2)
+                times = pairs[:, 0].astype(float)
+                numbers = pairs[:, 1].astype(str).astype(float)
             except (TypeError, ValueError):
                 raise self._shape(query, "values that are not [time, value] pairs") from None
             out.append(RangeSeries(labels, times, numbers))

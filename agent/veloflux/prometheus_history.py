@@ -35,27 +35,27 @@ from veloflux.sources.prometheus import ServerIndex
 MAX_POINTS = 11_000  # Prometheus's limit per series per range query
 Progress = Callable[[str, float], None]
 
-# Journal column -> the exporter's series (``{sel}``: the proxy selector).
+# Journal column -> the exporter's series (``{SEL}``: the proxy selector).
 _BASE: tuple[tuple[str, str], ...] = (
     (
         "requests_total",
-        "sum by (instance, proxy, server) (haproxy_server_http_responses_total{sel})",
+        "sum by (instance, proxy, server) (haproxy_server_http_responses_total{SEL})",
     ),
     (
         "responses_5xx_total",
-        'sum by (instance, proxy, server) (haproxy_server_http_responses_total{sel,code="5xx"})',
+        'sum by (instance, proxy, server) (haproxy_server_http_responses_total{SEL,code="5xx"})',
     ),
-    ("sessions_total", "haproxy_server_sessions_total{sel}"),
-    ("response_errors_total", "haproxy_server_response_errors_total{sel}"),
-    ("connect_errors_total", "haproxy_server_connection_errors_total{sel}"),
-    ("sessions", "haproxy_server_current_sessions{sel}"),
-    ("queue", "haproxy_server_current_queue{sel}"),
-    ("queue_time", "haproxy_server_queue_time_average_seconds{sel}"),
-    ("connect_time", "haproxy_server_connect_time_average_seconds{sel}"),
-    ("response_time", "haproxy_server_response_time_average_seconds{sel}"),
-    ("total_time", "haproxy_server_total_time_average_seconds{sel}"),
-    ("weight", "haproxy_server_weight{sel}"),
-    ("state", "haproxy_server_status{sel} == 1"),
+    ("sessions_total", "haproxy_server_sessions_total{SEL}"),
+    ("response_errors_total", "haproxy_server_response_errors_total{SEL}"),
+    ("connect_errors_total", "haproxy_server_connection_errors_total{SEL}"),
+    ("sessions", "haproxy_server_current_sessions{SEL}"),
+    ("queue", "haproxy_server_current_queue{SEL}"),
+    ("queue_time", "haproxy_server_queue_time_average_seconds{SEL}"),
+    ("connect_time", "haproxy_server_connect_time_average_seconds{SEL}"),
+    ("response_time", "haproxy_server_response_time_average_seconds{SEL}"),
+    ("total_time", "haproxy_server_total_time_average_seconds{SEL}"),
+    ("weight", "haproxy_server_weight{SEL}"),
+    ("state", "haproxy_server_status{SEL} == 1"),
 )
 _STARTED = "haproxy_process_start_time_seconds"
 
@@ -103,29 +103,38 @@ def pull_history(
     spans = chunks(start, end, step_seconds)
     steps = math.floor((end - start).total_seconds() / step_seconds + 1e-9) + 1
     grid = _Grid(start, step_seconds, steps)
-    base: dict[str, list[RangeSeries]] = defaultdict(list)
-    queries = 0
+    done = 0
     total = len(spans) * (len(_BASE) + 1 + len(features))
-    for lo, hi in spans:
-        for column, template in _BASE:
-            report(f"pulling {column}", queries / total)
-            base[column] += api.range(
-                template.replace("{sel}", "{" + selector + "}"), lo, hi, step_seconds
-            )
-            queries += 1
-        base[_STARTED] += api.range(_STARTED, lo, hi, step_seconds)
-        queries += 1
-    keys, skipped = _servers(base["requests_total"], events)
+
+    def pull(what: str, query: str, lo: datetime, hi: datetime) -> list[RangeSeries]:
+        nonlocal done
+        report(f"pulling {what}", done / total)
+        done += 1
+        return api.range(query, lo, hi, step_seconds)
+
+    # The request counters first: they say which servers there are. Every other family
+    # then goes straight into its (servers x steps) array, chunk by chunk, so that a
+    # week of answers is never held at once.
+    (first, first_template), *others = _BASE
+    counters = [
+        s for lo, hi in spans for s in pull(first, first_template.replace("SEL", selector), lo, hi)
+    ]
+    keys, skipped = _servers(counters, events)
     index = ServerIndex(keys)
     slot = {key: i for i, key in enumerate(keys)}
-    columns: dict[str, np.ndarray] = {}
-    for column, _ in _BASE:
-        if column == "state":
-            continue
-        columns[column] = _layout(base[column], slot, grid)
-    columns["state_code"] = _states(base["state"], slot, grid)
-    started = _by_instance(base[_STARTED], grid)
-    instance_of = _instances(base["requests_total"], slot)
+    columns: dict[str, np.ndarray] = {first: _layout(counters, slot, grid)}
+    columns |= {c: np.full((len(keys), grid.size), np.nan) for c, _ in others if c != "state"}
+    columns["state_code"] = np.full((len(keys), grid.size), -1, dtype=np.int64)
+    started: dict[str, np.ndarray] = {}
+    for lo, hi in spans:
+        for column, template in others:
+            series = pull(column, template.replace("SEL", selector), lo, hi)
+            if column == "state":
+                _states(series, slot, grid, columns["state_code"])
+            else:
+                _layout(series, slot, grid, columns[column])
+        _by_instance(pull("HAProxy's start time", _STARTED, lo, hi), grid, started)
+    instance_of = _instances(counters, slot)
     columns["proxy_started"] = (
         np.vstack([started.get(instance_of.get(k, ""), np.full(grid.size, np.nan)) for k in keys])
         if keys
@@ -135,15 +144,14 @@ def pull_history(
         values = np.full((len(keys), grid.size), np.nan)
         for lo, hi in spans:
             for pool, server in _fills(feature, keys):
-                report(f"pulling {feature.name}", queries / total)
-                series = api.range(fill(feature.template, pool, server), lo, hi, step_seconds)
-                queries += 1
+                query = fill(feature.template, pool, server)
+                series = pull(feature.name, query, lo, hi)
                 _place(series, feature, index, grid, values, pool, server, events)
         columns[EXTERNAL_PREFIX + feature.name] = values
     report("laying out", 1.0)
     frame = _frame(keys, columns, grid, start)
     seconds = time.perf_counter() - began
-    return frame, PullReport(len(frame), len(keys), queries, seconds, tuple(skipped))
+    return frame, PullReport(len(frame), len(keys), done, seconds, tuple(skipped))
 
 
 @dataclass(frozen=True)
@@ -154,7 +162,7 @@ class _Grid:
     step: float
     size: int
 
-    def positions(self, times: Sequence[float]) -> np.ndarray:
+    def positions(self, times: np.ndarray) -> np.ndarray:
         offsets = (np.asarray(times, dtype=float) - self.start.timestamp()) / self.step
         return np.rint(offsets).astype(np.int64)
 
@@ -186,18 +194,23 @@ def _servers(
 
 
 def _layout(
-    series: Sequence[RangeSeries], slot: dict[tuple[str, str], int], grid: _Grid
+    series: Sequence[RangeSeries],
+    slot: dict[tuple[str, str], int],
+    grid: _Grid,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(servers, steps) of one exporter family; NaN where a server had no sample."""
-    out = np.full((len(slot), grid.size), np.nan)
+    """(servers, steps) of one exporter family (written into ``out`` when given); NaN
+    where a server had no sample."""
+    if out is None:
+        out = np.full((len(slot), grid.size), np.nan)
     for s in series:
         row = slot.get((s.labels.get("proxy", ""), s.labels.get("server", "")))
         if row is None:
             continue
         at = grid.positions(s.times)
         inside = (at >= 0) & (at < grid.size)
-        values = np.asarray(s.values, dtype=float)
-        out[row, at[inside]] = np.where(np.isfinite(values[inside]), values[inside], np.nan)
+        values = s.values[inside]
+        out[row, at[inside]] = np.where(np.isfinite(values), values, np.nan)
     return out
 
 
@@ -207,11 +220,10 @@ _AS_OBSERVED = ("UP", "DOWN", "MAINT", "DRAIN", "DRAIN")
 
 
 def _states(
-    series: Sequence[RangeSeries], slot: dict[tuple[str, str], int], grid: _Grid
-) -> np.ndarray:
-    """(servers, steps) codes into ``_STATES`` (the state whose status series is 1);
-    -1 where none was."""
-    out = np.full((len(slot), grid.size), -1, dtype=np.int64)
+    series: Sequence[RangeSeries], slot: dict[tuple[str, str], int], grid: _Grid, out: np.ndarray
+) -> None:
+    """Into ``out`` (servers, steps): the code in ``_STATES`` of the state whose status
+    series is 1 (-1 stays where none was)."""
     for s in series:
         row = slot.get((s.labels.get("proxy", ""), s.labels.get("server", "")))
         state = s.labels.get("state", "")
@@ -220,18 +232,16 @@ def _states(
         at = grid.positions(s.times)
         inside = (at >= 0) & (at < grid.size)
         out[row, at[inside]] = _STATES.index(state)
-    return out
 
 
-def _by_instance(series: Sequence[RangeSeries], grid: _Grid) -> dict[str, np.ndarray]:
-    """HAProxy's start time per scraped instance, on the grid (a change: a reload)."""
-    out: dict[str, np.ndarray] = {}
+def _by_instance(series: Sequence[RangeSeries], grid: _Grid, out: dict[str, np.ndarray]) -> None:
+    """Into ``out``: HAProxy's start time per scraped instance, on the grid (a change
+    is a reload)."""
     for s in series:
         values = out.setdefault(s.labels.get("instance", ""), np.full(grid.size, np.nan))
         at = grid.positions(s.times)
         inside = (at >= 0) & (at < grid.size)
-        values[at[inside]] = np.asarray(s.values, dtype=float)[inside]
-    return out
+        values[at[inside]] = s.values[inside]
 
 
 def _instances(
@@ -270,7 +280,7 @@ def _place(
         rows, _ = index.rows_for(feature, s.labels, {}, pool, server)
         at = grid.positions(s.times)
         inside = (at >= 0) & (at < grid.size)
-        numbers = np.asarray(s.values, dtype=float)[inside]
+        numbers = s.values[inside]
         numbers = np.where(np.isfinite(numbers), numbers, np.nan)
         for row in rows:
             values[row, at[inside]] = numbers

@@ -13,6 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -35,8 +36,10 @@ class ScriptedAPI(PrometheusAPI):
         super().__init__("http://scripted", 1.0)
         self.script = script
         self.queries: list[str] = []
+        self.times: list[datetime | None] = []
 
-    def instant(self, query: str, at: object = None) -> list[Series]:
+    def instant(self, query: str, at: datetime | None = None) -> list[Series]:
+        self.times.append(at)
         self.queries.append(query)
         for key, answer in self.script.items():
             if key in query:
@@ -95,6 +98,7 @@ def test_series_join_by_backend_and_server_labels_and_a_missing_one_is_nan() -> 
     assert external.problems == ()
     # one query per managed pool; the unmanaged pool is not asked for
     assert sorted(api.queries) == ['cpu{proxy="api"}', 'cpu{proxy="app"}']
+    assert api.times == [seen().taken_at] * 2  # the moment the proxy was read
 
 
 def test_a_pool_level_series_goes_to_every_server_and_a_server_series_wins() -> None:

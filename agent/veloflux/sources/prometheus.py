@@ -29,6 +29,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from veloflux.events import Events
@@ -87,7 +88,7 @@ class PrometheusFeatures:
         rows = observation.rows
         managed = [p.name for p in observation.pools if p.managed]
         calls = [call for f in self._features for call in _calls(f, managed, rows)]
-        answers = self._run(calls)
+        answers = self._run(calls, observation.taken_at)
         down = next(
             (a for a in answers if isinstance(a, PrometheusError) and a.kind in _DOWN), None
         )
@@ -116,13 +117,17 @@ class PrometheusFeatures:
         nothing = (math.nan,) * n
         return ExternalFeatures(SOURCE, tuple((c, nothing) for c in self.columns), error=error)
 
-    def _run(self, calls: Sequence[_Call]) -> list[list[Series] | PrometheusError]:
-        """Every call's answer (or its failure), in order; in parallel when several."""
+    def _run(
+        self, calls: Sequence[_Call], at: datetime
+    ) -> list[list[Series] | PrometheusError]:
+        """Every call's answer (or its failure), in order; in parallel when several.
+        Evaluated at ``at``, when the proxy was read: the features describe the same
+        moment as the proxy's figures."""
 
         def one(call: _Call) -> list[Series] | PrometheusError:
             query = fill(call.feature.template, call.pool, call.server)
             try:
-                return self._api.instant(query)
+                return self._api.instant(query, at)
             except PrometheusError as exc:
                 return exc
 
