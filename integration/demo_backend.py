@@ -33,6 +33,7 @@ from integration.behaviour import (
 )
 
 MAX_CONFIG_BODY_BYTES = 64 * 1024
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _FifoGate:
@@ -132,13 +133,48 @@ class DemoBackend:
             "waiting": self._gate.waiting,
         }
 
+    def metrics_text(self) -> str:
+        """The same counters as ``stats()`` in Prometheus text format 0.0.4, so a Prometheus
+        beside the proxy sees what each backend itself did, not only what the proxy saw.
+
+        Each backend has its own port, so Prometheus's ``instance`` label tells them apart
+        and no per-backend label is written here.
+        """
+        behaviour = self.behaviour
+        samples = (
+            ("requests_total", "counter", "Requests received for work.", self.requests),
+            ("errors_total", "counter", "Requests answered with a simulated 500.", self.errors),
+            ("in_flight", "gauge", "Requests in service now.", self._gate.in_service),
+            ("queued", "gauge", "Requests waiting for a service slot now.", self._gate.waiting),
+            (
+                "concurrency_limit",
+                "gauge",
+                "Requests served at once; the rest queue.",
+                behaviour.concurrency,
+            ),
+            (
+                "service_time_mean_seconds",
+                "gauge",
+                "Configured mean service time.",
+                behaviour.service.mean_ms / 1000,
+            ),
+        )
+        lines: list[str] = []
+        for suffix, kind, help_text, value in samples:
+            name = f"veloflux_demo_{suffix}"
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value!r}"]
+        return "\n".join(lines) + "\n"
+
     async def handle(self, request: web.BaseRequest) -> web.Response:
-        """Control paths under ``/-/`` first; every other request is simulated work."""
+        """Control paths (``/-/...`` and ``GET /metrics``) first; every other request is
+        simulated work."""
         method, path = request.method, request.path
         if path == "/-/health" and method == "GET":
             return web.Response(text="ok")
         if path == "/-/stats" and method == "GET":
             return _json_response(self.stats())
+        if path == "/metrics" and method == "GET":
+            return web.Response(text=self.metrics_text(), headers={"Content-Type": METRICS_TYPE})
         if path == "/-/config" and method == "GET":
             return _json_response(self.behaviour.to_json())
         if path == "/-/config" and method in ("PUT", "POST"):

