@@ -303,3 +303,32 @@ def test_values_come_back_as_floats_with_nan_and_infinities(
     assert got[0].value == 0.25
     assert math.isnan(got[1].value)
     assert math.isinf(got[2].value)
+
+
+def test_range_answers_become_float_arrays_and_bad_pairs_are_refused(
+    fake_prometheus: Callable[[int, bytes, float], str],
+) -> None:
+    from datetime import UTC
+
+    start, end = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, 0, 1, tzinfo=UTC)
+    body = (
+        b'{"status":"success","data":{"resultType":"matrix","result":['
+        b'{"metric":{"server":"a"},"values":[[10,"1.5"],[25,"NaN"],[40,"+Inf"]]}]}}'
+    )
+    (got,) = PrometheusAPI(fake_prometheus(200, body, 0.0), 2.0).range("x", start, end, 15)
+    assert got.times.tolist() == [10.0, 25.0, 40.0]
+    assert got.values[0] == 1.5
+    assert math.isnan(got.values[1])
+    assert math.isinf(got.values[2])
+    broken = b'{"data":{"result":[{"metric":{},"values":[[10,"1"],[25]]}]}}'
+    with pytest.raises(PrometheusError, match="not \\[time, value\\] pairs") as caught:
+        PrometheusAPI(fake_prometheus(200, broken, 0.0), 2.0).range("x", start, end, 15)
+    assert caught.value.kind == "bad_shape"
+
+
+def test_loopback_answers_are_asked_for_uncompressed_unless_the_operator_says() -> None:
+    assert PrometheusAPI("http://127.0.0.1:9090", 1)._headers == {"Accept-Encoding": "identity"}
+    assert PrometheusAPI("http://localhost:9090", 1)._headers["Accept-Encoding"] == "identity"
+    assert PrometheusAPI("https://prom.example:443", 1)._headers == {}
+    mine = PrometheusAPI("http://127.0.0.1:9090", 1, {"accept-encoding": "gzip"})
+    assert mine._headers == {"accept-encoding": "gzip"}
