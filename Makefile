@@ -58,6 +58,7 @@ bench: deps
 	$(BIN)/python bench/bench_learning.py --write
 	$(BIN)/python bench/bench_daemon.py --write
 	$(BIN)/python bench/bench_envoy.py --write
+	$(BIN)/python bench/bench_prometheus.py --write
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

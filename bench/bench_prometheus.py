@@ -211,7 +211,11 @@ def render_section(r: dict[str, Any]) -> str:
                         "then `derive_rates` + `build_features` on it",
                         f"{pull['featurize_seconds']} s, {pull['feature_rows']:,} feature rows",
                     ),
-                    ("peak RSS of the benchmark process", f"{pull['peak_rss_mb']:,} MB"),
+                    (
+                        "peak RSS of the benchmark process (making the week of synthetic "
+                        "history and its series included)",
+                        f"{pull['peak_rss_mb']:,} MB",
+                    ),
                 ],
             ),
             "",

@@ -190,9 +190,12 @@ ENVOY_DEFAULTS: tuple[FeatureQuery, ...] = tuple(
             'envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="{backend}"}[1m]))) / 1000',
         ),
         (
+            # Envoy has no 5xx series until the first 5xx: "or 0 x the total" makes it 0.
             "cluster_error_ratio_1m",
-            "sum by (envoy_cluster_name) (rate(envoy_cluster_upstream_rq_xx{"
+            "(sum by (envoy_cluster_name) (rate(envoy_cluster_upstream_rq_xx{"
             'envoy_cluster_name="{backend}",envoy_response_code_class="5"}[1m]))'
+            " or 0 * sum by (envoy_cluster_name) "
+            '(rate(envoy_cluster_upstream_rq_xx{envoy_cluster_name="{backend}"}[1m])))'
             " / sum by (envoy_cluster_name) "
             '(rate(envoy_cluster_upstream_rq_xx{envoy_cluster_name="{backend}"}[1m]))',
         ),
