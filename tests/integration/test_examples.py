@@ -37,3 +37,27 @@ def test_example_envoy_agent_config_is_valid() -> None:
     config = load_config(ROOT / "envoy" / "veloflux.yaml", environ={})
     assert config.envoy is not None
     assert [c.name for c in config.envoy.clusters] == ["app"]
+
+
+def test_example_prometheus_section_is_valid_once_uncommented(tmp_path: Path) -> None:
+    text = (ROOT / "haproxy" / "veloflux.yaml").read_text()
+    block = text[text.index("# prometheus:") :]
+    uncommented = "\n".join(
+        line[2:] if line.startswith("# ") else line for line in block.splitlines()
+    )
+    config_path = tmp_path / "veloflux.yaml"
+    config_path.write_text(text[: text.index("# prometheus:")] + uncommented + "\n")
+    prom = load_config(config_path, environ={}).prometheus
+    assert prom is not None
+    assert set(prom.features) == {"retries_1m", "cpu"}
+    assert prom.instance_map == {"10.0.0.5:9100": "app/s1"}
+
+
+def test_example_prometheus_scrape_config_is_valid() -> None:
+    check = subprocess.run(
+        ["promtool", "check", "config", str(ROOT / "integration" / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -332,3 +332,12 @@ def test_loopback_answers_are_asked_for_uncompressed_unless_the_operator_says() 
     assert PrometheusAPI("https://prom.example:443", 1)._headers == {}
     mine = PrometheusAPI("http://127.0.0.1:9090", 1, {"accept-encoding": "gzip"})
     assert mine._headers == {"accept-encoding": "gzip"}
+
+
+def test_every_query_refused_is_prometheus_down_too() -> None:
+    features = [FeatureQuery("a", "a"), FeatureQuery("b", "b")]
+    refused = PrometheusError("http_error", "Prometheus refused (HTTP Status Code 503)")
+    values, external, events, _ = read(features, {"a": refused, "b": refused})
+    assert external.error == "Prometheus refused (HTTP Status Code 503)"
+    assert all(same(v, [NAN] * 5) for v in values.values())
+    assert events.count("source_unavailable", source="prometheus", reason="http_error") == 1

@@ -89,9 +89,11 @@ class PrometheusFeatures:
         managed = [p.name for p in observation.pools if p.managed]
         calls = [call for f in self._features for call in _calls(f, managed, rows)]
         answers = self._run(calls, observation.taken_at)
-        down = next(
-            (a for a in answers if isinstance(a, PrometheusError) and a.kind in _DOWN), None
-        )
+        failures = [a for a in answers if isinstance(a, PrometheusError)]
+        down = next((a for a in failures if a.kind in _DOWN), None)
+        if down is None and len(failures) == len(answers) > 0:
+            # Every query refused, and not for its PromQL: a 503 from an overloaded store.
+            down = next((a for a in failures if a.kind != "bad_query"), None)
         if down is not None:
             self._events.record("source_unavailable", str(down), source=SOURCE, reason=down.kind)
             return self._missing(len(rows), str(down))
