@@ -378,10 +378,11 @@ def summary_line(result: TickResult) -> str:
     failed = ",".join(f"{f.proxy}({f.reason})" for f in result.failures)
     failed_text = f" proxies_failed={failed}" if failed else ""
     external = result.observation.external
-    if external is not None:  # Prometheus features: read, or down (degraded mode)
-        failed_text += f" {external.source}={'down' if external.error else 'up'}"
+    features_text = ""  # Prometheus features: read, or down (degraded mode)
+    if external is not None:
+        features_text = f" {external.source}={'down' if external.error else 'up'}"
     return (
         f"tick pools[{mode_text}] servers={servers} {acted} lowest_confidence={lowest} "
-        f"model={result.plan.model_version or '-'}{reload_text}{failed_text} "
+        f"model={result.plan.model_version or '-'}{reload_text}{failed_text}{features_text} "
         f"duration_ms={result.duration_seconds * 1000:.1f}"
     )

@@ -308,3 +308,27 @@ def test_render_never_fails_while_ticks_run_in_another_thread() -> None:
         thread.join(timeout=10)
     assert not errors
     assert not thread.is_alive()
+
+
+def test_the_tick_line_says_whether_prometheus_answered() -> None:
+    from dataclasses import replace
+
+    from veloflux.loop import summary_line
+    from veloflux.observation import ExternalFeatures
+
+    result = tick([Pool("app", [Server("a")])])
+    assert "prometheus=" not in summary_line(result)  # not configured: not mentioned
+    up = replace(
+        result,
+        observation=result.observation.with_external(
+            ExternalFeatures("prometheus", (("prom_cpu", (0.5,)),))
+        ),
+    )
+    assert " prometheus=up " in summary_line(up)
+    down = replace(
+        result,
+        observation=result.observation.with_external(
+            ExternalFeatures("prometheus", (("prom_cpu", (float("nan"),)),), error="refused")
+        ),
+    )
+    assert " prometheus=down " in summary_line(down)
