@@ -26,7 +26,13 @@ from veloflux.durations import parse_duration
 from veloflux.errors import ConfigError, ModelUnavailable, SinkRejected, SourceUnavailable
 from veloflux.events import Events
 from veloflux.loop import Driver, TickResult
-from veloflux.render import make_console, models_table, print_plan, training_table
+from veloflux.render import (
+    make_console,
+    models_table,
+    print_plan,
+    simulation_table,
+    training_table,
+)
 from veloflux.wiring import build_agent, build_sources, open_journal, open_registry
 
 if TYPE_CHECKING:
@@ -424,6 +430,51 @@ def _train_from_prometheus(
     )
     with _progress(console, output) as progress:
         return train_from_samples(samples, open_registry(config, events), settings, progress)
+
+
+@main.command("simulate")
+@click.argument("scenario_path", metavar="SCENARIO.yaml", type=click.Path(dir_okay=False))
+@click.option(
+    "--dispatcher",
+    default="roundrobin",
+    show_default=True,
+    help="roundrobin, leastconn, random(N), least_request, p2c_peak_ewma, jsq",
+)
+@click.option(
+    "--strategy",
+    default="veloflux",
+    show_default=True,
+    help="static-equal, capacity-oracle, heuristic, veloflux",
+)
+@click.option(
+    "--seeds",
+    type=click.IntRange(1, 1000),
+    default=5,
+    show_default=True,
+    help="runs, with seeds from the scenario's seed upwards",
+)
+@_output_option
+def simulate(scenario_path: str, dispatcher: str, strategy: str, seeds: int, output: str) -> None:
+    """Replay a scenario in the simulator: what a dispatcher and weight strategy give."""
+    from veloflux.sim.dispatchers import make_dispatcher
+    from veloflux.sim.run import run_cell
+    from veloflux.sim.scenario import load_scenario
+    from veloflux.sim.strategies import make_strategy
+
+    try:
+        scenario = load_scenario(Path(scenario_path))
+        make_dispatcher(dispatcher, [0], __import__("random").Random(0))
+        make_strategy(strategy)
+    except ConfigError as exc:
+        _fail(EXIT_CONFIG, exc.render())
+    except ValueError as exc:
+        _fail(EXIT_CONFIG, str(exc))
+    seed_list = [scenario.seed + k for k in range(seeds)]
+    result = run_cell(scenario, dispatcher, strategy, seed_list)
+    if output == "json":
+        click.echo(json.dumps(result, indent=2))
+        return
+    make_console().print(simulation_table(result))
 
 
 @main.group("model")

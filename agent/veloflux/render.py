@@ -213,3 +213,21 @@ def models_table(entries: list[ModelEntry]) -> Table:
             entry.reason,
         )
     return table
+
+
+def simulation_table(result: dict[str, Any]) -> Table:
+    """``simulate``'s figures: each a mean over the seeds with its 95% interval."""
+    from rich.table import Table
+
+    seeds = len(result["seeds"])
+    table = Table(
+        title=f"{result['scenario']}: {result['dispatcher']} + {result['strategy']}, "
+        f"{seeds} seed(s), mean [95% interval]"
+    )
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for name, value in result.items():
+        if isinstance(value, dict) and "mean" in value:
+            low, high = value["ci95"]
+            table.add_row(name, f"{value['mean']:.4g} [{low:.4g}, {high:.4g}]")
+    return table

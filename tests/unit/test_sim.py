@@ -48,7 +48,7 @@ class Proportional(Strategy):
 
     name = "proportional"
 
-    def start(self, scenario: Scenario, names: Any) -> list[int]:
+    def start(self, scenario: Scenario, names: Any, dispatcher: str) -> list[int]:
         return [round(g.speed * 100) for _, g in scenario.expanded()]
 
 

@@ -78,7 +78,7 @@ class Strategy:
 
     name = "static-equal"
 
-    def start(self, scenario: Scenario, names: Sequence[str]) -> list[int]:
+    def start(self, scenario: Scenario, names: Sequence[str], dispatcher: str) -> list[int]:
         return [100] * len(names)
 
     def tick(self, now: float, stats: ServerStats) -> tuple[list[int] | None, str]:
@@ -174,7 +174,7 @@ def simulate(
     busy = [0] * n
     queues: list[deque[int]] = [deque() for _ in range(n)]
     chooser: Dispatcher = make_dispatcher(dispatcher, active, random.Random(seed))
-    chooser.set_weights(strategy.start(scenario, names))
+    chooser.set_weights(strategy.start(scenario, names, dispatcher))
     latency = [math.nan] * count
     error = [False] * count
     assigned = [-1] * count

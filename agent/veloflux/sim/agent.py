@@ -1,0 +1,217 @@
+"""The ``veloflux`` strategy: the real agent, driving the simulated proxy.
+
+Not a re-implementation: ``loop.Agent`` ticks every interval with the scenario's clock,
+reading a ``SimSource`` (the engine's counters laid out as HAProxy would report them)
+and writing through a ``SimSink`` (the planned weights go to the dispatcher), with a
+real journal and model registry in a temp directory. During the warm-up it runs as an
+agent without a model does (static weights, the outlier guard) and records history;
+at the end of the warm-up it trains through the normal training path
+(``train_from_journal``, the promotion gate included). From then on the model drives
+the pool when its confidence allows, and fallback takes over when it does not.
+
+What HAProxy would show, and so what the source reports: the proxy forwards at once,
+so every request at a server (in service or in its own queue) is a current session,
+and HAProxy's response time is everything after forwarding: queue and service. That
+response time is HAProxy's 512-request moving average in whole milliseconds (rounded
+up), updated here from each interval's completions in order.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from veloflux.config import Config, validate_config
+from veloflux.events import Events
+from veloflux.history import EMA_SAMPLES
+from veloflux.observation import Observation, PoolInfo, ProxyIdentity, ServerRow
+from veloflux.sim.engine import ServerStats, Strategy
+from veloflux.sim.scenario import Scenario
+from veloflux.sim.strategies import STATIC_WEIGHT
+from veloflux.weightplan import ApplyReport, WeightPlan, WriteResult
+
+POOL = "app"
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)  # simulated time 0
+
+
+class SimSource:
+    """The engine's counters as an HAProxy observation of one backend."""
+
+    def __init__(self, names: Sequence[str], algorithm: str) -> None:
+        self.names = tuple(names)
+        self.algorithm = algorithm
+        self.weights = [STATIC_WEIGHT] * len(names)
+        self.now = 0.0
+        self.stats: ServerStats | None = None
+        n = len(names)
+        self._ema = [math.nan] * n
+        self._seen = [0] * n  # requests folded into each moving average so far
+
+    def update(self, now: float, stats: ServerStats) -> None:
+        """Fold the completions since the last tick into HAProxy's moving averages."""
+        self.now, self.stats = now, stats
+        a = 1.0 - 1.0 / EMA_SAMPLES
+        for i, latencies in enumerate(stats.recent_latencies):
+            for value in latencies:  # a plain running mean until 512 requests, then the EMA
+                seen = self._seen[i]
+                old = 0.0 if math.isnan(self._ema[i]) else self._ema[i]
+                if seen < EMA_SAMPLES:
+                    self._ema[i] = (old * seen + value) / (seen + 1)
+                else:
+                    self._ema[i] = value + (old - value) * a
+                self._seen[i] = seen + 1
+
+    def observe(self) -> Observation:
+        stats = self.stats
+        assert stats is not None
+        taken_at = EPOCH + timedelta(seconds=self.now)
+        rows = []
+        for i, name in enumerate(self.names):
+            ema = self._ema[i]
+            shown = math.ceil(ema * 1000 - 1e-9) / 1000 if not math.isnan(ema) else math.nan
+            rows.append(
+                ServerRow(
+                    time=taken_at,
+                    source="haproxy",
+                    pool=POOL,
+                    server=name,
+                    address=f"10.0.0.{i % 250 + 1}:80",
+                    state="UP" if stats.up[i] else "DOWN",
+                    backup=False,
+                    weight=float(self.weights[i]),
+                    initial_weight=float(STATIC_WEIGHT),
+                    algorithm=self.algorithm,
+                    sessions=float(stats.active[i]),
+                    queue=0.0,
+                    session_rate=math.nan,
+                    sessions_total=float(stats.requests[i] + stats.connect_errors[i]),
+                    requests_total=float(stats.requests[i]),
+                    responses_5xx_total=float(stats.errors[i]),
+                    response_errors_total=0.0,
+                    connect_errors_total=float(stats.connect_errors[i]),
+                    queue_time=0.0,
+                    connect_time=0.0,
+                    response_time=shown,
+                    total_time=shown,
+                    since_state_change=math.nan,
+                    check_status="",
+                    problem="",
+                )
+            )
+        pool = PoolInfo(POOL, self.algorithm, managed=True)
+        proxy = ProxyIdentity("simulated", 1, EPOCH.timestamp(), self.now, "sim", "admin")
+        return Observation(taken_at, tuple(rows), (pool,), proxy)
+
+
+class SimSink:
+    """Takes the plan's weights for the dispatcher; every write is confirmed."""
+
+    def __init__(self, source: SimSource) -> None:
+        self._source = source
+
+    def apply(self, plan: WeightPlan, proxy_level: str = "unknown") -> ApplyReport:
+        index = {name: i for i, name in enumerate(self._source.names)}
+        results = []
+        for change in plan.changes():
+            assert change.planned_weight is not None
+            i = index[change.server]
+            old = self._source.weights[i]
+            self._source.weights[i] = change.planned_weight
+            weight = change.planned_weight
+            results.append(WriteResult(change.backend, change.server, old, weight, weight, ""))
+        return ApplyReport(tuple(results))
+
+
+# Dispatchers whose weights the proxy honours, as the agent's planner knows them.
+_ALGORITHMS = {"roundrobin": "roundrobin", "leastconn": "leastconn", "least_request": "roundrobin"}
+
+
+def agent_config(scenario: Scenario, workdir: Path) -> Config:
+    """The agent's configuration for a simulated run: defaults, the scenario's tick, and
+    state in ``workdir``. Training needs fewer rows than a production default: a warm-up
+    of a few minutes holds a few hundred intervals."""
+    return validate_config(
+        {
+            "interval": f"{scenario.interval_s * 1000:g}ms",
+            "haproxy": {"socket": f"unix://{workdir}/simulated.sock", "backends": [POOL]},
+            "ai": {
+                "history_path": str(workdir / "history.sqlite"),
+                "model_dir": str(workdir / "models"),
+                "audit_log": str(workdir / "audit.jsonl"),
+                "min_training_rows": 100,
+            },
+            "api": {"state_path": str(workdir / "operator.json")},
+        }
+    )
+
+
+class VelofluxStrategy(Strategy):
+    name = "veloflux"
+
+    def start(self, scenario: Scenario, names: Sequence[str], dispatcher: str) -> list[int]:
+        from veloflux.history import Journal
+        from veloflux.loop import Agent
+        from veloflux.model.registry import Registry
+
+        self._workdir = Path(tempfile.mkdtemp(prefix="veloflux-sim-"))
+        self._scenario = scenario
+        self._events = Events()
+        config = agent_config(scenario, self._workdir)
+        self._config = config
+        # The algorithm the source reports: one whose weights the planner manages.
+        self._source = SimSource(names, _ALGORITHMS.get(dispatcher, "roundrobin"))
+        self._journal = Journal(config.ai.history_path, self._events)
+        self._registry = Registry(config.ai.model_dir, self._clock, self._events)
+        self._agent = Agent(
+            config,
+            self._source,
+            SimSink(self._source),
+            self._events,
+            journal=self._journal,
+            registry=self._registry,
+            log_summary=False,
+        )
+        self._trained = False
+        self._modes: list[str] = []
+        self._training: dict[str, float] = {}
+        return list(self._source.weights)
+
+    def _clock(self) -> datetime:
+        return EPOCH + timedelta(seconds=self._source.now)
+
+    def tick(self, now: float, stats: ServerStats) -> tuple[list[int] | None, str]:
+        self._source.update(now, stats)
+        if not self._trained and now >= self._scenario.warmup_s:
+            self._train()
+        result = self._agent.tick(write=True, record=True)
+        mode = result.plan.pools[0].mode if result.plan.pools else "none"
+        if now >= self._scenario.warmup_s:
+            self._modes.append(mode)
+        return list(self._source.weights), mode
+
+    def _train(self) -> None:
+        from veloflux.model.train import NotEnoughData, TrainSettings
+        from veloflux.training import train_from_journal
+
+        self._trained = True
+        settings = TrainSettings(min_rows=self._config.ai.min_training_rows, nthread=1)
+        try:
+            report = train_from_journal(self._journal, self._registry, settings)
+        except NotEnoughData:
+            self._training = {"trained": 0.0, "promoted": 0.0}
+            return
+        self._training = {"trained": 1.0, "promoted": 1.0 if report.promoted else 0.0}
+
+    def finish(self) -> dict[str, float]:
+        self._agent.close()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+        ticks = max(len(self._modes), 1)
+        return {
+            "model_tick_share": sum(m == "model" for m in self._modes) / ticks,
+            "fallback_tick_share": sum(m == "fallback" for m in self._modes) / ticks,
+            **{f"model_{k}": v for k, v in self._training.items()},
+        }
