@@ -66,7 +66,8 @@ class RunResult:
     ticks: tuple[TickRecord, ...]
     names: tuple[str, ...]
     capacity: tuple[float, ...]  # requests/s each server completes at base speed
-    busy_seconds: tuple[float, ...]
+    concurrency: tuple[int, ...]
+    busy_seconds: tuple[float, ...]  # slot-seconds each server spent serving
     requests_simulated: int
     wall_seconds: float = 0.0
     notes: dict[str, float] = field(default_factory=dict)
@@ -266,6 +267,7 @@ def simulate(
         ticks=tuple(ticks),
         names=names,
         capacity=tuple(g.concurrency * g.speed * per_slot for _, g in servers),
+        concurrency=tuple(concurrency),
         busy_seconds=tuple(busy_seconds),
         requests_simulated=count,
         wall_seconds=wallclock.perf_counter() - began,

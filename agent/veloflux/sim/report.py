@@ -48,9 +48,11 @@ def figures(
     span = max(end - scenario.warmup_s, 1e-9)
     quantiles = np.quantile(seen, [0.5, 0.95, 0.99, 0.999]) if len(seen) else [math.nan] * 4
     measured = scenario.duration_s - scenario.warmup_s
-    utilization = [
-        (busy - before) / (c / (1000.0 / scenario.service.mean_ms) * measured)
-        for busy, before, c in zip(run.busy_seconds, busy_at_warmup, run.capacity, strict=True)
+    utilization = [  # the share of its slots' time each server spent serving
+        (busy - before) / (slots * measured)
+        for busy, before, slots in zip(
+            run.busy_seconds, busy_at_warmup, run.concurrency, strict=True
+        )
     ]
     mean_util = float(np.mean(utilization)) if utilization else 0.0
     return {
