@@ -232,3 +232,16 @@ def test_every_scenario_problem_is_named_with_its_path() -> None:
     assert "scv 1" in paths["service"]
     assert "until_s must be after at_s" in paths["servers.0.events.0"]
     assert "surprise" in paths
+
+
+def test_drift_switches_speed_at_random_but_reproducibly() -> None:
+    servers = [{"name": "a", "concurrency": 2, "drift": {"speed": 0.1, "period_s": 20}}]
+    sc = scenario(duration_s=400, warmup_s=0, servers=servers, arrival={"utilization": 0.05})
+    one, two = simulate(sc, "roundrobin", Strategy()), simulate(sc, "roundrobin", Strategy())
+    np.testing.assert_array_equal(one.latency, two.latency)
+    # Median latency per 10 s window: some windows slow (0.1 speed), some at full speed.
+    windows = [
+        np.median(one.latency[(one.arrival >= t) & (one.arrival < t + 10)])
+        for t in range(0, 400, 10)
+    ]
+    assert min(windows) < 0.02 < 0.05 < max(windows)

@@ -179,7 +179,7 @@ def simulate(
     latency = [math.nan] * count
     error = [False] * count
     assigned = [-1] * count
-    timeline = _timeline(scenario, servers)
+    timeline = _timeline(scenario, servers, np.random.default_rng([seed, 1]))
     ticks: list[TickRecord] = []
     heap: list[tuple[float, int, int]] = []  # (finish, request, server)
     completes = chooser.completed if chooser.name == "p2c_peak_ewma" else None
@@ -276,14 +276,21 @@ def simulate(
 
 
 def _timeline(
-    scenario: Scenario, servers: Sequence[tuple[str, ServerGroup]]
+    scenario: Scenario, servers: Sequence[tuple[str, ServerGroup]], rng: np.random.Generator
 ) -> list[tuple[float, str, int, float]]:
-    """Ticks and server events in time order (a tick before an event at the same time)."""
+    """Ticks and server events in time order (a tick before an event at the same time);
+    drift's switches drawn from ``rng``."""
     out: list[tuple[float, int, str, int, float]] = []
     ticks = int(scenario.duration_s // scenario.interval_s)
     out += [(k * scenario.interval_s, 0, "tick", -1, 0.0) for k in range(1, ticks + 1)]
     for s, (_, group) in enumerate(servers):
         base_speed = group.speed
+        drift = group.drift
+        if drift is not None:
+            at, slow = drift.from_s + rng.exponential(drift.period_s), True
+            while at < scenario.duration_s:
+                out.append((at, 1, "speed", s, base_speed * (drift.speed if slow else 1.0)))
+                at, slow = at + rng.exponential(drift.period_s), not slow
         for event in group.events:
             if event.speed is not None:
                 out += [

@@ -42,6 +42,16 @@ class ServerEvent(_Part):
         return self
 
 
+class Drift(_Part):
+    """Capacity drift: the server switches at random between its speed and ``speed``
+    (a factor of it), staying in each state for an exponential time of mean
+    ``period_s``, from ``from_s`` on (seeded: the same seed, the same switches)."""
+
+    speed: float = Field(gt=0)
+    period_s: float = Field(gt=0)
+    from_s: float = Field(default=0.0, ge=0)
+
+
 class ServerGroup(_Part):
     """``count`` servers alike (``count`` > 1 names them NAME1, NAME2, ...)."""
 
@@ -50,6 +60,7 @@ class ServerGroup(_Part):
     concurrency: int = Field(default=1, ge=1, le=10_000)
     speed: float = Field(default=1.0, gt=0)
     events: tuple[ServerEvent, ...] = ()
+    drift: Drift | None = None
 
 
 class Pattern(_Part):
