@@ -110,6 +110,7 @@ class DemoBackend:
         self.behaviour = behaviour
         self.requests = 0
         self.errors = 0
+        self.busy_seconds = 0.0  # service time of the requests served: what it would report
         self._rng = random.Random(behaviour.seed)
         self._gate = _FifoGate(behaviour.concurrency)
         self._ok_body = json.dumps({"backend": behaviour.name}).encode()
@@ -131,6 +132,7 @@ class DemoBackend:
             "errors": self.errors,
             "in_service": self._gate.in_service,
             "waiting": self._gate.waiting,
+            "busy_seconds": self.busy_seconds,
         }
 
     def metrics_text(self) -> str:
@@ -145,6 +147,12 @@ class DemoBackend:
             ("requests_total", "counter", "Requests received for work.", self.requests),
             ("errors_total", "counter", "Requests answered with a simulated 500.", self.errors),
             ("in_flight", "gauge", "Requests in service now.", self._gate.in_service),
+            (
+                "busy_seconds_total",
+                "counter",
+                "Service time spent on requests, in seconds.",
+                self.busy_seconds,
+            ),
             ("queued", "gauge", "Requests waiting for a service slot now.", self._gate.waiting),
             (
                 "concurrency_limit",
@@ -209,6 +217,7 @@ class DemoBackend:
             service_ms = self.behaviour.service.sample_ms(self._rng)
             if service_ms > 0:
                 await asyncio.sleep(service_ms / 1000)
+            self.busy_seconds += service_ms / 1000
         finally:
             self._gate.release()
         return web.Response(body=self._ok_body, content_type="application/json")

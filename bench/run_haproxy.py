@@ -1,0 +1,268 @@
+"""Benchmark: the weight strategies on the real local stack, against HAProxy's leastconn.
+
+Four demo backends of unequal capacity (concurrency 6, 4, 4 and 2 at 30 ms mean
+service: about 200, 133, 133 and 67 requests/s) behind a real HAProxy, a seeded
+open-loop Poisson load at 60% of their capacity with real concurrency, and one
+schedule for every run, each on a fresh stack:
+
+- warm-up (not measured): the agent records history, and trains at its end;
+- ``steady``: as configured;
+- ``slow``: s2 four times slower (``PUT /-/config``);
+- ``gray``: s2 back, s3 answering 30% of requests with fast errors (1 ms).
+
+Strategies: HAProxy ``leastconn`` and ``roundrobin`` with static equal weights, the
+capacity oracle (weights proportional to true capacity, set once through the runtime
+API), the client-side WRR heuristic (``qps / (utilization + eps / qps)`` every tick
+from each backend's own counters), and VeloFlux (the daemon in this process, trained
+through ``train_from_journal`` at the end of the warm-up), each with both algorithms.
+Each phase's p99 and error rate are reported as a ratio to ``leastconn`` alone in the
+same phase, all measured in one invocation.
+
+    .venv/bin/python bench/run_haproxy.py [--write] [--warmup 90] [--phase 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import shlex
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "agent"))
+
+from bench.common import cpu_model, replace_section, table  # noqa: E402
+from integration.scenario import agent_config, run_phase, running_daemon  # noqa: E402
+from integration.stack import DemoServer, LocalStack  # noqa: E402
+from veloflux.haproxy_runtime import RuntimeAPI  # noqa: E402
+from veloflux.sim.strategies import scaled  # noqa: E402
+
+MEAN_MS = 30.0
+SERVERS = (
+    DemoServer("s1", concurrency=6, mean_ms=MEAN_MS),
+    DemoServer("s2", concurrency=4, mean_ms=MEAN_MS),
+    DemoServer("s3", concurrency=4, mean_ms=MEAN_MS),
+    DemoServer("s4", concurrency=2, mean_ms=MEAN_MS),
+)
+CAPACITY = sum(s.concurrency for s in SERVERS) * 1000 / MEAN_MS
+LOAD = 0.6
+INTERVAL_S = 1.0
+RUNS = (
+    ("leastconn", "static-equal"),
+    ("roundrobin", "static-equal"),
+    ("roundrobin", "capacity-oracle"),
+    ("leastconn", "capacity-oracle"),
+    ("roundrobin", "heuristic"),
+    ("leastconn", "heuristic"),
+    ("roundrobin", "veloflux"),
+    ("leastconn", "veloflux"),
+)
+PHASES = ("steady", "slow", "gray")
+HEADING = "## Real HAProxy: the weight strategies against leastconn"
+MARK_BEGIN, MARK_END = "<!-- bench:real-haproxy -->", "<!-- /bench:real-haproxy -->"
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def set_weights(stack: LocalStack, weights: dict[str, int]) -> None:
+    replies = RuntimeAPI(stack.admin_socket).run_many(
+        [f"set server app/{name} weight {w}" for name, w in weights.items()]
+    )
+    bad = [r for r in replies if r.strip()]
+    if bad:
+        raise RuntimeError(f"HAProxy refused a weight: {bad}")
+
+
+def backend_stats(stack: LocalStack, name: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{stack.backend_url(name)}/-/stats", timeout=2) as reply:
+        result: dict[str, Any] = json.loads(reply.read())
+        return result
+
+
+@contextlib.contextmanager
+def heuristic(stack: LocalStack) -> Iterator[None]:
+    """gRPC's client-side WRR weight every tick, from each backend's own counters (what
+    it would report through ORCA: queries, errors and busy time), smoothed by half."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        last = {s.name: backend_stats(stack, s.name) for s in SERVERS}
+        smoothed: dict[str, float] = {}
+        while not stop.wait(INTERVAL_S):
+            raw: dict[str, float] = {}
+            for s in SERVERS:
+                now = backend_stats(stack, s.name)
+                done = (now["requests"] - last[s.name]["requests"]) / INTERVAL_S
+                errors = (now["errors"] - last[s.name]["errors"]) / INTERVAL_S
+                busy = (now["busy_seconds"] - last[s.name]["busy_seconds"]) / INTERVAL_S
+                last[s.name] = now
+                utilization = busy / s.concurrency
+                denominator = utilization + (errors / done if done else 0.0)
+                if done and denominator > 0:
+                    raw[s.name] = done / denominator
+            mean = sum(raw.values()) / len(raw) if raw else 1.0
+            for s in SERVERS:
+                value = raw.get(s.name, mean)
+                old = smoothed.get(s.name)
+                smoothed[s.name] = value if old is None else old + 0.5 * (value - old)
+            names = [s.name for s in SERVERS]
+            set_weights(stack, dict(zip(names, scaled([smoothed[n] for n in names]), strict=True)))
+
+    thread = threading.Thread(target=loop, name="heuristic", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+@contextlib.contextmanager
+def veloflux(stack: LocalStack, workdir: Path) -> Iterator[Callable[[], dict[str, Any]]]:
+    """The daemon in this process; the callable trains from its journal (the normal
+    training path and gate) and says what came of it."""
+    path = agent_config(stack, workdir, INTERVAL_S)
+    text = path.read_text().replace("ai:\n", "ai:\n  min_training_rows: 100\n", 1)
+    path.write_text(text)
+    with running_daemon(path):
+
+        def train() -> dict[str, Any]:
+            from veloflux.config import load_config
+            from veloflux.events import Events
+            from veloflux.history import Journal
+            from veloflux.model.train import NotEnoughData, TrainSettings
+            from veloflux.training import train_from_journal
+            from veloflux.wiring import open_registry
+
+            config = load_config(path, {})
+            events = Events()
+            settings = TrainSettings(min_rows=100, nthread=1)
+            with Journal(config.ai.history_path, events) as journal:
+                try:
+                    report = train_from_journal(journal, open_registry(config, events), settings)
+                except NotEnoughData as exc:
+                    return {"promoted": False, "reason": str(exc)}
+            return {"promoted": report.promoted, "reason": report.reason}
+
+        yield train
+
+
+def one_run(
+    algorithm: str, strategy: str, warmup_s: float, phase_s: float, workdir: Path, seed: int
+) -> dict[str, Any]:
+    rate = LOAD * CAPACITY
+    with LocalStack(workdir, SERVERS, algorithm=algorithm) as stack, contextlib.ExitStack() as on:
+        training: dict[str, Any] = {}
+        train: Callable[[], dict[str, Any]] | None = None
+        if strategy == "capacity-oracle":
+            set_weights(stack, dict(zip(
+                [s.name for s in SERVERS], scaled([s.concurrency for s in SERVERS]), strict=True
+            )))  # fmt: skip
+        elif strategy == "heuristic":
+            on.enter_context(heuristic(stack))
+        elif strategy == "veloflux":
+            train = on.enter_context(veloflux(stack, workdir))
+        run_phase(stack, rate, warmup_s, seed)
+        if train is not None:
+            training = train()
+        phases = {"steady": run_phase(stack, rate, phase_s, seed + 1)}
+        stack.reconfigure("s2", {"service": {"mean_ms": MEAN_MS * 4}})
+        phases["slow"] = run_phase(stack, rate, phase_s, seed + 2)
+        stack.reconfigure("s2", {"service": {"mean_ms": MEAN_MS}})
+        stack.reconfigure("s3", {"error_rate": 0.3, "error_latency_ms": 1.0})
+        phases["gray"] = run_phase(stack, rate, phase_s, seed + 3)
+    return {
+        "algorithm": algorithm,
+        "strategy": strategy,
+        "training": training,
+        "phases": {
+            name: {
+                "p99_ms": result.latency_ms.get("p99"),
+                "p50_ms": result.latency_ms.get("p50"),
+                "error_rate": result.error_rate,
+                "sent": result.sent,
+                "served_by": result.served_by,
+            }
+            for name, result in phases.items()
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--write", action="store_true", help="write docs/benchmarks.md section")
+    parser.add_argument("--warmup", type=float, default=90.0)
+    parser.add_argument("--phase", type=float, default=40.0)
+    parser.add_argument("--seed", type=int, default=11)
+    opts = parser.parse_args()
+    began = time.perf_counter()
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="veloflux-bench-real-") as tmp:
+        for i, (algorithm, strategy) in enumerate(RUNS):
+            workdir = Path(tmp) / f"run{i}"
+            run = one_run(algorithm, strategy, opts.warmup, opts.phase, workdir, opts.seed)
+            runs.append(run)
+            print(json.dumps(run), flush=True)
+    report = {
+        "machine": f"{cpu_model()}, Python {platform.python_version()}",
+        "command": shlex.join([".venv/bin/python", "bench/run_haproxy.py", *sys.argv[1:]]),
+        "rate_rps": round(LOAD * CAPACITY, 1),
+        "wall_seconds": round(time.perf_counter() - began, 1),
+        "warmup_s": opts.warmup,
+        "phase_s": opts.phase,
+        "runs": runs,
+    }
+    print(json.dumps(report, indent=1))
+    if opts.write:
+        replace_section(render_section(report), HEADING, MARK_BEGIN, MARK_END, DOC)
+
+
+def render_section(report: dict[str, Any]) -> str:
+    base = next(r for r in report["runs"] if r["algorithm"] == "leastconn"
+                and r["strategy"] == "static-equal")  # fmt: skip
+    rows = []
+    for run in report["runs"]:
+        cells = []
+        for phase in PHASES:
+            mine, theirs = run["phases"][phase], base["phases"][phase]
+            p99 = (mine["p99_ms"] or 0) / (theirs["p99_ms"] or 1)
+            errors = (mine["error_rate"] + 1e-4) / (theirs["error_rate"] + 1e-4)
+            cells.append(
+                f"{mine['p99_ms']:.0f} ms ({p99:.2f}x), {mine['error_rate'] * 100:.2f}% "
+                f"({errors:.2f}x)"
+            )
+        note = ""
+        if run["strategy"] == "veloflux":
+            note = "promoted" if run["training"].get("promoted") else "not promoted"
+        rows.append((run["algorithm"], run["strategy"], *cells, note))
+    return "\n".join(
+        [
+            HEADING,
+            "",
+            "What `bench/run_haproxy.py` measures: see its docstring. Per phase: p99 and "
+            "error rate, and in brackets their ratio to HAProxy's `leastconn` with static "
+            "weights in the same phase (error ratios with 0.01% added to both sides, so "
+            "that zero stays readable).",
+            "",
+            MARK_BEGIN,
+            f"Measured on {report['machine']}, {report['rate_rps']} requests/s, warm-up "
+            f"{report['warmup_s']:g} s, phases {report['phase_s']:g} s. Command: "
+            f"`{report['command']}` ({report['wall_seconds']:.0f} s in all).",
+            "",
+            *table(("algorithm", "weights", *PHASES, "model"), rows),
+            MARK_END,
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()
