@@ -149,9 +149,12 @@ def test_the_daemon_drives_both_and_holds_only_the_proxy_that_goes_away(
         with running_daemon(write_config(files, data)) as daemon:
             wait_until(lambda: envoy_weights(envoy) == [1, 4], "Envoy at its static weights")
             web_back_to_static(web, "HAProxy at its static weights")
-            scrape = samples(daemon)
-            assert scrape.get("veloflux_source_up", source="haproxy") == 1
-            assert scrape.get("veloflux_source_up", source="envoy") == 1
+            # The weights can be static before the first tick's metrics are out.
+            wait_until(
+                lambda: samples(daemon).get("veloflux_source_up", source="haproxy") == 1,
+                "HAProxy's source up in /metrics",
+            )
+            assert samples(daemon).get("veloflux_source_up", source="envoy") == 1
 
             envoy.stop()
             wait_until(
