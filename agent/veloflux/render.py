@@ -229,5 +229,6 @@ def simulation_table(result: dict[str, Any]) -> Table:
     for name, value in result.items():
         if isinstance(value, dict) and "mean" in value:
             low, high = value["ci95"]
-            table.add_row(name, f"{value['mean']:.4g} [{low:.4g}, {high:.4g}]")
+            shown = "-" if value["mean"] is None else f"{value['mean']:.4g} [{low:.4g}, {high:.4g}]"
+            table.add_row(name, shown)
     return table

@@ -98,6 +98,8 @@ def test_figures_count_timeouts_at_the_deadline_and_errors_apart() -> None:
 
 def test_intervals_over_seeds() -> None:
     assert interval([1.0]) == {"mean": 1.0, "ci95": [1.0, 1.0]}
+    assert interval([math.nan, 2.0]) == {"mean": 2.0, "ci95": [2.0, 2.0]}
+    assert interval([math.nan]) == {"mean": None, "ci95": [None, None]}
     got = interval([1.0, 2.0, 3.0])
     assert got["mean"] == 2.0
     assert got["ci95"][0] == pytest.approx(2 - 2.4841, abs=1e-3)  # t(0.975, 2) * 1 / sqrt(3)

@@ -204,7 +204,14 @@ class VelofluxStrategy(Strategy):
         except NotEnoughData:
             self._training = {"trained": 0.0, "promoted": 0.0}
             return
-        self._training = {"trained": 1.0, "promoted": 1.0 if report.promoted else 0.0}
+        metrics = report.metadata["metrics"]
+        naive = metrics.get("naive_mae_seconds")
+        self._training = {
+            "trained": 1.0,
+            "promoted": 1.0 if report.promoted else 0.0,
+            "mae_p50_ms": metrics["mae_p50_seconds"] * 1000,
+            "naive_mae_ms": naive * 1000 if naive is not None else math.nan,
+        }
 
     def finish(self) -> dict[str, float]:
         self._agent.close()

@@ -68,8 +68,13 @@ def figures(
 
 
 def interval(values: Sequence[float]) -> dict[str, Any]:
-    """The mean and its 95% confidence interval (Student's t over the seeds)."""
+    """The mean and its 95% confidence interval (Student's t over the seeds), over the
+    seeds that have the figure (a model that never trained has no MAE); ``null`` when
+    none has: JSON has no NaN."""
     data = np.asarray(values, dtype=float)
+    data = data[np.isfinite(data)]
+    if len(data) == 0:
+        return {"mean": None, "ci95": [None, None]}
     mean = float(np.mean(data))
     if len(data) < 2:
         return {"mean": mean, "ci95": [mean, mean]}
