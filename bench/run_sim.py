@@ -31,15 +31,15 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "agent"))
 
 from bench.common import cpu_model, replace_section, table  # noqa: E402
+from veloflux.sim.dispatchers import DISPATCHERS, WEIGHTED  # noqa: E402
 from veloflux.sim.run import run_cell  # noqa: E402
 from veloflux.sim.scenario import Scenario, load_scenario  # noqa: E402
+from veloflux.sim.strategies import STRATEGIES  # noqa: E402
 
 SCENARIOS = ROOT / "bench" / "scenarios"
 IMAGES = ROOT / "docs" / "img"
 DOC = ROOT / "docs" / "benchmarks.md"
-WEIGHTED = ("roundrobin", "leastconn", "random", "least_request")
-STRATEGIES = ("static-equal", "capacity-oracle", "heuristic", "veloflux")
-ANCHORS = ("p2c_peak_ewma", "jsq")
+ANCHORS = tuple(d for d in DISPATCHERS if d not in WEIGHTED)  # ignore weights
 HEADING = "## Simulator: VeloFlux against the baselines"
 MARK_BEGIN, MARK_END = "<!-- bench:sim -->", "<!-- /bench:sim -->"
 CDF_CELL = ("slow-server", "leastconn")

@@ -35,7 +35,8 @@ DISPATCHERS = (
     "p2c_peak_ewma",
     "jsq",
 )
-WEIGHTED = frozenset(("roundrobin", "leastconn", "random", "least_request"))
+# The dispatchers that honour weights (``random`` is ``random(2)``).
+WEIGHTED = ("roundrobin", "leastconn", "random", "least_request")
 
 
 class Dispatcher:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -70,7 +69,6 @@ class PrometheusFeatures:
             instance: parse_server_key(key) for instance, key in (instance_map or {}).items()
         }
         self._pool: ThreadPoolExecutor | None = None
-        self.last_duration_seconds = 0.0
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -78,13 +76,6 @@ class PrometheusFeatures:
 
     def read(self, observation: Observation) -> ExternalFeatures:
         """Every feature's value for every row of ``observation`` (NaN where unknown)."""
-        started = time.perf_counter()
-        try:
-            return self._read(observation)
-        finally:
-            self.last_duration_seconds = time.perf_counter() - started
-
-    def _read(self, observation: Observation) -> ExternalFeatures:
         rows = observation.rows
         managed = [p.name for p in observation.pools if p.managed]
         calls = [call for f in self._features for call in _calls(f, managed, rows)]
