@@ -253,7 +253,9 @@ def bench_tick(sizes: Sizes, workdir: Path) -> dict[str, Any]:
         runs = [_tick_once(predictor, now, features, forecast) for _ in range(sizes.tick_runs)]
         advisor_ms = []
         for _ in range(sizes.tick_runs):
-            elapsed, advice = _timed(lambda: _pool_advice("app", features, predictor, settings, {}))
+            elapsed, advice = _timed(
+                lambda: _pool_advice("app", features, predictor, settings, ({}, frozenset()))
+            )
             advisor_ms.append(elapsed)
     if advice.blocked or len(advice.servers) != sizes.tick_servers:
         raise SystemExit(f"_pool_advice did not advise every server: {advice.blocked!r}")
@@ -503,7 +505,8 @@ HAProxy's cumulative counters and 512-request moving averages):
    newest rows, the rate forecast, `predictor.confidence` (all four parts, with the
    realized error of the last three judged intervals), `rate_grid`,
    `predictor.curves`, the cost (p90 latency + error penalty x error rate),
-   `water_fill`, and the advice values. Every server counts as confident (threshold 0),
+   `water_fill`, the predicted gain over the status quo (`total_cost`), and the
+   advice values. Every server counts as confident (threshold 0),
    so all of them are water-filled: the worst case. The split times the same public
    calls one by one. Building the window's features (`derive_rates` +
    `build_features`), which the agent also pays each tick, is shown apart: the target

@@ -25,6 +25,9 @@ class ServerAdvice(NamedTuple):
     parts: Mapping[str, float] = _NO_PARTS
     share: float | None = None  # desired share of the model-driven servers' traffic
     outlier: str = ""  # why the server stands out from its pool; "" when it does not
+    # The newest interval shows the fault its cut has not cured: cut below its current
+    # weight again (see ``veloflux.model.advisor.outlier_findings``).
+    deepen: bool = False
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,19 @@ class PoolAdvice:
     blocked: str
     servers: Mapping[str, ServerAdvice] = field(default_factory=dict)
     forecast_rate: float | None = None
+    # Why the model, free to act, keeps the weights where they are ("" when it moves
+    # them): the split it found is not predicted to be worth a change.
+    hold: str = ""
 
 
-def blocked_pool(pool: str, reason: str, outliers: Mapping[str, str]) -> PoolAdvice:
+def blocked_pool(
+    pool: str, reason: str, outliers: Mapping[str, str], deepen: frozenset[str] = frozenset()
+) -> PoolAdvice:
     """A pool the model may not drive: only the outlier findings remain."""
-    servers = {name: ServerAdvice(name, outlier=why) for name, why in outliers.items()}
+    servers = {
+        name: ServerAdvice(name, outlier=why, deepen=name in deepen)
+        for name, why in outliers.items()
+    }
     return PoolAdvice(pool, 0.0, reason, servers)
 
 

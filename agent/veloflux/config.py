@@ -107,6 +107,12 @@ class AISection(_Section):
 
     enabled: bool = True
     confidence_threshold: float = Field(default=0.7, ge=0, le=1)
+    min_gain: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="smallest predicted fall in a pool's cost worth moving weights for",
+    )
     history_path: Path = Field(
         default=Path("/var/lib/veloflux/history.sqlite"),
         description="the observation journal (SQLite, WAL mode)",

@@ -179,6 +179,7 @@ class Agent:
             stale_after_seconds=self._config.stale_after_seconds,
             max_model_age_seconds=ai.max_model_age_seconds,
             outlier=self._config.policy.outlier,
+            min_gain=ai.min_gain,
         )
         return advise(observation, features, predictor, settings, reason, last_sample)
 

@@ -23,6 +23,7 @@ import numpy as np
 # today's load would be a guess. Moving at most 50% per tick and learning from each
 # tick keeps every decision where the model has evidence.
 TRUST_MULTIPLES = np.array([0.0, 0.5, 0.75, 1.0, 1.25, 1.5])
+STATUS_QUO = 3  # the grid's column at each server's current rate (multiple 1.0)
 
 
 def rate_grid(current_rates: np.ndarray, total_rate: float) -> np.ndarray:
@@ -82,3 +83,23 @@ def water_fill(
     left = total_rate - float(flat_len[below].sum())
     np.add.at(assigned, owner[tied], flat_len[tied] * (left / float(flat_len[tied].sum())))
     return assigned
+
+
+def total_cost(rates: np.ndarray, cost_per_request: np.ndarray, assigned: np.ndarray) -> float:
+    """The predicted total cost, sum of ``r * c(r)``, of giving each server ``assigned``.
+
+    ``r * c(r)`` is interpolated linearly between the grid's points, the same
+    piecewise-linear cost ``water_fill`` minimises, so the cost of the status quo (a
+    grid point) and of the water-filled split are judged on one scale.
+    """
+    cost = np.maximum.accumulate(np.nan_to_num(cost_per_request, nan=np.inf), axis=1)
+    with np.errstate(invalid="ignore"):
+        load = np.where(rates > 0, rates * cost, 0.0)
+    rows = np.arange(rates.shape[0])
+    at = np.clip((rates <= assigned[:, None]).sum(axis=1) - 1, 0, rates.shape[1] - 2)
+    x0, x1 = rates[rows, at], rates[rows, at + 1]
+    y0, y1 = load[rows, at], load[rows, at + 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(x1 > x0, (assigned - x0) / (x1 - x0), 0.0)
+        value = np.where(t > 0, y0 + t * (y1 - y0), y0)
+    return float(value.sum())

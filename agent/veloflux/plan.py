@@ -12,7 +12,7 @@ step-limited.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import NamedTuple
 
 from veloflux.advice import NO_ADVICE, Advice, PoolAdvice, ServerAdvice
@@ -173,11 +173,15 @@ def _finish(
     parts = advice.parts if advice else None
     planned, notes = bounded_weight(row.origin, desired, policy, exact_target=exact)
     if advice and advice.outlier and policy.outlier.enabled:
-        # One bounded cut below what the server would otherwise get, not a cut that
-        # compounds every tick: a server that is merely slower must not starve. The cut
-        # is exact (no deadband), so it is kept only where it ends lower than the plan
-        # without it: near a bound, an exact cut could otherwise end a step higher.
-        cut = max(policy.min_weight, math.floor(desired * (1 - policy.outlier.reduce_ratio)))
+        # One bounded cut below what the server would otherwise get, and no rise while
+        # it stays flagged; the cut compounds tick after tick only while the advice says
+        # the fault persists (errors, a queue still growing): a server that is merely
+        # slower must not starve. The cut is exact (no deadband), so it is kept only
+        # where it ends lower than the plan without it: near a bound, an exact cut could
+        # otherwise end a step higher.
+        keep = 1 - policy.outlier.reduce_ratio
+        below = min(desired, row.origin) if advice.deepen else desired
+        cut = max(policy.min_weight, min(math.floor(below * keep), row.origin))
         guarded, guard_notes = bounded_weight(row.origin, cut, policy, exact_target=True)
         if cut < desired and guarded < planned:
             planned, notes, reason = guarded, guard_notes, advice.outlier
@@ -201,6 +205,9 @@ def _model_targets(
 ) -> dict[str, tuple[int, bool, str]]:
     """Desired weight, exactness and reason for each server the model may move."""
     driven = [r for r in rows if (a := advice.servers.get(r.server)) and a.share is not None]
+    if advice.hold:  # no change predicted to be worth making: the driven servers stay put
+        held = {r.server: (r.origin or 0, True, f"model: held, {advice.hold}") for r in driven}
+        return {**_static_targets(rows, advice, scale, held.keys()), **held}
     combined = sum((r.static or 0) * scale for r in driven)
     # Shares are renormalised over the servers actually driven here: the advisor may
     # have given a share to a server the planner must not move (an override, say).
@@ -208,19 +215,26 @@ def _model_targets(
     total = sum(shares.values())
     wanted = {s: round(share / total * combined) if total > 0 else 0 for s, share in shares.items()}
     floor = math.ceil(max(wanted.values(), default=0) / policy.max_weight_ratio)
+    targets = {s: (max(1, w, floor), False, "model") for s, w in wanted.items()}
+    return {**_static_targets(rows, advice, scale, targets.keys()), **targets}
+
+
+def _static_targets(
+    rows: list[_Row], advice: PoolAdvice, scale: int, driven: Collection[str]
+) -> dict[str, tuple[int, bool, str]]:
+    """In a model-mode pool, the servers the model is not sure of keep their static share."""
     targets: dict[str, tuple[int, bool, str]] = {}
     for r in rows:
+        if r.server in driven:
+            continue
         a = advice.servers.get(r.server)
-        if r.server in wanted:
-            targets[r.server] = (max(1, wanted[r.server], floor), False, "model")
-        else:
-            weakest = min(a.parts, key=lambda p: a.parts[p]) if a and a.parts else "no data"
-            confidence = a.confidence if a else 0.0
-            targets[r.server] = (
-                (r.static or 0) * scale,
-                True,
-                f"low confidence {confidence:.2f} (weakest: {weakest}): static share",
-            )
+        weakest = min(a.parts, key=lambda p: a.parts[p]) if a and a.parts else "no data"
+        confidence = a.confidence if a else 0.0
+        targets[r.server] = (
+            (r.static or 0) * scale,
+            True,
+            f"low confidence {confidence:.2f} (weakest: {weakest}): static share",
+        )
     return targets
 
 

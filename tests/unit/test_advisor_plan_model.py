@@ -29,7 +29,13 @@ from tests.unit.learning_factories import (
 )
 from veloflux.advice import Advice, PoolAdvice, ServerAdvice
 from veloflux.config import OutlierSection, PolicySection
-from veloflux.model.advisor import OUTLIER_MEMORY_INTERVALS, AdvisorSettings, advise, find_outliers
+from veloflux.model.advisor import (
+    OUTLIER_MEMORY_INTERVALS,
+    AdvisorSettings,
+    advise,
+    find_outliers,
+    outlier_findings,
+)
 from veloflux.model.predict import Confidence, Curves, Predictor
 from veloflux.outliers import MIN_POOL_SIZE, latency_outliers, moving_average_outliers
 from veloflux.plan import max_step, plan_weights
@@ -485,6 +491,70 @@ def test_the_newest_finding_gives_the_reason() -> None:
     assert found == {"c": "outlier: latency 100 ms (pool median 20 ms)"}
 
 
+def intervals(*frames: pd.DataFrame) -> pd.DataFrame:
+    """Consecutive instants of features, one frame per interval."""
+    for k, frame in enumerate(frames):
+        frame["time"] = frame["time"] + k * pd.Timedelta(INTERVAL)
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_a_server_still_failing_in_the_newest_interval_has_its_cut_deepened() -> None:
+    healthy = [("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0)]
+    failing = intervals(latest([*healthy, ("c", 100, 0.02, 0.3)]))
+    found, deepen = outlier_findings(busy_observation({"app": []}), "app", failing, RULES)
+    assert found.keys() == {"c"}
+    assert deepen == {"c"}
+    # Failing one interval ago, clean now: still flagged (held), no deeper cut.
+    recovering = intervals(
+        latest([*healthy, ("c", 100, 0.02, 0.3)]), latest([*healthy, ("c", 100, 0.02, 0.0)])
+    )
+    found, deepen = outlier_findings(busy_observation({"app": []}), "app", recovering, RULES)
+    assert found.keys() == {"c"}
+    assert deepen == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("latencies", "deepens"),
+    [
+        ((0.10, 0.11, 0.12), True),  # a queue still growing: overload
+        ((0.10, 0.10, 0.10), False),  # merely slower, steady: one bounded cut
+        ((0.12, 0.10, 0.11), False),  # noise around a steady level
+        ((0.10, 0.12, 0.12), False),  # rose once, then stopped
+    ],
+)
+def test_a_slow_server_has_its_cut_deepened_only_while_its_latency_climbs(
+    latencies: tuple[float, float, float], deepens: bool
+) -> None:
+    healthy = [("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0)]
+    frames = [latest([*healthy, ("c", 100, lat, 0.0)]) for lat in latencies]
+    found, deepen = outlier_findings(
+        busy_observation({"app": []}), "app", intervals(*frames), RULES
+    )
+    assert found.keys() == {"c"}
+    assert deepen == ({"c"} if deepens else frozenset())
+
+
+def test_a_deepened_cut_compounds_and_a_held_one_does_not_rise() -> None:
+    members = [Server("s0", 40, 100), Server("s1", 100, 100), Server("s2", 100, 100)]
+    servers = {
+        "s0": ServerAdvice("s0", outlier=OUTLIER, deepen=True),
+        "s1": ServerAdvice("s1"),
+        "s2": ServerAdvice("s2"),
+    }
+    deepened = Advice(None, {"app": PoolAdvice("app", 0.0, "no model", servers)})
+    assert weights(plan_weights(observation(pool_of(*members)), policy(), deepened))["s0"] == 20
+    held = {**servers, "s0": servers["s0"]._replace(deepen=False)}
+    held_advice = Advice(None, {"app": PoolAdvice("app", 0.0, "no model", held)})
+    plan = by_name(plan_weights(observation(pool_of(*members)), policy(), held_advice))
+    # One cut from the static 100 would be 50, above where it stands: it stays at 40.
+    assert plan["s0"].planned_weight == 40
+    assert plan["s0"].reason.startswith("outlier")
+    # Released (no finding): it climbs back toward its static weight, step-limited.
+    free = {**servers, "s0": ServerAdvice("s0")}
+    free_advice = Advice(None, {"app": PoolAdvice("app", 0.0, "no model", free)})
+    assert weights(plan_weights(observation(pool_of(*members)), policy(), free_advice))["s0"] == 60
+
+
 def test_the_guard_can_be_disabled() -> None:
     features = latest([("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0), ("c", 100, 0.5, 0.5)])
     off = OutlierSection(enabled=False)
@@ -650,6 +720,37 @@ def test_confident_servers_get_shares_that_favour_the_cheaper_one() -> None:
     assert plan.pools[0].mode == "model"
     planned = weights(plan)
     assert (planned["a"] or 0) > (planned["b"] or 0) > (planned["c"] or 0)
+
+
+def test_servers_predicted_alike_keep_their_weights() -> None:
+    features, *members = three_servers()
+    obs = busy_observation({"app": members}, NOW)
+    predictor = StandInPredictor(
+        {"a": 0.9, "b": 0.9, "c": 0.9}, {"a": 0.02, "b": 0.02, "c": 0.0202}
+    )
+    pool = advise(obs, features, predictor, SETTINGS, "", NOW).pools["app"]
+    assert pool.blocked == ""
+    assert pool.hold.startswith("predicted gain 0% < 10%")
+    assert all(s.share is not None for s in pool.servers.values())
+    current = [Server(n, 37, 100) for n in "abc"]  # not at the static weights
+    plan = plan_weights(
+        observation(pool_of(*current)),
+        policy(**FREE),
+        advise(obs, features, predictor, SETTINGS, "", NOW),
+    )
+    assert plan.pools[0].mode == "model"
+    assert weights(plan) == {"a": 37, "b": 37, "c": 37}
+    assert all(s.reason.startswith("model: held, predicted gain") for s in plan.servers())
+
+
+def test_a_held_pool_still_cuts_its_outliers() -> None:
+    members = [Server("a", 100, 100), Server("b", 100, 100), Server("c", 100, 100)]
+    advice = model_advice({"a": 0.3, "b": 0.3, "c": 0.4}, outliers={"c": OUTLIER})
+    held = Advice("v1", {"app": replace(advice.pools["app"], hold="predicted gain 2% < 10%")})
+    plan = by_name(plan_weights(observation(pool_of(*members)), policy(**FREE), held))
+    assert plan["a"].planned_weight == plan["b"].planned_weight == 100
+    assert plan["c"].planned_weight == 50
+    assert plan["c"].reason.startswith("outlier")
 
 
 def test_an_unsure_server_gets_no_share_and_the_pool_may_still_use_the_model() -> None:

@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from veloflux.optimize import TRUST_MULTIPLES, rate_grid, water_fill
+from veloflux.optimize import STATUS_QUO, TRUST_MULTIPLES, rate_grid, total_cost, water_fill
 
 PROPERTY = settings(max_examples=150, deadline=None)
 
@@ -237,3 +237,32 @@ def test_equal_curves_with_flat_stretches_give_equal_shares(costs: str) -> None:
     assigned = water_fill(grid, np.tile(curve, (n, 1)), n * rate)
     segment = float(np.diff(grid[0])[1:].max())  # past the floor
     assert assigned.max() - assigned.min() <= segment * (1 + 1e-9), assigned
+
+
+# --- the predicted gain's scale -------------------------------------------------------------
+
+
+def test_the_status_quo_costs_the_sum_of_rate_times_cost_at_its_grid_point() -> None:
+    grid = rate_grid(np.array([10.0, 30.0]), 40.0)
+    costs = np.array([[1.0, 1.0, 2.0, 3.0, 5.0, 8.0], [0.5, 0.5, 0.6, 0.7, 0.9, 1.2]])
+    assert TRUST_MULTIPLES[STATUS_QUO] == 1.0
+    assert total_cost(grid, costs, grid[:, STATUS_QUO]) == pytest.approx(10 * 3.0 + 30 * 0.7)
+    # Between grid points, rate x cost is interpolated: halfway from 10 to 12.5 req/s.
+    between = total_cost(grid[:1], costs[:1], np.array([11.25]))
+    assert between == pytest.approx((10 * 3.0 + 12.5 * 5.0) / 2)
+
+
+@PROPERTY
+@given(
+    hnp.arrays(float, 4, elements=st.floats(min_value=1.0, max_value=100.0)),
+    hnp.arrays(float, 4, elements=st.floats(min_value=1e-3, max_value=1.0)),
+    hnp.arrays(float, 4, elements=st.floats(min_value=0.0, max_value=0.1)),
+)
+def test_water_filling_never_costs_more_than_the_status_quo(
+    current: np.ndarray, fixed: np.ndarray, per_rate: np.ndarray
+) -> None:
+    grid = rate_grid(current, float(current.sum()))
+    costs = fixed[:, None] + per_rate[:, None] * grid  # rate x cost convex in rate
+    assigned = water_fill(grid, costs, float(current.sum()))
+    before = total_cost(grid, costs, grid[:, STATUS_QUO])
+    assert total_cost(grid, costs, assigned) <= before * (1 + 1e-9)

@@ -37,6 +37,7 @@ from veloflux.history import derive_rates
 from veloflux.model.advisor import AdvisorSettings, advise
 from veloflux.model.features import (
     FEATURES,
+    LOAD_DRIVEN,
     LOAD_FEATURE,
     TARGET_LATENCY,
     baseline_log_latency,
@@ -415,6 +416,23 @@ def test_a_far_away_row_is_less_in_distribution(predictor: Predictor, split: Spl
     far = predictor.confidence(far_rows, recent, fresh=True).parts["ood"]
     assert (far < near).all()
     assert (far == 0).all()
+
+
+def test_the_load_the_optimizer_gives_a_server_is_not_novelty(
+    predictor: Predictor, split: Split
+) -> None:
+    now, recent = now_and_recent(split)
+    near = predictor.confidence(now, recent, fresh=True).parts["ood"]
+    moved = now.copy()
+    for feature in LOAD_DRIVEN:  # far outside anything a static split ever showed
+        moved[feature] = moved[feature] * 50
+    np.testing.assert_array_equal(
+        predictor.confidence(moved, recent, fresh=True).parts["ood"], near
+    )
+    assert set(LOAD_DRIVEN).isdisjoint(predictor.metadata["ood"]["distance_features"])
+    # A server's own state is: its latency far from anything seen is still far away.
+    slow = now.assign(latency=now["latency"] * 50, relative_latency=now["relative_latency"] * 50)
+    assert (predictor.confidence(slow, recent, fresh=True).parts["ood"] < near).all()
 
 
 @pytest.mark.parametrize("feature", ["latency", "request_rate", "sessions"])

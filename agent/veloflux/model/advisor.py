@@ -10,6 +10,7 @@ exactly where the model is least sure, and fallback must not be blind.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +24,7 @@ from veloflux.history import instants
 from veloflux.model.features import newest_rows
 from veloflux.model.predict import Predictor
 from veloflux.observation import Observation
-from veloflux.optimize import rate_grid, water_fill
+from veloflux.optimize import STATUS_QUO, rate_grid, total_cost, water_fill
 from veloflux.outliers import latency_outliers, moving_average_outliers
 
 _FORECAST_INTERVALS = 3
@@ -40,6 +41,8 @@ class AdvisorSettings:
     stale_after_seconds: float
     max_model_age_seconds: float
     outlier: OutlierSection
+    # The smallest predicted fall in the pool's cost worth moving weights for (``ai.min_gain``).
+    min_gain: float = 0.1
 
 
 def advise(
@@ -63,15 +66,15 @@ def advise(
         if not pool.managed:
             continue
         pool_features = _rows_of(features, pool.name)
-        outliers = find_outliers(observation, pool.name, pool_features, settings.outlier)
+        outliers = outlier_findings(observation, pool.name, pool_features, settings.outlier)
         if predictor is None:
-            advice = blocked_pool(pool.name, blocked_reason, outliers)
+            advice = blocked_pool(pool.name, blocked_reason, *outliers)
         elif not fresh_model:
             advice = blocked_pool(
-                pool.name, f"model {predictor.version} is older than max_model_age", outliers
+                pool.name, f"model {predictor.version} is older than max_model_age", *outliers
             )
         elif not fresh_data:
-            advice = blocked_pool(pool.name, "no recent history (stale observations)", outliers)
+            advice = blocked_pool(pool.name, "no recent history (stale observations)", *outliers)
         else:
             advice = _pool_advice(pool.name, pool_features, predictor, settings, outliers)
         pools[pool.name] = advice
@@ -92,19 +95,19 @@ def _pool_advice(
     features: pd.DataFrame,
     predictor: Predictor,
     settings: AdvisorSettings,
-    outliers: dict[str, str],
+    outliers: tuple[dict[str, str], frozenset[str]],
 ) -> PoolAdvice:
     now = newest_rows(features)
     if now.empty:
-        return blocked_pool(pool, "no recent history for this pool", outliers)
+        return blocked_pool(pool, "no recent history for this pool", *outliers)
     forecast = _forecast_rate(features)
     if not np.isfinite(forecast) or forecast <= 0:
-        return blocked_pool(pool, "idle pool: no traffic to learn from", outliers)
+        return blocked_pool(pool, "idle pool: no traffic to learn from", *outliers)
     status_quo = now.assign(next_rate=now["request_rate"])
     confidence = predictor.confidence(status_quo, features, fresh=True)
     pool_confidence = float(np.median(confidence.value))
     shares: list[float | None] = [None] * len(now)
-    reason = ""
+    reason = hold = ""
     if pool_confidence < settings.confidence_threshold:
         reason = (
             f"confidence {pool_confidence:.2f} < {settings.confidence_threshold:.2f} "
@@ -113,11 +116,19 @@ def _pool_advice(
     else:
         confident = np.flatnonzero(confidence.value >= settings.confidence_threshold)
         rows = now if len(confident) == len(now) else now.iloc[confident]
-        wanted = _shares(rows, predictor, settings, forecast, float(now["request_rate"].sum()))
+        wanted, gain = _shares(
+            rows, predictor, settings, forecast, float(now["request_rate"].sum())
+        )
+        # Below the bar the model keeps the weights where they are: between servers
+        # predicted alike, its small differences are noise, and acting on them herds
+        # traffic onto whichever looked best a moment ago.
+        if gain < settings.min_gain:
+            hold = f"predicted gain {gain:.0%} < {settings.min_gain:.0%}"
         for i, share in zip(confident.tolist(), wanted, strict=True):
             shares[i] = share
+    found, deepen = outliers
     servers = {
-        name: ServerAdvice(name, value, parts, share, outliers.get(name, ""))
+        name: ServerAdvice(name, value, parts, share, found.get(name, ""), name in deepen)
         for name, value, parts, share in zip(
             now["server"].tolist(),
             confidence.value.tolist(),
@@ -126,7 +137,7 @@ def _pool_advice(
             strict=True,
         )
     }
-    return PoolAdvice(pool, pool_confidence, reason, servers, forecast)
+    return PoolAdvice(pool, pool_confidence, reason, servers, forecast, hold)
 
 
 def _forecast_rate(features: pd.DataFrame) -> float:
@@ -150,25 +161,41 @@ def _shares(
     settings: AdvisorSettings,
     forecast: float,
     current_total: float,
-) -> Sequence[float]:
-    """Water-fill the confident servers' part of the forecast; their shares sum to 1."""
+) -> tuple[Sequence[float], float]:
+    """Water-fill the confident servers' part of the forecast; their shares sum to 1.
+
+    Also returns the predicted gain: the fall in the pool's total cost from the status
+    quo split to the water-filled one, as a share of the status quo's (infinite when
+    the status quo's cost is unknown, so the split is taken as before).
+    """
     current = rows["request_rate"].to_numpy(dtype=float)
     # The confident servers split the part of the forecast they carry today.
     total = forecast * (current.sum() / current_total if current_total > 0 else 1.0)
     if total <= 0:
-        return [1.0 / len(rows)] * len(rows)
+        return [1.0 / len(rows)] * len(rows), math.inf
     grid = rate_grid(current * (total / current.sum()) if current.sum() > 0 else current, total)
     curves = predictor.curves(rows, grid, with_median=False)
     cost = curves.latency_p90 + settings.error_penalty_seconds * curves.error_rate
     assigned = water_fill(grid, cost, total)
     shares: list[float] = (assigned / assigned.sum()).tolist()
-    return shares
+    before = total_cost(grid, cost, grid[:, STATUS_QUO])
+    if not (math.isfinite(before) and before > 0) or current.sum() <= 0:
+        return shares, math.inf
+    return shares, 1.0 - total_cost(grid, cost, assigned) / before
 
 
 def find_outliers(
     observation: Observation, pool: str, features: pd.DataFrame, rules: OutlierSection
 ) -> dict[str, str]:
-    """Servers whose recent errors or latency stand far outside their pool's.
+    """Servers whose recent errors or latency stand far outside their pool's (see
+    ``outlier_findings``), with the reason for each."""
+    return outlier_findings(observation, pool, features, rules)[0]
+
+
+def outlier_findings(
+    observation: Observation, pool: str, features: pd.DataFrame, rules: OutlierSection
+) -> tuple[dict[str, str], frozenset[str]]:
+    """The outliers with their reasons, and those whose cut must deepen.
 
     With history, each of the last ``OUTLIER_MEMORY_INTERVALS`` intervals is judged and
     a server flagged in any of them stays flagged: once its cut takes traffic off it,
@@ -176,11 +203,17 @@ def find_outliers(
     releasing it then would give it its traffic back only to cut it again. It is
     released after that many clean intervals. Without history (no counter deltas, so
     no error rates) HAProxy's moving-average response time is all there is.
+
+    A cut deepens (the planner cuts below the current weight again) while the newest
+    interval shows the fault the cut has not cured: a server still failing requests,
+    or a slow one whose latency is still climbing (``_overloaded``), the sign of a queue
+    growing without bound. A server that is merely slower, steady at its own pace,
+    keeps one bounded cut and does not starve.
     """
     if not rules.enabled:
-        return {}
+        return {}, frozenset()
     if features.empty:
-        return moving_average_outliers(observation, pool, rules)
+        return moving_average_outliers(observation, pool, rules), frozenset()
     times = instants(features)
     recent = np.unique(times)[-OUTLIER_MEMORY_INTERVALS:]
     busy = features["requests"].fillna(0).to_numpy(dtype=float) >= rules.min_requests
@@ -190,12 +223,70 @@ def find_outliers(
         features["latency"].to_numpy(dtype=float, na_value=np.nan),
     )
     found: dict[str, str] = {}
+    newest: dict[str, str] = {}
     for age, instant in enumerate(reversed(recent)):
         later = "" if age == 0 else f"; {age} interval(s) ago, released after clean ones"
         rows = np.flatnonzero(busy & (times == instant))
         for server, reason in _outliers_at(columns, rows, rules).items():
             found.setdefault(server, reason + later)  # the newest finding wins
-    return found
+            if age == 0:
+                newest[server] = reason
+    failing = {s for s, reason in newest.items() if reason.startswith(ERROR_OUTLIER)}
+    slow = [s for s in newest if s not in failing]
+    return found, frozenset(failing | _overloaded(columns, times, recent, busy, slow))
+
+
+# A slow outlier's cut deepens when its latency rose by at least this factor in each of
+# the last two intervals: noise in a steady server's interval means seldom does so twice.
+CLIMB_RATIO = 1.05
+# At most this share of a pool's servers (at least one) has its cut deepened for
+# latency in one tick: every cut moves load onto the others.
+DEEPEN_SHARE = 0.1
+ERROR_OUTLIER = "outlier: error rate"
+
+
+def _overloaded(
+    columns: _OutlierColumns,
+    times: np.ndarray,
+    recent: np.ndarray,
+    busy: np.ndarray,
+    slow: list[str],
+) -> set[str]:
+    """The slow outliers whose queues still grow: latency up by ``CLIMB_RATIO`` in each
+    of the last two intervals, the worst first, at most ``DEEPEN_SHARE`` of the pool.
+
+    None when the pool's median latency climbs as well: that is the whole pool
+    overloaded, which moving load between its servers cannot cure, and deepening cuts
+    there would only pile the load onto the servers left.
+    """
+    if len(recent) < 3 or not slow:
+        return set()
+    last = recent[-3:].tolist()
+    medians = [_median(columns.latencies[busy & (times == t)]) for t in last]
+    if _rising(medians):
+        return set()
+    latest: dict[str, float] = {}
+    climbing = []
+    for server in slow:
+        mine = np.flatnonzero(columns.servers == server)
+        by_time = dict(zip(times[mine].tolist(), columns.latencies[mine].tolist(), strict=True))
+        values = [by_time.get(t, np.nan) for t in last]
+        if _rising(values):
+            climbing.append(server)
+            latest[server] = values[-1]
+    pool_size = int((busy & (times == recent[-1])).sum())
+    allowed = max(1, int(DEEPEN_SHARE * pool_size))
+    return set(sorted(climbing, key=lambda s: -latest[s])[:allowed])
+
+
+def _median(values: np.ndarray) -> float:
+    known = values[np.isfinite(values)]
+    return float(np.median(known)) if len(known) else float("nan")
+
+
+def _rising(values: list[float]) -> bool:
+    """Three readings, each at least ``CLIMB_RATIO`` times the one before."""
+    return bool(values[2] > CLIMB_RATIO * values[1] and values[1] > CLIMB_RATIO * values[0])
 
 
 @dataclass(frozen=True)
@@ -219,7 +310,7 @@ def _outliers_at(
     threshold = max(rules.error_rate, 3 * pool_errors)
     for i in np.flatnonzero(known & (error_rates >= threshold)).tolist():
         rate = float(error_rates[i])
-        found[str(servers[i])] = f"outlier: error rate {rate:.0%} (pool median {pool_errors:.0%})"
+        found[str(servers[i])] = f"{ERROR_OUTLIER} {rate:.0%} (pool median {pool_errors:.0%})"
     slow = latency_outliers(
         list(zip(servers, columns.latencies[rows].tolist(), strict=True)), rules
     )

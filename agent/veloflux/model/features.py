@@ -44,6 +44,9 @@ FEATURES: tuple[str, ...] = (
     "tod_sin",
     "tod_cos",
 )
+# The load a server is given and what follows from it within the interval: what the
+# optimizer changes when it changes a weight (left out of the OOD distance).
+LOAD_DRIVEN = (LOAD_FEATURE, "request_rate", "share", "sessions", "queue")
 TARGET_LATENCY = "target_latency"
 TARGET_ERROR_RATE = "target_error_rate"
 TARGET_REQUESTS = "target_requests"

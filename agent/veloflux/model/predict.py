@@ -12,8 +12,9 @@ weakest reason wins and is named:
   server against what then happened, relative to the 90th percentile of its error on
   the test window (1 up to it, 0 at 3 times): a server is judged against the model's
   bad days, not its average ones, since servers differ in how predictable they are;
-- ``ood``: how far the server's current features sit from the training data (one joint
-  Mahalanobis distance, not a per-feature range check);
+- ``ood``: how far the server's current state sits from the training data (one joint
+  Mahalanobis distance, not a per-feature range check), leaving out the load the
+  optimizer itself gives it; a feature the model always had that is now missing caps it;
 - ``freshness``: 0 for a model older than ``max_model_age`` or observations older than
   the staleness limit, else 1.
 
@@ -110,7 +111,11 @@ class Predictor:
         self._errors = _booster(loaded, "errors")
         self._offset = float(meta["conformal_offset"])
         ood = meta["ood"]
-        self._ood_columns = [self.features.index(f) for f in ood.get("features", FEATURES)]
+        present = ood.get("features", FEATURES)
+        self._presence_columns = [self.features.index(f) for f in present]
+        # Models saved before the distance left the load out measured it over everything.
+        distance = ood.get("distance_features", present)
+        self._ood_columns = [self.features.index(f) for f in distance]
         self._mean = np.asarray(ood["mean"], dtype=float)
         self._inv_cov = np.asarray(ood["inv_cov"], dtype=float)
         self._d2_q95 = float(ood["d2_q95"])
@@ -193,12 +198,12 @@ class Predictor:
         prediction without it rests on less than the model learned from.
         """
         values = x[:, self._ood_columns].astype(float)
-        missing = ~np.isfinite(values)
-        filled = np.where(missing, self._mean, values)
+        filled = np.where(np.isfinite(values), values, self._mean)
         centred = filled - self._mean
         d2 = np.einsum("ij,jk,ik->i", centred, self._inv_cov, centred)
         far = 4.0 * max(self._d2_q99, self._d2_q95 + 1e-6)
         score = np.clip((far - d2) / (far - self._d2_q95), 0.0, 1.0)
+        missing = ~np.isfinite(x[:, self._presence_columns].astype(float))
         usually_present = np.asarray(self.metadata["ood"]["present_fraction"]) > 0.9
         lost = (missing & usually_present).sum(axis=1)
         capped = np.minimum(score, 0.5 / np.maximum(lost, 1))

@@ -31,6 +31,7 @@ from veloflux.errors import VelofluxError
 from veloflux.history import external_columns
 from veloflux.model.features import (
     FEATURES,
+    LOAD_DRIVEN,
     TARGET_ERROR_RATE,
     TARGET_LATENCY,
     TARGET_REQUESTS,
@@ -366,22 +367,32 @@ OOD_FEATURES = tuple(f for f in FEATURES if f not in ("tod_sin", "tod_cos"))
 def ood_reference(train: pd.DataFrame, features: tuple[str, ...] = FEATURES) -> dict[str, Any]:
     """Mean, inverse covariance and distance quantiles of the training features.
 
+    Two lists are kept. Presence (``features``, ``present_fraction``) covers every
+    feature but the time of day: an operator-defined feature the model had must be
+    seen going missing when Prometheus stops answering. The distance
+    (``distance_features``) leaves out the load a server is given
+    (``LOAD_DRIVEN``): the optimizer moves it on purpose, within its trust region, and
+    a history taken under static weights never holds the split the model then asks
+    for. Counted as novelty, the model's own correction would switch it off, put the
+    static weights back, and switch it on again next tick. Whether the model still
+    predicts at the loads it chose is what the realized-error part judges.
+
     Missing values are filled with the mean before the distance, so a missing feature
-    adds nothing by itself; how many features are missing is judged separately (an
-    operator-defined feature the model had is in the distance too: when Prometheus
-    stops answering, confidence must see it).
+    adds nothing by itself; how many are missing is judged separately.
     """
     used = tuple(f for f in features if f not in ("tod_sin", "tod_cos"))
-    x = feature_matrix(train, used).astype(float)
+    distance = tuple(f for f in used if f not in LOAD_DRIVEN)
+    present = np.isfinite(feature_matrix(train, used).astype(float)).mean(axis=0)
+    x = feature_matrix(train, distance).astype(float)
     mean = np.nanmean(x, axis=0)
     mean = np.where(np.isfinite(mean), mean, 0.0)
     filled = np.where(np.isfinite(x), x, mean)
-    cov = np.cov(filled, rowvar=False) + np.eye(len(used)) * 1e-6
+    cov = np.cov(filled, rowvar=False) + np.eye(len(distance)) * 1e-6
     inv = np.linalg.pinv(cov)
     d2 = np.einsum("ij,jk,ik->i", filled - mean, inv, filled - mean)
-    present = np.isfinite(x).mean(axis=0)
     return {
         "features": list(used),
+        "distance_features": list(distance),
         "mean": mean.tolist(),
         "inv_cov": inv.tolist(),
         "d2_q95": float(np.quantile(d2, 0.95)),

@@ -110,9 +110,7 @@ class PrometheusFeatures:
         nothing = (math.nan,) * n
         return ExternalFeatures(SOURCE, tuple((c, nothing) for c in self.columns), error=error)
 
-    def _run(
-        self, calls: Sequence[_Call], at: datetime
-    ) -> list[list[Series] | PrometheusError]:
+    def _run(self, calls: Sequence[_Call], at: datetime) -> list[list[Series] | PrometheusError]:
         """Every call's answer (or its failure), in order; in parallel when several.
         Evaluated at ``at``, when the proxy was read: the features describe the same
         moment as the proxy's figures."""
