@@ -173,15 +173,15 @@ def _finish(
     parts = advice.parts if advice else None
     planned, notes = bounded_weight(row.origin, desired, policy, exact_target=exact)
     if advice and advice.outlier and policy.outlier.enabled:
-        # One bounded cut below what the server would otherwise get, and no rise while
-        # it stays flagged; the cut compounds tick after tick only while the advice says
-        # the fault persists (errors, a queue still growing): a server that is merely
-        # slower must not starve. The cut is exact (no deadband), so it is kept only
-        # where it ends lower than the plan without it: near a bound, an exact cut could
-        # otherwise end a step higher.
+        # One bounded cut below what the server would otherwise get; it compounds, tick
+        # after tick below the current weight, only while the advice says the fault
+        # persists (errors, a queue still growing): a server that is merely slower must
+        # not starve. The cut is exact (no deadband), so it is kept only where it ends
+        # lower than the plan without it: near a bound, an exact cut could otherwise end
+        # a step higher.
         keep = 1 - policy.outlier.reduce_ratio
         below = min(desired, row.origin) if advice.deepen else desired
-        cut = max(policy.min_weight, min(math.floor(below * keep), row.origin))
+        cut = max(policy.min_weight, math.floor(below * keep))
         guarded, guard_notes = bounded_weight(row.origin, cut, policy, exact_target=True)
         if cut < desired and guarded < planned:
             planned, notes, reason = guarded, guard_notes, advice.outlier

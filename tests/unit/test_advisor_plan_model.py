@@ -534,7 +534,7 @@ def test_a_slow_server_has_its_cut_deepened_only_while_its_latency_climbs(
     assert deepen == ({"c"} if deepens else frozenset())
 
 
-def test_a_deepened_cut_compounds_and_a_held_one_does_not_rise() -> None:
+def test_a_deepened_cut_compounds_and_a_single_one_does_not() -> None:
     members = [Server("s0", 40, 100), Server("s1", 100, 100), Server("s2", 100, 100)]
     servers = {
         "s0": ServerAdvice("s0", outlier=OUTLIER, deepen=True),
@@ -543,11 +543,11 @@ def test_a_deepened_cut_compounds_and_a_held_one_does_not_rise() -> None:
     }
     deepened = Advice(None, {"app": PoolAdvice("app", 0.0, "no model", servers)})
     assert weights(plan_weights(observation(pool_of(*members)), policy(), deepened))["s0"] == 20
-    held = {**servers, "s0": servers["s0"]._replace(deepen=False)}
-    held_advice = Advice(None, {"app": PoolAdvice("app", 0.0, "no model", held)})
+    single = {**servers, "s0": servers["s0"]._replace(deepen=False)}
+    held_advice = Advice(None, {"app": PoolAdvice("app", 0.0, "no model", single)})
     plan = by_name(plan_weights(observation(pool_of(*members)), policy(), held_advice))
-    # One cut from the static 100 would be 50, above where it stands: it stays at 40.
-    assert plan["s0"].planned_weight == 40
+    # Not deepened: one cut below its static 100, which it climbs back to from 40.
+    assert plan["s0"].planned_weight == 50
     assert plan["s0"].reason.startswith("outlier")
     # Released (no finding): it climbs back toward its static weight, step-limited.
     free = {**servers, "s0": ServerAdvice("s0")}
