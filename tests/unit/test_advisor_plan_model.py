@@ -534,6 +534,34 @@ def test_a_slow_server_has_its_cut_deepened_only_while_its_latency_climbs(
     assert deepen == ({"c"} if deepens else frozenset())
 
 
+def test_no_cut_deepens_when_the_whole_pool_climbs() -> None:
+    def step(k: int) -> pd.DataFrame:
+        rising = 0.02 * 1.2**k
+        return latest(
+            [("a", 100, rising, 0.0), ("b", 100, rising, 0.0), ("c", 100, 5 * rising, 0.0)]
+        )
+
+    found, deepen = outlier_findings(
+        busy_observation({"app": []}), "app", intervals(step(0), step(1), step(2)), RULES
+    )
+    assert found.keys() == {"c"}
+    assert deepen == frozenset()
+
+
+def test_at_most_a_tenth_of_the_pool_deepens_for_latency_the_worst_first() -> None:
+    steady = [(f"h{i:02d}", 100, 0.02, 0.0) for i in range(16)]
+
+    def step(k: int) -> pd.DataFrame:
+        slow = [(f"s{i}", 100, (0.1 + 0.02 * i) * 1.2**k, 0.0) for i in range(4)]
+        return latest([*steady, *slow])
+
+    found, deepen = outlier_findings(
+        busy_observation({"app": []}), "app", intervals(step(0), step(1), step(2)), RULES
+    )
+    assert found.keys() == {"s0", "s1", "s2", "s3"}
+    assert deepen == {"s3", "s2"}  # 20 servers: two, the slowest
+
+
 def test_a_deepened_cut_compounds_and_a_single_one_does_not() -> None:
     members = [Server("s0", 40, 100), Server("s1", 100, 100), Server("s2", 100, 100)]
     servers = {

@@ -236,8 +236,9 @@ def outlier_findings(
     return found, frozenset(failing | _overloaded(columns, times, recent, busy, slow))
 
 
-# A slow outlier's cut deepens when its latency rose by at least this factor in each of
-# the last two intervals: noise in a steady server's interval means seldom does so twice.
+# A slow outlier's cut deepens when its latency rose by at least this factor (or by the
+# pool's median latency) in each of the last two intervals: noise in a steady server's
+# interval means seldom does so twice.
 CLIMB_RATIO = 1.05
 # At most this share of a pool's servers (at least one) has its cut deepened for
 # latency in one tick: every cut moves load onto the others.
@@ -252,26 +253,30 @@ def _overloaded(
     busy: np.ndarray,
     slow: list[str],
 ) -> set[str]:
-    """The slow outliers whose queues still grow: latency up by ``CLIMB_RATIO`` in each
-    of the last two intervals, the worst first, at most ``DEEPEN_SHARE`` of the pool.
+    """The slow outliers whose queues still grow: latency up (``_rising``) in each of the
+    last two intervals, the worst first, at most ``DEEPEN_SHARE`` of the pool.
 
-    None when the pool's median latency climbs as well: that is the whole pool
-    overloaded, which moving load between its servers cannot cure, and deepening cuts
-    there would only pile the load onto the servers left.
+    None when the pool's faster servers climb as well (its lower quartile of latency):
+    then no server has room to spare, the whole pool is overloaded, moving load between
+    its servers cannot cure that, and deeper cuts would only pile the load onto the
+    servers left. The median would not do: with unequal capacities and equal weights,
+    more than half of a pool can be overloaded while the rest sits half idle.
     """
     if len(recent) < 3 or not slow:
         return set()
     last = recent[-3:].tolist()
-    medians = [_median(columns.latencies[busy & (times == t)]) for t in last]
-    if _rising(medians):
+    quartiles = [_lower_quartile(columns.latencies[busy & (times == t)]) for t in recent[-3:]]
+    if _rising(quartiles):
         return set()
+    newest = columns.latencies[busy & (times == recent[-1])]
+    median = float(np.median(newest[np.isfinite(newest)])) if np.isfinite(newest).any() else 0.0
     latest: dict[str, float] = {}
     climbing = []
     for server in slow:
         mine = np.flatnonzero(columns.servers == server)
         by_time = dict(zip(times[mine].tolist(), columns.latencies[mine].tolist(), strict=True))
         values = [by_time.get(t, np.nan) for t in last]
-        if _rising(values):
+        if _rising(values, by=median):
             climbing.append(server)
             latest[server] = values[-1]
     pool_size = int((busy & (times == recent[-1])).sum())
@@ -279,14 +284,20 @@ def _overloaded(
     return set(sorted(climbing, key=lambda s: -latest[s])[:allowed])
 
 
-def _median(values: np.ndarray) -> float:
+def _lower_quartile(values: np.ndarray) -> float:
     known = values[np.isfinite(values)]
-    return float(np.median(known)) if len(known) else float("nan")
+    return float(np.quantile(known, 0.25)) if len(known) else float("nan")
 
 
-def _rising(values: list[float]) -> bool:
-    """Three readings, each at least ``CLIMB_RATIO`` times the one before."""
-    return bool(values[2] > CLIMB_RATIO * values[1] and values[1] > CLIMB_RATIO * values[0])
+def _rising(values: list[float], by: float = math.inf) -> bool:
+    """Three readings, each at least ``CLIMB_RATIO`` times the one before, or ``by`` above
+    it: a queue that grows at a steady pace adds a steady amount of latency, a share of
+    its total that shrinks as it grows, so a long-overloaded server climbs by amount."""
+
+    def rose(before: float, after: float) -> bool:
+        return after > CLIMB_RATIO * before or after > before + by
+
+    return rose(values[0], values[1]) and rose(values[1], values[2])
 
 
 @dataclass(frozen=True)
