@@ -19,7 +19,7 @@ import pytest
 
 from veloflux.errors import ConfigError
 from veloflux.sim.dispatchers import make_dispatcher
-from veloflux.sim.engine import RunResult, Strategy, simulate
+from veloflux.sim.engine import RunResult, Strategy, _arrivals, _service_times, simulate
 from veloflux.sim.scenario import Scenario, load_scenario, scenario_from
 
 SPEEDS = [0.15 + 0.1 * i for i in range(10)]  # 0.15, 0.25, ..., 1.05
@@ -66,6 +66,61 @@ def test_weighted_random_split_over_unequal_servers_matches_theory() -> None:
     expected = 10 * len(SPEEDS) / sum(SPEEDS)  # 16.7 service times of the fastest
     assert expected == pytest.approx(16.67, abs=0.01)
     assert mean_in_service_times(result, 100, 0.010) == pytest.approx(expected, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("discipline", "expected"),
+    [
+        ("ps", 1 / 0.3),  # M/G/1-PS: 1 / (1 - load), whatever the service distribution
+        ("fcfs", 1 + 0.7 / (2 * 0.3)),  # M/D/1 (Pollaczek-Khinchine): 2.17
+    ],
+)
+def test_processor_sharing_is_insensitive_to_the_service_distribution(
+    discipline: str, expected: float
+) -> None:
+    """Constant service tells the two apart: FCFS queues behind equal jobs, PS does not
+    profit from their regularity."""
+    servers = [{"name": "s", "count": 8, "concurrency": 1, "discipline": discipline}]
+    result = simulate(
+        scenario(servers=servers, service={"distribution": "constant", "mean_ms": 10}),
+        "random(1)",
+        Strategy(),
+    )
+    assert mean_in_service_times(result, 100, 0.010) == pytest.approx(expected, rel=0.05)
+
+
+def test_under_processor_sharing_time_in_system_is_proportional_to_demand() -> None:
+    """M/G/1-PS: E[T | S = x] = x / (1 - load), for short and long requests alike, with a
+    heavy-tailed demand (under FCFS a short request waits behind the long ones)."""
+    service = {"distribution": "pareto", "mean_ms": 10, "scv": 4}
+    servers = [{"name": "s", "count": 8, "concurrency": 1, "discipline": "ps"}]
+    shape = scenario(servers=servers, service=service)
+    result = simulate(shape, "random(1)", Strategy())
+    rng = np.random.default_rng(shape.seed)  # the engine's draws, in its order
+    demand = _service_times(shape, rng, len(_arrivals(shape, rng)))
+    kept = (result.arrival >= 100) & (result.arrival < shape.duration_s - 60)
+    short = kept & (demand < np.median(demand))
+    for subset in (short, kept & ~short):
+        slowdown = float(np.mean(result.latency[subset]) / np.mean(demand[subset]))
+        assert slowdown == pytest.approx(1 / 0.3, rel=0.05)
+
+
+def test_a_slow_down_reaches_the_requests_a_sharing_server_is_already_serving() -> None:
+    """A request 100 ms long that starts ``d`` before a slow-down to a tenth of the speed
+    has done ``d`` of its work by then and does the rest ten times slower."""
+    events = [{"at_s": 30, "until_s": 60, "speed": 0.1}]
+    servers = [{"name": "s", "count": 2, "concurrency": 2, "discipline": "ps", "events": events}]
+    constant = {"distribution": "constant", "mean_ms": 100}
+    run = simulate(
+        scenario(duration_s=90, warmup_s=0, servers=servers, service=constant),
+        "roundrobin",
+        Strategy(),
+    )
+    started = np.flatnonzero((run.arrival > 29.9) & (run.arrival < 30))
+    assert len(started) >= 1
+    for i in started.tolist():
+        before = 30 - float(run.arrival[i])
+        assert run.latency[i] >= before + (0.1 - before) / 0.1 - 1e-9
 
 
 def test_the_same_seed_gives_the_same_run_and_another_seed_another() -> None:

@@ -223,16 +223,16 @@ def outlier_findings(
         features["latency"].to_numpy(dtype=float, na_value=np.nan),
     )
     found: dict[str, str] = {}
-    newest: dict[str, str] = {}
+    failing: set[str] = set()
+    slow: list[str] = []
     for age, instant in enumerate(reversed(recent)):
         later = "" if age == 0 else f"; {age} interval(s) ago, released after clean ones"
         rows = np.flatnonzero(busy & (times == instant))
-        for server, reason in _outliers_at(columns, rows, rules).items():
+        reasons, errors = _outliers_at(columns, rows, rules)
+        for server, reason in reasons.items():
             found.setdefault(server, reason + later)  # the newest finding wins
-            if age == 0:
-                newest[server] = reason
-    failing = {s for s, reason in newest.items() if reason.startswith(ERROR_OUTLIER)}
-    slow = [s for s in newest if s not in failing]
+        if age == 0:
+            failing, slow = errors, [s for s in reasons if s not in errors]
     return found, frozenset(failing | _overloaded(columns, times, recent, busy, slow))
 
 
@@ -243,7 +243,6 @@ CLIMB_RATIO = 1.05
 # At most this share of a pool's servers (at least one) has its cut deepened for
 # latency in one tick: every cut moves load onto the others.
 DEEPEN_SHARE = 0.1
-ERROR_OUTLIER = "outlier: error rate"
 
 
 def _overloaded(
@@ -265,11 +264,10 @@ def _overloaded(
     if len(recent) < 3 or not slow:
         return set()
     last = recent[-3:].tolist()
-    quartiles = [_lower_quartile(columns.latencies[busy & (times == t)]) for t in recent[-3:]]
-    if _rising(quartiles):
+    pool = [columns.latencies[busy & (times == t)] for t in recent[-3:]]
+    if _rising([_quantile(latencies, 0.25) for latencies in pool]):
         return set()
-    newest = columns.latencies[busy & (times == recent[-1])]
-    median = float(np.median(newest[np.isfinite(newest)])) if np.isfinite(newest).any() else 0.0
+    median = _quantile(pool[-1], 0.5)
     latest: dict[str, float] = {}
     climbing = []
     for server in slow:
@@ -284,9 +282,9 @@ def _overloaded(
     return set(sorted(climbing, key=lambda s: -latest[s])[:allowed])
 
 
-def _lower_quartile(values: np.ndarray) -> float:
+def _quantile(values: np.ndarray, q: float) -> float:
     known = values[np.isfinite(values)]
-    return float(np.quantile(known, 0.25)) if len(known) else float("nan")
+    return float(np.quantile(known, q)) if len(known) else float("nan")
 
 
 def _rising(values: list[float], by: float = math.inf) -> bool:
@@ -311,8 +309,9 @@ class _OutlierColumns:
 
 def _outliers_at(
     columns: _OutlierColumns, rows: np.ndarray, rules: OutlierSection
-) -> dict[str, str]:
-    """The outliers among ``rows`` (one instant's busy rows, one per server)."""
+) -> tuple[dict[str, str], set[str]]:
+    """The outliers among ``rows`` (one instant's busy rows, one per server) with their
+    reasons, and which of them fail requests."""
     servers = columns.servers[rows].tolist()
     error_rates = columns.error_rates[rows]
     known = np.isfinite(error_rates)
@@ -321,8 +320,8 @@ def _outliers_at(
     threshold = max(rules.error_rate, 3 * pool_errors)
     for i in np.flatnonzero(known & (error_rates >= threshold)).tolist():
         rate = float(error_rates[i])
-        found[str(servers[i])] = f"{ERROR_OUTLIER} {rate:.0%} (pool median {pool_errors:.0%})"
+        found[str(servers[i])] = f"outlier: error rate {rate:.0%} (pool median {pool_errors:.0%})"
     slow = latency_outliers(
         list(zip(servers, columns.latencies[rows].tolist(), strict=True)), rules
     )
-    return {**slow, **found}
+    return {**slow, **found}, set(found)

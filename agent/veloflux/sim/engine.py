@@ -1,6 +1,14 @@
 """The discrete-event engine: Poisson arrivals, servers with a concurrency limit and a
-FCFS queue, timed server events, a dispatcher per request and a weight strategy per
-tick. Seeded: the same scenario, seed, dispatcher and strategy give the same run.
+FCFS queue (or processor sharing), timed server events, a dispatcher per request and a
+weight strategy per tick. Seeded: the same scenario, seed, dispatcher and strategy give
+the same run.
+
+A processor-sharing server (``discipline: ps``) serves every request at once, each at
+``speed x min(1, concurrency / n)`` with ``n`` in service, and a speed change reaches
+the requests already in service. It keeps one clock of attained service shared by
+all its requests (they all progress at the same rate), so a request finishes when
+that clock passes its start value plus its demand: only the earliest of them is in
+the event heap, and an entry made stale by a later arrival or departure is skipped.
 
 The proxy forwards at once (no ``maxconn``), so a server's own queue is part of what
 the proxy sees as its response time, as with the demo backends behind HAProxy. Each
@@ -183,6 +191,30 @@ def simulate(
     ticks: list[TickRecord] = []
     heap: list[tuple[float, int, int]] = []  # (finish, request, server)
     completes = chooser.completed if chooser.name == "p2c_peak_ewma" else None
+    sharing = [g.discipline == "ps" for _, g in servers]
+    shared = _Sharing(n)
+
+    def share_advance(s: int, now: float) -> None:
+        """Bring server ``s``'s attained-service clock up to ``now``."""
+        in_service = len(shared.jobs[s])
+        if in_service:
+            elapsed = now - shared.since[s]
+            shared.attained[s] += elapsed * speed[s] * min(1.0, concurrency[s] / in_service)
+            busy_seconds[s] += elapsed * min(in_service, concurrency[s])
+        shared.since[s] = now
+
+    def share_schedule(s: int, now: float) -> None:
+        """Put server ``s``'s next completion in the heap (earlier entries go stale)."""
+        jobs = shared.jobs[s]
+        if not jobs:
+            shared.due[s] = -1
+            return
+        done_at, ri = jobs[0]
+        rate = speed[s] * min(1.0, concurrency[s] / len(jobs))
+        finish = now + max(done_at - shared.attained[s], 0.0) / rate
+        shared.due[s], shared.due_at[s] = ri, finish
+        heapq.heappush(heap, (finish, ri, s))
+
     ai = ei = 0
     inf = math.inf
     while True:
@@ -204,7 +236,12 @@ def simulate(
                 for lat in recent:
                     lat.clear()
             elif kind == "speed":
-                speed[s] = value
+                if sharing[s]:
+                    share_advance(s, t_event)
+                    speed[s] = value
+                    share_schedule(s, t_event)
+                else:
+                    speed[s] = value
             elif kind == "error_rate":
                 error_rate[s] = value
             elif kind == "error_latency":
@@ -217,6 +254,12 @@ def simulate(
             continue
         if t_done <= t_arrival:
             finish, ri, s = heapq.heappop(heap)
+            if sharing[s]:
+                if ri != shared.due[s] or finish != shared.due_at[s]:
+                    continue  # superseded by a later arrival or departure
+                share_advance(s, finish)
+                heapq.heappop(shared.jobs[s])
+                share_schedule(s, finish)
             taken = finish - arrival_list[ri]
             latency[ri] = taken
             recent[s].append(taken)
@@ -224,6 +267,8 @@ def simulate(
             active[s] -= 1
             if completes is not None:
                 completes(s, taken, finish)
+            if sharing[s]:
+                continue
             if queues[s]:
                 nxt = queues[s].popleft()
                 stats.queued[s] -= 1
@@ -250,7 +295,11 @@ def simulate(
             recent[s].append(error_latency[s])
             continue
         active[s] += 1
-        if busy[s] < concurrency[s]:
+        if sharing[s]:
+            share_advance(s, t_arrival)
+            heapq.heappush(shared.jobs[s], (shared.attained[s] + work[ri], ri))
+            share_schedule(s, t_arrival)
+        elif busy[s] < concurrency[s]:
             busy[s] += 1
             duration = work[ri] / speed[s]
             busy_seconds[s] += duration
@@ -273,6 +322,19 @@ def simulate(
         wall_seconds=wallclock.perf_counter() - began,
         notes=strategy.finish(),
     )
+
+
+class _Sharing:
+    """Processor-sharing state per server: requests in service by the attained service
+    at which each finishes, the clock of attained service and when it was last brought
+    up to date, and the completion the event heap holds for the server."""
+
+    def __init__(self, n: int) -> None:
+        self.jobs: list[list[tuple[float, int]]] = [[] for _ in range(n)]
+        self.attained = [0.0] * n
+        self.since = [0.0] * n
+        self.due = [-1] * n
+        self.due_at = [0.0] * n
 
 
 def _timeline(

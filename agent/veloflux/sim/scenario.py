@@ -59,6 +59,9 @@ class ServerGroup(_Part):
     count: int = Field(default=1, ge=1, le=10_000)
     concurrency: int = Field(default=1, ge=1, le=10_000)
     speed: float = Field(default=1.0, gt=0)
+    # fcfs: ``concurrency`` slots, the rest wait in order; ps: every request in service
+    # at once, sharing the server's capacity (``concurrency`` slots' worth) equally.
+    discipline: Literal["fcfs", "ps"] = "fcfs"
     events: tuple[ServerEvent, ...] = ()
     drift: Drift | None = None
 
