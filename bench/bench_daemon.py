@@ -500,6 +500,7 @@ class SplitTick:
             stale_after_seconds=config.stale_after_seconds,
             max_model_age_seconds=ai.max_model_age_seconds,
             outlier=config.policy.outlier,
+            min_gain=config.ai.min_gain,
         )
         span = HISTORY_WINDOW_INTERVALS * config.interval_seconds
         self._window = RecentWindow(journal, span)

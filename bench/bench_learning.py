@@ -50,7 +50,7 @@ from bench.common import cpu_model, replace_section, table  # noqa: E402
 from integration.loadgen import run_load_sync  # noqa: E402
 from integration.stack import DemoServer, LocalStack  # noqa: E402
 from integration.synthetic import SyntheticPool, synthetic_samples  # noqa: E402
-from veloflux.config import OutlierSection  # noqa: E402
+from veloflux.config import AISection, OutlierSection  # noqa: E402
 from veloflux.events import Events  # noqa: E402
 from veloflux.history import Journal, derive_rates  # noqa: E402
 from veloflux.loop import HISTORY_WINDOW_INTERVALS  # noqa: E402
@@ -243,7 +243,9 @@ def bench_tick(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     now = newest_rows(features)
     judged = features[features[TARGET_LATENCY].notna()]
     forecast = float(features.groupby("time")["request_rate"].sum().sort_index().tail(3).mean())
-    settings = AdvisorSettings(0.0, ERROR_PENALTY_SECONDS, 60.0, 86400.0, OutlierSection())
+    settings = AdvisorSettings(
+        0.0, ERROR_PENALTY_SECONDS, 60.0, 86400.0, OutlierSection(), AISection().min_gain
+    )
     with warnings.catch_warnings():
         # Predictor._ood computes 0.5 / lost inside np.where for every row, lost == 0 too:
         # a harmless warning that would otherwise be printed on every run.

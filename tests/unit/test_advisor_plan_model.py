@@ -28,7 +28,7 @@ from tests.unit.learning_factories import (
     features_of,
 )
 from veloflux.advice import Advice, PoolAdvice, ServerAdvice
-from veloflux.config import OutlierSection, PolicySection
+from veloflux.config import AISection, OutlierSection, PolicySection
 from veloflux.model.advisor import (
     OUTLIER_MEMORY_INTERVALS,
     AdvisorSettings,
@@ -623,6 +623,7 @@ SETTINGS = AdvisorSettings(
     stale_after_seconds=30.0,
     max_model_age_seconds=86400.0,
     outlier=RULES,
+    min_gain=AISection().min_gain,
 )
 NOW = BASE_TIME + 4 * INTERVAL
 

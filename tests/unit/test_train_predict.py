@@ -30,7 +30,7 @@ from tests.unit.learning_factories import (
     synthetic_raw,
 )
 from veloflux.advice import Advice
-from veloflux.config import OutlierSection, PolicySection
+from veloflux.config import AISection, OutlierSection, PolicySection
 from veloflux.errors import ModelUnavailable
 from veloflux.events import Events
 from veloflux.history import derive_rates
@@ -554,6 +554,7 @@ def test_a_real_model_drives_a_pool_end_to_end(model: TrainedModel) -> None:
         stale_after_seconds=30.0,
         max_model_age_seconds=86400.0,
         outlier=OutlierSection(),
+        min_gain=AISection().min_gain,
     )
     recent = features[features["time"] > last - timedelta(minutes=2)]
     advice: Advice = advise(

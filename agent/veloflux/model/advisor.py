@@ -41,8 +41,7 @@ class AdvisorSettings:
     stale_after_seconds: float
     max_model_age_seconds: float
     outlier: OutlierSection
-    # The smallest predicted fall in the pool's cost worth moving weights for (``ai.min_gain``).
-    min_gain: float = 0.1
+    min_gain: float  # the smallest predicted fall in a pool's cost worth a move
 
 
 def advise(
