@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.unit.sim_factories import sim_scenario
 from veloflux.errors import ConfigError
 from veloflux.sim.dispatchers import make_dispatcher
 from veloflux.sim.engine import RunResult, Strategy, _arrivals, _service_times, simulate
@@ -25,17 +26,16 @@ from veloflux.sim.scenario import Scenario, load_scenario, scenario_from
 SPEEDS = [0.15 + 0.1 * i for i in range(10)]  # 0.15, 0.25, ..., 1.05
 
 
+EIGHT_SINGLE_SLOT = {
+    "duration_s": 1200,
+    "warmup_s": 100,
+    "interval_s": 50,
+    "servers": [{"name": "s", "count": 8, "concurrency": 1}],
+}
+
+
 def scenario(**fields: Any) -> Scenario:
-    base: dict[str, Any] = {
-        "name": "t",
-        "duration_s": 1200,
-        "warmup_s": 100,
-        "interval_s": 50,
-        "arrival": {"utilization": 0.7},
-        "service": {"mean_ms": 10},
-        "servers": [{"name": "s", "count": 8, "concurrency": 1}],
-    }
-    return scenario_from({**base, **fields})
+    return sim_scenario(EIGHT_SINGLE_SLOT, **fields)
 
 
 def mean_in_service_times(result: RunResult, warmup: float, service: float) -> float:

@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.unit.sim_factories import sim_scenario
 from veloflux.sim.agent import SimSource
 from veloflux.sim.engine import RunResult, ServerStats, simulate
 from veloflux.sim.report import FIGURES, figures, interval
 from veloflux.sim.run import run_cell
-from veloflux.sim.scenario import Scenario, scenario_from
+from veloflux.sim.scenario import Scenario
 from veloflux.sim.strategies import CapacityOracle, Heuristic, make_strategy, scaled
 
 UNEQUAL = [
@@ -26,16 +27,9 @@ UNEQUAL = [
 
 
 def scenario(**fields: Any) -> Scenario:
-    base: dict[str, Any] = {
-        "name": "t",
-        "duration_s": 300,
-        "warmup_s": 60,
-        "interval_s": 5,
-        "arrival": {"utilization": 0.7},
-        "service": {"mean_ms": 10},
-        "servers": UNEQUAL,
-    }
-    return scenario_from({**base, **fields})
+    return sim_scenario(
+        {"duration_s": 300, "warmup_s": 60, "interval_s": 5, "servers": UNEQUAL}, **fields
+    )
 
 
 def test_scaled_weights_keep_proportions_and_never_reach_zero() -> None:
