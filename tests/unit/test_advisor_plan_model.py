@@ -33,10 +33,10 @@ from veloflux.model.advisor import (
     OUTLIER_MEMORY_INTERVALS,
     AdvisorSettings,
     advise,
-    find_outliers,
     outlier_findings,
 )
 from veloflux.model.predict import Confidence, Curves, Predictor
+from veloflux.observation import Observation
 from veloflux.outliers import MIN_POOL_SIZE, latency_outliers, moving_average_outliers
 from veloflux.plan import max_step, plan_weights
 from veloflux.weightplan import PoolPlan, ServerPlan, WeightPlan
@@ -421,6 +421,13 @@ def test_model_targets_respect_the_ratio_cap_up_to_rounding(
 # --- outliers -----------------------------------------------------------------------------------
 
 RULES = OutlierSection()
+
+
+def find_outliers(
+    observation: Observation, pool: str, features: pd.DataFrame, rules: OutlierSection
+) -> dict[str, str]:
+    """The outliers and their reasons, without which cuts deepen."""
+    return outlier_findings(observation, pool, features, rules)[0]
 
 
 def latest(rows: Sequence[tuple[str, float, float, float]]) -> pd.DataFrame:

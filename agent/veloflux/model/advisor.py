@@ -183,14 +183,6 @@ def _shares(
     return shares, 1.0 - total_cost(grid, cost, assigned) / before
 
 
-def find_outliers(
-    observation: Observation, pool: str, features: pd.DataFrame, rules: OutlierSection
-) -> dict[str, str]:
-    """Servers whose recent errors or latency stand far outside their pool's (see
-    ``outlier_findings``), with the reason for each."""
-    return outlier_findings(observation, pool, features, rules)[0]
-
-
 def outlier_findings(
     observation: Observation, pool: str, features: pd.DataFrame, rules: OutlierSection
 ) -> tuple[dict[str, str], frozenset[str]]:
@@ -262,8 +254,8 @@ def _overloaded(
     """
     if len(recent) < 3 or not slow:
         return set()
-    last = recent[-3:].tolist()
-    pool = [columns.latencies[busy & (times == t)] for t in recent[-3:]]
+    last = recent[-3:]
+    pool = [columns.latencies[busy & (times == t)] for t in last]
     if _rising([_quantile(latencies, 0.25) for latencies in pool]):
         return set()
     median = _quantile(pool[-1], 0.5)
@@ -272,7 +264,7 @@ def _overloaded(
     for server in slow:
         mine = np.flatnonzero(columns.servers == server)
         by_time = dict(zip(times[mine].tolist(), columns.latencies[mine].tolist(), strict=True))
-        values = [by_time.get(t, np.nan) for t in last]
+        values = [by_time.get(t, np.nan) for t in last.tolist()]
         if _rising(values, by=median):
             climbing.append(server)
             latest[server] = values[-1]
