@@ -46,42 +46,45 @@ from typing import Any, Generic, TypeVar
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
+import numpy as np
+import yaml
 
-from bench.bench_learning import (  # noqa: E402
+from bench.bench_learning import (
     REAL_SERVERS,
     _machine_busy_seconds,
     _median_p95,
     machine,
 )
-from bench.common import replace_section, table  # noqa: E402
-from integration.haproxy_proc import (  # noqa: E402
+from bench.common import replace_section, table
+from integration.haproxy_proc import (
     BackendSpec,
     HAProxyProcess,
     ServerSpec,
     stop_process,
 )
-from integration.stack import DemoServer, LocalStack  # noqa: E402
-from veloflux.config import Config, validate_config  # noqa: E402
-from veloflux.events import Events  # noqa: E402
-from veloflux.heap import HeapSettler  # noqa: E402
-from veloflux.history import RecentWindow, journal_frame  # noqa: E402
-from veloflux.loop import HISTORY_WINDOW_INTERVALS, TickResult  # noqa: E402
-from veloflux.model.advisor import AdvisorSettings, advise  # noqa: E402
-from veloflux.model.features import build_features  # noqa: E402
-from veloflux.model.predict import Predictor  # noqa: E402
-from veloflux.model.train import TrainSettings  # noqa: E402
-from veloflux.plan import plan_weights  # noqa: E402
-from veloflux.sinks.haproxy import HAProxySink  # noqa: E402
-from veloflux.training import train_from_journal  # noqa: E402
-from veloflux.wiring import (  # noqa: E402
+from integration.stack import DemoServer, LocalStack
+from veloflux.agent.build import (
     build_daemon_agent,
     build_source,
     open_journal,
     open_registry,
     runtime_api,
 )
+from veloflux.agent.ports import TickResult
+from veloflux.agent.tick import HISTORY_WINDOW_INTERVALS
+from veloflux.config.load import validate_config
+from veloflux.config.schema import Config
+from veloflux.decide.advisor import AdvisorSettings, advise
+from veloflux.decide.planner import plan_weights
+from veloflux.haproxy.sink import HAProxySink
+from veloflux.history.frames import journal_frame
+from veloflux.history.window import RecentWindow
+from veloflux.model.features import build_features
+from veloflux.model.pipeline import train_from_journal
+from veloflux.model.predict import Predictor
+from veloflux.model.train import TrainSettings
+from veloflux.util.events import Events
+from veloflux.util.heap import HeapSettler
 
 DOC = ROOT / "docs" / "benchmarks.md"
 MARK_BEGIN, MARK_END = "<!-- bench:daemon -->", "<!-- /bench:daemon -->"
@@ -611,7 +614,7 @@ def _tick_phases(config: Config, sizes: Sizes, load: Load) -> dict[str, Any]:
         return agent.tick(write=True)
 
     ticks = DescribedTicks(cadence, tick)
-    # As the daemon does after a tick with a new model or config (veloflux.heap).
+    # As the daemon does after a tick with a new model or config (veloflux.util.heap).
     settler = HeapSettler()
     _progress(f"figure 1: recording {sizes.record_ticks} ticks (no model yet)")
     recorded = [ticks.run()]
@@ -920,7 +923,7 @@ What `bench/bench_daemon.py` measures (targets from the daemon issue):
    journal once, then fed by the agent), build features, advise, plan, apply and
    verify, hand the observation to the journal's writer thread) ticks every
    {f.interval_seconds:g} s, as the daemon's scheduler would; as the daemon does, the
-   heap is frozen (`veloflux.heap`) after the first tick and after the model changes.
+   heap is frozen (`veloflux.util.heap`) after the first tick and after the model changes.
    {f.record_ticks} ticks without a model record the history; a model is trained on
    that real journal with `train_from_journal` (`TrainSettings(nthread=2)`, no
    synthetic history) and made current; if the promotion gate kept it as a candidate

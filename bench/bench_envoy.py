@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "agent"))
 
-from bench.common import cpu_model, replace_section, table  # noqa: E402
-from integration.envoy_proc import EnvoyProcess  # noqa: E402
-from veloflux.eds import Endpoint, render_eds, write_eds  # noqa: E402
-from veloflux.envoy_admin import EnvoyAdmin  # noqa: E402
-from veloflux.envoy_replies import parse_update_counters, parse_weights_text  # noqa: E402
+from bench.common import cpu_model, replace_section, table
+from integration.envoy_proc import EnvoyProcess
+from veloflux.envoy.admin import EnvoyAdmin
+from veloflux.envoy.eds import Endpoint, render_eds, write_eds
+from veloflux.envoy.replies import parse_update_counters, parse_weights_text
 
 SIZES = (10, 1000, 10_000)
 HEADING = "## Envoy: render, validate, write and confirm"

@@ -30,14 +30,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_model, replace_between, table  # noqa: E402
-from integration.haproxy_proc import BackendSpec, HAProxyProcess, ServerSpec  # noqa: E402
-from veloflux.config import validate_config  # noqa: E402
-from veloflux.events import Events  # noqa: E402
-from veloflux.haproxy_runtime import RuntimeAPI  # noqa: E402
-from veloflux.sinks.haproxy import HAProxySink  # noqa: E402
-from veloflux.weightplan import PoolPlan, ServerPlan, WeightPlan  # noqa: E402
-from veloflux.wiring import build_agent  # noqa: E402
+from bench.common import cpu_model, replace_between, table
+from integration.haproxy_proc import BackendSpec, HAProxyProcess, ServerSpec
+from veloflux.agent.build import build_agent
+from veloflux.config.load import validate_config
+from veloflux.domain.weightplan import PoolPlan, ServerPlan, WeightPlan
+from veloflux.haproxy.runtime import RuntimeAPI
+from veloflux.haproxy.sink import HAProxySink
+from veloflux.util.events import Events
 
 SERVERS = 1000
 

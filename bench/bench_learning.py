@@ -42,24 +42,25 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import xgboost as xgb  # noqa: E402
+import numpy as np
+import pandas as pd
+import xgboost as xgb
 
-from bench.common import cpu_model, replace_section, table  # noqa: E402
-from integration.loadgen import run_load_sync  # noqa: E402
-from integration.stack import DemoServer, LocalStack  # noqa: E402
-from integration.synthetic import SyntheticPool, synthetic_samples  # noqa: E402
-from veloflux.config import AISection, OutlierSection  # noqa: E402
-from veloflux.events import Events  # noqa: E402
-from veloflux.history import Journal, derive_rates  # noqa: E402
-from veloflux.loop import HISTORY_WINDOW_INTERVALS  # noqa: E402
-from veloflux.model.advisor import AdvisorSettings, _pool_advice  # noqa: E402
-from veloflux.model.features import TARGET_LATENCY, build_features, newest_rows  # noqa: E402
-from veloflux.model.predict import Predictor  # noqa: E402
-from veloflux.model.registry import Registry  # noqa: E402
-from veloflux.model.train import TrainSettings, train_model  # noqa: E402
-from veloflux.optimize import rate_grid, water_fill  # noqa: E402
+from bench.common import cpu_model, replace_section, table
+from integration.loadgen import run_load_sync
+from integration.stack import DemoServer, LocalStack
+from integration.synthetic import SyntheticPool, synthetic_samples
+from veloflux.agent.tick import HISTORY_WINDOW_INTERVALS
+from veloflux.config.schema import AISection, OutlierSection
+from veloflux.decide.advisor import AdvisorSettings, _pool_advice
+from veloflux.decide.optimize import rate_grid, water_fill
+from veloflux.history.journal import Journal
+from veloflux.history.rates import derive_rates
+from veloflux.model.features import TARGET_LATENCY, build_features, newest_rows
+from veloflux.model.predict import Predictor
+from veloflux.model.registry import Registry
+from veloflux.model.train import TrainSettings, train_model
+from veloflux.util.events import Events
 
 DOC = ROOT / "docs" / "benchmarks.md"
 MARK_BEGIN, MARK_END = "<!-- bench:learning -->", "<!-- /bench:learning -->"

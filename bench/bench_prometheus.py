@@ -38,18 +38,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "agent"))
 
-from bench.common import cpu_model, replace_section, table  # noqa: E402
-from integration.exporter_history import METRIC_TYPES, exporter_series, shifted  # noqa: E402
-from integration.prometheus_proc import PrometheusProcess, backfill  # noqa: E402
-from integration.synthetic import SyntheticPool, synthetic_samples  # noqa: E402
-from veloflux.events import Events  # noqa: E402
-from veloflux.history import derive_rates  # noqa: E402
-from veloflux.model.features import build_features  # noqa: E402
-from veloflux.observation import Observation, PoolInfo, ProxyIdentity  # noqa: E402
-from veloflux.prometheus_api import PrometheusAPI  # noqa: E402
-from veloflux.prometheus_history import pull_history  # noqa: E402
-from veloflux.promql import HAPROXY_DEFAULTS, FeatureQuery  # noqa: E402
-from veloflux.sources.prometheus import PrometheusFeatures  # noqa: E402
+from bench.common import cpu_model, replace_section, table
+from integration.exporter_history import METRIC_TYPES, exporter_series, shifted
+from integration.prometheus_proc import PrometheusProcess, backfill
+from integration.synthetic import SyntheticPool, synthetic_samples
+from veloflux.domain.observation import Observation, PoolInfo, ProxyIdentity
+from veloflux.history.rates import derive_rates
+from veloflux.model.features import build_features
+from veloflux.prometheus.api import PrometheusAPI
+from veloflux.prometheus.features import PrometheusFeatures
+from veloflux.prometheus.history import pull_history
+from veloflux.prometheus.promql import HAPROXY_DEFAULTS, FeatureQuery
+from veloflux.util.events import Events
 
 STEP = 15.0
 HEADING = "## Prometheus: features per tick, history for training"

@@ -41,11 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "agent"))
 
-from bench.common import cpu_model, replace_section, table  # noqa: E402
-from integration.scenario import agent_config, run_phase, running_daemon  # noqa: E402
-from integration.stack import DemoServer, LocalStack  # noqa: E402
-from veloflux.haproxy_runtime import RuntimeAPI  # noqa: E402
-from veloflux.sim.strategies import scaled  # noqa: E402
+from bench.common import cpu_model, replace_section, table
+from integration.scenario import agent_config, run_phase, running_daemon
+from integration.stack import DemoServer, LocalStack
+from veloflux.haproxy.runtime import RuntimeAPI
+from veloflux.sim.engine import scaled
 
 MEAN_MS = 30.0
 SERVERS = (
@@ -136,12 +136,12 @@ def veloflux(stack: LocalStack, workdir: Path) -> Iterator[Callable[[], dict[str
     with running_daemon(path):
 
         def train() -> dict[str, Any]:
-            from veloflux.config import load_config
-            from veloflux.events import Events
-            from veloflux.history import Journal
+            from veloflux.agent.build import open_registry
+            from veloflux.config.load import load_config
+            from veloflux.history.journal import Journal
+            from veloflux.model.pipeline import train_from_journal
             from veloflux.model.train import NotEnoughData, TrainSettings
-            from veloflux.training import train_from_journal
-            from veloflux.wiring import open_registry
+            from veloflux.util.events import Events
 
             config = load_config(path, {})
             events = Events()

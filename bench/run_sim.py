@@ -30,11 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "agent"))
 
-from bench.common import cpu_model, replace_section, table  # noqa: E402
-from veloflux.sim.dispatchers import DISPATCHERS, WEIGHTED  # noqa: E402
-from veloflux.sim.run import run_cell  # noqa: E402
-from veloflux.sim.scenario import Scenario, load_scenario  # noqa: E402
-from veloflux.sim.strategies import STRATEGIES  # noqa: E402
+from bench.common import cpu_model, replace_section, table
+from veloflux.sim.dispatchers import DISPATCHERS, WEIGHTED
+from veloflux.sim.run import (
+    STRATEGIES,
+    run_cell,
+)
+from veloflux.sim.scenario import Scenario, load_scenario
 
 SCENARIOS = ROOT / "bench" / "scenarios"
 IMAGES = ROOT / "docs" / "img"
@@ -121,7 +123,7 @@ def plot_cdf(path: Path) -> None:
     import numpy as np
 
     from veloflux.sim.engine import simulate
-    from veloflux.sim.strategies import make_strategy
+    from veloflux.sim.run import make_strategy
 
     scenario = load_scenario(SCENARIOS / f"{CDF_CELL[0]}.yaml")
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -152,7 +154,7 @@ def plot_weights(path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from veloflux.sim.engine import simulate
-    from veloflux.sim.strategies import make_strategy
+    from veloflux.sim.run import make_strategy
 
     scenario: Scenario = load_scenario(SCENARIOS / f"{WEIGHTS_CELL[0]}.yaml")
     run = simulate(scenario, WEIGHTS_CELL[1], make_strategy("veloflux"))

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from integration.haproxy_proc import StackError, free_port, stop_process
-from veloflux.eds import Endpoint, render_eds, write_eds
+from veloflux.envoy.eds import Endpoint, render_eds, write_eds
 
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 

@@ -31,10 +31,10 @@ import yaml
 
 from integration.loadgen import LoadResult, run_load_sync
 from integration.stack import DemoServer, LocalStack
-from veloflux.api_client import ApiClient, ApiError
-from veloflux.config import load_config
-from veloflux.daemon import Daemon, DaemonOptions
-from veloflux.haproxy_runtime import RuntimeAPI, RuntimeAPIError
+from veloflux.config.load import load_config
+from veloflux.daemon.api.client import ApiClient, ApiError
+from veloflux.daemon.service import Daemon, DaemonOptions
+from veloflux.haproxy.runtime import RuntimeAPI, RuntimeAPIError
 
 BACKEND = "app"
 SLOW = "s3"

@@ -27,7 +27,7 @@ from integration.haproxy_proc import (
     stop_process,
 )
 from integration.prometheus_proc import PrometheusProcess, ScrapeJob
-from veloflux.eds import Endpoint
+from veloflux.envoy.eds import Endpoint
 
 
 @dataclass(frozen=True)

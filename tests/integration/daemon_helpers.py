@@ -25,9 +25,9 @@ from typing import Any, TypeVar
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from veloflux.config import load_config
-from veloflux.daemon import Daemon, DaemonOptions
-from veloflux.daemon_ops import Trainer
+from veloflux.config.load import load_config
+from veloflux.daemon.service import Daemon, DaemonOptions
+from veloflux.daemon.training_job import Trainer
 
 T = TypeVar("T")
 TOKEN = "test-token-7f3a9c"

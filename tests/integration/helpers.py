@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from veloflux.haproxy_runtime import RuntimeAPI
+from veloflux.haproxy.runtime import RuntimeAPI
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,11 @@ from tests.integration.daemon_helpers import (
     write_config,
 )
 from tests.integration.helpers import run_cli, set_weights, weights
-from veloflux.eds import Endpoint
-from veloflux.envoy_admin import EnvoyAdmin
-from veloflux.envoy_replies import parse_clusters
-from veloflux.events import Events
-from veloflux.history import Journal
+from veloflux.envoy.admin import EnvoyAdmin
+from veloflux.envoy.eds import Endpoint
+from veloflux.envoy.replies import parse_clusters
+from veloflux.history.journal import Journal
+from veloflux.util.events import Events
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import pytest
 from integration.haproxy_proc import HAProxyProcess
 from tests.conftest import write_config
 from tests.integration.helpers import run_cli, set_weights, weights
-from veloflux.haproxy_runtime import RuntimeAPI
+from veloflux.haproxy.runtime import RuntimeAPI
 
 pytestmark = pytest.mark.integration
 

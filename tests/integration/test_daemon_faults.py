@@ -43,15 +43,16 @@ from tests.integration.daemon_helpers import (
 )
 from tests.integration.helpers import run_cli, set_weights, weights
 from tests.unit.learning_factories import FAST, synthetic_observation, synthetic_raw
-from veloflux.api_client import ApiClient, ApiRefused
-from veloflux.config import Config
-from veloflux.daemon import Daemon
-from veloflux.daemon_ops import Trainer
-from veloflux.events import Events
-from veloflux.history import Journal, derive_rates
+from veloflux.agent.build import open_registry
+from veloflux.config.schema import Config
+from veloflux.daemon.api.client import ApiClient, ApiRefused
+from veloflux.daemon.service import Daemon
+from veloflux.daemon.training_job import Trainer
+from veloflux.history.journal import Journal
+from veloflux.history.rates import derive_rates
+from veloflux.model.pipeline import train_from_journal
 from veloflux.model.train import TrainSettings
-from veloflux.training import train_from_journal
-from veloflux.wiring import open_registry
+from veloflux.util.events import Events
 
 pytestmark = pytest.mark.integration
 

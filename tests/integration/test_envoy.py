@@ -35,15 +35,15 @@ from integration.haproxy_proc import free_port, stop_process
 from integration.loadgen import run_load_sync
 from integration.stack import DemoServer, LocalStack
 from tests.integration.helpers import run_cli
-from veloflux.eds import Endpoint, eds_path, render_eds, write_eds
-from veloflux.envoy_admin import EnvoyAdmin, EnvoyAdminError
-from veloflux.envoy_replies import parse_clusters, parse_update_counters
+from veloflux.domain.observation import Observation
+from veloflux.domain.weightplan import PoolPlan, ServerPlan, WeightPlan
+from veloflux.envoy.admin import EnvoyAdmin, EnvoyAdminError
+from veloflux.envoy.eds import Endpoint, eds_path, render_eds, write_eds
+from veloflux.envoy.replies import parse_clusters, parse_update_counters
+from veloflux.envoy.sink import EnvoySink
+from veloflux.envoy.source import EnvoyCluster, EnvoySource
 from veloflux.errors import SourceUnavailable
-from veloflux.events import Events
-from veloflux.observation import Observation
-from veloflux.sinks.envoy import EnvoySink
-from veloflux.sources.envoy import EnvoyCluster, EnvoySource
-from veloflux.weightplan import PoolPlan, ServerPlan, WeightPlan
+from veloflux.util.events import Events
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from veloflux.config import Config, HAProxySection, load_config
+from veloflux.config.load import load_config
+from veloflux.config.schema import Config, HAProxySection
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,12 +10,12 @@ import pytest
 from integration.haproxy_proc import BackendSpec, HAProxyProcess
 from tests.conftest import StartHAProxy, servers
 from tests.integration.helpers import weights
-from veloflux.events import Events
-from veloflux.haproxy_replies import parse_stat
-from veloflux.haproxy_runtime import RuntimeAPI
-from veloflux.sinks.haproxy import HAProxySink
-from veloflux.sources.haproxy import HAProxySource
-from veloflux.weightplan import PoolPlan, ServerPlan, WeightPlan
+from veloflux.domain.weightplan import PoolPlan, ServerPlan, WeightPlan
+from veloflux.haproxy.replies import parse_stat
+from veloflux.haproxy.runtime import RuntimeAPI
+from veloflux.haproxy.sink import HAProxySink
+from veloflux.haproxy.source import HAProxySource
+from veloflux.util.events import Events
 
 pytestmark = pytest.mark.integration
 
@@ -170,8 +170,8 @@ def test_thousand_server_update_is_written_and_verified(start_haproxy: StartHAPr
 
 def test_server_missing_from_servers_state_is_held_not_guessed(haproxy: HAProxyProcess) -> None:
     """A row that cannot be cross-checked is flagged; the planner then holds it."""
-    from veloflux.config import PolicySection
-    from veloflux.plan import plan_weights
+    from veloflux.config.schema import PolicySection
+    from veloflux.decide.planner import plan_weights
 
     events = Events()
     source = _source(haproxy.admin_socket, events)

@@ -20,10 +20,11 @@ import pytest
 
 from integration.loadgen import LoadResult, arrival_offsets, run_load_sync
 from integration.stack import DemoServer, LocalStack
-from veloflux.events import Events
-from veloflux.haproxy_runtime import RuntimeAPI
-from veloflux.history import Journal, derive_rates
-from veloflux.sources.haproxy import HAProxySource
+from veloflux.haproxy.runtime import RuntimeAPI
+from veloflux.haproxy.source import HAProxySource
+from veloflux.history.journal import Journal
+from veloflux.history.rates import derive_rates
+from veloflux.util.events import Events
 
 pytestmark = pytest.mark.integration
 

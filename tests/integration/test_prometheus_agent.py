@@ -26,15 +26,16 @@ from integration.stack import DemoServer, LocalStack
 from integration.synthetic import SyntheticPool, synthetic_samples
 from tests.integration.daemon_helpers import running_daemon, samples, wait_turns, wait_until
 from tests.integration.helpers import run_cli
-from veloflux.config import load_config
-from veloflux.events import Events
-from veloflux.history import Journal, derive_rates
+from veloflux.agent.build import build_source
+from veloflux.config.load import load_config
+from veloflux.domain.observation import Observation, ProxyIdentity
+from veloflux.history.journal import Journal
+from veloflux.history.rates import derive_rates
 from veloflux.model.features import FEATURES, build_features
-from veloflux.observation import Observation, ProxyIdentity
-from veloflux.prometheus_api import PrometheusAPI
-from veloflux.prometheus_history import pull_history
-from veloflux.promql import HAPROXY_DEFAULTS
-from veloflux.wiring import build_source
+from veloflux.prometheus.api import PrometheusAPI
+from veloflux.prometheus.history import pull_history
+from veloflux.prometheus.promql import HAPROXY_DEFAULTS
+from veloflux.util.events import Events
 
 pytestmark = pytest.mark.integration
 

@@ -17,10 +17,10 @@ import pytest
 
 from integration.stack import DemoServer, LocalStack
 from tests.integration.daemon_helpers import wait_until
-from veloflux.config import load_config
-from veloflux.events import Events
-from veloflux.promql import ENVOY_DEFAULTS
-from veloflux.wiring import build_source
+from veloflux.agent.build import build_source
+from veloflux.config.load import load_config
+from veloflux.prometheus.promql import ENVOY_DEFAULTS
+from veloflux.util.events import Events
 
 pytestmark = pytest.mark.integration
 

@@ -15,12 +15,13 @@ import pandas as pd
 import pytest
 
 from tests.unit.learning_factories import synthetic_observation, synthetic_raw
-from veloflux.config import Config, validate_config
-from veloflux.daemon_ops import TrainingCancelled, train_in_child
-from veloflux.events import Events
-from veloflux.history import Journal
+from veloflux.config.load import validate_config
+from veloflux.config.schema import Config
+from veloflux.daemon.training_job import TrainingCancelled, train_in_child
+from veloflux.history.journal import Journal
 from veloflux.model.registry import Registry
 from veloflux.model.train import NotEnoughData
+from veloflux.util.events import Events
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from veloflux.config import PolicySection
-from veloflux.observation import COLUMN_NAMES, Observation, PoolInfo, ProxyIdentity
+from veloflux.config.schema import PolicySection
+from veloflux.domain.observation import COLUMN_NAMES, Observation, PoolInfo, ProxyIdentity
 
 TAKEN_AT = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 

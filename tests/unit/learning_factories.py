@@ -20,10 +20,10 @@ import pandas as pd
 
 from integration.synthetic import SyntheticPool, synthetic_samples
 from tests.unit.factories import PROXY, Server, row
-from veloflux.history import derive_rates
+from veloflux.domain.observation import COLUMN_NAMES, Observation, PoolInfo
+from veloflux.history.rates import derive_rates
 from veloflux.model.features import COLUMNS, build_features
 from veloflux.model.train import TrainedModel, TrainSettings, train_model
-from veloflux.observation import COLUMN_NAMES, Observation, PoolInfo
 
 # Small, fast, deterministic: enough to learn the synthetic pool's load curve.
 FAST = TrainSettings(max_rounds=30, min_rows=50, nthread=1)

@@ -27,19 +27,19 @@ from tests.unit.learning_factories import (
     feature_frame,
     features_of,
 )
-from veloflux.advice import Advice, PoolAdvice, ServerAdvice
-from veloflux.config import AISection, OutlierSection, PolicySection
-from veloflux.model.advisor import (
+from veloflux.config.schema import AISection, OutlierSection, PolicySection
+from veloflux.decide.advisor import (
     OUTLIER_MEMORY_INTERVALS,
     AdvisorSettings,
     advise,
     outlier_findings,
 )
+from veloflux.decide.outliers import MIN_POOL_SIZE, latency_outliers, moving_average_outliers
+from veloflux.decide.planner import max_step, plan_weights
+from veloflux.domain.advice import Advice, PoolAdvice, ServerAdvice
+from veloflux.domain.observation import Observation
+from veloflux.domain.weightplan import PoolPlan, ServerPlan, WeightPlan
 from veloflux.model.predict import Confidence, Curves, Predictor
-from veloflux.observation import Observation
-from veloflux.outliers import MIN_POOL_SIZE, latency_outliers, moving_average_outliers
-from veloflux.plan import max_step, plan_weights
-from veloflux.weightplan import PoolPlan, ServerPlan, WeightPlan
 
 PROPERTY = settings(max_examples=150, deadline=None)
 OUTLIER = "outlier: error rate 30% (pool median 0%)"

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from veloflux import __version__
-from veloflux.api import ApiServer
-from veloflux.api_client import ApiClient, ApiRefused, ApiUnreachable
-from veloflux.api_fields import read_token
+from veloflux.daemon.api.client import ApiClient, ApiRefused, ApiUnreachable
+from veloflux.daemon.api.fields import read_token
+from veloflux.daemon.api.server import ApiServer
 from veloflux.errors import ConfigError, ControlRefused
-from veloflux.events import Events
+from veloflux.util.events import Events
 
 TOKEN = "s3cret-token"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -10,15 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from veloflux.config import (
-    Config,
-    HAProxySection,
-    load_config,
-    parse_socket_address,
-    resolve_config_path,
-    validate_config,
-)
+from veloflux.config.load import load_config, resolve_config_path, validate_config
+from veloflux.config.schema import Config, HAProxySection
 from veloflux.errors import ConfigError, ConfigProblem
+from veloflux.haproxy.runtime import parse_socket_address
 
 MINIMUM_CONTRACT = """\
 interval: 10s

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from tests.unit.factories import TAKEN_AT, Pool, Server, observation, policy
-from veloflux.audit import AuditLog, entries
-from veloflux.controls import OperatorControls
+from veloflux.daemon.audit import AuditLog, entries
+from veloflux.daemon.controls import OperatorControls
+from veloflux.decide.planner import plan_weights
+from veloflux.domain.weightplan import ApplyReport, WeightPlan, WriteResult
 from veloflux.errors import ControlRefused
-from veloflux.events import Events
-from veloflux.plan import plan_weights
-from veloflux.weightplan import ApplyReport, WeightPlan, WriteResult
+from veloflux.util.events import Events
 
 
 class Clock:

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from veloflux.durations import format_duration, parse_duration
 from veloflux.errors import UnsafeName
-from veloflux.names import check_name, is_safe_name, parse_server_key, server_key
+from veloflux.util.durations import format_duration, parse_duration
+from veloflux.util.names import check_name, is_safe_name, parse_server_key, server_key
 
 PROPERTY = settings(max_examples=200, deadline=None)
 

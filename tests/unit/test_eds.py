@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from veloflux.eds import (
+from veloflux.envoy.eds import (
     EdsError,
     Endpoint,
     eds_path,

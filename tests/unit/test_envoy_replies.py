@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from veloflux.envoy_replies import (
+from veloflux.envoy.replies import (
     EnvoyFormatError,
     cluster_stat_prefix,
     endpoint_name,

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
-from veloflux.envoy_admin import EnvoyAdmin
+from veloflux.domain.observation import Observation
+from veloflux.envoy.admin import EnvoyAdmin
+from veloflux.envoy.source import EnvoyCluster, EnvoySource, latency_filter
 from veloflux.errors import SourceUnavailable
-from veloflux.events import Events
-from veloflux.observation import Observation
-from veloflux.sources.envoy import EnvoyCluster, EnvoySource, latency_filter
+from veloflux.util.events import Events
 
 HANG = None  # an answer that never comes: the server reads the request and says nothing
 

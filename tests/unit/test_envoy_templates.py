@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from veloflux.eds import EdsError, Endpoint, render_cds, render_eds
+from veloflux.envoy.eds import EdsError, Endpoint, render_cds, render_eds
 
 ENDPOINTS = [Endpoint("127.0.0.1", 8081, 3), Endpoint("127.0.0.1", 8082, 1)]
 SHIPPED = files("veloflux.templates").joinpath("envoy/eds.yaml.j2").read_text(encoding="utf-8")

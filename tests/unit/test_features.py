@@ -21,7 +21,8 @@ from tests.unit.learning_factories import (
     synthetic_features,
     synthetic_raw,
 )
-from veloflux.history import derive_rates, instants
+from veloflux.history.frames import instants
+from veloflux.history.rates import derive_rates
 from veloflux.model.features import (
     COLUMNS,
     FEATURES,

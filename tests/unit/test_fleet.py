@@ -12,14 +12,16 @@ from collections.abc import Iterator
 import pytest
 
 from tests.unit.factories import PROXY, Pool, Server, observation
-from veloflux.config import Config, validate_config
+from veloflux.agent.build import proxy_view
+from veloflux.agent.fleet import Fleet
+from veloflux.agent.ports import ProxyFailure
+from veloflux.agent.tick import Agent
+from veloflux.config.load import validate_config
+from veloflux.config.schema import Config
+from veloflux.domain.observation import Observation
+from veloflux.domain.weightplan import ApplyReport, WeightPlan, WriteResult
 from veloflux.errors import SinkRejected, SourceUnavailable
-from veloflux.events import Events
-from veloflux.fleet import Fleet
-from veloflux.loop import Agent, ProxyFailure
-from veloflux.observation import Observation
-from veloflux.weightplan import ApplyReport, WeightPlan, WriteResult
-from veloflux.wiring import proxy_view
+from veloflux.util.events import Events
 
 CONFIG = validate_config(
     {

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from veloflux.haproxy_replies import (
+from veloflux.haproxy.replies import (
     ServerState,
     StatsFormatError,
     parse_info,

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from tests.unit.test_haproxy_replies import SERVERS_STATE
-from veloflux.events import Events
-from veloflux.haproxy_runtime import RuntimeAPI
-from veloflux.sinks.haproxy import HAProxySink
-from veloflux.weightplan import ApplyReport, PoolPlan, ServerPlan, WeightPlan
+from veloflux.domain.weightplan import ApplyReport, PoolPlan, ServerPlan, WeightPlan
+from veloflux.haproxy.runtime import RuntimeAPI
+from veloflux.haproxy.sink import HAProxySink
+from veloflux.util.events import Events
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ from tests.unit.test_haproxy_replies import (
     STAT_COLUMNS,
     stat_reply,
 )
+from veloflux.domain.observation import COLUMN_NAMES, Observation, ServerRow
 from veloflux.errors import SourceUnavailable
-from veloflux.events import Events
-from veloflux.haproxy_replies import read_number
-from veloflux.haproxy_runtime import RuntimeAPI
-from veloflux.observation import COLUMN_NAMES, Observation, ServerRow
-from veloflux.sources.haproxy import _METRICS, HAProxySource
+from veloflux.haproxy.replies import read_number
+from veloflux.haproxy.runtime import RuntimeAPI
+from veloflux.haproxy.source import _METRICS, HAProxySource
+from veloflux.util.events import Events
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from veloflux.heap import HeapSettler
+from veloflux.util.heap import HeapSettler
 
 
 @pytest.fixture(autouse=True)

@@ -19,21 +19,18 @@ from hypothesis import strategies as st
 
 from tests.unit.factories import Pool, Server
 from tests.unit.factories import observation as factory_observation
-from veloflux.events import Events
-from veloflux.history import (
-    CACHE_KIB,
-    EMA_SAMPLES,
-    RATE_COLUMNS,
-    SCHEMA_VERSION,
-    STORED_COLUMNS,
-    HistoryError,
-    Journal,
-    RecentWindow,
-    derive_rates,
-    interval_mean,
-    journal_frame,
+from veloflux.domain.observation import (
+    ExternalFeatures,
+    Observation,
+    PoolInfo,
+    ProxyIdentity,
+    ServerRow,
 )
-from veloflux.observation import ExternalFeatures, Observation, PoolInfo, ProxyIdentity, ServerRow
+from veloflux.history.frames import STORED_COLUMNS, journal_frame
+from veloflux.history.journal import CACHE_KIB, SCHEMA_VERSION, HistoryError, Journal
+from veloflux.history.rates import EMA_SAMPLES, RATE_COLUMNS, derive_rates, interval_mean
+from veloflux.history.window import RecentWindow
+from veloflux.util.events import Events
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 A = 1 - 1 / EMA_SAMPLES

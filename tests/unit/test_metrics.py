@@ -12,12 +12,12 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.unit.factories import Pool, Server, observation, policy
-from veloflux.advice import Advice, PoolAdvice, ServerAdvice
-from veloflux.events import Events
-from veloflux.loop import TickResult
-from veloflux.metrics import MODES, AgentMetrics
-from veloflux.plan import plan_weights
-from veloflux.weightplan import ApplyReport, ServerPlan, WriteResult
+from veloflux.agent.ports import TickResult
+from veloflux.daemon.metrics import MODES, AgentMetrics
+from veloflux.decide.planner import plan_weights
+from veloflux.domain.advice import Advice, PoolAdvice, ServerAdvice
+from veloflux.domain.weightplan import ApplyReport, ServerPlan, WriteResult
+from veloflux.util.events import Events
 
 FREE = policy(max_step_ratio=10, deadband_ratio=0)  # model targets reached in one tick
 
@@ -313,8 +313,8 @@ def test_render_never_fails_while_ticks_run_in_another_thread() -> None:
 def test_the_tick_line_says_whether_prometheus_answered() -> None:
     from dataclasses import replace
 
-    from veloflux.loop import summary_line
-    from veloflux.observation import ExternalFeatures
+    from veloflux.agent.tick import summary_line
+    from veloflux.domain.observation import ExternalFeatures
 
     result = tick([Pool("app", [Server("a")])])
     assert "prometheus=" not in summary_line(result)  # not configured: not mentioned

@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from veloflux.optimize import STATUS_QUO, TRUST_MULTIPLES, rate_grid, total_cost, water_fill
+from veloflux.decide.optimize import STATUS_QUO, TRUST_MULTIPLES, rate_grid, total_cost, water_fill
 
 PROPERTY = settings(max_examples=150, deadline=None)
 

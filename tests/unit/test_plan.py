@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.factories import TAKEN_AT, Pool, Server, frozen, observation, policy
-from veloflux.advice import Advice, PoolAdvice
-from veloflux.config import PolicySection
-from veloflux.observation import COLUMN_NAMES, Observation
-from veloflux.plan import bounded_weight, max_step, plan_revert, plan_weights, step_toward
-from veloflux.weightplan import ServerPlan, WeightPlan
+from veloflux.config.schema import PolicySection
+from veloflux.decide.planner import bounded_weight, max_step, plan_revert, plan_weights, step_toward
+from veloflux.domain.advice import Advice, PoolAdvice
+from veloflux.domain.observation import COLUMN_NAMES, Observation
+from veloflux.domain.weightplan import ServerPlan, WeightPlan
 
 PROPERTY = settings(max_examples=200, deadline=None)
 SLOW_PROPERTY = settings(max_examples=60, deadline=None)

@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from veloflux.events import Events
-from veloflux.history import STORED_COLUMNS
-from veloflux.prometheus_api import PrometheusAPI, RangeSeries
-from veloflux.prometheus_history import MAX_POINTS, chunks, pull_history
-from veloflux.promql import FeatureQuery
+from veloflux.history.frames import STORED_COLUMNS
+from veloflux.prometheus.api import PrometheusAPI, RangeSeries
+from veloflux.prometheus.history import MAX_POINTS, chunks, pull_history
+from veloflux.prometheus.promql import FeatureQuery
+from veloflux.util.events import Events
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 
 from tests.unit.factories import Pool, Server, observation
-from veloflux.events import Events
-from veloflux.observation import Observation
-from veloflux.prometheus_api import PrometheusAPI, PrometheusError, Series
-from veloflux.promql import FeatureQuery
-from veloflux.sources.prometheus import PrometheusFeatures, WithPrometheus
+from veloflux.domain.observation import Observation
+from veloflux.prometheus.api import PrometheusAPI, PrometheusError, Series
+from veloflux.prometheus.features import PrometheusFeatures, WithPrometheus
+from veloflux.prometheus.promql import FeatureQuery
+from veloflux.util.events import Events
 
 Answer = list[Series] | PrometheusError
 

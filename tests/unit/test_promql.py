@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from veloflux import promql
-from veloflux.promql import any_of, fill, syntax_problems
+from veloflux.prometheus import promql
+from veloflux.prometheus.promql import any_of, fill, syntax_problems
 
 
 def test_placeholders_are_filled_inside_their_label_values() -> None:

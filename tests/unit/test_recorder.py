@@ -16,10 +16,11 @@ import pandas as pd
 import pytest
 
 from tests.unit.test_history import T0, observation, server_row
-from veloflux.events import Events
-from veloflux.history import HistoryError, Journal, journal_frame
-from veloflux.observation import Observation
-from veloflux.recorder import BackgroundRecorder
+from veloflux.domain.observation import Observation
+from veloflux.history.frames import journal_frame
+from veloflux.history.journal import HistoryError, Journal
+from veloflux.history.recorder import BackgroundRecorder
+from veloflux.util.events import Events
 
 
 def snapshot(step: int) -> Observation:

@@ -17,8 +17,8 @@ import pytest
 import xgboost
 
 from veloflux.errors import ModelUnavailable
-from veloflux.events import Events
 from veloflux.model.registry import LoadedModel, Registry
+from veloflux.util.events import Events
 
 START = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 BOOSTERS = {"latency": b"\x00latency-model\xff" * 20, "errors": b"errors-model"}

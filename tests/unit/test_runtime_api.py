@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from veloflux.haproxy_runtime import RuntimeAPI, RuntimeAPIError
+from veloflux.haproxy.runtime import RuntimeAPI, RuntimeAPIError
 
 HANG_GUARD_SECONDS = 5.0  # not a performance bound: only keeps a broken client from hanging
 

@@ -14,11 +14,11 @@ import pytest
 
 from tests.unit.sim_factories import sim_scenario
 from veloflux.sim.agent import SimSource
-from veloflux.sim.engine import RunResult, ServerStats, simulate
+from veloflux.sim.engine import RunResult, ServerStats, scaled, simulate
 from veloflux.sim.report import FIGURES, figures, interval
-from veloflux.sim.run import run_cell
+from veloflux.sim.run import make_strategy, run_cell
 from veloflux.sim.scenario import Scenario
-from veloflux.sim.strategies import CapacityOracle, Heuristic, make_strategy, scaled
+from veloflux.sim.strategies import CapacityOracle, Heuristic
 
 UNEQUAL = [
     {"name": "fast", "concurrency": 2, "speed": 1.0},

@@ -29,12 +29,12 @@ from tests.unit.learning_factories import (
     synthetic_observation,
     synthetic_raw,
 )
-from veloflux.advice import Advice
-from veloflux.config import AISection, OutlierSection, PolicySection
+from veloflux.config.schema import AISection, OutlierSection, PolicySection
+from veloflux.decide.advisor import AdvisorSettings, advise
+from veloflux.decide.planner import plan_weights
+from veloflux.domain.advice import Advice
 from veloflux.errors import ModelUnavailable
-from veloflux.events import Events
-from veloflux.history import derive_rates
-from veloflux.model.advisor import AdvisorSettings, advise
+from veloflux.history.rates import derive_rates
 from veloflux.model.features import (
     FEATURES,
     LOAD_DRIVEN,
@@ -60,7 +60,7 @@ from veloflux.model.train import (
     split_by_time,
     train_model,
 )
-from veloflux.plan import plan_weights
+from veloflux.util.events import Events
 
 CREATED = datetime(2026, 9, 21, 0, 0, tzinfo=UTC)
 

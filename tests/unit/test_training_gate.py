@@ -23,13 +23,14 @@ from tests.unit.learning_factories import (
     synthetic_raw,
     train_small,
 )
-from veloflux import training
-from veloflux.events import Events
-from veloflux.history import Journal, derive_rates
+from veloflux.history.journal import Journal
+from veloflux.history.rates import derive_rates
+from veloflux.model import pipeline
 from veloflux.model.features import FEATURES
+from veloflux.model.pipeline import gate, train_from_journal
 from veloflux.model.registry import CANDIDATE, CURRENT, RETIRED, Registry
 from veloflux.model.train import NotEnoughData, TrainSettings, evaluate, train_model
-from veloflux.training import gate, train_from_journal
+from veloflux.util.events import Events
 
 START = datetime(2026, 9, 22, 0, 0, tzinfo=UTC)
 # Too simple to learn anything: one tiny step from the base score.
@@ -218,12 +219,12 @@ def test_a_model_that_does_not_beat_naive_is_rejected(
     tree; so here the real gate judges the real metrics against a perfect naive
     forecast (MAE 0). The gate's comparisons themselves are tested on their own above.
     """
-    real_gate = training.gate
+    real_gate = pipeline.gate
 
     def against_a_perfect_naive(metrics: dict[str, float], *rest: object) -> tuple[bool, str]:
         return real_gate({**metrics, "naive_mae_seconds": 0.0}, *rest)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(training, "gate", against_a_perfect_naive)
+    monkeypatch.setattr(pipeline, "gate", against_a_perfect_naive)
     report = train_from_journal(journal, registry, HOPELESS)
     assert not report.promoted
     assert "naive" in report.reason
@@ -246,7 +247,7 @@ def test_a_candidate_worse_than_the_current_model_stays_a_candidate(
         seen.append(test)
         return current, {"mae_p50_seconds": 0.0, "naive_mae_seconds": 1.0}
 
-    monkeypatch.setattr(training, "_current_on", perfect_current)
+    monkeypatch.setattr(pipeline, "_current_on", perfect_current)
     report = train_from_journal(journal, registry, FAST)
     assert not report.promoted
     assert current in report.reason

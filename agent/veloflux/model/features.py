@@ -10,7 +10,7 @@ Rules this module keeps:
   would break prediction);
 - a feature whose source is missing is NaN (XGBoost routes missing values), never 0;
 - latency is the *interval* mean recovered from HAProxy's moving average (see
-  ``veloflux.history.derive_rates``), because the moving average itself lags by up to
+  ``veloflux.history.rates.derive_rates``), because the moving average itself lags by up to
   512 requests and would teach the model yesterday's latency.
 """
 
@@ -21,9 +21,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from veloflux.domain.observation import EXTERNAL_PREFIX
 from veloflux.errors import ModelUnavailable
-from veloflux.history import external_columns, instants, series_order
-from veloflux.observation import EXTERNAL_PREFIX
+from veloflux.history.frames import external_columns, instants, series_order
 
 # The load feature: latency must not fall as it rises (monotone +1).
 LOAD_FEATURE = "next_rate"

@@ -12,7 +12,8 @@ from datetime import datetime
 
 import pandas as pd
 
-from veloflux.history import RecentWindow, derive_rates
+from veloflux.history.rates import derive_rates
+from veloflux.history.window import RecentWindow
 from veloflux.model.features import build_features
 
 

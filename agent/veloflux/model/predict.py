@@ -32,7 +32,7 @@ import pandas as pd
 import xgboost as xgb
 
 from veloflux.errors import ModelUnavailable
-from veloflux.history import instants, server_keys
+from veloflux.history.frames import instants, server_keys
 from veloflux.model.features import (
     FEATURES,
     LOAD_FEATURE,

@@ -49,8 +49,8 @@ from types import MappingProxyType
 from typing import Any, NoReturn
 
 from veloflux.errors import ModelUnavailable
-from veloflux.events import Events
-from veloflux.files import fsync_dir, replace_atomically, write_synced
+from veloflux.util.events import Events
+from veloflux.util.files import fsync_dir, replace_atomically, write_synced
 
 FORMAT = 1
 CANDIDATE, CURRENT, RETIRED, BROKEN = "candidate", "current", "retired", "broken"

@@ -28,7 +28,7 @@ import pandas as pd
 import xgboost as xgb
 
 from veloflux.errors import VelofluxError
-from veloflux.history import external_columns
+from veloflux.history.frames import external_columns
 from veloflux.model.features import (
     FEATURES,
     LOAD_DRIVEN,

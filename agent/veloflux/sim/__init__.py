@@ -1,0 +1,3 @@
+"""The sim package: the discrete-event simulator, its scenarios, dispatchers and weight
+strategies.
+"""

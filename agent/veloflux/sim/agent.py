@@ -25,14 +25,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from veloflux.config import Config, validate_config
-from veloflux.events import Events
-from veloflux.history import EMA_SAMPLES
-from veloflux.observation import Observation, PoolInfo, ProxyIdentity, ServerRow
-from veloflux.sim.engine import ServerStats, Strategy
+from veloflux.config.load import validate_config
+from veloflux.config.schema import Config
+from veloflux.domain.observation import Observation, PoolInfo, ProxyIdentity, ServerRow
+from veloflux.domain.weightplan import ApplyReport, WeightPlan, WriteResult
+from veloflux.history.rates import EMA_SAMPLES
+from veloflux.sim.engine import STATIC_WEIGHT, ServerStats, Strategy
 from veloflux.sim.scenario import Scenario
-from veloflux.sim.strategies import STATIC_WEIGHT
-from veloflux.weightplan import ApplyReport, WeightPlan, WriteResult
+from veloflux.util.events import Events
 
 POOL = "app"
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)  # simulated time 0
@@ -153,8 +153,8 @@ class VelofluxStrategy(Strategy):
     name = "veloflux"
 
     def start(self, scenario: Scenario, names: Sequence[str], dispatcher: str) -> list[int]:
-        from veloflux.history import Journal
-        from veloflux.loop import Agent
+        from veloflux.agent.tick import Agent
+        from veloflux.history.journal import Journal
         from veloflux.model.registry import Registry
 
         self._workdir = Path(tempfile.mkdtemp(prefix="veloflux-sim-"))
@@ -194,8 +194,8 @@ class VelofluxStrategy(Strategy):
         return list(self._source.weights), mode
 
     def _train(self) -> None:
+        from veloflux.model.pipeline import train_from_journal
         from veloflux.model.train import NotEnoughData, TrainSettings
-        from veloflux.training import train_from_journal
 
         self._trained = True
         settings = TrainSettings(min_rows=self._config.ai.min_training_rows, nthread=1)

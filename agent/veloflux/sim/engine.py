@@ -81,6 +81,17 @@ class RunResult:
     notes: dict[str, float] = field(default_factory=dict)
 
 
+STATIC_WEIGHT = 100
+
+
+def scaled(values: Sequence[float], top: int = STATIC_WEIGHT) -> list[int]:
+    """Positive values as integer weights, the largest at ``top``, none below 1."""
+    largest = max(values) if values else 0.0
+    if largest <= 0:
+        return [top] * len(values)
+    return [max(1, round(top * v / largest)) for v in values]
+
+
 class Strategy:
     """Sets weights every tick from what a proxy can see. ``start`` gives the weights
     before the first request; ``tick`` may return None to keep the current ones."""
@@ -88,7 +99,7 @@ class Strategy:
     name = "static-equal"
 
     def start(self, scenario: Scenario, names: Sequence[str], dispatcher: str) -> list[int]:
-        return [100] * len(names)
+        return [STATIC_WEIGHT] * len(names)
 
     def tick(self, now: float, stats: ServerStats) -> tuple[list[int] | None, str]:
         return None, ""

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from veloflux.sim.engine import ServerStats, simulate
+from veloflux.sim.engine import ServerStats, Strategy, simulate
 from veloflux.sim.report import figures, summary
 from veloflux.sim.scenario import Scenario
-from veloflux.sim.strategies import make_strategy
+from veloflux.sim.strategies import CapacityOracle, Heuristic, StaticEqual
 
 
 def run_cell(
@@ -37,3 +37,23 @@ def run_cell(
     out["requests_simulated"] = simulated
     out["wall_seconds"] = round(wall, 3)
     return out
+
+
+STRATEGIES = ("static-equal", "capacity-oracle", "heuristic", "veloflux")
+
+
+def make_strategy(name: str) -> Strategy:
+    """A fresh strategy by name (``veloflux`` builds the real agent in a temp dir)."""
+    if name == "veloflux":
+        from veloflux.sim.agent import VelofluxStrategy
+
+        strategy: Strategy = VelofluxStrategy()
+        return strategy
+    kinds: dict[str, type[Strategy]] = {
+        "static-equal": StaticEqual,
+        "capacity-oracle": CapacityOracle,
+        "heuristic": Heuristic,
+    }
+    if name not in kinds:
+        raise ValueError(f"unknown strategy {name!r}; one of {', '.join(STRATEGIES)}")
+    return kinds[name]()

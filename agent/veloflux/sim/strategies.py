@@ -14,18 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from veloflux.sim.engine import ServerStats, Strategy
+from veloflux.sim.engine import STATIC_WEIGHT, ServerStats, Strategy, scaled
 from veloflux.sim.scenario import Scenario
-
-STATIC_WEIGHT = 100
-
-
-def scaled(values: Sequence[float], top: int = STATIC_WEIGHT) -> list[int]:
-    """Positive values as integer weights, the largest at ``top``, none below 1."""
-    largest = max(values) if values else 0.0
-    if largest <= 0:
-        return [top] * len(values)
-    return [max(1, round(top * v / largest)) for v in values]
 
 
 class StaticEqual(Strategy):
@@ -75,23 +65,3 @@ class Heuristic(Strategy):
             old = self._smoothed[i]
             self._smoothed[i] = value if old is None else old + self.smoothing * (value - old)
         return scaled([w or 0.0 for w in self._smoothed]), ""
-
-
-STRATEGIES = ("static-equal", "capacity-oracle", "heuristic", "veloflux")
-
-
-def make_strategy(name: str) -> Strategy:
-    """A fresh strategy by name (``veloflux`` builds the real agent in a temp dir)."""
-    if name == "veloflux":
-        from veloflux.sim.agent import VelofluxStrategy
-
-        strategy: Strategy = VelofluxStrategy()
-        return strategy
-    kinds: dict[str, type[Strategy]] = {
-        "static-equal": StaticEqual,
-        "capacity-oracle": CapacityOracle,
-        "heuristic": Heuristic,
-    }
-    if name not in kinds:
-        raise ValueError(f"unknown strategy {name!r}; one of {', '.join(STRATEGIES)}")
-    return kinds[name]()

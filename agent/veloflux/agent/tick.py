@@ -1,0 +1,346 @@
+"""One tick of the agent for one proxy: observe, advise, plan, act.
+
+The ``Agent`` gets every dependency from outside (source, sink, journal, registry,
+clock, events), so the CLI, the daemon, the tests and the simulator drive exactly the
+code production runs, whichever proxy the adapters speak to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from veloflux.config.schema import Config
+from veloflux.decide.outliers import moving_average_outliers
+from veloflux.decide.planner import plan_revert, plan_weights
+from veloflux.domain.advice import Advice, blocked_pool
+from veloflux.domain.observation import Observation, ProxyIdentity
+from veloflux.domain.weightplan import ApplyReport, WeightPlan
+from veloflux.errors import ConfigError, ConfigProblem, ModelUnavailable
+from veloflux.model.registry import Registry
+from veloflux.util.events import Events
+from veloflux.util.names import server_key
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from veloflux.history.journal import Journal
+    from veloflux.history.recorder import BackgroundRecorder
+    from veloflux.history.window import RecentWindow
+    from veloflux.model.predict import Predictor
+
+from veloflux.agent.ports import Sink, Source, TickResult
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from veloflux.history.journal import Journal
+    from veloflux.history.recorder import BackgroundRecorder
+    from veloflux.history.window import RecentWindow
+    from veloflux.model.predict import Predictor
+
+_log = logging.getLogger("veloflux.tick")
+
+# How much journal history a tick reads. The realized-error part of confidence judges
+# the last 3 intervals; each of their features needs a 3-interval trend, and each rate
+# one reading before it: 7 readings back from now, plus one for timing jitter.
+HISTORY_WINDOW_INTERVALS = 8
+
+
+class Agent:
+    """Observe -> advise -> plan -> act for one proxy.
+
+    With ``strict_pools`` a pool named in the config but absent from the proxy stops
+    the tick before anything is written (the one-shot commands want that: the config is
+    wrong). The daemon instead counts the event and keeps managing the other pools.
+    The journal and the model registry are optional: without them every pool is in
+    fallback, and the outlier guard judges on HAProxy's moving averages alone. With a
+    ``recorder`` (the daemon's), appends to the journal happen on its writer thread.
+    In a ``Fleet`` the agents share journal, registry and recorder, and the fleet logs
+    the tick's summary line (``log_summary=False``).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        source: Source,
+        sink: Sink,
+        events: Events,
+        strict_pools: bool = False,
+        journal: Journal | None = None,
+        registry: Registry | None = None,
+        recorder: BackgroundRecorder | None = None,
+        log_summary: bool = True,
+    ) -> None:
+        self._config = config
+        self._log_summary = log_summary
+        self._source = source
+        self._sink = sink
+        self._events = events
+        self._strict_pools = strict_pools
+        self._journal = journal
+        self._registry = registry
+        self._recorder = recorder
+        self._predictor: Predictor | None = None
+        # What the previous ticks learned about the proxy: its identity, and the
+        # weights VeloFlux set, to put back if a reload resets them.
+        self._proxy: ProxyIdentity | None = None
+        self._set_weights: dict[str, int] = {}
+        self._window: RecentWindow | None = None
+
+    @property
+    def events(self) -> Events:
+        return self._events
+
+    @property
+    def registry(self) -> Registry | None:
+        return self._registry
+
+    def close(self) -> None:
+        """Release the journal (the daemon calls this when a reloaded config replaces it),
+        after the recorder, if any, has written what it holds. A source that holds
+        something of its own (Prometheus's query threads) has a ``close`` too."""
+        close_source = getattr(self._source, "close", None)
+        if close_source is not None:
+            close_source()
+        if self._recorder is not None:
+            self._recorder.close()
+        if self._journal is not None:
+            self._journal.close()
+
+    def _advice(self, observation: Observation, samples: pd.DataFrame | None) -> Advice:
+        """Ask the model layer; it is imported only when there is something to ask it.
+
+        Importing pandas and XGBoost costs about half a second; a one-shot dry-run with
+        no history and no model should not pay it to learn that there is no model.
+        """
+        ai = self._config.ai
+        if self._journal is None and (not ai.enabled or self._current_version() is None):
+            reason = "ai disabled" if not ai.enabled else self._no_model_reason()
+            return _fallback_advice(observation, self._config, reason)
+        from veloflux.decide.advisor import AdvisorSettings, advise
+        from veloflux.history.frames import journal_frame
+
+        current = journal_frame(observation) if samples is None else samples
+        features, last_sample = self._recent_features(observation, current)
+        predictor, reason = (None, "ai disabled") if not ai.enabled else self._load_predictor()
+        settings = AdvisorSettings(
+            confidence_threshold=ai.confidence_threshold,
+            error_penalty_seconds=ai.error_penalty_seconds,
+            stale_after_seconds=self._config.stale_after_seconds,
+            max_model_age_seconds=ai.max_model_age_seconds,
+            outlier=self._config.policy.outlier,
+            min_gain=ai.min_gain,
+        )
+        return advise(observation, features, predictor, settings, reason, last_sample)
+
+    def _current_version(self) -> str | None:
+        return self._registry.current_version() if self._registry else None
+
+    def _no_model_reason(self) -> str:
+        if self._registry is None:
+            return "no model"
+        return "no model (none promoted yet; run `veloflux-agent train`)"
+
+    def _load_predictor(self) -> tuple[Predictor | None, str]:
+        """The current model, loaded once per version; a refusal falls back, never crashes."""
+        version = self._current_version()
+        if self._registry is None or version is None:
+            return None, self._no_model_reason()
+        if self._predictor is not None and self._predictor.version == version:
+            return self._predictor, ""
+        from veloflux.model.predict import Predictor
+
+        try:
+            self._predictor = Predictor(self._registry.load(version))
+        except ModelUnavailable as exc:
+            self._events.record("model_unavailable", str(exc))
+            self._predictor = None
+            return None, f"model refused: {exc}"
+        return self._predictor, ""
+
+    def _recent_features(
+        self, observation: Observation, current: pd.DataFrame
+    ) -> tuple[pd.DataFrame, datetime | None]:
+        from veloflux.history.journal import HistoryError
+        from veloflux.history.window import RecentWindow
+        from veloflux.model.inputs import recent_features
+
+        if self._journal is not None and self._window is None:
+            span = HISTORY_WINDOW_INTERVALS * self._config.interval_seconds
+            self._window = RecentWindow(self._journal, span)
+        try:
+            return recent_features(self._window, observation.taken_at, current)
+        except HistoryError as exc:
+            self._events.record("history_read_failed", str(exc))
+            return recent_features(None, observation.taken_at, current)
+
+    def _samples(self, observation: Observation) -> pd.DataFrame | None:
+        """The observation as journal rows, made once a tick for the model, the journal
+        and the recent window; None without a journal (nothing to record or compare)."""
+        if self._journal is None:
+            return None
+        from veloflux.history.frames import journal_frame
+
+        return journal_frame(observation)
+
+    def _record(self, observation: Observation, samples: pd.DataFrame | None) -> None:
+        """Append to the journal; with a recorder this only hands the rows to its writer
+        thread, which is why a tick does it last: the writer then competes for the
+        interpreter with nothing the tick still has to do."""
+        if self._journal is None:
+            return
+        from veloflux.history.journal import HistoryError
+
+        # A failed append is already counted and logged by the journal; the tick goes on.
+        with contextlib.suppress(HistoryError):
+            if self._recorder is not None:
+                self._recorder.append(observation, samples)
+            else:
+                self._journal.append(observation, samples)
+
+    def _remember_samples(self, samples: pd.DataFrame | None) -> None:
+        """The recent window keeps what was seen, recorded or not (a failed append
+        included): the model judges on what was seen."""
+        if self._window is not None and samples is not None:
+            self._window.add(samples)
+
+    def _observe(self) -> Observation:
+        observation = self._source.observe()
+        if self._strict_pools and observation.missing_pools:
+            path, proxy = (
+                ("envoy.clusters", "Envoy")
+                if self._config.envoy
+                else ("haproxy.backends", "HAProxy")
+            )
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        path,
+                        f"{'cluster' if self._config.envoy else 'backend'} {name!r} does not "
+                        f"exist in {proxy} at {observation.proxy.address}",
+                    )
+                    for name in observation.missing_pools
+                ]
+            )
+        return observation
+
+    def tick(
+        self,
+        write: bool,
+        overrides: Mapping[str, int] | None = None,
+        record: bool | None = None,
+    ) -> TickResult:
+        """One observe-plan(-act) cycle; ``write=False`` is the dry-run.
+
+        ``overrides`` are an operator's run-time pins, on top of the config's.
+        ``record`` appends the observation to the journal (default: when writing; a
+        paused daemon keeps recording without writing).
+        """
+        started = time.perf_counter()
+        observation = self._observe()
+        reloaded = self._proxy is not None and observation.proxy.reloaded_since(self._proxy)
+        self._proxy = observation.proxy
+        if reloaded:
+            self._events.record(
+                "proxy_reloaded",
+                f"{observation.proxy.address}: new process (pid {observation.proxy.pid}); "
+                f"restoring {len(self._set_weights)} weight(s) VeloFlux had set",
+            )
+        policy = self._config.policy
+        if overrides:
+            policy = policy.model_copy(update={"overrides": {**policy.overrides, **overrides}})
+        restore = self._set_weights if reloaded and write else None
+        samples = self._samples(observation)
+        plan = plan_weights(observation, policy, self._advice(observation, samples), restore)
+        report = self._sink.apply(plan, observation.proxy.level) if write else None
+        if report is not None:
+            self._remember(plan, report)
+        recording = write if record is None else record
+        if recording:
+            self._remember_samples(samples)
+        result = self._finish(observation, plan, report, started, reloaded)
+        if recording:
+            self._record(observation, samples)
+        return result
+
+    def _remember(self, plan: WeightPlan, report: ApplyReport) -> None:
+        """The weights in effect after a write tick, for restoring after a reload.
+
+        Only pools VeloFlux drives count; a failed write is forgotten rather than
+        restored later as if it had happened.
+        """
+        failed = {server_key(f.backend, f.server) for f in report.failures}
+        for pool in plan.pools:
+            if pool.mode not in ("model", "fallback"):
+                continue
+            for s in pool.servers:
+                key = server_key(s.backend, s.server)
+                if s.planned_weight is None or key in failed:
+                    self._set_weights.pop(key, None)
+                else:
+                    self._set_weights[key] = s.planned_weight
+
+    def revert(self) -> TickResult:
+        """Every managed server to its static weight at once, no step limit."""
+        started = time.perf_counter()
+        observation = self._observe()
+        plan = plan_revert(observation, self._config.policy)
+        report = self._sink.apply(plan, observation.proxy.level)
+        return self._finish(observation, plan, report, started)
+
+    def _finish(
+        self,
+        observation: Observation,
+        plan: WeightPlan,
+        report: ApplyReport | None,
+        started: float,
+        reloaded: bool = False,
+    ) -> TickResult:
+        result = TickResult(observation, plan, report, time.perf_counter() - started, reloaded)
+        if self._log_summary:
+            _log.info(summary_line(result))
+        return result
+
+
+def _fallback_advice(observation: Observation, config: Config, reason: str) -> Advice:
+    """Advice without a model: every pool blocked, outliers judged on moving averages."""
+    rules = config.policy.outlier
+    pools = {
+        pool.name: blocked_pool(
+            pool.name, reason, moving_average_outliers(observation, pool.name, rules)
+        )
+        for pool in observation.pools
+    }
+    return Advice(None, pools)
+
+
+def summary_line(result: TickResult) -> str:
+    """The one log line per tick: modes, changes, lowest confidence, duration."""
+    modes = Counter(p.mode for p in result.plan.pools)
+    mode_text = " ".join(f"{mode}={n}" for mode, n in sorted(modes.items())) or "no pools"
+    planned = len(result.plan.changes())
+    if result.report is None:
+        acted = f"planned_changes={planned} (dry-run)"
+    else:
+        acted = f"written={len(result.report.applied)} failed={len(result.report.failures)}"
+    servers = sum(len(p.servers) for p in result.plan.pools)
+    driven = [p.confidence for p in result.plan.pools if p.mode in ("model", "fallback")]
+    lowest = f"{min(driven):.2f}" if driven else "-"
+    reload_text = " proxy_reloaded" if result.proxy_reloaded else ""
+    failed = ",".join(f"{f.proxy}({f.reason})" for f in result.failures)
+    failed_text = f" proxies_failed={failed}" if failed else ""
+    external = result.observation.external
+    features_text = ""  # Prometheus features: read, or down (degraded mode)
+    if external is not None:
+        features_text = f" {external.source}={'down' if external.error else 'up'}"
+    return (
+        f"tick pools[{mode_text}] servers={servers} {acted} lowest_confidence={lowest} "
+        f"model={result.plan.model_version or '-'}{reload_text}{failed_text}{features_text} "
+        f"duration_ms={result.duration_seconds * 1000:.1f}"
+    )

@@ -1,0 +1,3 @@
+"""The configuration: the schema (pydantic), its value types, and loading (YAML,
+environment overrides, problem paths).
+"""

@@ -1,0 +1,167 @@
+"""Loading the config: YAML (duplicate keys refused), ``VELOFLUX_A__B`` environment
+overrides, and every validation problem reported with its YAML path."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    ValidationError,
+)
+
+from veloflux.config.schema import Config
+from veloflux.errors import ConfigError, ConfigProblem
+
+ENV_PREFIX = "VELOFLUX_"
+
+DEFAULT_CONFIG_PATH = "veloflux.yaml"
+
+_MESSAGES = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "extra_forbidden": "unknown key (check the spelling)",
+    "missing": "required",
+}
+
+_LOCATED = re.compile(r"^([\w.:/-]+): (.*)$", re.DOTALL)
+
+
+def _problem_from(error: Mapping[str, Any], env_paths: Mapping[str, str]) -> ConfigProblem:
+    path = ".".join(str(part) for part in error["loc"] if part != "[key]")
+    template = _MESSAGES.get(error["type"])
+    if template is not None:
+        ctx = {
+            k: f"{v:g}" if isinstance(v, float) else v for k, v in (error.get("ctx") or {}).items()
+        }
+        message = template.format(**ctx)
+    else:
+        message = str(error["msg"]).removeprefix("Value error, ")
+    located = _LOCATED.match(message)
+    if located and (not path or located.group(1).startswith(path + ".")):
+        path, message = located.group(1), located.group(2)
+    env = env_paths.get(path)
+    if env:
+        message += f" (from ${env})"
+    return ConfigProblem(path, message)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Nested overrides from ``VELOFLUX_A__B=value`` variables, and where each came from.
+
+    Only variables whose first segment names a top-level key are overrides, so that
+    ``VELOFLUX_CONFIG`` (the file path) and CLI flag variables are left alone.
+    """
+    top_level = {field.alias or name for name, field in Config.model_fields.items()}
+    overrides: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    conflicts: list[ConfigProblem] = []
+    for var, raw in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in var[len(ENV_PREFIX) :].split("__")]
+        if parts[0] not in top_level:
+            continue
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = overrides
+        for depth, part in enumerate(parts[:-1], start=1):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                prefix = ".".join(parts[:depth])
+                conflicts.append(ConfigProblem(prefix, f"${var} conflicts with ${origins[prefix]}"))
+                break
+            node = child
+        else:
+            if isinstance(node.get(parts[-1]), dict):
+                conflicts.append(
+                    ConfigProblem(".".join(parts), f"${var} conflicts with a nested override")
+                )
+                continue
+            node[parts[-1]] = value
+            origins[".".join(parts)] = var
+    if conflicts:
+        raise ConfigError(conflicts, "the environment")
+    return overrides, origins
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping.
+
+    Plain YAML keeps the last of two ``ai:`` sections without a word, silently
+    dropping every key of the first: the same kind of quiet mistake as a typo.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem("", f"cannot read {path}: {exc.strerror}")]) from exc
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            [ConfigProblem("", f"YAML syntax error{where}: {problem}")], str(path)
+        ) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigProblem("", "the top level must be a mapping of keys")], str(path))
+    return data
+
+
+def resolve_config_path(explicit: str | None, environ: Mapping[str, str] | None = None) -> Path:
+    """``-c FILE``, else ``$VELOFLUX_CONFIG``, else ``./veloflux.yaml``."""
+    env = os.environ if environ is None else environ
+    return Path(explicit or env.get(f"{ENV_PREFIX}CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, merge environment overrides, validate; raise ``ConfigError`` with every problem."""
+    data = _read_yaml(path)
+    overrides, origins = _env_overrides(os.environ if environ is None else environ)
+    return validate_config(_merge(data, overrides), source=str(path), env_paths=origins)
+
+
+def validate_config(
+    data: Mapping[str, Any], source: str = "", env_paths: Mapping[str, str] | None = None
+) -> Config:
+    """Validate an already-parsed mapping; raise ``ConfigError`` listing every problem."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = [_problem_from(err, env_paths or {}) for err in exc.errors()]
+        raise ConfigError(problems, source) from None

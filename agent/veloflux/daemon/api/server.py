@@ -1,0 +1,377 @@
+"""The agent's HTTP API: metrics, health, status and the operator controls.
+
+The standard library serves it, not a framework: it is a handful of routes, and every
+dependency beside production traffic is one more thing that can break. The daemon's
+state arrives through two small ports, so this module never imports the loop and tests
+drive it with fakes.
+
+Everything from the network is untrusted. A body is bounded before it is read, a name is
+checked before it could reach a HAProxy command, every refusal is answered with a JSON
+reason and counted, and no stack trace ever leaves the process.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import json
+import logging
+import socket
+import socketserver
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import Message
+from html import escape
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BufferedIOBase
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+from veloflux import __version__
+from veloflux.daemon.api.fields import (
+    Refused,
+    bad,
+    reason_field,
+    reject_unknown,
+    server_field,
+    ttl_field,
+    weight_field,
+)
+from veloflux.errors import ConfigError, ConfigProblem, ControlRefused
+from veloflux.util.events import Events
+
+_log = logging.getLogger("veloflux.daemon.api.server")
+
+OVERRIDES_PATH = "/api/v1/overrides"
+_WRITE_METHODS = frozenset({"POST", "DELETE"})
+_JSON = "application/json"
+_TEXT = "text/plain; charset=utf-8"
+
+
+class StatusPort(Protocol):
+    """What the API reads from the daemon."""
+
+    def status(self) -> dict[str, Any]: ...
+    def healthy(self) -> tuple[bool, str]: ...
+    def ready(self) -> tuple[bool, str]: ...
+
+
+class ControlPort(Protocol):
+    """What operators may change; any method may raise ``ControlRefused``."""
+
+    def overrides(self) -> list[dict[str, Any]]: ...
+    def set_override(
+        self, server: str, weight: int, ttl_seconds: float | None
+    ) -> dict[str, Any]: ...
+    def clear_overrides(self, server: str | None) -> list[str]: ...
+    def pause(self, reason: str) -> dict[str, Any]: ...
+    def resume(self) -> dict[str, Any]: ...
+
+
+MetricsText = Callable[[], tuple[bytes, str]]
+
+
+# --- requests and replies, independent of sockets --------------------------------------
+
+
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    path: str
+    headers: Message
+    body: BufferedIOBase
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    body: bytes
+    content_type: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _json_reply(status: int, payload: object, headers: tuple[tuple[str, str], ...] = ()) -> _Reply:
+    body = json.dumps(payload, default=str, sort_keys=True).encode() + b"\n"
+    return _Reply(status, body, _JSON, headers)
+
+
+def _loggable(text: str, limit: int = 200) -> str:
+    """One log line whatever the client sent: control characters escaped, length capped."""
+    return text.encode("unicode_escape").decode("ascii")[:limit]
+
+
+_INDEX = """<!doctype html>
+<html><head><meta charset="utf-8"><title>VeloFlux agent</title></head>
+<body><h1>VeloFlux agent {version}</h1><ul>
+<li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
+<li><a href="/-/healthy">/-/healthy</a>: is the loop turning?</li>
+<li><a href="/-/ready">/-/ready</a>: config loaded and first observation made?</li>
+<li><a href="/status">/status</a>: pools, weights and confidence (JSON)</li>
+<li><a href="{overrides}">{overrides}</a>: operator overrides (JSON)</li>
+</ul></body></html>
+"""
+
+_Endpoint = Callable[[_Request], _Reply]
+
+
+class _Api:
+    """Routes one parsed request to an endpoint and turns every refusal into an answer."""
+
+    def __init__(
+        self,
+        status: StatusPort,
+        controls: ControlPort,
+        metrics: MetricsText,
+        events: Events,
+        token: str | None,
+        max_body_bytes: int,
+    ) -> None:
+        self._status, self._controls, self._metrics_text = status, controls, metrics
+        self._events, self._token, self._max_body_bytes = events, token, max_body_bytes
+        self._routes: dict[str, dict[str, _Endpoint]] = {
+            "/": {"GET": self._index},
+            "/metrics": {"GET": self._metrics},
+            "/-/healthy": {"GET": lambda _: self._probe(self._status.healthy())},
+            "/-/ready": {"GET": lambda _: self._probe(self._status.ready())},
+            "/status": {"GET": lambda _: _json_reply(200, self._status.status())},
+            OVERRIDES_PATH: {
+                "GET": lambda _: _json_reply(200, {"overrides": self._controls.overrides()}),
+                "POST": self._set_override,
+                "DELETE": lambda _: self._cleared(None),
+            },
+            "/api/v1/pause": {"POST": self._pause},
+            "/api/v1/resume": {"POST": self._resume},
+        }
+
+    def handle(self, request: _Request) -> _Reply:
+        try:
+            return self._answer(request)
+        except Refused as refused:
+            return self.refuse(request.method, request.path, refused)
+        except Exception:
+            _log.exception("API %s %s failed", request.method, _loggable(request.path))
+            return _json_reply(500, {"error": "internal error; the agent's log has the details"})
+
+    def _answer(self, request: _Request) -> _Reply:
+        endpoint = self._endpoint(request)
+        if request.method in _WRITE_METHODS:
+            self._authorize(request)
+        try:
+            return endpoint(request)
+        except ControlRefused as exc:
+            status = exc.status if 400 <= exc.status < 600 else 400
+            raise Refused(status, str(exc), "control_refused") from None
+        except TimeoutError:
+            raise Refused(408, "the body did not arrive in time", "timeout") from None
+
+    def refuse(self, method: str, path: str, refused: Refused) -> _Reply:
+        """Count and log a refusal, and answer it as JSON."""
+        where = _loggable(f"{method} {path}")
+        message = f"{where} -> {refused.status}: {_loggable(refused.message, 300)}"
+        self._events.record("api_request_refused", message, reason=refused.reason)
+        return _json_reply(refused.status, {"error": refused.message}, refused.headers)
+
+    def _endpoint(self, request: _Request) -> _Endpoint:
+        methods = self._routes.get(request.path)
+        if methods is None and request.path.startswith(OVERRIDES_PATH + "/"):
+            methods = {"DELETE": self._clear_one}
+        if methods is None:
+            raise Refused(404, f"no such path: {request.path[:200]}", "not_found")
+        endpoint = methods.get("GET" if request.method == "HEAD" else request.method)
+        if endpoint is None:
+            allow = ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
+            message = f"{request.method} is not allowed on {request.path}; allowed: {allow}"
+            raise Refused(405, message, "method_not_allowed", (("Allow", allow),))
+        return endpoint
+
+    def _authorize(self, request: _Request) -> None:
+        if self._token is None:
+            message = "operator controls are disabled: set api.token_file"
+            raise Refused(403, message, "controls_disabled")
+        scheme, _, given = (request.headers.get("Authorization") or "").partition(" ")
+        valid = hmac.compare_digest(given.strip().encode(), self._token.encode())
+        if scheme.lower() != "bearer" or not valid:
+            challenge = (("WWW-Authenticate", "Bearer"),)
+            raise Refused(401, "missing or wrong bearer token", "unauthorized", challenge)
+
+    def _json_object(self, request: _Request, *, required: bool) -> dict[str, Any]:
+        length = self._content_length(request, required=required)
+        if length == 0:
+            if required:
+                raise bad("a JSON object body is required")
+            return {}
+        raw = request.body.read(length)
+        if len(raw) < length:
+            raise bad("the body ended before Content-Length bytes arrived")
+        try:
+            value = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise bad("the body is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise bad("the body must be a JSON object")
+        return value
+
+    def _content_length(self, request: _Request, *, required: bool) -> int:
+        """Check the declared size before reading a byte: a huge body is never buffered."""
+        text = request.headers.get("Content-Length")
+        if text is None:
+            if required or request.headers.get("Transfer-Encoding"):
+                message = "send the body with a Content-Length header"
+                raise Refused(411, message, "length_required")
+            return 0
+        if not (text.strip().isascii() and text.strip().isdigit()):
+            raise bad("Content-Length must be a non-negative integer")
+        length = int(text)
+        if length > self._max_body_bytes:
+            message = f"the body of {length} bytes exceeds the limit of {self._max_body_bytes}"
+            raise Refused(413, message, "body_too_large")
+        return length
+
+    # --- endpoints ---------------------------------------------------------------------
+
+    def _index(self, _: _Request) -> _Reply:
+        page = _INDEX.format(version=escape(__version__), overrides=OVERRIDES_PATH)
+        return _Reply(200, page.encode(), "text/html; charset=utf-8")
+
+    def _metrics(self, _: _Request) -> _Reply:
+        body, content_type = self._metrics_text()
+        return _Reply(200, body, content_type)
+
+    @staticmethod
+    def _probe(result: tuple[bool, str]) -> _Reply:
+        ok, reason = result
+        return _Reply(200 if ok else 503, f"{'ok' if ok else reason or 'not ok'}\n".encode(), _TEXT)
+
+    def _set_override(self, request: _Request) -> _Reply:
+        body = self._json_object(request, required=True)
+        reject_unknown(body, {"server", "weight", "ttl"})
+        key = server_field(body.get("server"))
+        weight = weight_field(body.get("weight"))
+        ttl_seconds = ttl_field(body.get("ttl"))
+        return _json_reply(200, self._controls.set_override(key, weight, ttl_seconds))
+
+    def _clear_one(self, request: _Request) -> _Reply:
+        return self._cleared(server_field(unquote(request.path[len(OVERRIDES_PATH) + 1 :])))
+
+    def _cleared(self, key: str | None) -> _Reply:
+        return _json_reply(200, {"cleared": self._controls.clear_overrides(key)})
+
+    def _pause(self, request: _Request) -> _Reply:
+        body = self._json_object(request, required=False)
+        reject_unknown(body, {"reason"})
+        return _json_reply(200, self._controls.pause(reason_field(body.get("reason"))))
+
+    def _resume(self, request: _Request) -> _Reply:
+        reject_unknown(self._json_object(request, required=False), set())
+        return _json_reply(200, self._controls.resume())
+
+
+# --- sockets ---------------------------------------------------------------------------
+
+
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], api: _Api, timeout_seconds: float) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.api, self.request_timeout_seconds = api, timeout_seconds
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the host's FQDN: a DNS query that can stall start-up.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # The default prints a traceback to stderr; a client that went away is not news.
+        _log.debug("API connection from %s failed", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HttpServer
+
+    def setup(self) -> None:
+        super().setup()
+        # A slow or silent client cannot pin a thread: every read and write times out.
+        self.connection.settimeout(self.server.request_timeout_seconds)
+
+    def _dispatch(self) -> None:
+        path = self.path.partition("?")[0]
+        self._send(self.server.api.handle(_Request(self.command, path, self.headers, self.rfile)))
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # A malformed request never reaches the router; answer and count it the same way.
+        refused = Refused(code, message or HTTPStatus(code).phrase, "malformed_request")
+        self.close_connection = True
+        self.request_version = "HTTP/1.0"  # a status line even when the request line was garbage
+        self._send(self.server.api.refuse(self.command or "-", getattr(self, "path", "-"), refused))
+
+    def version_string(self) -> str:
+        return "veloflux"  # no Python version for strangers
+
+    def _send(self, reply: _Reply) -> None:
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in reply.headers:
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(reply.body)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _dispatch
+
+    def log_message(self, format: str, *args: Any) -> None:
+        _log.debug("%s %s", self.address_string(), format % args)
+
+
+class ApiServer:
+    """The HTTP API on its own daemon thread; bound at construction so ``address`` is real."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        status: StatusPort,
+        controls: ControlPort,
+        metrics: MetricsText,
+        events: Events,
+        token: str | None,
+        max_body_bytes: int = 65536,
+        request_timeout_seconds: float = 10.0,
+    ) -> None:
+        api = _Api(status, controls, metrics, events, token, max_body_bytes)
+        try:
+            self._server = _HttpServer((host, port), api, request_timeout_seconds)
+        except OSError as exc:
+            problem = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+            raise ConfigError([ConfigProblem("api.listen", problem)]) from None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return str(self._server.server_address[0]), int(self._server.server_address[1])
+
+    def start(self) -> None:
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("this API server was stopped; create a new one")
+            if self._thread is None:
+                serve = functools.partial(self._server.serve_forever, poll_interval=0.1)
+                self._thread = threading.Thread(target=serve, name="veloflux-api", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            if self._thread is not None:  # shutdown() would wait forever if never served
+                self._server.shutdown()
+                self._thread.join()
+            self._server.server_close()

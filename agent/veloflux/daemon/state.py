@@ -1,0 +1,245 @@
+"""What the daemon does and knows, apart from scheduling: ticks, training, status, controls.
+
+``DaemonOps`` holds the daemon's state (the last tick, the loop's heartbeat, the last
+training, the operator's pins) and is what the HTTP API talks to, through its
+``StatusPort`` and ``ControlPort`` protocols. It never schedules anything itself and
+takes no locks around ticks: ``veloflux.daemon.service`` calls it from one tick at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from veloflux import __version__
+from veloflux.agent.build import proxy_address, proxy_kinds
+from veloflux.agent.ports import Driver, TickResult
+from veloflux.config.schema import Config
+from veloflux.daemon.controls import OperatorControls
+from veloflux.daemon.metrics import AgentMetrics
+from veloflux.daemon.training_job import Trainer, TrainingCancelled, TrainingRun
+from veloflux.errors import ControlRefused, UnsafeName
+from veloflux.util.names import parse_server_key, server_key
+
+_log = logging.getLogger("veloflux.daemon.service")
+
+
+class DaemonOps:
+    """The daemon's state and actions; the API's status and control ports."""
+
+    def __init__(
+        self,
+        config: Config,
+        agent: Driver,
+        controls: OperatorControls,
+        metrics: AgentMetrics,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._config = config
+        self._agent = agent
+        self._controls = controls
+        self._metrics = metrics
+        self._clock = clock
+        self._events = agent.events
+        self._started = time.monotonic()
+        self._heartbeat = time.monotonic()
+        self._last: TickResult | None = None
+        self._last_error = ""
+        self._training: TrainingRun | None = None
+        self._stopping = threading.Event()
+
+    # --- ticks --------------------------------------------------------------------------
+
+    def tick(self) -> TickResult:
+        """One tick with the operator's pins; paused means observe and record, write nothing."""
+        state = self._controls.snapshot()
+        self._metrics.operator_state(state.paused, len(state.overrides))
+        try:
+            result = self._agent.tick(write=not state.paused, overrides=state.weights, record=True)
+        finally:
+            self._heartbeat = time.monotonic()
+        self._last, self._last_error = result, ""
+        failed = {f.proxy for f in result.failures if f.reason == "source"}
+        for proxy in proxy_kinds(self._config):
+            self._metrics.source_up(proxy, proxy not in failed)
+        external = result.observation.external
+        if self._config.prometheus is not None:
+            self._metrics.source_up("prometheus", external is not None and not external.error)
+        self._metrics.tick_succeeded(result, time.time())
+        self._metrics.model_loaded(result.plan.model_version)
+        if result.proxy_reloaded:
+            self._metrics.proxy_reload_detected()
+        return result
+
+    def tick_failed(self, reason: str, message: str, duration_seconds: float) -> None:
+        self._last_error = f"{reason}: {message}"
+        if reason == "source":  # with several proxies: every one of them failed
+            for proxy in proxy_kinds(self._config):
+                self._metrics.source_up(proxy, False)
+        self._metrics.tick_failed(reason, duration_seconds)
+
+    def revert(self) -> TickResult:
+        return self._agent.revert()
+
+    def adopt(self, config: Config, agent: Driver) -> None:
+        """A reloaded config and the agent built from it (called between ticks)."""
+        self._agent.close()
+        self._config, self._agent = config, agent
+
+    def close(self) -> None:
+        self._agent.close()
+
+    # --- training -----------------------------------------------------------------------
+
+    def train(self, trainer: Trainer) -> TrainingRun:
+        """Run ``trainer`` once; every outcome is recorded, none is raised."""
+        from veloflux.model.train import NotEnoughData
+
+        started = time.monotonic()
+        report: dict[str, Any] | None = None
+        try:
+            result = trainer(self._config, self._events, self._stopping.is_set)
+        except NotEnoughData as exc:
+            outcome, message = "skipped", str(exc)
+        except TrainingCancelled as exc:
+            outcome, message = "failed", str(exc)
+        except Exception as exc:  # a failed training must never take the daemon down
+            _log.exception("training failed")
+            outcome, message = "failed", f"{type(exc).__name__}: {exc}"
+        else:
+            report = result
+            outcome = "promoted" if result["promoted"] else "not_promoted"
+            message = f"model {result['version']}: {result['reason']}"
+        run = TrainingRun(outcome, self._clock(), time.monotonic() - started, message, report)
+        self._training = run
+        self._metrics.training_finished(outcome, run.duration_seconds, time.time())
+        level = logging.WARNING if outcome == "failed" else logging.INFO
+        self._events.record(f"training_{outcome}", message, level=level)
+        return run
+
+    def stop_training(self) -> None:
+        self._stopping.set()
+
+    # --- StatusPort -----------------------------------------------------------------------
+
+    def healthy(self) -> tuple[bool, str]:
+        """The loop is turning: a tick (good or bad) ended recently."""
+        age = time.monotonic() - self._heartbeat
+        limit = max(3 * self._config.interval_seconds, 30.0)
+        if age > limit:
+            return False, f"no tick has ended for {age:.0f}s (limit {limit:.0f}s)"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        if self._last is None:
+            return False, f"no successful observation yet ({self._last_error or 'starting'})"
+        return True, "ok"
+
+    def status(self) -> dict[str, Any]:
+        state = self._controls.snapshot()
+        last = self._last
+        return {
+            "version": __version__,
+            "ready": self.ready()[0],
+            "interval_seconds": self._config.interval_seconds,
+            "paused": state.paused,
+            "pause_reason": state.pause_reason,
+            "overrides": [o.to_json() for o in state.overrides.values()],
+            "last_tick": {
+                "at": last.plan.generated_at.isoformat() if last else None,
+                "duration_seconds": round(last.duration_seconds, 4) if last else None,
+                "error": self._last_error,
+            },
+            "sources": {
+                proxy: {
+                    "up": self._source_up(proxy),
+                    "address": proxy_address(self._config, proxy),
+                }
+                for proxy in proxy_kinds(self._config)
+            }
+            | self._prometheus_status(),
+            "model": self._model_status(),
+            "last_training": self._training.to_json() if self._training else None,
+            "plan": last.plan.to_json() if last else None,
+        }
+
+    def _prometheus_status(self) -> dict[str, Any]:
+        """Prometheus beside the proxies on the status page: up, and what it gave."""
+        prom = self._config.prometheus
+        if prom is None:
+            return {}
+        external = self._last.observation.external if self._last else None
+        status: dict[str, Any] = {
+            "up": external is not None and not external.error,
+            "address": prom.url,
+        }
+        if external is not None:
+            status |= {"error": external.error, "problems": list(external.problems)}
+        return {"prometheus": status}
+
+    def _source_up(self, proxy: str) -> bool:
+        """Whether ``proxy``'s source answered at the last tick."""
+        if self._last_error.startswith("source"):
+            return False
+        failures = self._last.failures if self._last else ()
+        return not any(f.proxy == proxy and f.reason == "source" for f in failures)
+
+    def _model_status(self) -> dict[str, Any] | None:
+        registry = self._agent.registry
+        version = registry.current_version() if registry else None
+        if registry is None or version is None:
+            return None
+        entry = next((e for e in registry.entries() if e.version == version), None)
+        metrics = dict(entry.metadata.get("metrics", {})) if entry else {}
+        return {"version": version, "metrics": metrics}
+
+    # --- ControlPort ----------------------------------------------------------------------
+
+    def overrides(self) -> list[dict[str, Any]]:
+        return [o.to_json() for o in self._controls.snapshot().overrides.values()]
+
+    def set_override(self, server: str, weight: int, ttl_seconds: float | None) -> dict[str, Any]:
+        self._check_known(server)
+        override = self._controls.set_override(server, weight, ttl_seconds)
+        _log.info("override set: %s = %d (ttl %s)", server, weight, ttl_seconds)
+        return override.to_json()
+
+    def clear_overrides(self, server: str | None) -> list[str]:
+        cleared = self._controls.clear_overrides(server)
+        _log.info("overrides cleared: %s", ", ".join(cleared) or "none")
+        return cleared
+
+    def pause(self, reason: str) -> dict[str, Any]:
+        state = self._controls.pause(reason)
+        _log.warning("paused: %s (weights are held until resume)", state.pause_reason)
+        return {"paused": True, "reason": state.pause_reason}
+
+    def resume(self) -> dict[str, Any]:
+        self._controls.resume()
+        _log.info("resumed")
+        return {"paused": False}
+
+    def _check_known(self, server: str) -> None:
+        """A pin must name a server of a managed pool the proxy has right now."""
+        try:
+            backend, _ = parse_server_key(server)
+        except UnsafeName as exc:
+            raise ControlRefused(f"server: {exc}") from None
+        if self._last is None:
+            raise ControlRefused("no observation yet: cannot check the server exists", 409)
+        observation = self._last.observation
+        pool = next((p for p in observation.pools if p.name == backend), None)
+        if pool is None:
+            raise ControlRefused(f"unknown backend {backend!r}", 404)
+        if not pool.managed:
+            raise ControlRefused(
+                f"backend {backend!r} is not managed: {pool.unmanaged_reason}", 409
+            )
+        if not any(
+            server_key(backend, r.server) == server for r in observation.servers_of(backend)
+        ):
+            raise ControlRefused(f"unknown server {server!r}", 404)

@@ -1,0 +1,3 @@
+"""Everything that talks to Prometheus: the HTTP API client, PromQL placeholders, per-tick
+features, history pulls.
+"""
