@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from veloflux.model.predict import Predictor
 
 from veloflux.agent.ports import Sink, Source, TickResult
+from veloflux.agent.steps import UNTIMED, Steps
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,8 +77,10 @@ class Agent:
         registry: Registry | None = None,
         recorder: BackgroundRecorder | None = None,
         log_summary: bool = True,
+        steps: Steps = UNTIMED,
     ) -> None:
         self._config = config
+        self._steps = steps
         self._log_summary = log_summary
         self._source = source
         self._sink = sink
@@ -126,18 +129,13 @@ class Agent:
         from veloflux.decide.advisor import AdvisorSettings, advise
         from veloflux.history.frames import journal_frame
 
-        current = journal_frame(observation) if samples is None else samples
-        features, last_sample = self._recent_features(observation, current)
-        predictor, reason = (None, "ai disabled") if not ai.enabled else self._load_predictor()
-        settings = AdvisorSettings(
-            confidence_threshold=ai.confidence_threshold,
-            error_penalty_seconds=ai.error_penalty_seconds,
-            stale_after_seconds=self._config.stale_after_seconds,
-            max_model_age_seconds=ai.max_model_age_seconds,
-            outlier=self._config.policy.outlier,
-            min_gain=ai.min_gain,
-        )
-        return advise(observation, features, predictor, settings, reason, last_sample)
+        with self._steps.step("history"):
+            current = journal_frame(observation) if samples is None else samples
+            features, last_sample = self._recent_features(observation, current)
+        with self._steps.step("advise"):
+            predictor, reason = (None, "ai disabled") if not ai.enabled else self._load_predictor()
+            settings = AdvisorSettings.from_config(self._config)
+            return advise(observation, features, predictor, settings, reason, last_sample)
 
     def _current_version(self) -> str | None:
         return self._registry.current_version() if self._registry else None
@@ -243,7 +241,8 @@ class Agent:
         paused daemon keeps recording without writing).
         """
         started = time.perf_counter()
-        observation = self._observe()
+        with self._steps.step("observe"):
+            observation = self._observe()
         reloaded = self._proxy is not None and observation.proxy.reloaded_since(self._proxy)
         self._proxy = observation.proxy
         if reloaded:
@@ -256,17 +255,23 @@ class Agent:
         if overrides:
             policy = policy.model_copy(update={"overrides": {**policy.overrides, **overrides}})
         restore = self._set_weights if reloaded and write else None
-        samples = self._samples(observation)
-        plan = plan_weights(observation, policy, self._advice(observation, samples), restore)
-        report = self._sink.apply(plan, observation.proxy.level) if write else None
-        if report is not None:
+        with self._steps.step("frame"):
+            samples = self._samples(observation)
+        advice = self._advice(observation, samples)
+        with self._steps.step("plan"):
+            plan = plan_weights(observation, policy, advice, restore)
+        report = None
+        if write:
+            with self._steps.step("apply"):
+                report = self._sink.apply(plan, observation.proxy.level)
             self._remember(plan, report)
         recording = write if record is None else record
         if recording:
             self._remember_samples(samples)
         result = self._finish(observation, plan, report, started, reloaded)
         if recording:
-            self._record(observation, samples)
+            with self._steps.step("record"):
+                self._record(observation, samples)
         return result
 
     def _remember(self, plan: WeightPlan, report: ApplyReport) -> None:

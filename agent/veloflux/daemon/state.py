@@ -17,6 +17,7 @@ from typing import Any
 
 from veloflux import __version__
 from veloflux.agent.build import proxy_address, proxy_kinds
+from veloflux.agent.learn import NoHistory
 from veloflux.agent.ports import Driver, TickResult
 from veloflux.config.schema import Config
 from veloflux.daemon.controls import OperatorControls
@@ -103,7 +104,7 @@ class DaemonOps:
         report: dict[str, Any] | None = None
         try:
             result = trainer(self._config, self._events, self._stopping.is_set)
-        except NotEnoughData as exc:
+        except (NotEnoughData, NoHistory) as exc:  # nothing to learn from yet
             outcome, message = "skipped", str(exc)
         except TrainingCancelled as exc:
             outcome, message = "failed", str(exc)

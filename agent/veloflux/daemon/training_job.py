@@ -11,7 +11,7 @@ from datetime import datetime
 from multiprocessing.connection import Connection
 from typing import Any
 
-from veloflux.agent.build import open_journal, open_registry
+from veloflux.agent.learn import train_on_journal, training_settings
 from veloflux.config.schema import Config
 from veloflux.errors import VelofluxError
 from veloflux.util.events import Events
@@ -49,24 +49,15 @@ class TrainingRun:
 
 
 def train_once(config: Config, events: Events, cancelled: Callable[[], bool]) -> dict[str, Any]:
-    """Train from the journal with the daemon's settings (raises ``NotEnoughData`` etc.)."""
-    from veloflux.model.pipeline import train_from_journal
-    from veloflux.model.train import NotEnoughData, TrainSettings
-
-    journal = open_journal(config, events, create=False)
-    if journal is None:
-        raise NotEnoughData(f"no journal at {config.ai.history_path} yet")
+    """Train from the journal with the daemon's settings (raises ``NoHistory``,
+    ``NotEnoughData``, ``TrainingCancelled``...)."""
 
     def progress(_stage: str, _fraction: float) -> None:
         if cancelled():
             raise TrainingCancelled("the daemon is stopping")
 
-    settings = TrainSettings(
-        min_rows=config.ai.min_training_rows, nthread=config.ai.training_threads
-    )
-    with journal:
-        registry = open_registry(config, events)
-        return train_from_journal(journal, registry, settings, progress).to_json()
+    report = train_on_journal(config, events, training_settings(config), progress)
+    return report.to_json()
 
 
 def train_in_child(config: Config, events: Events, cancelled: Callable[[], bool]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from veloflux.config.schema import OutlierSection
+from veloflux.config.schema import Config, OutlierSection
 from veloflux.decide.optimize import STATUS_QUO, rate_grid, total_cost, water_fill
 from veloflux.decide.outliers import latency_outliers, moving_average_outliers
 from veloflux.domain.advice import Advice, PoolAdvice, ServerAdvice, blocked_pool
@@ -42,6 +42,20 @@ class AdvisorSettings:
     max_model_age_seconds: float
     outlier: OutlierSection
     min_gain: float  # the smallest predicted fall in a pool's cost worth a move
+
+    @classmethod
+    def from_config(cls, config: Config) -> AdvisorSettings:
+        """The one place the advisor's knobs are read from a config (the tick, the
+        simulator and the benchmarks all build them here)."""
+        ai = config.ai
+        return cls(
+            confidence_threshold=ai.confidence_threshold,
+            error_penalty_seconds=ai.error_penalty_seconds,
+            stale_after_seconds=config.stale_after_seconds,
+            max_model_age_seconds=ai.max_model_age_seconds,
+            outlier=config.policy.outlier,
+            min_gain=ai.min_gain,
+        )
 
 
 def advise(

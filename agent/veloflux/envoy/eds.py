@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -220,3 +220,26 @@ def render_cds(
     if names != list(clusters):
         raise EdsError(f"the rendered CDS file names {names}, not {list(clusters)}")
     return text
+
+
+def write_bootstrap(
+    out: Path,
+    clusters: Mapping[str, Sequence[Endpoint]],
+    eds_dir: Path,
+    templates_dir: Path | None = None,
+) -> list[Path]:
+    """Write each cluster's static-weight EDS file and one CDS file into ``out``, for
+    Envoy to start from; the CDS file points the clusters at ``eds_dir``, where the
+    agent will keep their files. Returns the paths written, the CDS file last."""
+    written = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, endpoints in clusters.items():
+            written.append(
+                write_eds(out, name, render_eds(name, endpoints, "static", templates_dir))
+            )
+        cds = out / "cds.yaml"
+        cds.write_text(render_cds(eds_dir, list(clusters), templates_dir=templates_dir), "utf-8")
+    except OSError as exc:
+        raise EdsError(f"cannot write into {out}: {exc.strerror or exc}") from None
+    return [*written, cds]

@@ -194,11 +194,13 @@ class VelofluxStrategy(Strategy):
         return list(self._source.weights), mode
 
     def _train(self) -> None:
+        from veloflux.agent.learn import training_settings
         from veloflux.model.pipeline import train_from_journal
-        from veloflux.model.train import NotEnoughData, TrainSettings
+        from veloflux.model.train import NotEnoughData
 
         self._trained = True
-        settings = TrainSettings(min_rows=self._config.ai.min_training_rows, nthread=1)
+        # One thread: the benchmark runs one simulation per core.
+        settings = training_settings(self._config, threads=1)
         try:
             report = train_from_journal(self._journal, self._registry, settings)
         except NotEnoughData:

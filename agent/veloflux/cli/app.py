@@ -1,0 +1,117 @@
+"""The command group and what every command shares: options, config loading, and the
+exit-code contract.
+
+Exit codes: 0 success, 1 configuration error (or, for ``train``, not enough history;
+for the operator commands, a request the daemon refused), 2 the proxy (or, for the
+operator commands, the daemon's API) could not be reached or refused a write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from veloflux import __version__
+from veloflux.agent.build import build_agent
+from veloflux.agent.ports import Driver, TickResult
+from veloflux.config.load import load_config, resolve_config_path
+from veloflux.config.schema import Config
+from veloflux.errors import ConfigError, SinkRejected, SourceUnavailable
+from veloflux.util.durations import parse_duration
+from veloflux.util.events import Events
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+EXIT_OK, EXIT_CONFIG, EXIT_PROXY = 0, 1, 2
+
+config_option = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    metavar="FILE",
+    help="YAML config (default: $VELOFLUX_CONFIG, then ./veloflux.yaml)",
+)
+output_option = click.option(
+    "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="veloflux-agent")
+@click.option("--log-level", default="WARNING", show_default=True, envvar="VELOFLUX_LOG_LEVEL")
+def main(log_level: str) -> None:
+    """VeloFlux: learns and sets HAProxy and Envoy backend weights, safely."""
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+
+
+def fail(code: int, message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def load(config_path: str | None) -> Config:
+    try:
+        return load_config(resolve_config_path(config_path))
+    except ConfigError as exc:
+        fail(EXIT_CONFIG, exc.render())
+
+
+def run_once(
+    config_path: str | None, write: bool, action: Callable[[Driver], TickResult]
+) -> TickResult:
+    """Load, wire, run one action; map the error taxonomy onto exit codes."""
+    config = load(config_path)
+    agent = build_agent(config, Events(), write=write)
+    try:
+        return action(agent)
+    except (SourceUnavailable, SinkRejected) as exc:
+        fail(EXIT_PROXY, str(exc))
+    except ConfigError as exc:
+        fail(EXIT_CONFIG, exc.render())
+
+
+def seen(result: TickResult) -> dict[str, Any]:
+    """What the plan's printout says about the observation's Prometheus features."""
+    observation = result.observation
+    return {"external": observation.external, "servers": len(observation.rows)}
+
+
+def exit_if_a_proxy_failed(result: TickResult) -> None:
+    """With several proxies, one that could not be driven: the others' plan is printed,
+    then each failure, and the exit code says a proxy failed."""
+    for failure in result.failures:
+        click.echo(f"error: {failure.proxy} ({failure.reason}): {failure.message}", err=True)
+    if result.failures:
+        sys.exit(EXIT_PROXY)
+
+
+def duration_option(value: str | None, flag: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from None
+
+
+@contextlib.contextmanager
+def progress_bar(
+    console: Console, output: str, title: str = "training"
+) -> Iterator[Callable[[str, float], None]]:
+    """A progress bar on a terminal; silence when piped or when JSON is asked for."""
+    if not (console.is_terminal and output == "table"):
+        yield lambda _stage, _fraction: None
+        return
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(title, total=1.0)
+        yield lambda stage, fraction: bar.update(task, completed=fraction, description=stage)

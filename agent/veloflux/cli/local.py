@@ -1,0 +1,96 @@
+"""Commands that work on the proxy next to them, once, without a daemon: check the
+config, preview a plan, apply or revert one tick, record history."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from veloflux.cli.app import (
+    EXIT_CONFIG,
+    EXIT_PROXY,
+    config_option,
+    exit_if_a_proxy_failed,
+    fail,
+    load,
+    output_option,
+    run_once,
+    seen,
+)
+from veloflux.cli.render import print_plan
+from veloflux.util.durations import parse_duration
+from veloflux.util.events import Events
+
+
+@click.command("check-config")
+@config_option
+def check_config(config_path: str | None) -> None:
+    """Validate the config without opening any connection."""
+    load(config_path)
+    click.echo("OK")
+
+
+@click.command("dry-run")
+@config_option
+@output_option
+def dry_run(config_path: str | None, output: str) -> None:
+    """Observe and plan; print what would be written, write nothing."""
+    result = run_once(config_path, False, lambda agent: agent.tick(write=False))
+    print_plan(result.plan, output, "dry-run: planned weights (nothing written)", **seen(result))
+    exit_if_a_proxy_failed(result)
+
+
+@click.command("apply")
+@config_option
+@output_option
+def apply(config_path: str | None, output: str) -> None:
+    """One observe-plan-act tick with writes, verified by read-back."""
+    result = run_once(config_path, True, lambda agent: agent.tick(write=True))
+    print_plan(result.plan, output, "apply: weights", result.report, **seen(result))
+    exit_if_a_proxy_failed(result)
+    if result.report is not None and result.report.failures:
+        sys.exit(EXIT_PROXY)
+
+
+@click.command("revert")
+@config_option
+@output_option
+def revert(config_path: str | None, output: str) -> None:
+    """Set every managed server back to its static weight at once."""
+    result = run_once(config_path, True, lambda agent: agent.revert())
+    print_plan(result.plan, output, "revert: static weights", result.report)
+    exit_if_a_proxy_failed(result)
+    if result.report is not None and result.report.failures:
+        sys.exit(EXIT_PROXY)
+
+
+@click.command("record")
+@config_option
+@click.option("--duration", default="10m", show_default=True, help="e.g. 90s, 10m, 2h")
+def record(config_path: str | None, duration: str) -> None:
+    """Observe every interval and append to the journal; write no weight."""
+    from veloflux.agent.learn import NoHistory
+    from veloflux.agent.record import record as record_for
+
+    config = load(config_path)
+    try:
+        seconds = parse_duration(duration)
+    except ValueError as exc:
+        fail(EXIT_CONFIG, f"--duration: {exc}")
+    try:
+        report = record_for(
+            config,
+            Events(),
+            seconds,
+            skipped=lambda exc: click.echo(f"skipped one observation: {exc}", err=True),
+        )
+    except NoHistory as exc:
+        fail(EXIT_CONFIG, str(exc))
+    click.echo(
+        f"recorded {report.samples} samples into {config.ai.history_path} "
+        f"({report.journal_rows} in the journal)"
+    )
+
+
+COMMANDS = (check_config, dry_run, apply, revert, record)

@@ -1,0 +1,140 @@
+"""Commands about models: train one (from the journal or Prometheus), list and show
+the kept versions."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from veloflux.agent.build import open_registry
+from veloflux.cli.app import (
+    EXIT_CONFIG,
+    EXIT_PROXY,
+    config_option,
+    duration_option,
+    fail,
+    load,
+    output_option,
+    progress_bar,
+)
+from veloflux.cli.render import make_console, models_table, training_table
+from veloflux.errors import ModelUnavailable
+from veloflux.model.registry import ModelEntry
+from veloflux.util.events import Events
+
+
+@click.command("train")
+@config_option
+@output_option
+@click.option(
+    "--from-prometheus",
+    is_flag=True,
+    help="train on Prometheus's history of HAProxy's exporter (and the features)",
+)
+@click.option("--since", default=None, help="with --from-prometheus: how far back [default: 7d]")
+@click.option("--step", default=None, help="with --from-prometheus: sample spacing [default: 15s]")
+def train(
+    config_path: str | None,
+    output: str,
+    from_prometheus: bool,
+    since: str | None,
+    step: str | None,
+) -> None:
+    """Train a model from the journal (or Prometheus); promote it only if it beats the
+    current one."""
+    from veloflux.agent import learn
+    from veloflux.model.train import NotEnoughData
+    from veloflux.prometheus.api import PrometheusError
+    from veloflux.prometheus.history import PullReport
+
+    since_s, step_s = duration_option(since, "--since"), duration_option(step, "--step")
+    if not from_prometheus and (since_s or step_s):
+        raise click.UsageError("--since and --step go with --from-prometheus")
+    config = load(config_path)
+    events = Events()
+    settings = learn.training_settings(config, threads=learn.FOREGROUND_THREADS)
+    console = make_console()
+
+    def pulled(report: PullReport) -> None:
+        skipped = f"; left out (ambiguous): {', '.join(report.skipped)}" if report.skipped else ""
+        click.echo(
+            f"pulled {report.rows} samples of {report.servers} server(s) from "
+            f"{config.prometheus.url if config.prometheus else '?'} in {report.queries} "
+            f"queries, {report.seconds:.1f}s{skipped}",
+            err=True,
+        )
+
+    try:
+        with progress_bar(console, output) as progress:
+            if from_prometheus:
+                result = learn.train_on_prometheus(
+                    config,
+                    events,
+                    settings,
+                    since_s or learn.PROMETHEUS_SINCE_SECONDS,
+                    step_s or learn.PROMETHEUS_STEP_SECONDS,
+                    progress,
+                    pulled,
+                )
+            else:
+                result = learn.train_on_journal(config, events, settings, progress)
+    except learn.NoHistory as exc:
+        hint = "" if from_prometheus else "; run `veloflux-agent record` first"
+        fail(EXIT_CONFIG, f"{exc}{hint}")
+    except NotEnoughData as exc:
+        fail(EXIT_CONFIG, str(exc))
+    except ModelUnavailable as exc:
+        fail(EXIT_CONFIG, f"ai.model_dir: {exc}")
+    except PrometheusError as exc:
+        fail(EXIT_PROXY, str(exc))
+    if output == "json":
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        console.print(training_table(result))
+
+
+@click.group("model")
+def model() -> None:
+    """Inspect the model registry."""
+
+
+@model.command("list")
+@config_option
+@output_option
+def model_list(config_path: str | None, output: str) -> None:
+    """Every kept model version, newest first, with its status and figures."""
+    config = load(config_path)
+    entries = open_registry(config, Events()).entries()
+    if output == "json":
+        click.echo(json.dumps([_entry_json(e) for e in entries], indent=2))
+    else:
+        make_console().print(models_table(entries))
+
+
+@model.command("show")
+@config_option
+@click.argument("version", required=False)
+def model_show(config_path: str | None, version: str | None) -> None:
+    """One version's metadata (default: the current model)."""
+    config = load(config_path)
+    registry = open_registry(config, Events())
+    try:
+        loaded = registry.load(version)
+    except ModelUnavailable as exc:
+        fail(EXIT_CONFIG, str(exc))
+    meta = {k: v for k, v in loaded.metadata.items() if k != "ood"}
+    click.echo(json.dumps(meta, indent=2, default=str))
+
+
+def _entry_json(entry: ModelEntry) -> dict[str, object]:
+    return {
+        "version": entry.version,
+        "created_at": entry.created_at.isoformat(),
+        "status": entry.status,
+        "reason": entry.reason,
+        "metrics": dict(entry.metadata.get("metrics", {})),
+    }
+
+
+COMMANDS = (train, model)
