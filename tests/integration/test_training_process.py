@@ -65,6 +65,8 @@ def test_too_little_history_comes_back_as_not_enough_data(tmp_path: Path) -> Non
 def test_a_stop_request_ends_the_child(tmp_path: Path) -> None:
     config = config_for(tmp_path, journal_of(tmp_path / "history.sqlite"))
     asked = time.monotonic()
+    # Stop is asked from the first check on: the parent checks only while the child has
+    # not answered, and a spawned child cannot import XGBoost and train before it.
     with pytest.raises(TrainingCancelled):
-        train_in_child(config, Events(), lambda: time.monotonic() - asked > 0.5)
+        train_in_child(config, Events(), lambda: True)
     assert time.monotonic() - asked < 15

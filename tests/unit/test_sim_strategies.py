@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.unit.sim_factories import sim_scenario
-from veloflux.sim.agent import SimSource
+from veloflux.sim.real_agent import SimSource
 from veloflux.sim.engine import RunResult, ServerStats, scaled, simulate
 from veloflux.sim.report import FIGURES, figures, interval
 from veloflux.sim.run import make_strategy, run_cell

@@ -1,7 +1,7 @@
 """Building the real adapters from a configuration, in one place.
 
-The CLI (and later the daemon) ask here for a source, a sink, the journal and the
-model registry, so that every command wires the agent the same way. Heavy modules
+The CLI, the daemon and the benchmarks ask here for a source, a sink, the journal and
+the model registry, so that every command wires the agent the same way. Heavy modules
 (pandas, through the journal) are imported only when a journal is really opened.
 """
 

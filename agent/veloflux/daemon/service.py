@@ -52,7 +52,7 @@ from veloflux.errors import ConfigError, SinkRejected, SourceUnavailable
 from veloflux.util.events import Events
 from veloflux.util.heap import HeapSettler
 
-_log = logging.getLogger("veloflux.daemon.service")
+_log = logging.getLogger("veloflux.daemon")
 AgentFactory = Callable[[Config, Events], Driver]
 _TICK, _TRAIN = "tick", "train"
 

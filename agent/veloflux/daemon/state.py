@@ -26,7 +26,7 @@ from veloflux.daemon.training_job import Trainer, TrainingCancelled, TrainingRun
 from veloflux.errors import ControlRefused, UnsafeName
 from veloflux.util.names import parse_server_key, server_key
 
-_log = logging.getLogger("veloflux.daemon.service")
+_log = logging.getLogger("veloflux.daemon")
 
 
 class DaemonOps:

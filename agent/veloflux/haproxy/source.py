@@ -23,7 +23,7 @@ from veloflux.haproxy.replies import (
     parse_stat_columns,
     read_number,
 )
-from veloflux.haproxy.runtime import RuntimeAPI, RuntimeAPIError
+from veloflux.haproxy.runtime import HAPROXY_MAX_WEIGHT, RuntimeAPI, RuntimeAPIError
 from veloflux.util.events import Events
 from veloflux.util.names import is_safe_name
 
@@ -249,8 +249,8 @@ def _server_rows(
         else:
             weight, initial = float(state.user_weight), float(state.initial_weight)
             server_state = state.state
-        if not 0 <= weight <= 256:
-            problems.append("weight is not a number in 0..256")
+        if not 0 <= weight <= HAPROXY_MAX_WEIGHT:
+            problems.append(f"weight is not a number in 0..{HAPROXY_MAX_WEIGHT}")
             weight = math.nan
         problems += metric_problems.get(i, ())
         # Positional, in ServerRow's field order; a unit test checks _METRICS follows it.

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from veloflux.domain.observation import Observation
 
-_log = logging.getLogger("veloflux.history.recorder")
+_log = logging.getLogger("veloflux.recorder")
 _Item = tuple["Observation", "pd.DataFrame | None"]
 
 

@@ -45,7 +45,7 @@ STRATEGIES = ("static-equal", "capacity-oracle", "heuristic", "veloflux")
 def make_strategy(name: str) -> Strategy:
     """A fresh strategy by name (``veloflux`` builds the real agent in a temp dir)."""
     if name == "veloflux":
-        from veloflux.sim.agent import VelofluxStrategy
+        from veloflux.sim.real_agent import VelofluxStrategy
 
         strategy: Strategy = VelofluxStrategy()
         return strategy

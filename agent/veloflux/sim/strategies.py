@@ -7,7 +7,7 @@
   ``qps / (utilization + penalty x eps / qps)`` per server from the last interval
   (utilization as the server itself would report it: busy slots over its concurrency),
   smoothed between ticks;
-- ``veloflux`` (``sim/agent.py``): the real agent on the simulated proxy.
+- ``veloflux`` (``sim/real_agent.py``): the real agent on the simulated proxy.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Bad input from the outside world (a malformed stats row, a refused write) must be
 both visible in the log and countable by monitoring. Components get an ``Events``
-injected and call ``record``; the daemon later exports the counts as metrics.
+injected and call ``record``; the daemon exports the counts as metrics.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 import threading
 from collections import Counter
 
-_log = logging.getLogger("veloflux.util.events")
+_log = logging.getLogger("veloflux.events")
 
 
 class Events:

@@ -42,7 +42,7 @@ from veloflux.daemon.api.fields import (
 from veloflux.errors import ConfigError, ConfigProblem, ControlRefused
 from veloflux.util.events import Events
 
-_log = logging.getLogger("veloflux.daemon.api.server")
+_log = logging.getLogger("veloflux.api")
 
 OVERRIDES_PATH = "/api/v1/overrides"
 _WRITE_METHODS = frozenset({"POST", "DELETE"})

@@ -1,6 +1,6 @@
 """The ``veloflux`` strategy: the real agent, driving the simulated proxy.
 
-Not a re-implementation: ``loop.Agent`` ticks every interval with the scenario's clock,
+Not a re-implementation: ``agent.tick.Agent`` ticks every interval with the scenario's clock,
 reading a ``SimSource`` (the engine's counters laid out as HAProxy would report them)
 and writing through a ``SimSink`` (the planned weights go to the dispatcher), with a
 real journal and model registry in a temp directory. During the warm-up it runs as an
