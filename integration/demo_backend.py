@@ -26,11 +26,7 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from integration.behaviour import (
-    _SERVICE_KEYS,
-    BackendBehaviour,
-    BehaviourError,
-)
+from integration.behaviour import _SERVICE_KEYS, BackendBehaviour, BehaviourError
 
 MAX_CONFIG_BODY_BYTES = 64 * 1024
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"

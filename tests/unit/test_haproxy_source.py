@@ -9,13 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.unit.test_haproxy_replies import (
-    ROWS,
-    SERVERS_STATE,
-    SHOW_INFO,
-    STAT_COLUMNS,
-    stat_reply,
-)
+from tests.unit.test_haproxy_replies import ROWS, SERVERS_STATE, SHOW_INFO, STAT_COLUMNS, stat_reply
 from veloflux.domain.observation import COLUMN_NAMES, Observation, ServerRow
 from veloflux.errors import SourceUnavailable
 from veloflux.haproxy.replies import read_number

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from tests.unit.sim_factories import sim_scenario
-from veloflux.sim.real_agent import SimSource
 from veloflux.sim.engine import RunResult, ServerStats, scaled, simulate
+from veloflux.sim.real_agent import SimSource
 from veloflux.sim.report import FIGURES, figures, interval
 from veloflux.sim.run import make_strategy, run_cell
 from veloflux.sim.scenario import Scenario

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from veloflux.domain.observation import Observation
 from veloflux.domain.weightplan import ApplyReport, WeightPlan
 from veloflux.model.registry import Registry
 from veloflux.util.events import Events
-
-if TYPE_CHECKING:
-    pass
 
 
 class Source(Protocol):

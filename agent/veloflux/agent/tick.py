@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from veloflux.agent.ports import Sink, Source, TickResult
+from veloflux.agent.steps import UNTIMED, Steps
 from veloflux.config.schema import Config
 from veloflux.decide.outliers import moving_average_outliers
 from veloflux.decide.planner import plan_revert, plan_weights
@@ -25,17 +27,6 @@ from veloflux.errors import ConfigError, ConfigProblem, ModelUnavailable
 from veloflux.model.registry import Registry
 from veloflux.util.events import Events
 from veloflux.util.names import server_key
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from veloflux.history.journal import Journal
-    from veloflux.history.recorder import BackgroundRecorder
-    from veloflux.history.window import RecentWindow
-    from veloflux.model.predict import Predictor
-
-from veloflux.agent.ports import Sink, Source, TickResult
-from veloflux.agent.steps import UNTIMED, Steps
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -5,13 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-)
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from veloflux.errors import UnsafeName
 from veloflux.haproxy.runtime import HAPROXY_MAX_WEIGHT

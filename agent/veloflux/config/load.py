@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import (
-    ValidationError,
-)
+from pydantic import ValidationError
 
 from veloflux.config.schema import Config
 from veloflux.errors import ConfigError, ConfigProblem

@@ -11,11 +11,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import (
-    Field,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, field_validator, model_validator
 
 from veloflux.config.fields import (
     FeatureName,

@@ -13,11 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from veloflux.history.frames import (
-    external_columns,
-    instants,
-    series_order,
-)
+from veloflux.history.frames import external_columns, instants, series_order
 
 # HAProxy 2.6 averages qtime/ctime/rtime/ttime over the last 512 requests (TIME_STATS_SAMPLES),
 # a plain running mean until a server's 512th request; measured on HAProxy 2.6.12.

@@ -7,11 +7,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from veloflux.history.frames import (
-    epoch_seconds,
-    instants,
-    server_keys,
-)
+from veloflux.history.frames import epoch_seconds, instants, server_keys
 from veloflux.history.journal import Journal
 from veloflux.history.rates import derive_rates, rates_between
 
