@@ -13,7 +13,8 @@ Figures (what each one measures is also written into docs/benchmarks.md by
 1. a full tick (observe, history + features, advice, plan, apply + verify, journal
    append) of the daemon's agent for a 1,000-server pool on a real HAProxy carrying
    traffic, with a model trained on that pool's own recorded history current; median
-   and p95, the split, the pool's mode; and the no-model ticks beside it;
+   and p95, the split by the tick's own steps (``StepTimes``), the pool's mode; and
+   the no-model ticks beside it;
 2. resident memory of a ``veloflux-agent run`` subprocess over 30 minutes at a 1 s
    interval on the local stack under light load, retraining every 10 minutes;
 3. CPU used by an idle daemon at a 10 s interval, as a share of one core.
@@ -22,13 +23,13 @@ Figures (what each one measures is also written into docs/benchmarks.md by
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import json
 import math
 import os
 import pstats
-import shlex
 import statistics
 import subprocess
 import sys
@@ -37,11 +38,11 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -49,44 +50,42 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 import yaml
 
-from bench.bench_learning import (
+from bench.common import (
     REAL_SERVERS,
-    _machine_busy_seconds,
-    _median_p95,
+    Timed,
+    command,
+    cpu_seconds,
     machine,
+    median_p95,
+    noise_note,
+    replace_section,
+    rss_mb,
+    table,
+    timed,
+    tree_cpu_seconds,
+    with_noise,
+    yes,
 )
-from bench.common import replace_section, table
-from integration.haproxy_proc import (
-    BackendSpec,
-    HAProxyProcess,
-    ServerSpec,
-    stop_process,
-)
+from integration.haproxy_proc import BackendSpec, HAProxyProcess, ServerSpec, stop_process
 from integration.stack import DemoServer, LocalStack
 from veloflux.agent.build import (
     build_daemon_agent,
+    build_sink,
     build_source,
     open_journal,
     open_registry,
-    runtime_api,
 )
+from veloflux.agent.learn import training_settings
 from veloflux.agent.ports import TickResult
-from veloflux.agent.tick import HISTORY_WINDOW_INTERVALS
+from veloflux.agent.steps import STEPS, StepTimes
+from veloflux.agent.tick import HISTORY_WINDOW_INTERVALS, Agent
 from veloflux.config.load import validate_config
 from veloflux.config.schema import Config
-from veloflux.decide.advisor import AdvisorSettings, advise
-from veloflux.decide.planner import plan_weights
-from veloflux.haproxy.sink import HAProxySink
-from veloflux.history.frames import journal_frame
-from veloflux.history.window import RecentWindow
-from veloflux.model.features import build_features
+from veloflux.domain.weightplan import PoolPlan
 from veloflux.model.pipeline import train_from_journal
-from veloflux.model.predict import Predictor
-from veloflux.model.train import TrainSettings
 from veloflux.util.events import Events
 from veloflux.util.heap import HeapSettler
 
-DOC = ROOT / "docs" / "benchmarks.md"
 MARK_BEGIN, MARK_END = "<!-- bench:daemon -->", "<!-- /bench:daemon -->"
 HEADING = "## The daemon: a full tick for 1,000 servers, memory, idle CPU"
 POOL = "big"
@@ -126,22 +125,6 @@ FULL = Sizes(1000, 10.0, 200.0, 22, 3, 50, 15, 10, 12, 30.0, 5.0, 60.0)
 QUICK = Sizes(100, 2.0, 50.0, 16, 2, 8, 4, 4, 4, 2.0, 1.0, 20.0)
 
 
-@dataclass(frozen=True)
-class Timed(Generic[T]):
-    """A value, the wall time it took, and the CPU time of the thread that made it (the
-    tick's own work, whatever else wanted the cores meanwhile)."""
-
-    wall_ms: float
-    cpu_ms: float
-    value: T
-
-
-def _timed(fn: Callable[[], T]) -> Timed[T]:
-    wall, cpu = time.perf_counter(), time.thread_time()
-    value = fn()
-    return Timed((time.perf_counter() - wall) * 1000, (time.thread_time() - cpu) * 1000, value)
-
-
 def _progress(text: str) -> None:
     print(f"[{datetime.now(UTC):%H:%M:%S}] {text}", file=sys.stderr, flush=True)
 
@@ -149,61 +132,10 @@ def _progress(text: str) -> None:
 # --- CPU accounting: this process and every process it started --------------------------
 
 
-def _stat_fields(pid: int) -> list[str]:
-    """/proc/PID/stat from field 3 (state) on; the command name may hold spaces."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rindex(")") + 2 :].split()
-
-
-def _cpu_seconds(pid: int, children: bool = False) -> float:
-    """utime + stime of ``pid`` (plus its reaped children's, with ``children``)."""
-    fields = _stat_fields(pid)
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _tree_cpu_seconds() -> float:
-    """CPU seconds of this process and all its descendants, living or reaped."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int(_stat_fields(int(entry.name))[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    tree, frontier = {os.getpid()}, [os.getpid()]
-    while frontier:
-        parent = frontier.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent and pid not in tree:
-                tree.add(pid)
-                frontier.append(pid)
-    total = 0.0
-    for pid in tree:
-        try:
-            total += _cpu_seconds(pid, children=True)
-        except (OSError, ValueError, IndexError):
-            continue  # it exited meanwhile; its parent's children counters have it
-    return total
-
-
 def _rig_cpu_seconds() -> float:
     """CPU seconds of the processes this benchmark started (HAProxy, demo backends,
     load generator, daemon), living or reaped; not this process's own."""
-    return _tree_cpu_seconds() - _cpu_seconds(os.getpid())
-
-
-def _with_noise(fn: Callable[[], T]) -> tuple[T, float]:
-    """``fn()``, and the share of the machine's CPU that processes *not* started by this
-    benchmark used meanwhile (other engineers' work on the shared machine)."""
-    wall, busy, ours = time.perf_counter(), _machine_busy_seconds(), _tree_cpu_seconds()
-    value = fn()
-    elapsed = time.perf_counter() - wall
-    others = (_machine_busy_seconds() - busy) - (_tree_cpu_seconds() - ours)
-    share = others / (elapsed * (os.cpu_count() or 1)) if elapsed > 0 else 0.0
-    return value, round(min(max(share, 0.0), 1.0), 3)
+    return tree_cpu_seconds() - cpu_seconds(os.getpid())
 
 
 # --- load and the daemon as processes ------------------------------------------------------
@@ -327,14 +259,10 @@ class DaemonProcess:
         raise SystemExit(f"the daemon did not finish a tick within {timeout_s:.0f}s")
 
     def rss_mb(self) -> float:
-        """VmRSS from /proc/PID/status, MB."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise SystemExit("no VmRSS for the daemon")
+        return rss_mb(self.pid)
 
     def cpu_seconds(self) -> float:
-        return _cpu_seconds(self.pid)
+        return cpu_seconds(self.pid)
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -390,7 +318,7 @@ class Cadence:
         else:  # late (training ran): start again from now, as a coalesced scheduler does
             self._next = now
         self._next += self._interval
-        return _timed(fn)
+        return timed(fn)
 
 
 def _tick_config(admin_socket: str, sizes: Sizes, workdir: Path, ai: bool = True) -> Config:
@@ -409,8 +337,13 @@ def _tick_config(admin_socket: str, sizes: Sizes, workdir: Path, ai: bool = True
     )
 
 
+def _pool(result: TickResult) -> PoolPlan:
+    """The benchmark's pool in a tick's plan."""
+    return next(p for p in result.plan.pools if p.backend == POOL)
+
+
 def _describe(result: TickResult, before: TickResult | None) -> dict[str, Any]:
-    pool = next(p for p in result.plan.pools if p.backend == POOL)
+    pool = _pool(result)
     served = None
     if before is not None:  # servers whose request counter moved since the tick before
         now = result.observation.frame.set_index("server")["requests_total"]
@@ -442,10 +375,10 @@ class DescribedTicks:
         self._before: TickResult | None = None
 
     def run(self) -> Timed[dict[str, Any]]:
-        timed = self._cadence.run(self._tick)
-        described = _describe(timed.value, self._before)
-        self._before = timed.value
-        return Timed(timed.wall_ms, timed.cpu_ms, described)
+        done = self._cadence.run(self._tick)
+        described = _describe(done.value, self._before)
+        self._before = done.value
+        return Timed(done.wall_ms, done.cpu_ms, described)
 
 
 def _reason_kind(reason: str) -> str:
@@ -466,8 +399,8 @@ def _tick_stats(runs: list[Timed[dict[str, Any]]]) -> dict[str, Any]:
     seconds = last["taken_at"] - first["taken_at"]
     requests = last["pool_requests_total"] - first["pool_requests_total"]
     return {
-        **_median_p95([run.wall_ms for run in runs]),
-        "cpu": _median_p95([run.cpu_ms for run in runs]),
+        **median_p95([run.wall_ms for run in runs]),
+        "cpu": median_p95([run.cpu_ms for run in runs]),
         "ticks": len(runs),
         "modes": {mode: len(ms) for mode, ms in sorted(by_mode.items())},
         "median_ms_by_mode": {m: round(statistics.median(ms), 2) for m, ms in by_mode.items()},
@@ -484,62 +417,75 @@ def _tick_stats(runs: list[Timed[dict[str, Any]]]) -> dict[str, Any]:
 _BOOKKEEPING = ("taken_at", "pool_requests_total")
 
 
-class SplitTick:
-    """Agent.tick's steps made one by one through the same public calls, each timed."""
+class SplitSteps:
+    """The tick's own steps (``veloflux.agent.steps``) timed by two clocks: the wall, and
+    the ticking thread's CPU time (the tick's own work, whatever else wanted the cores)."""
 
-    def __init__(self, config: Config, events: Events) -> None:
-        self._config = config
-        self._source = build_source(config, events)
-        self._sink = HAProxySink(runtime_api(config), events)
-        journal = open_journal(config, events, create=False)
-        assert journal is not None
-        self._journal = journal
-        self._registry = open_registry(config, events)
-        self._predictor = Predictor(self._registry.load())
-        ai = config.ai
-        self._settings = AdvisorSettings(
-            confidence_threshold=ai.confidence_threshold,
-            error_penalty_seconds=ai.error_penalty_seconds,
-            stale_after_seconds=config.stale_after_seconds,
-            max_model_age_seconds=ai.max_model_age_seconds,
-            outlier=config.policy.outlier,
-            min_gain=config.ai.min_gain,
-        )
-        span = HISTORY_WINDOW_INTERVALS * config.interval_seconds
-        self._window = RecentWindow(journal, span)
+    def __init__(self) -> None:
+        self._wall = StepTimes()
+        self._cpu = StepTimes(time.thread_time)
 
-    def close(self) -> None:
-        self._journal.close()
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        with self._wall.step(name), self._cpu.step(name):
+            yield
 
-    def __call__(self) -> dict[str, Timed[object]]:
-        parts: dict[str, Timed[Any]] = {}
-        parts["observe"] = observed = _timed(self._source.observe)
-        obs = observed.value
-        parts["observation_frame"] = _timed(lambda: obs.frame)
-        parts["journal_frame"] = framed = _timed(lambda: journal_frame(obs))
-        samples = framed.value
-        parts["history_rates"] = rated = _timed(lambda: self._window.rates(obs.taken_at, samples))
-        rates, last = rated.value
-        parts["features"] = featured = _timed(lambda: build_features(rates))
-        features = featured.value
+    def take(self) -> dict[str, Timed[None]]:
+        """Each step's times since the last ``take``, in ms; the count starts anew."""
+        wall, cpu = self._wall.take(), self._cpu.take()
+        return {name: Timed(wall[name] * 1000, cpu[name] * 1000, None) for name in wall}
 
-        def advice() -> Any:
-            # The agent asks the registry for the current version every tick.
-            assert self._registry.current_version() == self._predictor.version
-            return advise(obs, features, self._predictor, self._settings, "", last)
 
-        parts["advice"] = advised = _timed(advice)
-        parts["plan"] = planned = _timed(
-            lambda: plan_weights(obs, self._config.policy, advised.value)
-        )
-        parts["apply_verify"] = _timed(lambda: self._sink.apply(planned.value, obs.proxy.level))
+@dataclass(frozen=True)
+class SplitRun:
+    """One split tick: its steps' times, and the whole ``tick()`` call with the pool's mode."""
 
-        def record() -> None:
-            self._journal.append(obs, samples)
-            self._window.add(samples)
+    steps: dict[str, Timed[None]]
+    whole: Timed[str]
 
-        parts["journal_append"] = _timed(record)
-        return parts
+
+def _split_agent(config: Config, events: Events, steps: SplitSteps) -> Agent:
+    """The daemon's agent, from the parts ``build_daemon_agent`` uses, timing its steps.
+
+    It has no writer thread, so its record step is the journal append that the
+    daemon's writer thread does after the tick: the split shows that work too.
+    """
+    journal = open_journal(config, events, create=False)
+    assert journal is not None  # the record phase wrote it
+    return Agent(
+        config,
+        build_source(config, events),
+        build_sink(config, events),
+        events,
+        journal=journal,
+        registry=open_registry(config, events),
+        steps=steps,
+    )
+
+
+def _split_ticks(
+    config: Config, events: Events, cadence: Cadence, settler: HeapSettler, ticks: int
+) -> list[SplitRun]:
+    """``ticks`` ticks of a split agent on the cadence. One untimed tick comes first: it
+    loads the model and reads the window from the journal, after which the heap is
+    settled, as the daemon does when its model changes."""
+    steps = SplitSteps()
+    agent = _split_agent(config, events, steps)
+
+    def tick() -> str:  # the mode only, not the result: DescribedTicks says why
+        return _pool(agent.tick(write=True)).mode
+
+    try:
+        cadence.run(tick)
+        settler.settle("split agent")
+        steps.take()
+        runs = []
+        for _ in range(ticks):
+            whole = cadence.run(tick)
+            runs.append(SplitRun(steps.take(), whole))
+        return runs
+    finally:
+        agent.close()
 
 
 def _profile(cadence: Cadence, fn: Callable[[], object], ticks: int, top: int = 30) -> list[str]:
@@ -570,10 +516,10 @@ def _train(config: Config, events: Events) -> dict[str, Any]:
     journal = open_journal(config, events, create=False)
     assert journal is not None
     registry = open_registry(config, events)
-    settings = TrainSettings(min_rows=config.ai.min_training_rows, nthread=2)
+    settings = training_settings(config, threads=2)
     with journal:
         rows = journal.count()
-        trained = _timed(lambda: train_from_journal(journal, registry, settings))
+        trained = timed(lambda: train_from_journal(journal, registry, settings))
     report = trained.value
     if not report.promoted:
         registry.promote(report.entry.version, f"benchmark (the gate said: {report.reason})")
@@ -590,19 +536,27 @@ def _train(config: Config, events: Events) -> dict[str, Any]:
     }
 
 
-def _times_only(parts: dict[str, Timed[object]]) -> dict[str, Timed[object]]:
-    """The split's timings without the values (observations, frames), for the reason
-    ``DescribedTicks`` gives."""
-    return {name: Timed(t.wall_ms, t.cpu_ms, None) for name, t in parts.items()}
+def _clock_stats(
+    runs: list[SplitRun], steps: list[str], ms: Callable[[Timed[Any]], float]
+) -> dict[str, Any]:
+    """One clock's figures: each step, their sum (``total``), and the whole call
+    (``tick``: the sum plus what the tick does between its steps)."""
+    figures = {name: median_p95([ms(run.steps[name]) for run in runs]) for name in steps}
+    figures["total"] = median_p95([sum(ms(t) for t in run.steps.values()) for run in runs])
+    figures["tick"] = median_p95([ms(run.whole) for run in runs])
+    return figures
 
 
-def _split_stats(splits: list[dict[str, Timed[object]]]) -> dict[str, Any]:
-    parts = list(splits[0])
-    wall = {p: _median_p95([s[p].wall_ms for s in splits]) for p in parts}
-    cpu = {p: _median_p95([s[p].cpu_ms for s in splits]) for p in parts}
-    wall["total"] = _median_p95([sum(t.wall_ms for t in s.values()) for s in splits])
-    cpu["total"] = _median_p95([sum(t.cpu_ms for t in s.values()) for s in splits])
-    return {"ticks": len(splits), "wall": wall, "cpu": cpu}
+def _split_stats(runs: list[SplitRun]) -> dict[str, Any]:
+    """The steps every split tick reported, in the tick's order, by wall and CPU time."""
+    steps = [name for name in STEPS if all(name in run.steps for run in runs)]
+    return {
+        "ticks": len(runs),
+        "steps": steps,
+        "modes": dict(Counter(run.whole.value for run in runs)),
+        "wall": _clock_stats(runs, steps, lambda t: t.wall_ms),
+        "cpu": _clock_stats(runs, steps, lambda t: t.cpu_ms),
+    }
 
 
 def _tick_phases(config: Config, sizes: Sizes, load: Load) -> dict[str, Any]:
@@ -626,13 +580,9 @@ def _tick_phases(config: Config, sizes: Sizes, load: Load) -> dict[str, Any]:
     warm = [ticks.run()]
     settler.settle("model")
     warm += [ticks.run() for _ in range(sizes.warm_ticks - 1)]
-    timed = [ticks.run() for _ in range(sizes.timed_ticks)]
+    model_ticks = [ticks.run() for _ in range(sizes.timed_ticks)]
     _progress(f"figure 1: {sizes.split_ticks} split ticks, {sizes.profile_ticks} profiled")
-    split_tick = SplitTick(config, events)
-    try:
-        splits = [_times_only(cadence.run(split_tick).value) for _ in range(sizes.split_ticks)]
-    finally:
-        split_tick.close()
+    splits = _split_ticks(config, events, cadence, settler, sizes.split_ticks)
     profile = _profile(cadence, tick, sizes.profile_ticks)
     agent.close()
     _progress(f"figure 1: {sizes.shortcut_ticks} ticks with ai disabled")
@@ -645,7 +595,7 @@ def _tick_phases(config: Config, sizes: Sizes, load: Load) -> dict[str, Any]:
         "servers": sizes.servers,
         "interval_seconds": sizes.interval_seconds,
         "training": training,
-        "model_tick": _tick_stats(timed),
+        "model_tick": _tick_stats(model_ticks),
         "first_tick_after_training_ms": round(warm[0].wall_ms, 1),
         "split": _split_stats(splits),
         # Once the history window has filled: what a new daemon pays until it trains.
@@ -813,16 +763,6 @@ def _haproxy_version() -> str:
     return text.split("\n")[0].split(" - ")[0]
 
 
-def _command() -> str:
-    """The command that reproduces the figures (``--out`` only keeps a copy of them)."""
-    python = Path(sys.executable)
-    shown = os.path.relpath(python, ROOT) if python.is_relative_to(ROOT) else str(python)
-    args = sys.argv[1:]
-    if "--out" in args:
-        del args[args.index("--out") : args.index("--out") + 2]
-    return shlex.join([shown, "bench/bench_daemon.py", *args])
-
-
 def verdicts(r: dict[str, Any]) -> dict[str, bool]:
     """Whether each target of the issue is met (absent figures are left out)."""
     out: dict[str, bool] = {}
@@ -868,7 +808,7 @@ def main() -> None:
     started = time.perf_counter()
     result: dict[str, Any] = {
         "machine": {**machine(), "haproxy": _haproxy_version()},
-        "command": _command(),
+        "command": command(Path(__file__), dropped=("--out",)),
         "quick": opts.quick,
     }
     noise: dict[str, float] = {}
@@ -876,13 +816,13 @@ def main() -> None:
         workdir = Path(tmp)
         # The short, CPU-bound figures first; the 30-minute run last.
         if "tick" in wanted:
-            result["tick"], noise["tick"] = _with_noise(lambda: bench_tick(sizes, workdir / "t"))
+            result["tick"], noise["tick"] = with_noise(lambda: bench_tick(sizes, workdir / "t"))
         if "idle" in wanted:
-            result["idle"], noise["idle"] = _with_noise(
+            result["idle"], noise["idle"] = with_noise(
                 lambda: bench_idle(idle_minutes, sizes.idle_warmup_seconds, workdir / "i")
             )
         if "rss" in wanted:
-            result["rss"], noise["rss"] = _with_noise(lambda: bench_rss(rss_minutes, workdir / "r"))
+            result["rss"], noise["rss"] = with_noise(lambda: bench_rss(rss_minutes, workdir / "r"))
     reused = [f for f in ("tick", "idle", "rss") if f not in result and f in previous]
     for figure in reused:
         result[figure] = previous[figure]
@@ -934,12 +874,20 @@ What `bench/bench_daemon.py` measures (targets from the daemon issue):
    its plan. Only a few figures of each tick are kept, not its result: keeping 50
    results of 1,000 servers each made the garbage collector walk them inside later
    ticks (21 ms a tick in the profile), which the daemon, keeping only the last, does
-   not pay. The split re-runs the tick's steps one by one for {f.split_ticks} more
-   ticks through the same public calls (`HAProxySource.observe`, `journal_frame`,
-   `RecentWindow.rates`, `build_features`, `advise`, `plan_weights`, `HAProxySink.apply`,
-   and `Journal.append` + `RecentWindow.add`, which in the daemon run on the writer
-   thread after the tick: the split shows what that thread does, the tick does not
-   wait for it). For comparison: the ticks before the model existed, once the
+   not pay. The split is reported by `Agent.tick` itself: a second agent, built from
+   the parts `build_daemon_agent` uses (`build_source`, `build_sink`, `open_journal`,
+   `open_registry`) with a `StepTimes` as its `steps` (`veloflux.agent.steps`), ticks
+   {f.split_ticks} more times after an untimed one that loads the model, and gives the
+   wall and CPU time of each step: `observe` (`HAProxySource.observe`), `frame` (the
+   observation's journal rows, `journal_frame`), `history` (the last {window}
+   intervals' rates from the in-memory window, then `build_features`), `advise` (the
+   current model from the registry, then `advise`), `plan` (`plan_weights`), `apply`
+   (`HAProxySink.apply`: write and verify) and `record` (`Journal.append`). That agent
+   has no writer thread, so its `record` is the append the daemon's writer thread does
+   after the tick (the tick does not wait for it). Beside the steps' sum is the whole
+   `tick()` call; the difference is what the tick does between its steps (the reload
+   check, remembering the weights it set, feeding the window, the summary line).
+   For comparison: the ticks before the model existed, once the
    {window}-interval window had filled (the fallback a new daemon runs until its first
    training: it still reads history and builds features), and ticks with
    `ai.enabled: false` (no journal, no model: observe, outlier guard on HAProxy's
@@ -970,10 +918,6 @@ What `bench/bench_daemon.py` measures (targets from the daemon issue):
 Medians; p95 in brackets."""
 
 
-def _yes(met: bool) -> str:
-    return "yes" if met else "**no**"
-
-
 def _ms(figure: dict[str, Any]) -> str:
     return f"{figure['median_ms']:.1f} ms [{figure['p95_ms']:.1f}]"
 
@@ -982,37 +926,24 @@ def _modes(figure: dict[str, Any]) -> str:
     return ", ".join(f"{mode} {n}" for mode, n in sorted(figure["modes"].items()))
 
 
-SPLIT_PARTS = (
-    ("observe", "observe"),
-    ("observation_frame", "observation frame"),
-    ("journal_frame", "journal rows"),
-    ("history_rates", "history rates"),
-    ("features", "features"),
-    ("advice", "advice"),
-    ("plan", "plan"),
-    ("apply_verify", "apply + verify"),
-    ("journal_append", "journal append (writer thread)"),
-)
-
-
-def _split_text(split: dict[str, Any]) -> str:
-    values = " / ".join(f"{split[key]['median_ms']:.1f}" for key, _ in SPLIT_PARTS)
-    total = split["total"]["median_ms"]
-    return f"{values} ms (sum, the writer thread's append included: {total:.1f} ms)"
+def _split_text(split: dict[str, Any], steps: list[str]) -> str:
+    values = " / ".join(f"{split[name]['median_ms']:.1f}" for name in steps)
+    total, whole = split["total"]["median_ms"], split["tick"]["median_ms"]
+    return f"{values} ms (sum, record included: {total:.1f} ms; whole `tick()`: {whole:.1f} ms)"
 
 
 def _tick_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     t, v = r["tick"], r["verdicts"]
     model, split, training = t["model_tick"], t["split"], t["training"]
     by_mode = ", ".join(f"{m} {ms:.1f} ms" for m, ms in sorted(model["median_ms_by_mode"].items()))
-    names = " / ".join(name for _, name in SPLIT_PARTS)
+    steps = split["steps"]
     return [
         (
             f"full tick, {t['servers']:,} servers, model current "
             f"(pool mode in {model['ticks']} ticks: {_modes(model)})",
             _ms(model),
             "< 100 ms median",
-            _yes(v["tick_median_under_100ms"]),
+            yes(v["tick_median_under_100ms"]),
         ),
         (
             "the same: CPU time of the ticking thread; wall time by mode",
@@ -1020,8 +951,13 @@ def _tick_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "-",
             "-",
         ),
-        (f"split, {split['ticks']} ticks, wall: {names}", _split_text(split["wall"]), "-", "-"),
-        ("split, CPU time of the same steps", _split_text(split["cpu"]), "-", "-"),
+        (
+            f"split by the tick's own steps, {split['ticks']} ticks, wall: {' / '.join(steps)}",
+            _split_text(split["wall"], steps),
+            "-",
+            "-",
+        ),
+        ("split, CPU time of the same steps", _split_text(split["cpu"], steps), "-", "-"),
         (
             "model ticks: median pool confidence; weights written per tick (median); "
             "write failures",
@@ -1078,13 +1014,13 @@ def _daemon_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"daemon RSS at {', '.join(m['rss_mb_at'])}; peak",
             f"{marks} MB; {m['peak_mb']:.0f} MB",
             "< 300 MB",
-            _yes(v["rss_under_300mb"]),
+            yes(v["rss_under_300mb"]),
         ),
         (
             f"RSS slope over the last {m['tail_minutes']:g} minutes (range)",
             f"{m['tail_slope_mb_per_10min']:+.2f} MB / 10 min ({m['tail_range_mb']:.1f} MB)",
             "flat",
-            _yes(v["rss_flat"]),
+            yes(v["rss_flat"]),
         ),
         (
             "RSS change across each retraining (20 s before it to 60 s after); "
@@ -1108,17 +1044,9 @@ def _daemon_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"{i['percent_of_one_core']:.2f}% of one core ({i['cpu_seconds']:g} CPU s, "
             f"{i['ticks_in_window']} ticks, {i['cpu_ms_per_tick']} ms each)",
             "< 2%",
-            _yes(v["idle_cpu_under_2pct"]),
+            yes(v["idle_cpu_under_2pct"]),
         ),
     ]
-
-
-def _noise_note(noise: dict[str, float]) -> str:
-    shares = ", ".join(f"{part} {share:.0%}" for part, share in noise.items())
-    note = f"Share of the machine's CPU taken by other processes meanwhile: {shares}."
-    if max(noise.values(), default=0.0) >= 0.1:
-        note += " Other work (other engineers' tests) was running, so timings are inflated."
-    return note
 
 
 def render_section(r: dict[str, Any]) -> str:
@@ -1132,7 +1060,7 @@ def render_section(r: dict[str, Any]) -> str:
         f"pandas {m['pandas']}.",
         f"Command: `{r['command']}` ({r['wall_seconds'] / 60:.0f} minutes in all)."
         + _reused_note(r),
-        _noise_note(r["other_cpu_share"]),
+        noise_note(r["other_cpu_share"]),
         "",
         *table(("figure", "measured", "target", "met?"), _tick_rows(r) + _daemon_rows(r)),
         MARK_END,
@@ -1154,7 +1082,7 @@ def _reused_note(r: dict[str, Any]) -> str:
 
 def write_section(result: dict[str, Any]) -> None:
     """Replace this benchmark's section (heading, prose and markers), or append it."""
-    replace_section(render_section(result), HEADING.split(":")[0], MARK_BEGIN, MARK_END, DOC)
+    replace_section(render_section(result), HEADING.split(":")[0], MARK_BEGIN, MARK_END)
 
 
 if __name__ == "__main__":

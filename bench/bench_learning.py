@@ -21,10 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
-import platform
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
@@ -37,18 +34,29 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np
 import pandas as pd
-import xgboost as xgb
 
-from bench.common import cpu_model, replace_section, table
+from bench.common import (
+    REAL_SERVERS,
+    command,
+    machine,
+    median_p95,
+    noise_note,
+    replace_section,
+    rss_mb,
+    table,
+    timed,
+    with_noise,
+    yes,
+)
 from integration.loadgen import run_load_sync
-from integration.stack import DemoServer, LocalStack
+from integration.stack import LocalStack
 from integration.synthetic import SyntheticPool, synthetic_samples
 from veloflux.agent.tick import HISTORY_WINDOW_INTERVALS
 from veloflux.config.schema import AISection, OutlierSection
@@ -62,15 +70,14 @@ from veloflux.model.registry import Registry
 from veloflux.model.train import TrainSettings, train_model
 from veloflux.util.events import Events
 
-DOC = ROOT / "docs" / "benchmarks.md"
 MARK_BEGIN, MARK_END = "<!-- bench:learning -->", "<!-- /bench:learning -->"
 HEADING = "## Learning core: training, per-tick advice, calibration, accuracy"
 ERROR_PENALTY_SECONDS = 1.0  # the config default (ai.error_penalty)
-REAL_SERVERS = (
-    DemoServer("s1", concurrency=8, mean_ms=20),
-    DemoServer("s2", concurrency=8, mean_ms=20),
-    DemoServer("s3", concurrency=8, mean_ms=60),
-    DemoServer("s4", concurrency=8, mean_ms=20, error_rate=0.2),
+T = TypeVar("T")
+# What contention inflates besides wall time, for the note on other processes' share.
+CPU_INFLATED = (
+    "XGBoost's OpenMP threads spin while they wait for a core, so under contention"
+    " training's CPU time is inflated too"
 )
 REAL_PHASES_RPS = (200, 320, 260, 360, 220, 300, 340, 240)
 
@@ -103,20 +110,12 @@ QUICK = Sizes(100, 1000, 200, 100, 300, 10, 50, 200, (1, 2, 3), 3.0, 20)
 # --- figure 1: training on a million rows, in a fresh spawn process ----------------------
 
 
-def _rss_now_mb() -> float:
-    """Current resident set of this process (VmRSS), MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _training_child(servers: int, intervals: int, min_rows: int, conn: Connection) -> None:
     """Runs in a ``spawn`` child: generate, then time derive/features/train; send figures."""
     try:
-        rss_imports = _rss_now_mb()
+        rss_imports = rss_mb()
         samples = synthetic_samples(SyntheticPool(servers=servers, intervals=intervals))
-        rss_samples = _rss_now_mb()
+        rss_samples = rss_mb()
         wall, cpu = time.perf_counter(), time.process_time()
         rates = derive_rates(samples)
         t_rates = time.perf_counter()
@@ -189,18 +188,6 @@ def bench_training(sizes: Sizes) -> dict[str, Any]:
 # --- figure 2: per-tick advice for one large pool ----------------------------------------
 
 
-def _timed(fn: Callable[[], object]) -> tuple[float, Any]:
-    started = time.perf_counter()
-    value = fn()
-    return (time.perf_counter() - started) * 1000, value
-
-
-def _median_p95(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
-    return {"median_ms": round(statistics.median(ordered), 2), "p95_ms": round(p95, 2)}
-
-
 def _trained_predictor(samples: pd.DataFrame, registry_dir: Path) -> Predictor:
     """Train once, save and promote through a Registry, load back the way the agent does."""
     model, _ = train_model(build_features(derive_rates(samples)), TrainSettings(nthread=2))
@@ -217,14 +204,18 @@ def _tick_once(
     current = now["request_rate"].to_numpy(dtype=float)
     status_quo = now.assign(next_rate=now["request_rate"])
     ms: dict[str, float] = {}
-    ms["confidence"], _ = _timed(lambda: predictor.confidence(status_quo, features, fresh=True))
+
+    def part(name: str, fn: Callable[[], T]) -> T:
+        done = timed(fn)
+        ms[name] = done.wall_ms
+        return done.value
+
+    part("confidence", lambda: predictor.confidence(status_quo, features, fresh=True))
     anchor = current * (forecast / current.sum())
-    ms["rate_grid"], grid = _timed(lambda: rate_grid(anchor, forecast))
-    ms["curves"], curves = _timed(lambda: predictor.curves(now, grid))
-    ms["cost"], cost = _timed(
-        lambda: curves.latency_p90 + ERROR_PENALTY_SECONDS * curves.error_rate
-    )
-    ms["water_fill"], assigned = _timed(lambda: water_fill(grid, cost, forecast))
+    grid = part("rate_grid", lambda: rate_grid(anchor, forecast))
+    curves = part("curves", lambda: predictor.curves(now, grid))
+    cost = part("cost", lambda: curves.latency_p90 + ERROR_PENALTY_SECONDS * curves.error_rate)
+    assigned = part("water_fill", lambda: water_fill(grid, cost, forecast))
     if not np.isclose(assigned.sum(), forecast):
         raise SystemExit(f"water_fill handed out {assigned.sum()} of {forecast} requests/s")
     ms["total"] = sum(ms.values())
@@ -239,7 +230,7 @@ def bench_tick(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     # The agent featurizes the last HISTORY_WINDOW_INTERVALS intervals each tick.
     instants = np.sort(samples["time"].unique())
     window = samples[samples["time"] >= instants[-(HISTORY_WINDOW_INTERVALS + 1)]]
-    features_ms = [_timed(lambda: build_features(derive_rates(window)))[0] for _ in range(3)]
+    features_ms = [timed(lambda: build_features(derive_rates(window))).wall_ms for _ in range(3)]
     features = build_features(derive_rates(window))
     now = newest_rows(features)
     judged = features[features[TARGET_LATENCY].notna()]
@@ -256,13 +247,14 @@ def bench_tick(sizes: Sizes, workdir: Path) -> dict[str, Any]:
         runs = [_tick_once(predictor, now, features, forecast) for _ in range(sizes.tick_runs)]
         advisor_ms = []
         for _ in range(sizes.tick_runs):
-            elapsed, advice = _timed(
+            advised = timed(
                 lambda: _pool_advice("app", features, predictor, settings, ({}, frozenset()))
             )
-            advisor_ms.append(elapsed)
+            advisor_ms.append(advised.wall_ms)
+    advice = advised.value
     if advice.blocked or len(advice.servers) != sizes.tick_servers:
         raise SystemExit(f"_pool_advice did not advise every server: {advice.blocked!r}")
-    split = {part: _median_p95([r[part] for r in runs]) for part in runs[0]}
+    split = {part: median_p95([r[part] for r in runs]) for part in runs[0]}
     return {
         "servers": sizes.tick_servers,
         "runs": sizes.tick_runs,
@@ -272,7 +264,7 @@ def bench_tick(sizes: Sizes, workdir: Path) -> dict[str, Any]:
         "grid_points_per_server": int(rate_grid(np.ones(1), 1.0).shape[1]),
         "parts_total": split.pop("total"),
         "split": split,
-        "total": _median_p95(advisor_ms),
+        "total": median_p95(advisor_ms),
         "features_for_window_ms": round(statistics.median(features_ms), 1),
     }
 
@@ -379,52 +371,6 @@ def bench_real(sizes: Sizes, journal_path: Path, recorded: bool) -> dict[str, An
 # --- the report --------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "xgboost": xgb.__version__,
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-    }
-
-
-def _machine_busy_seconds() -> float:
-    """CPU seconds every process on the machine has used since boot (/proc/stat)."""
-    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (ticks + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_seconds() -> float:
-    """CPU seconds of this process and of the children it has waited for."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-def _with_noise(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """``fn()``, and the share of the machine's CPU that *other* processes used meanwhile.
-
-    Other engineers' tests share this machine; this says how much they took from a
-    figure. Every child a figure starts is waited for before it returns, so its CPU
-    time is counted as ours.
-    """
-    wall, busy, own = time.perf_counter(), _machine_busy_seconds(), _own_cpu_seconds()
-    value = fn()
-    elapsed = time.perf_counter() - wall
-    others = (_machine_busy_seconds() - busy) - (_own_cpu_seconds() - own)
-    share = others / (elapsed * (os.cpu_count() or 1)) if elapsed > 0 else 0.0
-    return value, round(min(max(share, 0.0), 1.0), 2)
-
-
-def _command() -> str:
-    python = Path(sys.executable)
-    shown = os.path.relpath(python, ROOT) if python.is_relative_to(ROOT) else str(python)
-    return shlex.join([shown, "bench/bench_learning.py", *sys.argv[1:]])
-
-
 def verdicts(r: dict[str, Any]) -> dict[str, bool]:
     """Whether each target of the issue is met (absent figures are left out)."""
     out = {
@@ -452,24 +398,28 @@ def main() -> None:
         parser.error(f"--journal: no file at {opts.journal}")
     sizes = QUICK if opts.quick else FULL
     started = time.perf_counter()
-    result: dict[str, Any] = {"machine": machine(), "command": _command(), "quick": opts.quick}
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "command": command(Path(__file__)),
+        "quick": opts.quick,
+    }
     noise: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="veloflux-bench-") as tmp:
         workdir = Path(tmp)
-        journal, phases, recorded = opts.journal, None, False
+        journal: Path | None = opts.journal
+        phases: list[dict[str, Any]] | None = None
+        recorded = False
         if not opts.skip_real and journal is None:
             # Recorded first, while this process has not run XGBoost yet.
-            (journal, phases), noise["recording"] = _with_noise(
+            recording, noise["recording"] = with_noise(
                 lambda: record_real_journal(sizes, workdir / "real")
             )
-            recorded = True
-        result["training"], noise["training"] = _with_noise(lambda: bench_training(sizes))
-        result["tick"], noise["tick"] = _with_noise(lambda: bench_tick(sizes, workdir / "tick"))
-        result["coverage"], noise["coverage"] = _with_noise(lambda: bench_coverage(sizes))
+            (journal, phases), recorded = recording, True
+        result["training"], noise["training"] = with_noise(lambda: bench_training(sizes))
+        result["tick"], noise["tick"] = with_noise(lambda: bench_tick(sizes, workdir / "tick"))
+        result["coverage"], noise["coverage"] = with_noise(lambda: bench_coverage(sizes))
         if journal is not None:
-            result["real"], noise["real"] = _with_noise(
-                lambda: bench_real(sizes, journal, recorded)
-            )
+            result["real"], noise["real"] = with_noise(lambda: bench_real(sizes, journal, recorded))
             if phases is not None:
                 result["real"]["load_phases"] = phases
     result["verdicts"] = verdicts(result)
@@ -530,10 +480,6 @@ HAProxy's cumulative counters and 512-request moving averages):
 Medians; p95 in brackets."""
 
 
-def _yes(met: bool) -> str:
-    return "yes" if met else "**no**"
-
-
 def _table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     t, k, c, v = r["training"], r["tick"], r["coverage"], r["verdicts"]
     best = t["best_iteration"]
@@ -544,7 +490,7 @@ def _table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"{t['total_s']} s (derive_rates {t['derive_rates_s']} s, build_features "
             f"{t['build_features_s']} s, train_model {t['train_model_s']} s)",
             "< 60 s",
-            _yes(v["training_under_60s"]),
+            yes(v["training_under_60s"]),
         ),
         (
             "training: train_model split (latency boosters q10+q50+q90 / error booster / "
@@ -583,7 +529,7 @@ def _table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "(`_pool_advice` end to end)",
             f"{k['total']['median_ms']} ms [{k['total']['p95_ms']}]",
             "< 20 ms median",
-            _yes(v["tick_median_under_20ms"]),
+            yes(v["tick_median_under_20ms"]),
         ),
         (
             "split, timed call by call: curves / confidence / water_fill (all parts)",
@@ -604,7 +550,7 @@ def _table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             + ", ".join(str(run["seed"]) for run in c["runs"]),
             " / ".join(f"{run['coverage_80']:.3f}" for run in c["runs"]),
             "0.75-0.85",
-            _yes(v["coverage_within_0.75_0.85"]),
+            yes(v["coverage_within_0.75_0.85"]),
         ),
         (
             "same runs: p50 MAE vs naive MAE",
@@ -627,7 +573,7 @@ def _real_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"real stack ({source}, {real['test_rows']} test rows): p50 MAE vs naive",
             f"{real['mae_p50_ms']} vs {real['naive_mae_ms']} ms",
             "model < naive",
-            _yes(r["verdicts"]["real_beats_naive_mae"]),
+            yes(r["verdicts"]["real_beats_naive_mae"]),
         ),
         (
             "real stack: pinball p50 / p90, model vs naive",
@@ -656,7 +602,7 @@ def render_section(r: dict[str, Any]) -> str:
         f"Python {m['python']}, XGBoost {m['xgboost']}, numpy {m['numpy']}, "
         f"pandas {m['pandas']}.",
         f"Command: `{r['command']}` ({r['wall_seconds']:.0f} s in all).",
-        _noise_note(r["other_cpu_share"]),
+        noise_note(r["other_cpu_share"], CPU_INFLATED),
         "",
         *table(("figure", "measured", "target", "met?"), _table_rows(r)),
         MARK_END,
@@ -664,21 +610,9 @@ def render_section(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _noise_note(noise: dict[str, float]) -> str:
-    shares = ", ".join(f"{part} {share:.0%}" for part, share in noise.items())
-    note = f"Share of the machine's CPU taken by other processes meanwhile: {shares}."
-    if max(noise.values(), default=0.0) >= 0.1:
-        note += (
-            " Other work (other engineers' tests) was running, so these timings are inflated;"
-            " XGBoost's OpenMP threads spin while they wait for a core, so under contention"
-            " training's CPU time is inflated too."
-        )
-    return note
-
-
 def write_section(result: dict[str, Any]) -> None:
     """Replace this benchmark's section (heading, prose and markers), or append it."""
-    replace_section(render_section(result), "## Learning", MARK_BEGIN, MARK_END, DOC)
+    replace_section(render_section(result), "## Learning", MARK_BEGIN, MARK_END)
 
 
 if __name__ == "__main__":

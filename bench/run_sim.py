@@ -32,10 +32,7 @@ sys.path.insert(0, str(ROOT / "agent"))
 
 from bench.common import cpu_model, replace_section, table
 from veloflux.sim.dispatchers import DISPATCHERS, WEIGHTED
-from veloflux.sim.run import (
-    STRATEGIES,
-    run_cell,
-)
+from veloflux.sim.run import STRATEGIES, run_cell
 from veloflux.sim.scenario import Scenario, load_scenario
 
 SCENARIOS = ROOT / "bench" / "scenarios"
