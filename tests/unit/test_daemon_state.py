@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 
-import veloflux.daemon.state as state_module
 from tests.unit.factories import TAKEN_AT, Pool, Server, observation
 from veloflux import __version__
 from veloflux.agent.learn import NoHistory
@@ -124,8 +123,8 @@ class FakeDriver:
 
 
 class ManualClock:
-    """Stands in for the ``time`` module inside ``daemon/state.py``: ``monotonic`` moves
-    only when a test calls ``advance``."""
+    """The clocks ``DaemonOps`` is given: ``monotonic`` moves only when a test calls
+    ``advance``."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -141,10 +140,8 @@ class ManualClock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
-    manual = ManualClock()
-    monkeypatch.setattr(state_module, "time", manual)
-    return manual
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @dataclass
@@ -169,7 +166,9 @@ def build(tmp_path: Path, clock: ManualClock) -> Build:
         driver.shared_events = events
         metrics = AgentMetrics(__version__, events)
         controls = OperatorControls(cfg.api.state_path, lambda: FINISHED_AT, events)
-        ops = DaemonOps(cfg, driver, controls, metrics, lambda: FINISHED_AT)
+        ops = DaemonOps(
+            cfg, driver, controls, metrics, lambda: FINISHED_AT, clock.monotonic, clock.time
+        )
         return Wired(ops, driver, events, metrics)
 
     return make
