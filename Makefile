@@ -59,6 +59,7 @@ bench: deps
 	$(BIN)/python bench/bench_daemon.py --write
 	$(BIN)/python bench/bench_envoy.py --write
 	$(BIN)/python bench/bench_prometheus.py --write
+	$(BIN)/python bench/bench_demo.py --write
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -873,9 +873,9 @@ What `bench/bench_daemon.py` measures (targets from the daemon issue):
    {f.timed_ticks} ticks are timed end to end; the pool's mode in each is read from
    its plan. Only a few figures of each tick are kept, not its result: keeping 50
    results of 1,000 servers each made the garbage collector walk them inside later
-   ticks (21 ms a tick in the profile), which the daemon, keeping only the last, does
-   not pay. The split is reported by `Agent.tick` itself: a second agent, built from
-   the parts `build_daemon_agent` uses (`build_source`, `build_sink`, `open_journal`,
+   ticks, a cost the daemon, keeping only the last, does not pay. The split is
+   reported by `Agent.tick` itself: a second agent, built from the parts
+   `build_daemon_agent` uses (`build_source`, `build_sink`, `open_journal`,
    `open_registry`) with a `StepTimes` as its `steps` (`veloflux.agent.steps`), ticks
    {f.split_ticks} more times after an untimed one that loads the model, and gives the
    wall and CPU time of each step: `observe` (`HAProxySource.observe`), `frame` (the

@@ -474,8 +474,8 @@ HAProxy's cumulative counters and 512-request moving averages):
    requests/s; then p50 MAE and pinball losses on the test window against the naive
    forecast "next interval's latency = this interval's". The test window is small (its
    size is in the table), so this figure is noisy. While the model predicted absolute
-   latency it went both ways between runs; since it predicts the ratio to each
-   server's moving average it has been ahead on every recording checked (five).
+   latency it went both ways between runs; it now predicts the ratio to each server's
+   moving average, and the table says whether it was ahead on this run's recording.
 
 Medians; p95 in brackets."""
 

@@ -29,6 +29,9 @@ from aiohttp import web
 from integration.behaviour import _SERVICE_KEYS, BackendBehaviour, BehaviourError
 
 MAX_CONFIG_BODY_BYTES = 64 * 1024
+# Each answered request says when it got its service slot (1 for the backend's first),
+# so that a test can see the order the queue admitted requests in without timing them.
+ADMITTED_HEADER = "X-Demo-Admitted"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -107,6 +110,7 @@ class DemoBackend:
         self.requests = 0
         self.errors = 0
         self.busy_seconds = 0.0  # service time of the requests served: what it would report
+        self.admitted = 0  # requests given a service slot so far
         self._rng = random.Random(behaviour.seed)
         self._gate = _FifoGate(behaviour.concurrency)
         self._ok_body = json.dumps({"backend": behaviour.name}).encode()
@@ -209,6 +213,8 @@ class DemoBackend:
                 await asyncio.sleep(behaviour.error_latency_ms / 1000)
             return web.Response(status=500, body=self._error_body, content_type="application/json")
         await self._gate.acquire()
+        self.admitted += 1
+        admitted = str(self.admitted)
         try:
             service_ms = self.behaviour.service.sample_ms(self._rng)
             if service_ms > 0:
@@ -216,7 +222,8 @@ class DemoBackend:
             self.busy_seconds += service_ms / 1000
         finally:
             self._gate.release()
-        return web.Response(body=self._ok_body, content_type="application/json")
+        headers = {ADMITTED_HEADER: admitted}
+        return web.Response(body=self._ok_body, content_type="application/json", headers=headers)
 
 
 def loopback_bind_host(host: str) -> str:

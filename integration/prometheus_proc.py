@@ -392,7 +392,7 @@ def backfill(
 
     Runs ``promtool tsdb create-blocks-from openmetrics --max-block-duration=<N>h FILE
     DATA_DIR``; the OpenMetrics file lives in ``workdir`` and is removed once promtool has
-    made the blocks, since it is several times their size.
+    made the blocks, since text is far larger than the blocks it becomes.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,8 @@ times slower through the demo backend's own admin endpoint (``PUT /-/config``), 
 bad deploy would. ``run_scenario`` runs it once, with or without the daemon (in this
 process), on a fresh stack, and returns the load generator's figures per phase and
 the weights read from HAProxy after every tick. ``make demo`` (``integration.demo``)
-prints it; ``tests/integration/test_demo_scenario.py`` asserts on it.
+prints it; ``tests/integration/test_demo_scenario.py`` asserts what the daemon does to
+the weights, and ``bench/bench_demo.py`` measures the latencies.
 
 Why the numbers: a backend serves ``concurrency / mean service time`` requests a
 second: 4 / 20 ms = 200 healthy, 4 / 60 ms = 67 three times slower. 400 requests/s

@@ -10,9 +10,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,13 +19,25 @@ import yaml
 
 from integration.haproxy_proc import free_port, stop_process
 from integration.stack import DemoServer, LocalStack
-from tests.integration.daemon_helpers import wait_until
+from tests.integration.daemon_helpers import Samples, request, wait_turns, wait_until
 from tests.integration.helpers import run_cli, weights
 
 pytestmark = pytest.mark.integration
 
 SERVERS = (DemoServer("s1"), DemoServer("s2"), DemoServer("s3"))
 KEYS = ["app/s1", "app/s2", "app/s3"]
+
+
+def metrics_reader(config: Path) -> Callable[[], Samples]:
+    """A scrape of the daemon's ``/metrics`` at the address its config gives."""
+    host, _, port = yaml.safe_load(config.read_text())["api"]["listen"].rpartition(":")
+
+    def read() -> Samples:
+        reply = request((host, int(port)), "GET", "/metrics")
+        assert reply.status == 200, reply.text
+        return Samples(reply.text)
+
+    return read
 
 
 @pytest.fixture
@@ -72,10 +83,14 @@ def test_pin_pause_resume_and_clear_through_the_cli(
 
     paused = run_cli("pause", "-c", config, "--reason", "incident 42")
     assert paused.code == 0, paused.stderr
-    # While paused, a new pin is accepted but not written.
+    # While paused, a new pin is accepted but not written, however many ticks run: the
+    # daemon's own tick counter proves they ran (a tick under way when the pin came
+    # counts as one; the others began after it).
     assert run_cli("override", "set", "-c", config, "app/s3", "9").code == 0
-    time.sleep(1.5)  # three ticks: long enough for a write that must not happen
+    read = metrics_reader(config)
+    wait_turns(read, 3, "ticks while paused")
     assert weights(socket_path, KEYS)["app/s3"] == 100
+    assert read().get("veloflux_paused") == 1
     assert run_cli("status", "-c", config).json()["pause_reason"] == "incident 42"
 
     assert run_cli("resume", "-c", config).code == 0
@@ -122,7 +137,9 @@ def test_refused_requests_exit_1_and_write_nothing(
     assert refused.code == 1
     assert "401" in refused.stderr or "token" in refused.stderr.lower()
 
-    time.sleep(1.0)
+    # Ticks went on after the refusals (the daemon's own counter says so) and wrote
+    # nothing.
+    wait_turns(metrics_reader(config), 2, "ticks after the refused requests")
     assert weights(stack.admin_socket, KEYS) == before
     assert proc.poll() is None  # still running
 

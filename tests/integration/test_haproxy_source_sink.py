@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
@@ -168,21 +170,38 @@ def test_thousand_server_update_is_written_and_verified(start_haproxy: StartHAPr
     assert all(after[f"s{i}"] == 11 + i % 200 for i in range(1, 1001))
 
 
+@dataclass(frozen=True)
+class LosingStateAPI(RuntimeAPI):
+    """The real runtime API, except that every ``show servers state`` reply loses the
+    lines of the server named ``lose``, as a reply cut or garbled on the way would."""
+
+    lose: str = ""
+
+    def run_many(self, commands: Sequence[str]) -> list[str]:
+        replies = super().run_many(commands)
+        return [
+            "\n".join(line for line in reply.splitlines() if f" {self.lose} " not in line)
+            if command.startswith("show servers state")
+            else reply
+            for command, reply in zip(commands, replies, strict=True)
+        ]
+
+
 def test_server_missing_from_servers_state_is_held_not_guessed(haproxy: HAProxyProcess) -> None:
-    """A row that cannot be cross-checked is flagged; the planner then holds it."""
+    """A row the source cannot cross-check is flagged by the source itself; the planner
+    then holds it. (Unit twin: test_haproxy_source.py, which a removed cross-check fails.)"""
     from veloflux.config.schema import PolicySection
     from veloflux.decide.planner import plan_weights
 
     events = Events()
-    source = _source(haproxy.admin_socket, events)
-    observation = source.observe()
-    # Build the frame as it would be if `show servers state` had lost s2's line.
-    frame = observation.frame.copy()
-    frame.loc[frame["server"] == "s2", "problem"] = "missing from 'show servers state'"
-    tampered = type(observation).from_frame(
-        observation.taken_at, frame, observation.pools, observation.proxy
-    )
-    plan = plan_weights(tampered, PolicySection(static_weights={"app/s2": 1}))
+    api = LosingStateAPI(haproxy.admin_socket, lose="s2")
+    observation = HAProxySource(api, lambda: datetime.now(UTC), events).observe()
+    rows = {r.server: r for r in observation.rows if r.pool == "app"}
+    assert rows["s2"].problem == "missing from 'show servers state'"
+    assert rows["s2"].weight == 20.0  # read from show stat instead
+    assert [name for name, row in rows.items() if row.problem] == ["s2"]
+    assert events.count("source_bad_row", source="haproxy") == 1
+    plan = plan_weights(observation, PolicySection(static_weights={"app/s2": 1}))
     s2 = next(s for s in plan.servers() if s.server == "s2")
     assert s2.planned_weight == s2.current_weight == 20
-    assert s2.reason.startswith("hold:")
+    assert s2.reason == "hold: missing from 'show servers state'"

@@ -8,7 +8,7 @@ the same ``NotEnoughData`` the parent would have raised; a stop request ends the
 
 from __future__ import annotations
 
-import time
+import multiprocessing
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +24,8 @@ from veloflux.model.train import NotEnoughData
 from veloflux.util.events import Events
 
 pytestmark = pytest.mark.integration
+
+CHILD = "veloflux-training"  # the name train_in_child gives its process
 
 
 def config_for(tmp_path: Path, history: Path, min_rows: int = 200) -> Config:
@@ -48,6 +50,11 @@ def journal_of(path: Path, intervals: int | None = None) -> Path:
     return path
 
 
+def running() -> list[str]:
+    """The names of this process's children still alive."""
+    return [p.name for p in multiprocessing.active_children()]
+
+
 def test_a_child_process_trains_and_promotes(tmp_path: Path) -> None:
     config = config_for(tmp_path, journal_of(tmp_path / "history.sqlite"))
     report = train_in_child(config, Events(), lambda: False)
@@ -63,10 +70,20 @@ def test_too_little_history_comes_back_as_not_enough_data(tmp_path: Path) -> Non
 
 
 def test_a_stop_request_ends_the_child(tmp_path: Path) -> None:
+    """Stop is asked from the first check on, while the child is still training (a
+    spawned child cannot even import XGBoost before the parent's first check): the
+    parent must give up at that check, and the child it saw running must be gone."""
     config = config_for(tmp_path, journal_of(tmp_path / "history.sqlite"))
-    asked = time.monotonic()
-    # Stop is asked from the first check on: the parent checks only while the child has
-    # not answered, and a spawned child cannot import XGBoost and train before it.
+    child_alive_at_each_check: list[bool] = []
+
+    def stop() -> bool:
+        child_alive_at_each_check.append(CHILD in running())
+        return True
+
     with pytest.raises(TrainingCancelled):
-        train_in_child(config, Events(), lambda: True)
-    assert time.monotonic() - asked < 15
+        train_in_child(config, Events(), stop)
+    assert child_alive_at_each_check == [True]  # asked once, with the child alive
+    assert CHILD not in running()
+    # Stopped before it could save anything: the registry holds no model at all.
+    registry = Registry(config.ai.model_dir, lambda: pd.Timestamp.now(tz="UTC"), Events())
+    assert registry.entries() == []

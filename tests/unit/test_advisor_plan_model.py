@@ -36,7 +36,7 @@ from veloflux.decide.advisor import (
 )
 from veloflux.decide.outliers import MIN_POOL_SIZE, latency_outliers, moving_average_outliers
 from veloflux.decide.planner import max_step, plan_weights
-from veloflux.domain.advice import Advice, PoolAdvice, ServerAdvice
+from veloflux.domain.advice import Advice, PoolAdvice, ServerAdvice, blocked_pool
 from veloflux.domain.observation import Observation
 from veloflux.domain.weightplan import PoolPlan, ServerPlan, WeightPlan
 from veloflux.model.predict import Confidence, Curves, Predictor
@@ -278,6 +278,20 @@ def model_scenarios(draw: st.DrawFn) -> tuple[list[Pool], PolicySection, Advice]
     }
     flagged = {f"s{i}": OUTLIER for i in range(n) if draw(st.integers(0, 3)) == 0}
     advice = model_advice(shares, draw(st.floats(0.7, 1.0)), flagged)
+    # Every kind of advice the advisor gives: the model acting, the model holding the
+    # weights (no worthwhile gain), the model blocked (fallback, outlier findings
+    # only); and outlier cuts that deepen below the current weight.
+    kind = draw(st.sampled_from(["model", "model", "hold", "blocked"]))
+    deepened = {name for name in flagged if draw(st.booleans())}
+    servers = {
+        name: a._replace(deepen=name in deepened) for name, a in advice.pools["app"].servers.items()
+    }
+    pool_advice = replace(advice.pools["app"], servers=servers)
+    if kind == "hold":
+        pool_advice = replace(pool_advice, hold="predicted gain 3% < 10%")
+    elif kind == "blocked":
+        pool_advice = blocked_pool("app", "low confidence", flagged, frozenset(deepened))
+    advice = Advice(advice.model_version, {"app": pool_advice})
     keys = [f"app/s{i}" for i in range(n)]
     low = draw(st.integers(min_value=0, max_value=50))
     deadband = draw(st.floats(min_value=0, max_value=0.3))
@@ -332,7 +346,8 @@ def test_model_mode_keeps_every_safety_rule(
     plan = plan_weights(observation(pools), pol, advice)
     (pool_plan,) = plan.pools
     any_movable = any(movable(s, pol) for s in pool.servers)
-    assert (pool_plan.mode == "model") == any_movable
+    pool_advice = advice.pools["app"]
+    assert (pool_plan.mode == "model") == (any_movable and not pool_advice.blocked)
     for server, planned in zip(pool.servers, pool_plan.servers, strict=True):
         key = f"app/{server.name}"
         current = None if server.weight is None else int(server.weight)
@@ -354,15 +369,43 @@ def test_model_mode_keeps_every_safety_rule(
             assert abs(new - current) <= max_step(current, pol.max_step_ratio)
             if pol.min_weight <= current <= pol.max_weight:
                 assert pol.min_weight <= new <= pol.max_weight
-            share = advice.pools["app"].servers[server.name].share
             head = planned.reason.split(" ")[0]
-            allowed = {"model", "outlier:"} if share is not None else {"low", "outlier:"}
+            if pool_advice.blocked:
+                allowed = {pool_advice.blocked.split(" ")[0], "outlier:"}
+            elif pool_advice.servers[server.name].share is None:
+                allowed = {"low", "outlier:"}
+            else:
+                allowed = {"model:" if pool_advice.hold else "model", "outlier:"}
             assert head in allowed | {"kept"}, planned.reason
     before = in_rotation(
         [(s.state, None if s.weight is None else int(s.weight)) for s in pool.servers]
     )
     after = in_rotation([(s.state, s.planned_weight) for s in pool_plan.servers])
     assert after >= min(pol.min_servers_in_rotation, before)
+
+
+@PROPERTY
+@given(model_scenarios(), st.data())
+def test_after_a_reload_every_step_starts_from_the_restored_weight(
+    scenario: tuple[list[Pool], PolicySection, Advice], data: st.DataObject
+) -> None:
+    """A reload resets runtime weights; the plan restores VeloFlux's own and moves from
+    there by at most one step, in every mode and for every advice kind."""
+    pools, pol, advice = scenario
+    names = [s.name for s in pools[0].servers]
+    restore = data.draw(
+        st.dictionaries(st.sampled_from([f"app/{n}" for n in names]), st.integers(1, 256))
+    )
+    plan = by_name(plan_weights(observation(pools), pol, advice, restore))
+    for server in pools[0].servers:
+        key, planned = f"app/{server.name}", plan[server.name]
+        if not movable(server, pol) or server.weight is None or not int(server.weight):
+            continue
+        if planned.reason.startswith("kept in rotation"):
+            continue
+        origin = restore.get(key, int(server.weight))
+        assert planned.planned_weight is not None
+        assert abs(planned.planned_weight - origin) <= max_step(origin, pol.max_step_ratio)
 
 
 @PROPERTY
@@ -377,7 +420,8 @@ def test_the_outlier_guard_only_ever_lowers_a_weight_and_never_below_min_weight(
     flagged_plan = by_name(plan_weights(observation(pools), pol, advice))
     clean_plan = by_name(plan_weights(observation(pools), pol, clean))
     for server in pools[0].servers:
-        if not pool_advice.servers[server.name].outlier or not movable(server, pol):
+        found = pool_advice.servers.get(server.name)
+        if found is None or not found.outlier or not movable(server, pol):
             assert flagged_plan[server.name] == clean_plan[server.name]
             continue
         flagged, unflagged = flagged_plan[server.name], clean_plan[server.name]

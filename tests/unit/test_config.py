@@ -344,6 +344,60 @@ def test_policy_numbers_are_range_checked(field: str, value: float, message: str
     assert problems_of(data) == {f"policy.{field}": message}
 
 
+# Every bounded number of the config: a value just past each bound is refused with its
+# path and the bound, and the bound itself (or the nearest value inside) is taken. A
+# bound dropped or moved in the schema fails one of these; an unchecked ratio would
+# let, say, ``reduce_ratio: -1`` raise a failing server's weight.
+BOUNDS = [
+    ("policy.max_weight_ratio", 0.99, "must be >= 1", 1),
+    ("policy.outlier.reduce_ratio", 0, "must be > 0", 0.01),
+    ("policy.outlier.reduce_ratio", -1, "must be > 0", 0.5),
+    ("policy.outlier.reduce_ratio", 1, "must be < 1", 0.99),
+    ("policy.outlier.latency_ratio", 1, "must be > 1", 1.01),
+    ("policy.outlier.latency_ratio", 0.5, "must be > 1", 100),
+    ("policy.outlier.error_rate", 0, "must be > 0", 0.001),
+    ("policy.outlier.error_rate", 1.01, "must be <= 1", 1),
+    ("policy.outlier.min_requests", 0, "must be >= 1", 1),
+    ("ai.min_gain", -0.1, "must be >= 0", 0),
+    ("ai.min_gain", 1, "must be < 1", 0.99),
+    ("ai.confidence_threshold", -0.1, "must be >= 0", 0),
+    ("ai.confidence_threshold", 1.5, "must be <= 1", 1),
+    ("ai.min_training_rows", 19, "must be >= 20", 20),
+    ("ai.training_threads", 0, "must be >= 1", 1),
+    ("ai.training_threads", 65, "must be <= 64", 64),
+    ("ai.keep_models", 0, "must be >= 1", 1),
+    ("ai.keep_models", 101, "must be <= 100", 100),
+    ("ai.audit_max_bytes", 4095, "must be >= 4096", 4096),
+    ("ai.audit_backups", 0, "must be >= 1", 1),
+    ("ai.audit_backups", 101, "must be <= 100", 100),
+    ("policy.max_step_ratio", 10.01, "must be <= 10", 10),
+    ("policy.deadband_ratio", 1, "must be < 1", 0.99),
+    ("policy.min_servers_in_rotation", 0, "must be >= 1", 1),
+]
+
+
+def _set(data: dict[str, Any], path: str, value: object) -> None:
+    *parents, leaf = path.split(".")
+    for key in parents:
+        data = data.setdefault(key, {})
+    data[leaf] = value
+
+
+@pytest.mark.parametrize(("path", "outside", "message", "inside"), BOUNDS)
+def test_every_bounded_number_refuses_a_value_past_its_bound_and_takes_the_bound(
+    path: str, outside: float, message: str, inside: float
+) -> None:
+    refused = base()
+    _set(refused, path, outside)
+    assert problems_of(refused) == {path: message}
+    taken = base()
+    _set(taken, path, inside)
+    config: Any = validate_config(taken)
+    for key in path.split("."):
+        config = getattr(config, key)
+    assert config == inside
+
+
 @pytest.mark.parametrize("value", [-0.1, 1.5])
 def test_confidence_threshold_is_a_probability(value: float) -> None:
     data = base()

@@ -1,5 +1,7 @@
 """The HAProxy sink's read-back, on replies a real HAProxy would not give on cue: a
-state dump that lacks a server, one that is garbage, a weight that did not take.
+state dump that lacks a server, one that is garbage, a weight that did not take; and
+its two refusals before anything is sent: a socket below level admin, and a name that
+could smuggle a command into the CLI.
 (Real-HAProxy writes and refusals: tests/integration/test_haproxy_source_sink.py.)"""
 
 from __future__ import annotations
@@ -8,8 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import pytest
+
 from tests.unit.test_haproxy_replies import SERVERS_STATE
 from veloflux.domain.weightplan import ApplyReport, PoolPlan, ServerPlan, WeightPlan
+from veloflux.errors import SinkRejected
 from veloflux.haproxy.runtime import RuntimeAPI
 from veloflux.haproxy.sink import HAProxySink
 from veloflux.util.events import Events
@@ -84,3 +89,81 @@ def test_haproxys_refusal_is_the_reason_given_before_the_read_back() -> None:
     assert [(r.server, r.error) for r in report.failures] == [
         ("s1", "HAProxy refused: No such server.")
     ]
+
+
+@dataclass(frozen=True)
+class AnsweringAPI(RuntimeAPI):
+    """Answers any pipeline as HAProxy would (a ``set`` accepted silently, every state
+    dump SERVERS_STATE) and keeps each command it was sent."""
+
+    sent: list[str] = field(default_factory=list)
+
+    def run_many(self, commands: Sequence[str]) -> list[str]:
+        self.sent.extend(commands)
+        return ["" if c.startswith("set server ") else SERVERS_STATE for c in commands]
+
+
+def s1_plan(*more: ServerPlan) -> WeightPlan:
+    """s1 10 -> 12 in backend app (SERVERS_STATE shows s1 at 12), then ``more``."""
+    servers = (ServerPlan("app", "s1", "UP", 10, 12, 10, 0.9, "model"), *more)
+    return WeightPlan(
+        datetime(2026, 1, 1, tzinfo=UTC),
+        (PoolPlan("app", "roundrobin", "model", 0.9, "model", servers),),
+    )
+
+
+@pytest.mark.parametrize("level", ["operator", "user"])
+def test_a_socket_below_level_admin_is_refused_before_any_write(level: str) -> None:
+    """Kills: refusing only a ``user``-level socket (``proxy_level == "user"``), which
+    would let an ``operator``-level socket through to a write HAProxy refuses one by one."""
+    api = AnsweringAPI("unix:///stub.sock")
+    events = Events()
+    with pytest.raises(SinkRejected, match=f"at level {level}: .*level admin"):
+        HAProxySink(api, events).apply(s1_plan(), level)
+    assert api.sent == []
+    assert events.count("sink_rejected", sink="haproxy") == 1
+
+
+@pytest.mark.parametrize("level", ["operator", "user"])
+def test_a_socket_below_level_admin_is_refused_even_with_nothing_to_write(level: str) -> None:
+    """Kills: checking the level only after the early return for an empty plan, so a
+    misconfigured socket goes unnoticed until the first real change."""
+    empty = WeightPlan(datetime(2026, 1, 1, tzinfo=UTC), ())
+    with pytest.raises(SinkRejected):
+        HAProxySink(AnsweringAPI("unix:///stub.sock"), Events()).apply(empty, level)
+
+
+@pytest.mark.parametrize("level", ["admin", "unknown"])
+def test_an_admin_or_unknown_level_socket_is_written(level: str) -> None:
+    """The control for the two tests above: the same plan and API, a level that may write."""
+    api = AnsweringAPI("unix:///stub.sock")
+    report = HAProxySink(api, Events()).apply(s1_plan(), level)
+    assert api.sent == ["set server app/s1 weight 12", "show servers state app"]
+    assert [(r.server, r.confirmed_weight, r.error) for r in report.results] == [("s1", 12, "")]
+
+
+@pytest.mark.parametrize(
+    ("backend", "server", "kind"),
+    [
+        ("app", "s2;disable server app/s1", "server"),
+        ("app", "s2\nshutdown sessions server app/s1", "server"),
+        ("app;disable frontend fe", "s2", "backend"),
+        ("app\nshow info", "s2", "backend"),
+    ],
+)
+def test_a_name_that_could_inject_a_command_is_refused_before_any_command_is_composed(
+    backend: str, server: str, kind: str
+) -> None:
+    """Kills: deleting the ``check_name`` call for the backend or the server in
+    ``_commands``, which would pipe ``;`` or a newline into HAProxy's CLI."""
+    api = AnsweringAPI("unix:///stub.sock")
+    events = Events()
+    hostile = ServerPlan(backend, server, "UP", 18, 20, 20, 0.9, "model")
+    report = HAProxySink(api, events).apply(s1_plan(hostile), "admin")
+    assert api.sent == ["set server app/s1 weight 12", "show servers state app"]
+    assert [(r.backend, r.server, r.confirmed_weight) for r in report.failures] == [
+        (backend, server, None)
+    ]
+    assert report.failures[0].error.startswith(f"refusing {kind} name ")
+    assert [r.server for r in report.applied] == ["s1"]
+    assert events.count("sink_refused_name", sink="haproxy") == 1

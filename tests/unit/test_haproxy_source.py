@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.unit.test_haproxy_replies import ROWS, SERVERS_STATE, SHOW_INFO, STAT_COLUMNS, stat_reply
+from veloflux.config.schema import PolicySection
+from veloflux.decide.planner import plan_weights
 from veloflux.domain.observation import COLUMN_NAMES, Observation, ServerRow
 from veloflux.errors import SourceUnavailable
 from veloflux.haproxy.replies import read_number
@@ -112,6 +114,29 @@ def test_server_missing_from_servers_state_reads_stat_weight_and_status() -> Non
     (_, s2) = observe(stat_reply(STAT_COLUMNS), state=state).rows
     assert (s2.weight, s2.state, s2.problem) == (20.0, "MAINT", "missing from 'show servers state'")
     assert math.isnan(s2.initial_weight)
+
+
+def test_a_server_the_state_dump_lacks_is_flagged_by_the_source_and_held_by_the_planner() -> None:
+    """The source's own cross-check of ``show stat`` against ``show servers state``
+    produces the problem, and the planner then holds the server instead of moving it
+    on a weight it could not confirm. Kills: removing the cross-check in
+    ``_server_rows`` (the row would carry no problem and s1 would move to its static
+    weight, as it does in the control with the full state dump)."""
+    rules = PolicySection(static_weights={"app/s1": 1})
+    full = observe(stat_reply(STAT_COLUMNS))
+    moved = next(s for s in plan_weights(full, rules).servers() if s.server == "s1")
+    assert (moved.current_weight, moved.planned_weight) == (12, 6)  # halfway toward 1
+
+    events = Events()
+    without_s1 = "\n".join(line for line in SERVERS_STATE.splitlines() if " s1 " not in line)
+    lacking = observe(stat_reply(STAT_COLUMNS), events, state=without_s1)
+    s1 = lacking.rows[0]
+    assert (s1.server, s1.state, s1.weight) == ("s1", "UP", 10.0)  # from show stat
+    assert s1.problem == "missing from 'show servers state'"
+    assert events.count("source_bad_row", source="haproxy") == 1
+    held = next(s for s in plan_weights(lacking, rules).servers() if s.server == "s1")
+    assert held.planned_weight == held.current_weight == 10
+    assert held.reason == "hold: missing from 'show servers state'"
 
 
 def test_unsafe_name_is_a_problem() -> None:

@@ -210,15 +210,23 @@ def test_the_wrapped_source_adds_the_features_to_its_observations() -> None:
 # --- the HTTP client against answers no real Prometheus gives ------------------------------
 
 
-@pytest.fixture
-def fake_prometheus() -> Iterator[Callable[[int, bytes, float], str]]:
-    """A server answering every request with (status, body) after a delay."""
-    servers: list[ThreadingHTTPServer] = []
+class FakePrometheus:
+    """Loopback servers answering every request with (status, body), or with nothing
+    until the test ends (``hang``). Every request's path is kept in ``paths``."""
 
-    def start(status: int, body: bytes, delay: float = 0.0) -> str:
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.release = threading.Event()
+        self._servers: list[ThreadingHTTPServer] = []
+
+    def __call__(self, status: int, body: bytes, hang: bool = False) -> str:
+        fake = self
+
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                time.sleep(delay)
+                fake.paths.append(self.path)
+                if hang:
+                    fake.release.wait(30)
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
@@ -234,13 +242,30 @@ def fake_prometheus() -> Iterator[Callable[[int, bytes, float], str]]:
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
+        self._servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"
 
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    def stop(self) -> None:
+        self.release.set()
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+
+
+def wait_for(check: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Poll ``check`` until it is truthy; fail naming ``what`` if it never is."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def fake_prometheus() -> Iterator[FakePrometheus]:
+    fake = FakePrometheus()
+    yield fake
+    fake.stop()
 
 
 @pytest.mark.parametrize(
@@ -255,13 +280,13 @@ def fake_prometheus() -> Iterator[Callable[[int, bytes, float], str]]:
     ],
 )
 def test_every_bad_answer_is_one_named_error(
-    fake_prometheus: Callable[[int, bytes, float], str],
+    fake_prometheus: FakePrometheus,
     status: int,
     body: bytes,
     kind: str,
     words: str,
 ) -> None:
-    url = fake_prometheus(status, body, 0.0)
+    url = fake_prometheus(status, body)
     with pytest.raises(PrometheusError) as caught:
         PrometheusAPI(url, 2.0).instant("up")
     assert caught.value.kind == kind
@@ -269,15 +294,19 @@ def test_every_bad_answer_is_one_named_error(
     assert url in str(caught.value)
 
 
-def test_a_slow_answer_is_a_timeout_within_the_deadline(
-    fake_prometheus: Callable[[int, bytes, float], str],
+def test_an_answer_that_never_comes_is_one_timeout_without_retries(
+    fake_prometheus: FakePrometheus,
 ) -> None:
-    url = fake_prometheus(200, b'{"data": {"result": []}}', 3.0)
-    started = time.monotonic()
+    """The server holds its answer until the test ends, so only the client's own
+    timeout can end the query: the error's kind proves it fired, and the server saw
+    one request, so no retry (with back-off) stood behind it."""
+    url = fake_prometheus(200, b'{"data": {"result": []}}', hang=True)
     with pytest.raises(PrometheusError) as caught:
         PrometheusAPI(url, 0.3).instant("up")
     assert caught.value.kind == "timeout"
-    assert time.monotonic() - started < 2.5  # no retries with back-off behind it
+    assert "no answer within 0.3s" in str(caught.value)
+    wait_for(lambda: fake_prometheus.paths, "the request to reach the server")
+    assert len(fake_prometheus.paths) == 1, fake_prometheus.paths
 
 
 def test_a_closed_port_is_unreachable_at_once() -> None:
@@ -293,7 +322,7 @@ def test_a_closed_port_is_unreachable_at_once() -> None:
 
 
 def test_values_come_back_as_floats_with_nan_and_infinities(
-    fake_prometheus: Callable[[int, bytes, float], str],
+    fake_prometheus: FakePrometheus,
 ) -> None:
     body = (
         b'{"status":"success","data":{"resultType":"vector","result":['
@@ -301,7 +330,7 @@ def test_values_come_back_as_floats_with_nan_and_infinities(
         b'{"metric":{"server":"b"},"value":[1.5,"NaN"]},'
         b'{"metric":{"server":"c"},"value":[1.5,"+Inf"]}]}}'
     )
-    got = PrometheusAPI(fake_prometheus(200, body, 0.0), 2.0).instant("x")
+    got = PrometheusAPI(fake_prometheus(200, body), 2.0).instant("x")
     assert [s.labels["server"] for s in got] == ["a", "b", "c"]
     assert got[0].value == 0.25
     assert math.isnan(got[1].value)
@@ -309,7 +338,7 @@ def test_values_come_back_as_floats_with_nan_and_infinities(
 
 
 def test_range_answers_become_float_arrays_and_bad_pairs_are_refused(
-    fake_prometheus: Callable[[int, bytes, float], str],
+    fake_prometheus: FakePrometheus,
 ) -> None:
     from datetime import UTC
 
@@ -318,14 +347,14 @@ def test_range_answers_become_float_arrays_and_bad_pairs_are_refused(
         b'{"status":"success","data":{"resultType":"matrix","result":['
         b'{"metric":{"server":"a"},"values":[[10,"1.5"],[25,"NaN"],[40,"+Inf"]]}]}}'
     )
-    (got,) = PrometheusAPI(fake_prometheus(200, body, 0.0), 2.0).range("x", start, end, 15)
+    (got,) = PrometheusAPI(fake_prometheus(200, body), 2.0).range("x", start, end, 15)
     assert got.times.tolist() == [10.0, 25.0, 40.0]
     assert got.values[0] == 1.5
     assert math.isnan(got.values[1])
     assert math.isinf(got.values[2])
     broken = b'{"data":{"result":[{"metric":{},"values":[[10,"1"],[25]]}]}}'
     with pytest.raises(PrometheusError, match="not \\[time, value\\] pairs") as caught:
-        PrometheusAPI(fake_prometheus(200, broken, 0.0), 2.0).range("x", start, end, 15)
+        PrometheusAPI(fake_prometheus(200, broken), 2.0).range("x", start, end, 15)
     assert caught.value.kind == "bad_shape"
 
 

@@ -11,12 +11,14 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import pytest
 import xgboost
 
 from veloflux.errors import ModelUnavailable
+from veloflux.model import registry as registry_module
 from veloflux.model.registry import LoadedModel, Registry
 from veloflux.util.events import Events
 
@@ -39,6 +41,7 @@ class StepClock:
 
 
 MakeRegistry = Callable[..., Registry]
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -433,39 +436,175 @@ def test_save_into_an_unusable_directory_names_the_path(tmp_path: Path, events: 
 
 
 # --- concurrency ---------------------------------------------------------------------------
+# A reader and a promotion share no lock (they may be two processes), so each interleaving
+# that matters is forced: one thread is held at a chosen step inside the registry while
+# the other runs, instead of racing two threads and hoping to hit the window.
 
 
-def test_loads_during_promotions_always_see_a_whole_model(registry: Registry) -> None:
+class Hold:
+    """Stops one thread at a chosen point until the test lets it go on."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self.go_on = threading.Event()
+
+    def here(self) -> None:
+        self.reached.set()
+        if not self.go_on.wait(30):
+            raise AssertionError("the test never let the held thread go on")
+
+    def wait_reached(self) -> None:
+        assert self.reached.wait(30), "the thread never reached the point it is held at"
+
+
+class InThread(Generic[T]):
+    """``fn()`` on its own thread; ``result()`` joins it and returns or re-raises."""
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self._outcome: list[T] = []
+        self._error: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[[], T]) -> None:
+        try:
+            self._outcome.append(fn())
+        except BaseException as exc:  # re-raised in the test's thread
+            self._error.append(exc)
+
+    def result(self) -> T:
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the thread did not end"
+        if self._error:
+            raise self._error[0]
+        return self._outcome[0]
+
+
+def hold_in(
+    monkeypatch: pytest.MonkeyPatch, name: str, when: Callable[..., bool], before: bool = False
+) -> Hold:
+    """Wrap ``veloflux.model.registry.<name>`` so that its first call for which
+    ``when(*args)`` is true, on a thread other than the test's, is held after it has
+    done its work (``before``: before it starts) until the test lets it go on."""
+    original = getattr(registry_module, name)
+    hold = Hold()
+    main = threading.current_thread()
+
+    def wrapped(*args: Any) -> Any:
+        chosen = threading.current_thread() is not main and not hold.reached.is_set()
+        chosen = chosen and when(*args)
+        if chosen and before:
+            hold.here()
+        result = original(*args)
+        if chosen and not before:
+            hold.here()
+        return result
+
+    monkeypatch.setattr(registry_module, name, wrapped)
+    return hold
+
+
+def whole(loaded: LoadedModel, expected: dict[str, dict[str, bytes]]) -> str:
+    """The version of ``loaded``, once its boosters are exactly that version's."""
+    assert dict(loaded.boosters) == expected[loaded.version]
+    assert loaded.metadata["version"] == loaded.version
+    return loaded.version
+
+
+@pytest.fixture
+def two(registry: Registry) -> tuple[str, str, dict[str, dict[str, bytes]]]:
+    """Two saved versions, the older one current."""
     expected = {registry.save(variant(i), {"i": i}).version: variant(i) for i in range(2)}
     first, second = expected
     registry.promote(first)
-    stop = threading.Event()
-    failures: list[BaseException] = []
+    return first, second, expected
 
-    def trainer() -> None:
-        try:
-            for i in range(300):
-                if stop.is_set():
-                    return
-                registry.promote(second if i % 2 == 0 else first)
-        except BaseException as exc:  # reported by the main thread
-            failures.append(exc)
 
-    thread = threading.Thread(target=trainer)
-    thread.start()
-    loads: list[LoadedModel] = []
-    try:
-        for _ in range(2000):
-            loaded = registry.load()
-            assert dict(loaded.boosters) == expected[loaded.version]
-            loads.append(loaded)
-            if not thread.is_alive():
-                break
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-    assert not failures
-    assert {loaded.version for loaded in loads} == set(expected)
+def test_a_load_that_read_current_before_a_promotion_returns_the_old_model_whole(
+    registry: Registry,
+    two: tuple[str, str, dict[str, dict[str, bytes]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Forced interleaving: the reader reads ``current`` (the first version) and is held
+    before it reads any file of that version; the whole promotion of the second (new
+    ``current``, both meta.json rewritten) runs; then the reader goes on. It must return
+    the first version whole: a promotion never touches the files a reader is reading."""
+    first, second, expected = two
+    hold = hold_in(monkeypatch, "_verify", lambda _dir, version: version == first, before=True)
+    reader = InThread(registry.load)
+    hold.wait_reached()
+    registry.promote(second)
+    hold.go_on.set()
+    loaded = reader.result()
+    assert whole(loaded, expected) == first
+    assert loaded.metadata["status"] == "retired"  # read after the promotion rewrote it
+    assert whole(registry.load(), expected) == second
+
+
+def test_a_load_holding_old_metadata_through_a_promotion_returns_the_old_model_whole(
+    registry: Registry,
+    two: tuple[str, str, dict[str, dict[str, bytes]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Forced interleaving: the reader has read the first version's meta.json and is held
+    before its booster files; the promotion of the second replaces that meta.json; then
+    the reader reads the boosters. They still match the checksums it holds."""
+    first, second, expected = two
+    hold = hold_in(monkeypatch, "_read_meta", lambda _dir, version: version == first)
+    reader = InThread(registry.load)
+    hold.wait_reached()
+    registry.promote(second)
+    hold.go_on.set()
+    loaded = reader.result()
+    assert whole(loaded, expected) == first
+    assert loaded.metadata["status"] == "current"  # read before the promotion
+
+
+def test_a_load_whose_version_is_pruned_meanwhile_retries_on_the_new_current(
+    make_registry: MakeRegistry, events: Events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forced interleaving, with ``keep=1``: the reader reads ``current`` (the first
+    version) and is held; promoting the second prunes the first, directory and all;
+    the reader goes on, finds its version gone, and loads the new ``current`` whole
+    instead of failing or returning half a model. Nothing is refused on the way."""
+    registry = make_registry(keep=1)
+    expected = {registry.save(variant(i), {"i": i}).version: variant(i) for i in range(2)}
+    first, second = expected
+    registry.promote(first)
+    hold = hold_in(monkeypatch, "_verify", lambda _dir, version: version == first, before=True)
+    reader = InThread(registry.load)
+    hold.wait_reached()
+    registry.promote(second)
+    assert [e.version for e in registry.entries()] == [second]  # the first is gone
+    hold.go_on.set()
+    loaded = reader.result()
+    assert whole(loaded, expected) == second
+    assert events.count("model_refused") == 0
+
+
+def test_a_load_between_a_promotions_current_and_its_statuses_gets_the_new_model(
+    registry: Registry,
+    two: tuple[str, str, dict[str, dict[str, bytes]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Forced interleaving: the promotion of the second version has replaced ``current``
+    and is held before it rewrites either meta.json (a crash could stop it there too).
+    A load then returns the second version whole, and the listing already calls it
+    current and the first one retired; once the promotion ends, both meta.json agree."""
+    first, second, expected = two
+    hold = hold_in(
+        monkeypatch, "replace_atomically", lambda path, _data: Path(path).name == "current"
+    )
+    promoter = InThread(lambda: registry.promote(second))
+    hold.wait_reached()
+    assert whole(registry.load(), expected) == second
+    statuses = {e.version: e.status for e in registry.entries()}
+    assert statuses == {first: "retired", second: "current"}
+    assert registry.load(first).metadata["status"] == "current"  # not rewritten yet
+    hold.go_on.set()
+    promoter.result()
+    assert registry.load(first).metadata["status"] == "retired"
+    assert registry.load(second).metadata["status"] == "current"
 
 
 # --- a real XGBoost booster ----------------------------------------------------------------

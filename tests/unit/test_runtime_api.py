@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +18,8 @@ import pytest
 from veloflux.haproxy.runtime import RuntimeAPI, RuntimeAPIError
 
 HANG_GUARD_SECONDS = 5.0  # not a performance bound: only keeps a broken client from hanging
+# No test here measures how long anything takes: each counts connections, commands and
+# replies, and pytest-timeout (180 s a test) catches a client that hangs.
 
 Handler = Callable[[socket.socket, "FakeServer"], None]
 
@@ -32,6 +33,7 @@ class FakeServer:
         self.address = address
         self.received: list[str] = []
         self.connections = 0
+        self.ended = threading.Semaphore(0)  # released each time a connection is done
         self.stopping = threading.Event()
         self.errors: list[BaseException] = []
         listener.listen(8)
@@ -56,6 +58,11 @@ class FakeServer:
                     pass  # the client went away: part of several scenarios
                 except BaseException as exc:  # reported by the fixture
                     self.errors.append(exc)
+            self.ended.release()
+
+    def wait_until_connection_ended(self) -> None:
+        """Block until a connection's handler has returned (pytest-timeout guards it)."""
+        self.ended.acquire()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -140,13 +147,15 @@ def haproxy_like(line: str) -> str:
     return WEIGHTS.get(line, "Unknown command.\n")
 
 
-def run_bounded(api: RuntimeAPI, commands: list[str]) -> tuple[BaseException | list[str], float]:
-    started = time.monotonic()
-    try:
-        result: BaseException | list[str] = api.run_many(commands)
-    except Exception as exc:
-        result = exc
-    return result, time.monotonic() - started
+def until_the_client_closes(conn: socket.socket, server: FakeServer) -> None:
+    """Hold a connection open, answering nothing more, until the client closes it."""
+    conn.settimeout(0.05)
+    while not server.stopping.is_set():
+        try:
+            if not conn.recv(4096):
+                return
+        except TimeoutError:
+            continue
 
 
 # --- the normal conversation -----------------------------------------------------------
@@ -247,34 +256,42 @@ def test_server_closing_mid_reply(serve: Callable[..., FakeServer]) -> None:
 
 
 def test_server_that_never_answers_times_out(serve: Callable[..., FakeServer]) -> None:
+    """The client gives up at its own deadline with the timeout error, on the one
+    connection that carried the whole request. Kills: a read with no deadline (a hang,
+    which pytest-timeout reports) or a retry on a new connection."""
+
     def silent(conn: socket.socket, server: FakeServer) -> None:
-        conn.settimeout(0.05)
-        while not server.stopping.is_set():
-            try:
-                if not conn.recv(4096):
-                    return  # the client gave up and closed
-            except TimeoutError:
-                continue
+        for _ in lines_of(conn, server):
+            pass  # read and record every line, answer none
+        until_the_client_closes(conn, server)
 
     server = serve(silent)
-    result, elapsed = run_bounded(RuntimeAPI(server.address, timeout_seconds=0.3), ["show info"])
-    assert isinstance(result, RuntimeAPIError), result
-    assert "no complete answer within 0.3s" in str(result)
-    assert elapsed < HANG_GUARD_SECONDS
+    with pytest.raises(RuntimeAPIError, match=r"no complete answer within 0\.3s$") as caught:
+        RuntimeAPI(server.address, timeout_seconds=0.3).run_many(["show info"])
+    assert str(caught.value).startswith(server.address)
+    server.wait_until_connection_ended()
+    assert server.received == ["prompt", "show info", "quit"]
+    assert server.connections == 1
 
 
 def test_server_that_answers_but_never_closes_times_out(
     serve: Callable[..., FakeServer],
 ) -> None:
+    """Every reply arrived but the connection stays open: still the timeout error, not
+    the replies. Kills: a drain that waits for the close with no deadline (a hang), or
+    one that returns what it has when the deadline passes."""
+
     def never_closes(conn: socket.socket, server: FakeServer) -> None:
         for line in lines_of(conn, server):
             conn.sendall(b"\n> " if line in ("prompt", "quit") else b"ok\n\n> ")
-        server.stopping.wait(HANG_GUARD_SECONDS)
+        until_the_client_closes(conn, server)
 
     server = serve(never_closes)
-    result, elapsed = run_bounded(RuntimeAPI(server.address, timeout_seconds=0.3), ["show info"])
-    assert isinstance(result, RuntimeAPIError), result
-    assert elapsed < HANG_GUARD_SECONDS
+    with pytest.raises(RuntimeAPIError, match=r"no complete answer within 0\.3s$"):
+        RuntimeAPI(server.address, timeout_seconds=0.3).run_many(["show info"])
+    server.wait_until_connection_ended()
+    assert server.received == ["prompt", "show info", "quit"]
+    assert server.connections == 1
 
 
 def test_missing_socket_file(short_dir: Path) -> None:
@@ -316,7 +333,23 @@ def test_command_with_a_line_break_is_refused_before_connecting(
     assert server.received == []
 
 
-def test_non_ascii_command_is_a_runtime_api_error(short_dir: Path) -> None:
-    api = RuntimeAPI(f"unix://{short_dir}/absent.sock", timeout_seconds=0.3)
-    with pytest.raises(RuntimeAPIError):
-        api.run("get weight app/sé")
+@pytest.mark.parametrize(
+    ("name", "culprit"),
+    [("sé", "é"), ("s\u200b1", "\u200b"), ("s1\u037e", "\u037e")],
+    ids=["accent", "zero-width-space", "greek-question-mark"],
+)
+def test_non_ascii_command_is_refused_before_connecting(
+    serve: Callable[..., FakeServer], name: str, culprit: str
+) -> None:
+    """The socket exists and answers, so only the ASCII check can refuse. Kills:
+    removing it (the command travels as UTF-8), encoding with ``errors="replace"``
+    (HAProxy would receive ``app/s?``), or letting ``UnicodeEncodeError`` escape."""
+    server = serve(prompt_mode(haproxy_like))
+    api = RuntimeAPI(server.address, timeout_seconds=HANG_GUARD_SECONDS)
+    with pytest.raises(RuntimeAPIError, match="not ASCII") as caught:
+        api.run_many(["get weight app/s1", f"get weight app/{name}"])
+    assert str(caught.value) == f"refusing a command that is not ASCII: {culprit!r}"
+    assert server.connections == 0
+    assert server.received == []
+    assert api.run("get weight app/s1") == "12 (initial 10)"  # the same socket answers
+    assert server.connections == 1

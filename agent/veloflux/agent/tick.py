@@ -110,8 +110,9 @@ class Agent:
     def _advice(self, observation: Observation, samples: pd.DataFrame | None) -> Advice:
         """Ask the model layer; it is imported only when there is something to ask it.
 
-        Importing pandas and XGBoost costs about half a second; a one-shot dry-run with
-        no history and no model should not pay it to learn that there is no model.
+        Importing pandas and XGBoost is a large start-up cost; a one-shot dry-run with
+        no history and no model should not pay it to learn that there is no model
+        (``tests/unit/test_fallback_imports.py`` checks that it does not).
         """
         ai = self._config.ai
         if self._journal is None and (not ai.enabled or self._current_version() is None):

@@ -39,15 +39,21 @@ class DaemonOps:
         controls: OperatorControls,
         metrics: AgentMetrics,
         clock: Callable[[], datetime],
+        monotonic: Callable[[], float] = time.monotonic,
+        epoch: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
+        # Liveness and durations read ``monotonic``; metric timestamps read ``epoch``:
+        # both injected, so a test can move time by hand.
+        self._monotonic = monotonic
+        self._epoch = epoch
         self._agent = agent
         self._controls = controls
         self._metrics = metrics
         self._clock = clock
         self._events = agent.events
-        self._started = time.monotonic()
-        self._heartbeat = time.monotonic()
+        self._started = self._monotonic()
+        self._heartbeat = self._monotonic()
         self._last: TickResult | None = None
         self._last_error = ""
         self._training: TrainingRun | None = None
@@ -62,7 +68,7 @@ class DaemonOps:
         try:
             result = self._agent.tick(write=not state.paused, overrides=state.weights, record=True)
         finally:
-            self._heartbeat = time.monotonic()
+            self._heartbeat = self._monotonic()
         self._last, self._last_error = result, ""
         failed = {f.proxy for f in result.failures if f.reason == "source"}
         for proxy in proxy_kinds(self._config):
@@ -70,7 +76,7 @@ class DaemonOps:
         external = result.observation.external
         if self._config.prometheus is not None:
             self._metrics.source_up("prometheus", external is not None and not external.error)
-        self._metrics.tick_succeeded(result, time.time())
+        self._metrics.tick_succeeded(result, self._epoch())
         self._metrics.model_loaded(result.plan.model_version)
         if result.proxy_reloaded:
             self._metrics.proxy_reload_detected()
@@ -100,7 +106,7 @@ class DaemonOps:
         """Run ``trainer`` once; every outcome is recorded, none is raised."""
         from veloflux.model.train import NotEnoughData
 
-        started = time.monotonic()
+        started = self._monotonic()
         report: dict[str, Any] | None = None
         try:
             result = trainer(self._config, self._events, self._stopping.is_set)
@@ -115,9 +121,9 @@ class DaemonOps:
             report = result
             outcome = "promoted" if result["promoted"] else "not_promoted"
             message = f"model {result['version']}: {result['reason']}"
-        run = TrainingRun(outcome, self._clock(), time.monotonic() - started, message, report)
+        run = TrainingRun(outcome, self._clock(), self._monotonic() - started, message, report)
         self._training = run
-        self._metrics.training_finished(outcome, run.duration_seconds, time.time())
+        self._metrics.training_finished(outcome, run.duration_seconds, self._epoch())
         level = logging.WARNING if outcome == "failed" else logging.INFO
         self._events.record(f"training_{outcome}", message, level=level)
         return run
@@ -129,7 +135,7 @@ class DaemonOps:
 
     def healthy(self) -> tuple[bool, str]:
         """The loop is turning: a tick (good or bad) ended recently."""
-        age = time.monotonic() - self._heartbeat
+        age = self._monotonic() - self._heartbeat
         limit = max(3 * self._config.interval_seconds, 30.0)
         if age > limit:
             return False, f"no tick has ended for {age:.0f}s (limit {limit:.0f}s)"

@@ -62,9 +62,10 @@ def train_once(config: Config, events: Events, cancelled: Callable[[], bool]) ->
 
 def train_in_child(config: Config, events: Events, cancelled: Callable[[], bool]) -> dict[str, Any]:
     """``train_once`` in a ``spawn`` process (never a fork: XGBoost's threads do not
-    survive one). Training peaks at several times the journal's size in memory; in a
-    child, that memory goes back to the system when it ends, so the daemon stays flat.
-    Stopping the daemon terminates the child."""
+    survive one). Training's memory peaks at about three times its input frame (the
+    peak RSS row of docs/benchmarks.md, "Learning core", from bench/bench_learning.py);
+    in a child, that memory goes back to the system when it ends, so the daemon stays
+    flat. Stopping the daemon terminates the child."""
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     child = context.Process(

@@ -3,11 +3,12 @@
 Each server's predicted cost of serving rate ``r`` is ``r * c(r)``, with ``c`` the
 predicted per-request cost (latency plus a penalty for errors) from the model's curves.
 Handing the rate out in small increments, each to the server whose total cost rises
-least, is the greedy water-filling of design.md section 4. With per-request costs that
-never fall as load rises, the greedy split is the same as filling the servers' cost
-segments in order of their marginal cost, which numpy does at once: sort every
-segment's slope, take segments until the rate is handed out, split the last one.
-That keeps a 1,000-server pool well under a millisecond.
+least, is greedy water-filling (docs/architecture.md, "Optimizer"). With per-request
+costs that never fall as load rises, the greedy split is the same as filling the
+servers' cost segments in order of their marginal cost, which numpy does at once: sort
+every segment's slope, take segments until the rate is handed out, split the last one.
+For a 1,000-server pool that is under a millisecond (``water_fill`` in the split of
+bench/bench_learning.py's per-tick figure, docs/benchmarks.md).
 
 Naive "weight = 1/latency" is deliberately absent: it herds traffic onto whichever
 server looked fastest a moment ago and oscillates.

@@ -19,7 +19,7 @@ NO_PARTS: Mapping[str, float] = MappingProxyType({})
 
 class ServerPlan(NamedTuple):
     """One server's current and planned weight, and why (a named tuple: the planner
-    makes one per server per tick, five times cheaper than a frozen dataclass)."""
+    makes one per server per tick, cheaper to build than a frozen dataclass)."""
 
     backend: str
     server: str

@@ -18,7 +18,7 @@ from typing import Any
 
 from veloflux.errors import VelofluxError
 
-_MAX_BODY_BYTES = 256 * 1024 * 1024  # /clusters for 10,000 endpoints is tens of MB
+_MAX_BODY_BYTES = 256 * 1024 * 1024  # /clusters lists every endpoint with its stats
 
 
 class EnvoyAdminError(VelofluxError):

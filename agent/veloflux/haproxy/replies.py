@@ -128,9 +128,10 @@ def _split_csv(lines: list[str], stop: int) -> list[tuple[int, list[str]]]:
     """Each CSV line's field count and fields (split up to ``stop`` if it is >= 0).
 
     HAProxy quotes a field only when it holds a comma or a quote, so a reply without
-    ``"`` splits on commas exactly as csv.reader would, several times faster. A reply
-    with a quote, or with a line longer than csv's field limit, goes through
-    csv.reader, whole, so that its fields and its errors stay csv.reader's own.
+    ``"`` splits on commas (``str.split``) exactly as csv.reader would, without
+    csv.reader's per-character parsing. A reply with a quote, or with a line longer
+    than csv's field limit, goes through csv.reader, whole, so that its fields and its
+    errors stay csv.reader's own.
     """
     body = "\n".join(lines)
     if '"' not in body and max(map(len, lines), default=0) <= csv.field_size_limit():

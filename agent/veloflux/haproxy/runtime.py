@@ -158,10 +158,10 @@ class RuntimeAPI:
         """Read until the server closes (it does after ``quit``), in few large reads.
 
         HAProxy writes each command's reply as it goes; woken for every one, a reader
-        spends ~10 us of CPU per command (10 ms for a 1,000-server update) to read
-        bytes that are all coming anyway. So the socket blocks in the kernel until a
-        large read is full or the connection closes (``MSG_WAITALL``), bounded by the
-        deadline through ``SO_RCVTIMEO``.
+        pays a wake-up and a system call per command (a thousand for a 1,000-server
+        update) to read bytes that are all coming anyway. So the socket blocks in the
+        kernel until a large read is full or the connection closes (``MSG_WAITALL``),
+        bounded by the deadline through ``SO_RCVTIMEO``.
         """
         sock.setblocking(True)
         while True:

@@ -39,10 +39,11 @@ SCHEMA_VERSION = 2
 PRUNE_EVERY_SECONDS = 3600.0
 
 # SQLite's page cache per connection, in KiB. Its default (2 MiB) fills as the journal
-# grows, one tick's pages at a time: the daemon's resident memory crept by ~1 MB per
-# 10 minutes for over an hour at a 1 s interval before levelling off (measured). The
-# daemon's connection appends a tick's rows and rarely reads, so a small cache costs
-# it nothing; a training reads the journal once, sequentially, through the index.
+# grows, one tick's pages at a time, and the daemon's resident memory crept up with it
+# until the cache was full. The daemon's connection appends a tick's rows and rarely
+# reads, so a small cache costs it nothing; a training reads the journal once,
+# sequentially, through the index. With this cache, bench/bench_daemon.py's RSS slope
+# (docs/benchmarks.md, "The daemon") is flat.
 CACHE_KIB = 256
 
 _SCHEMA = (

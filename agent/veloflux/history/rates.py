@@ -15,8 +15,9 @@ import pandas as pd
 
 from veloflux.history.frames import external_columns, instants, series_order
 
-# HAProxy 2.6 averages qtime/ctime/rtime/ttime over the last 512 requests (TIME_STATS_SAMPLES),
-# a plain running mean until a server's 512th request; measured on HAProxy 2.6.12.
+# HAProxy 2.6 averages qtime/ctime/rtime/ttime over the last 512 requests
+# (TIME_STATS_SAMPLES in its include/haproxy/defaults.h), a plain running mean until a
+# server's 512th request (see interval_mean).
 EMA_SAMPLES = 512
 
 _COUNTERS = (
@@ -143,9 +144,10 @@ def interval_mean(
     request as an EMA of weight 1/N, so k requests of mean v give
     ``avg_new = v + (avg_old - v) * a**k`` with ``a = 1 - 1/N``, hence
     ``v = (avg_new - avg_old * a**k) / (1 - a**k)``. Before that (a fresh process,
-    e.g. after every reload) it is a plain running mean over the requests so far
-    (measured: 100 requests at 42 ms then 100 at 6 ms read 24 ms, not the EMA's 36);
-    the general form below covers both and an interval straddling the switch.
+    e.g. after every reload) it is a plain running mean over the requests so far (a
+    reading of HAProxy 2.6.12 is in tests/unit/test_history.py,
+    ``test_the_first_512_requests_are_a_running_mean_as_haproxy_measures``); the
+    general form below covers both and an interval straddling the switch.
     NaN when k is 0 (the average froze: no information) or unknown; clipped at 0.
     """
     n = float(EMA_SAMPLES)

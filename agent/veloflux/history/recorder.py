@@ -1,7 +1,8 @@
 """Journal appends on a thread of their own, so that a tick never waits for SQLite.
 
-Appending a 1,000-server observation costs about 15 ms, most of it inside SQLite
-(which releases the GIL); the tick that made the rows has nothing left to do with
+Appending a 1,000-server observation is one of the larger steps of a tick (the
+journal append in the split of docs/benchmarks.md, "The daemon"); SQLite releases the
+GIL while it writes, and the tick that made the rows has nothing left to do with
 them. One writer thread takes observations, in order, from a short queue. If it
 falls so far behind that the queue is full (a disk stalled for several intervals),
 the newest observation is dropped, counted and logged: history is an aid to the

@@ -16,14 +16,14 @@ class RecentWindow:
     """The last ``span_seconds`` of history as per-interval rates, kept in memory.
 
     Every tick needs the last few intervals (rates, trends, realized error). Deriving
-    them afresh from 9,000 samples of a 1,000-server pool cost tens of milliseconds a
-    tick, for intervals whose rates had not changed: a rate depends only on a sample
-    and the one before it. So the window keeps the rates of the intervals in the span
-    and each server's last sample; a new observation costs the derivation of its own
-    rows. It is read from the journal once (on first use, or after it emptied), then
-    fed by the agent with what it records (``journal_frame`` rows, exactly what the
-    journal would give back). The rates it returns are those ``derive_rates`` gives on
-    the span's samples, in no particular order.
+    them afresh from 9,000 samples of a 1,000-server pool each tick redoes the work for
+    intervals whose rates had not changed: a rate depends only on a sample and the one
+    before it. So the window keeps the rates of the intervals in the span and each
+    server's last sample; a new observation costs the derivation of its own rows. It
+    is read from the journal once (on first use, or after it emptied), then fed by the
+    agent with what it records (``journal_frame`` rows, exactly what the journal would
+    give back). The rates it returns are those ``derive_rates`` gives on the span's
+    samples, in no particular order.
     """
 
     def __init__(self, journal: Journal, span_seconds: float) -> None:

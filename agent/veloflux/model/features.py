@@ -89,8 +89,8 @@ def build_features(rates: pd.DataFrame) -> pd.DataFrame:
 
     Every step is array work on integer codes over rows sorted by (pool, server,
     time): "the previous interval of this server" is the row before when it belongs to
-    the same server. Pandas group-bys over the string keys cost 30 ms per tick for a
-    1,000-server pool; this costs a few.
+    the same server. Pandas group-bys would hash the string keys of every row each
+    tick; integer codes and one sort avoid that.
     """
     external = external_columns(rates)
     columns_out = (*KEYS, *EXTRA, *FEATURES, *external, *TARGETS)
@@ -224,8 +224,9 @@ def baseline_log_latency(rows: pd.DataFrame) -> np.ndarray:
     Trees are coarse on a few hundred rows; asked for absolute latency they lag every
     change of level, and on two-minute recordings barely matched the naive forecast.
     Asked for the ratio, they only have to learn how load and trends move latency
-    away from where the server is now (measured: 2.4 vs 4.2 ms MAE against the naive
-    4.2 on the same recording, see docs/architecture.md).
+    away from where the server is now (bench/bench_learning.py measures the model
+    against the naive forecast on a real recording: docs/benchmarks.md, "Learning
+    core").
     """
     ema = rows["latency_ema"].to_numpy(dtype=float)
     last = rows["latency"].to_numpy(dtype=float)

@@ -58,18 +58,19 @@ class TrainSettings:
     max_depth: int = 5
     # Sample weights are scaled to mean 1, so this is "a latency leaf rests on about ten
     # intervals". On two-minute real recordings (a few hundred rows) XGBoost's default
-    # of 1 let single intervals become leaves and the model barely beat the naive
-    # forecast (4.24 vs 4.22 ms MAE); 10 gave 3.66 ms. On large histories it changes
+    # of 1 let single intervals become leaves and the model did no better than the
+    # naive forecast; ten intervals a leaf did better. On large histories it changes
     # nothing. The error model keeps the default: its logistic hessian, p(1-p) per row,
     # already makes 1 mean a couple of dozen rows.
     latency_min_child_weight: float = 10.0
-    # Measured on 200,000 synthetic rows: eta 0.2 with 64 bins and half the rows per
-    # tree trains 2.8x faster than eta 0.1 / 256 bins / all rows, grows half the trees
-    # (so scoring is twice as fast), and loses under 1% of p50 MAE.
+    # eta 0.2 with 64 bins and half the rows per tree, against eta 0.1 / 256 bins / all
+    # rows: fewer and coarser trees, so training and scoring are faster, at some cost
+    # in accuracy. With these settings bench/bench_learning.py's training and
+    # per-tick figures meet their targets (docs/benchmarks.md, "Learning core").
     learning_rate: float = 0.2
     max_bin: int = 64
     subsample: float = 0.5
-    max_rounds: int = 120  # caps model size: scoring cost grows with trees (see benchmarks)
+    max_rounds: int = 120  # caps model size: scoring cost grows with trees
     early_stopping_rounds: int = 20
     min_rows: int = 200
     seed: int = 7
@@ -97,8 +98,8 @@ class TrainedModel:
     """Boosters plus everything prediction and confidence need, as JSON-able metadata.
 
     One booster per latency quantile rather than one multi-quantile booster: the
-    optimizer scores hundreds of candidate loads per server and needs only the 0.9
-    quantile for them, so it evaluates a third of the trees.
+    optimizer scores every server at each candidate load of its trust region and needs
+    only the 0.9 quantile for them, so it evaluates a third of the trees.
     """
 
     latency: tuple[xgb.Booster, ...]  # one per QUANTILES entry, in order

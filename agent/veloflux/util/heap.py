@@ -1,13 +1,13 @@
 """Keeping the garbage collector's full passes out of the ticks.
 
 CPython's oldest-generation collection walks every object the collector tracks. Once
-pandas and XGBoost are imported and a model is loaded, that is hundreds of thousands
-of objects; on the 1,000-server benchmark a pass took 100-170 ms, inside whichever
-tick happened to trigger it. What is alive once the daemon has settled (modules, the
-model, the configuration) lives as long as the process, so the daemon moves it out of
-the collector's reach with ``gc.freeze()``. It settles again whenever that changes (a
-new model, a reloaded configuration): ``gc.unfreeze()`` first, so that whatever was
-replaced can be collected, then one full collection, then freeze.
+pandas and XGBoost are imported and a model is loaded, that is a great many objects,
+and a pass runs inside whichever tick happened to trigger it. What is alive once the
+daemon has settled (modules, the model, the configuration) lives as long as the
+process, so the daemon moves it out of the collector's reach with ``gc.freeze()``.
+It settles again whenever that changes (a new model, a reloaded configuration):
+``gc.unfreeze()`` first, so that whatever was replaced can be collected, then one full
+collection, then freeze.
 """
 
 from __future__ import annotations
