@@ -1,0 +1,185 @@
+"""The model-free capacity estimator: recovers known capacities, finds changes (quick
+downward, slower upward), and says when it cannot be trusted."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from veloflux.decide.capacity import (
+    CapacityEstimator,
+    CapacitySettings,
+    Interval,
+    ratio_of_sums,
+)
+
+
+def busy_intervals(
+    rng: random.Random, capacity: float, count: int, start: float = 0.0
+) -> list[Interval]:
+    """``count`` one-second intervals of a server of ``capacity`` requests per busy
+    second, at a utilization drawn from 0.3-0.9, completions Poisson as served."""
+    out = []
+    for k in range(count):
+        busy = rng.uniform(0.3, 0.9)
+        out.append(Interval(start + k + 1, float(_poisson(rng, capacity * busy)), busy))
+    return out
+
+
+def _poisson(rng: random.Random, mean: float) -> int:
+    """Knuth's method in chunks, so that large means do not underflow."""
+    total = 0
+    while mean > 0:
+        chunk = min(mean, 30.0)
+        mean -= chunk
+        limit, k, p = pow(2.718281828459045, -chunk), 0, 1.0
+        while True:
+            p *= rng.random()
+            if p <= limit:
+                break
+            k += 1
+        total += k
+    return total
+
+
+def feed(estimator: CapacityEstimator, intervals: list[Interval], server: str = "s1") -> None:
+    for interval in intervals:
+        estimator.observe(server, interval)
+
+
+@pytest.mark.parametrize("capacity", [5.0, 40.0, 300.0])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_known_capacity_is_recovered_within_ten_percent(capacity: float, seed: int) -> None:
+    estimator = CapacityEstimator()
+    intervals = busy_intervals(random.Random(seed), capacity, 60)
+    feed(estimator, intervals)
+    estimate = estimator.estimate("s1", intervals[-1].at)
+    assert estimate.capacity is not None
+    assert abs(estimate.capacity - capacity) <= 0.1 * capacity
+    assert estimate.confidence > 0
+    assert estimator.changes("s1") == 0  # noise is not a change
+
+
+def test_the_standard_error_covers_the_truth_and_shrinks_with_more_intervals() -> None:
+    intervals = busy_intervals(random.Random(7), 40.0, 60)
+    _, short_se = ratio_of_sums(intervals[:10])
+    estimate, long_se = ratio_of_sums(intervals)
+    assert short_se is not None
+    assert long_se is not None
+    assert long_se < short_se
+    assert abs(estimate - 40.0) <= 3 * long_se
+
+
+def test_noise_alone_is_never_called_a_change() -> None:
+    for seed in range(5):
+        for capacity in (5.0, 40.0, 300.0):
+            estimator = CapacityEstimator()
+            feed(estimator, busy_intervals(random.Random(seed), capacity, 500))
+            assert estimator.changes("s1") == 0, (seed, capacity)
+
+
+def intervals_to_find(factor: float, seed: int, capacity: float = 60.0) -> int | None:
+    """How many intervals after the capacity is multiplied by ``factor`` the change is
+    found (None: not within 60)."""
+    rng = random.Random(seed)
+    estimator = CapacityEstimator()
+    feed(estimator, busy_intervals(rng, capacity, 40))
+    for k, interval in enumerate(busy_intervals(rng, capacity * factor, 60, start=40.0)):
+        estimator.observe("s1", interval)
+        if estimator.changes("s1"):
+            return k + 1
+    return None
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_a_halving_is_found_within_six_intervals_and_a_fifth_within_two(seed: int) -> None:
+    halving = intervals_to_find(0.5, seed)
+    assert halving is not None
+    assert halving <= 6
+    fifth = intervals_to_find(0.2, seed)
+    assert fifth is not None
+    assert fifth <= 2
+
+
+def test_after_a_change_the_new_capacity_is_learned() -> None:
+    rng = random.Random(11)
+    estimator = CapacityEstimator()
+    feed(estimator, busy_intervals(rng, 60.0, 40))
+    after = busy_intervals(rng, 30.0, 40, start=40.0)
+    feed(estimator, after)
+    assert estimator.changes("s1") == 1
+    estimate = estimator.estimate("s1", after[-1].at)
+    assert estimate.capacity is not None
+    assert abs(estimate.capacity - 30.0) <= 3.0
+    assert estimate.confidence > 0
+
+
+def steady(ratio: float, count: int, start: float = 0.0) -> list[Interval]:
+    """Intervals whose ratios cycle through ``ratio`` and 5% either side of it: a known
+    spread around a known median."""
+    return [
+        Interval(start + k + 1, ratio * (1.0, 0.95, 1.05)[k % 3] * 10.0, 10.0)
+        for k in range(count)
+    ]
+
+
+def test_the_same_evidence_finds_a_fall_sooner_than_a_rise() -> None:
+    """Bad news first, as peak-EWMA: with the same deviation per interval a fall is
+    believed after fewer intervals than a rise."""
+    found = {}
+    for direction in (-1, 1):
+        estimator = CapacityEstimator()
+        feed(estimator, steady(100.0, 30))
+        shifted = 100.0 * (1 + direction * 0.15)
+        for k, interval in enumerate(steady(shifted, 30, start=30.0)):
+            estimator.observe("s1", Interval(interval.at, shifted * 10.0, 10.0))
+            if estimator.changes("s1"):
+                found[direction] = k + 1
+                break
+    assert found[-1] < found[1]
+
+
+def test_no_confidence_during_the_blackout_after_a_change() -> None:
+    settings = CapacitySettings(blackout_intervals=3)
+    rng = random.Random(3)
+    estimator = CapacityEstimator(settings)
+    feed(estimator, busy_intervals(rng, 50.0, 30))
+    reasons = []
+    for interval in busy_intervals(rng, 10.0, 12, start=30.0):
+        changed = estimator.changes("s1")
+        estimator.observe("s1", interval)
+        if changed or estimator.changes("s1"):
+            reasons.append(estimator.estimate("s1", interval.at).reason)
+    assert [r.startswith("blackout") for r in reasons[:3]] == [True, True, True]
+    assert not any(r.startswith("blackout") for r in reasons[3:])
+
+
+def test_warming_up_expiring_and_idle_intervals_give_no_confidence() -> None:
+    settings = CapacitySettings(min_intervals=5, max_age_seconds=60.0)
+    estimator = CapacityEstimator(settings)
+    assert estimator.estimate("s1", 0.0).confidence == 0.0
+    intervals = busy_intervals(random.Random(1), 40.0, 4)
+    feed(estimator, intervals)
+    assert estimator.estimate("s1", 4.0).reason.startswith("warming up")
+    estimator.observe("s1", Interval(5.0, 0.0, 0.0))  # idle: says nothing
+    estimator.observe("s1", Interval(6.0, float("nan"), 0.5))  # malformed: skipped
+    assert estimator.estimate("s1", 6.0).intervals == 4
+    feed(estimator, busy_intervals(random.Random(2), 40.0, 6, start=6.0))
+    assert estimator.estimate("s1", 12.0).confidence > 0
+    expired = estimator.estimate("s1", 12.0 + 61.0)
+    assert (expired.confidence, expired.reason.startswith("expired")) == (0.0, True)
+
+
+def test_servers_are_estimated_apart_and_can_be_forgotten() -> None:
+    rng = random.Random(9)
+    estimator = CapacityEstimator()
+    feed(estimator, busy_intervals(rng, 20.0, 30), "slow")
+    feed(estimator, busy_intervals(rng, 80.0, 30), "fast")
+    slow = estimator.estimate("slow", 30.0).capacity
+    fast = estimator.estimate("fast", 30.0).capacity
+    assert slow is not None
+    assert fast is not None
+    assert 3.0 < fast / slow < 5.0
+    estimator.forget("slow")
+    assert estimator.estimate("slow", 30.0).capacity is None
