@@ -238,6 +238,8 @@ def run_target(target: Target, jobs: int) -> dict[str, Any]:
         "target": target.slug,
         "seconds": round(seconds, 1),
         "commit": _git("rev-parse", "--short=10", "HEAD").strip(),
+        # As in bench.common.provenance: code that no commit holds was measured.
+        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs")),
         "exit_codes": mine,
         "diffs": _diffs(root, target, survivors),
     }
@@ -320,6 +322,7 @@ def summarise(
         "unexplained": unexplained,
         "seconds": outcome["seconds"],
         "commit": outcome["commit"],
+        "dirty": bool(outcome.get("dirty")),
     }
 
 
@@ -385,6 +388,7 @@ def render_section(rows: list[dict[str, Any]], seconds: float, jobs: int) -> str
             str(len(r["unexplained"])),
             str(r["no_tests"]),
             f"{score / r['mutants']:.0%}" if r["mutants"] else "-",
+            f"{r['seconds'] / 60:.1f}",
         )
 
     total = {
@@ -397,9 +401,13 @@ def render_section(rows: list[dict[str, Any]], seconds: float, jobs: int) -> str
         str(sum(len(r["unexplained"]) for r in rows)),
         str(total["no_tests"]),
         f"{(total['killed'] + total['timeout']) / max(1, total['mutants']):.0%}",
+        f"{seconds / 60:.1f}",
     )
     strict_left = sum(len(r["unexplained"]) for r in rows if r["strict"])
-    commits = sorted({r["commit"] for r in rows})
+    commits = ", ".join(
+        f"`{commit}`" + (" with uncommitted changes" if dirty else "")
+        for commit, dirty in sorted({(r["commit"], r["dirty"]) for r in rows})
+    )
     header = (
         "target",
         "mutants",
@@ -410,6 +418,7 @@ def render_section(rows: list[dict[str, Any]], seconds: float, jobs: int) -> str
         "unexplained",
         "no tests",
         "detected",
+        "minutes",
     )
     return "\n".join(
         [
@@ -419,12 +428,13 @@ def render_section(rows: list[dict[str, Any]], seconds: float, jobs: int) -> str
             "test files named in its `TARGETS` entry. *Detected*: killed or timed out. "
             "*Equivalent*: a survivor that changes no observable behaviour, each explained in "
             "[mutation.md](mutation.md); *unexplained*: a survivor no test kills yet. Targets "
-            "in bold are the strict ones: the planner's safety rules and the sinks' write path.",
+            "in bold are the strict ones: the planner's safety rules and the sinks' write path; "
+            "mutation.md also lists the other targets' survivors, grouped.",
             "",
             MARK_BEGIN,
             f"Measured on {cpu_model()}, {os.cpu_count()} cores, Python "
             f"{platform.python_version()}, mutmut {_mutmut_version()}, {jobs} workers; "
-            f"campaign run on commit {', '.join(f'`{c}`' for c in commits)}. "
+            f"campaign run on commit {commits}. "
             f"Command: `make mutation` (runs `python bench/mutation.py --write`); the whole "
             f"campaign took {seconds / 60:.1f} min.",
             "",
