@@ -666,6 +666,26 @@ def test_without_history_outliers_come_from_the_moving_average() -> None:
     assert moving_average_outliers(obs, "app", RULES).keys() == {"c"}
 
 
+def test_a_latency_outlier_is_named_with_its_latency_and_the_pools_median_in_ms() -> None:
+    """Kills: either conversion to milliseconds altered (``* 1000`` made ``* 1001``)."""
+    found = latency_outliers([("a", 0.1), ("b", 0.1), ("c", 0.5)], RULES)
+    assert found == {"c": "outlier: latency 500 ms (pool median 100 ms)"}
+
+
+def test_a_latency_exactly_latency_ratio_times_the_median_is_an_outlier() -> None:
+    """The rule is "at or above". Kills: ``>=`` made ``>``. (0.125 x 3 is exact in binary.)"""
+    found = latency_outliers([("a", 0.125), ("b", 0.125), ("c", 0.375)], OutlierSection())
+    assert found.keys() == {"c"}
+
+
+def test_a_server_with_exactly_min_requests_is_judged() -> None:
+    """Kills: ``requests_total >= min_requests`` made ``>``."""
+    rules = OutlierSection(min_requests=20)
+    members = [Busy("a"), Busy("b"), Busy("c", response_time=0.5, requests_total=20)]
+    obs = busy_observation({"app": members})
+    assert moving_average_outliers(obs, "app", rules).keys() == {"c"}
+
+
 # --- the advisor --------------------------------------------------------------------------------
 
 SETTINGS = AdvisorSettings(
