@@ -668,8 +668,8 @@ def test_without_history_outliers_come_from_the_moving_average() -> None:
 
 def test_a_latency_outlier_is_named_with_its_latency_and_the_pools_median_in_ms() -> None:
     """Kills: either conversion to milliseconds altered (``* 1000`` made ``* 1001``)."""
-    found = latency_outliers([("a", 0.1), ("b", 0.1), ("c", 0.5)], RULES)
-    assert found == {"c": "outlier: latency 500 ms (pool median 100 ms)"}
+    found = latency_outliers([("a", 0.6), ("b", 0.6), ("c", 2.0)], RULES)
+    assert found == {"c": "outlier: latency 2000 ms (pool median 600 ms)"}
 
 
 def test_a_latency_exactly_latency_ratio_times_the_median_is_an_outlier() -> None:
