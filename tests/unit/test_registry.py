@@ -320,6 +320,41 @@ def test_garbage_meta_json_is_refused(registry: Registry, garbage: bytes, root: 
     assert registry.entries()[0].status == "broken"
 
 
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (
+            {"version": "20250102T030405Z-00000000"},
+            "does not describe this version with a known status",
+        ),
+        ({"status": "approved"}, "does not describe this version with a known status"),
+        ({"created_at": "yesterday"}, "has no valid created_at"),
+        ({"files": {}}, "lists no booster files"),
+        ({"files": ["latency.ubj"]}, "lists no booster files"),
+    ],
+)
+def test_meta_json_wrong_in_one_field_alone_is_refused_saying_which(
+    registry: Registry, events: Events, root: Path, edit: dict[str, object], problem: str
+) -> None:
+    """Each check of meta.json stands on its own. Kills: the version and status checks,
+    or the files' type and emptiness checks, joined with ``and`` instead of ``or``; each
+    problem's text altered; the refusal counted under another reason."""
+    version = promoted(registry)
+    meta_path = root / "versions" / version / "meta.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), **edit}))
+    with pytest.raises(ModelUnavailable) as refused:
+        registry.load()
+    assert f"model {version}: {meta_path} {problem}; refusing it" in str(refused.value)
+    assert events.count("model_refused", reason="meta_invalid", version=version) == 1
+
+
+def test_a_registry_may_keep_a_single_model_but_not_none(make_registry: MakeRegistry) -> None:
+    """Kills: ``keep < 1`` made ``keep <= 1`` or ``keep < 2``, its message dropped."""
+    assert make_registry(keep=1).entries() == []
+    with pytest.raises(ValueError, match=r"^keep must be at least 1, not 0$"):
+        make_registry(keep=0)
+
+
 def test_meta_rewritten_to_match_a_tampered_file_is_refused(registry: Registry, root: Path) -> None:
     """Editing both the file and its recorded checksum no longer matches the version id."""
     version = promoted(registry)
