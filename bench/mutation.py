@@ -76,7 +76,7 @@ class Target:
         names = []
         for function in self.functions:
             cls, _, name = function.rpartition(".")
-            mangled = f"x\N{LATIN LETTER DENTAL CLICK}{cls}\N{LATIN LETTER DENTAL CLICK}{name}"
+            mangled = f"x\N{LATIN LETTER LATERAL CLICK}{cls}\N{LATIN LETTER LATERAL CLICK}{name}"
             names.append(f"{self.dotted}.{mangled if cls else 'x_' + name}__mutmut_*")
         return names
 
