@@ -348,6 +348,44 @@ def test_meta_json_wrong_in_one_field_alone_is_refused_saying_which(
     assert events.count("model_refused", reason="meta_invalid", version=version) == 1
 
 
+def _break(root: Path, version: str, how: str) -> Path:
+    """Damage one file of ``version`` the way ``how`` says; return the damaged path."""
+    meta = root / "versions" / version / "meta.json"
+    booster = booster_path(root, version, "errors")
+    path = meta if how.startswith("meta") else booster
+    if how.endswith("missing"):
+        path.unlink()
+    elif how.endswith("directory"):
+        path.unlink()
+        path.mkdir()
+    else:
+        path.write_bytes(b"{not json")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("how", "reason", "says"),
+    [
+        ("meta missing", "meta_missing", "{path} is missing"),
+        ("meta a directory", "unreadable", "cannot read {path}: "),
+        ("meta not JSON", "meta_invalid", "{path} is not JSON: "),
+        ("booster missing", "file_missing", "{path} is missing"),
+        ("booster a directory", "unreadable", "cannot read {path}: "),
+    ],
+)
+def test_every_refusal_says_what_is_wrong_and_is_counted_under_its_reason(
+    registry: Registry, events: Events, root: Path, how: str, reason: str, says: str
+) -> None:
+    """Monitoring tells a missing file from an unreadable or garbled one by the event's
+    ``reason`` label. Kills: each refusal's reason or message altered or dropped."""
+    version = promoted(registry)
+    path = _break(root, version, how)
+    with pytest.raises(ModelUnavailable) as refused:
+        registry.load()
+    assert f"model {version}: {says.format(path=path)}" in str(refused.value)
+    assert events.totals() == {("model_refused", (("reason", reason), ("version", version))): 1}
+
+
 def test_a_registry_may_keep_a_single_model_but_not_none(make_registry: MakeRegistry) -> None:
     """Kills: ``keep < 1`` made ``keep <= 1`` or ``keep < 2``, its message dropped."""
     assert make_registry(keep=1).entries() == []
