@@ -666,6 +666,33 @@ def test_without_history_outliers_come_from_the_moving_average() -> None:
     assert moving_average_outliers(obs, "app", RULES).keys() == {"c"}
 
 
+def test_an_error_rate_exactly_three_times_the_pools_median_is_an_outlier() -> None:
+    """Above ``error_rate``, the bar is three times the pool's median error rate, at or
+    above it. Kills: ``3 *`` made ``4 *``, ``>=`` made ``>``. (Binary-exact rates.)"""
+    features = latest([("a", 100, 0.02, 0.125), ("b", 100, 0.02, 0.125), ("c", 100, 0.02, 0.375)])
+    found = find_outliers(busy_observation({"app": []}), "app", features, RULES)
+    assert found == {"c": "outlier: error rate 38% (pool median 12%)"}
+
+
+def test_a_server_with_exactly_min_requests_in_an_interval_is_judged() -> None:
+    """Kills: ``requests >= min_requests`` made ``>``."""
+    enough = RULES.min_requests
+    features = latest([("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0), ("c", enough, 0.02, 0.3)])
+    assert find_outliers(busy_observation({"app": []}), "app", features, RULES).keys() == {"c"}
+
+
+def test_a_latency_that_fell_then_rose_is_not_climbing() -> None:
+    """Each interval must rise over the one before it, not over the first. Kills:
+    ``rose(values[0], values[1])`` made ``rose(values[0], values[2])``."""
+    healthy = [("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0)]
+    frames = [latest([*healthy, ("c", 100, lat, 0.0)]) for lat in (0.10, 0.06, 0.30)]
+    found, deepen = outlier_findings(
+        busy_observation({"app": []}), "app", intervals(*frames), RULES
+    )
+    assert found.keys() == {"c"}
+    assert deepen == frozenset()
+
+
 def test_a_latency_outlier_is_named_with_its_latency_and_the_pools_median_in_ms() -> None:
     """Kills: either conversion to milliseconds altered (``* 1000`` made ``* 1001``)."""
     found = latency_outliers([("a", 0.6), ("b", 0.6), ("c", 2.0)], RULES)
