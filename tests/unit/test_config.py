@@ -746,3 +746,33 @@ def test_retrain_cron_takes_five_fields_that_apscheduler_accepts() -> None:
         check_crontab("0 */6 * * * *")
     with pytest.raises(ValueError, match=r"^not a valid crontab: "):
         check_crontab("61 * * * *")
+
+
+@pytest.mark.parametrize(
+    ("environ", "problems"),
+    [
+        (
+            {"VELOFLUX_AI": "x", "VELOFLUX_AI__ENABLED": "true", "VELOFLUX_POLICY__X": "1"},
+            [("ai", "$VELOFLUX_AI__ENABLED conflicts with $VELOFLUX_AI")],
+        ),
+        (
+            # Sorted, upper case first: the nested one is set, then the flat one meets it.
+            {"VELOFLUX_AI__ENABLED__X": "1", "VELOFLUX_Ai__ENABLED": "true", "VELOFLUX_ai": "x"},
+            [
+                ("ai.enabled", "$VELOFLUX_Ai__ENABLED conflicts with a nested override"),
+                ("ai", "$VELOFLUX_ai conflicts with a nested override"),
+            ],
+        ),
+    ],
+)
+def test_conflicting_environment_overrides_are_each_named_with_their_variables(
+    tmp_path: Path, environ: dict[str, str], problems: list[tuple[str, str]]
+) -> None:
+    """Kills: a conflict's path or text altered or dropped, the variables after a
+    non-override or a conflict skipped (``continue`` made ``break``), the source altered."""
+    # Neither is an override; both sort before the ones that are.
+    not_overrides = {"OTHER": "x", "VELOFLUX_0": "x"}
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, MINIMUM_CONTRACT), environ={**not_overrides, **environ})
+    assert [(p.path, p.message) for p in caught.value.problems] == problems
+    assert caught.value.source == "the environment"
