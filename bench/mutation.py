@@ -443,9 +443,10 @@ def render_section(rows: list[dict[str, Any]], seconds: float, jobs: int) -> str
             "What `bench/mutation.py` does: see its docstring. Each target runs only the unit "
             "test files named in its `TARGETS` entry. *Detected*: killed or timed out. "
             "*Equivalent*: a survivor that changes no observable behaviour, each explained in "
-            "[mutation.md](mutation.md); *unexplained*: a survivor no test kills yet. Targets "
-            "in bold are the strict ones: the planner's safety rules and the sinks' write path; "
-            "mutation.md also lists the other targets' survivors, grouped.",
+            "[mutation.md](mutation.md)'s table; *unexplained*: any other survivor. Targets in "
+            "bold are the strict ones, the planner's safety rules and the sinks' write path: "
+            "none of their survivors may be unexplained. mutation.md lists the other targets' "
+            "survivors by group, equivalent or untested, each with its reason.",
             "",
             MARK_BEGIN,
             f"Measured on {cpu_model()}, {os.cpu_count()} cores, Python "
