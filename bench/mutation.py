@@ -16,8 +16,10 @@ forked from a process that had trained an XGBoost model would hang in OpenMP.
 
 A survivor must either be killed by a new test or be *equivalent*: no observable
 behaviour changes. Equivalent mutants are explained in docs/mutation.md, one table
-row each (the mutant's name, its mutated line, why); this script checks each
-explanation against the mutant's current diff, so a stale one counts as unexplained.
+row each (the mutant's name, its change: the first line it removes -> the first it
+adds, and why); this script checks each explanation against the mutant's current
+diff, so a stale one counts as unexplained. Each target's verdicts and its survivors'
+diffs are kept in ``build/mutation/TARGET/outcome.json``, which ``--report`` reads.
 For the strict targets (the planner's safety rules, the sinks' write path) every
 survivor must be explained; the exit status says whether they are.
 
@@ -225,6 +227,10 @@ def stage(target: Target) -> Path:
 
 def run_target(target: Target, jobs: int) -> dict[str, Any]:
     """Stage, run mutmut over the target's mutants, and keep the outcome beside them."""
+    # What is measured is the work tree as staged: its commit, and whether code outside
+    # docs/ differs from it (as in bench.common.provenance).
+    commit = _git("rev-parse", "--short=10", "HEAD").strip()
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs"))
     root = stage(target)
     mutmut = Path(sys.executable).with_name("mutmut")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -253,9 +259,8 @@ def run_target(target: Target, jobs: int) -> dict[str, Any]:
     outcome = {
         "target": target.slug,
         "seconds": round(seconds, 1),
-        "commit": _git("rev-parse", "--short=10", "HEAD").strip(),
-        # As in bench.common.provenance: code that no commit holds was measured.
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs")),
+        "commit": commit,
+        "dirty": dirty,
         "exit_codes": mine,
         "diffs": _diffs(root, target, survivors),
     }
