@@ -7,12 +7,13 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBS   := haproxy prometheus
 
-.PHONY: help deps debs venv lint test test-unit test-integration demo bench clean
+.PHONY: help deps debs venv lint test test-unit test-integration demo bench mutation clean
 
 help:
 	@echo "make demo   - set up, then run the agent against the local HAProxy stack"
 	@echo "make test   - set up, then lint and run the whole test suite"
 	@echo "make bench  - set up, then run the benchmarks (writes docs/benchmarks.md figures)"
+	@echo "make mutation - set up, then mutation-test the safety rules (slow; not part of make test)"
 
 deps: debs venv
 
@@ -60,6 +61,12 @@ bench: deps
 	$(BIN)/python bench/bench_envoy.py --write
 	$(BIN)/python bench/bench_prometheus.py --write
 	$(BIN)/python bench/bench_demo.py --write
+
+# Mutation testing of the modules that carry the safety rules (bench/mutation.py): slow,
+# so not part of `make test`. Prints per-module figures and writes them into
+# docs/benchmarks.md; fails if a surviving mutant of the planner or a sink is unexplained.
+mutation: venv
+	$(BIN)/python bench/mutation.py --write
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -6,8 +6,19 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import Phase, settings
 
 from integration.haproxy_proc import BackendSpec, HAProxyProcess, ServerSpec
+
+# `make mutation` (bench/mutation.py) runs the tests once per mutant with
+# --hypothesis-profile=mutation: the same examples every run, so that its figures repeat,
+# and no shrinking, since a failing example only has to fail, not be read.
+settings.register_profile(
+    "mutation",
+    derandomize=True,
+    database=None,
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
+)
 
 StartHAProxy = Callable[..., HAProxyProcess]
 

@@ -666,6 +666,53 @@ def test_without_history_outliers_come_from_the_moving_average() -> None:
     assert moving_average_outliers(obs, "app", RULES).keys() == {"c"}
 
 
+def test_an_error_rate_exactly_three_times_the_pools_median_is_an_outlier() -> None:
+    """Above ``error_rate``, the bar is three times the pool's median error rate, at or
+    above it. Kills: ``3 *`` made ``4 *``, ``>=`` made ``>``. (Binary-exact rates.)"""
+    features = latest([("a", 100, 0.02, 0.125), ("b", 100, 0.02, 0.125), ("c", 100, 0.02, 0.375)])
+    found = find_outliers(busy_observation({"app": []}), "app", features, RULES)
+    assert found == {"c": "outlier: error rate 38% (pool median 12%)"}
+
+
+def test_a_server_with_exactly_min_requests_in_an_interval_is_judged() -> None:
+    """Kills: ``requests >= min_requests`` made ``>``."""
+    enough = RULES.min_requests
+    features = latest([("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0), ("c", enough, 0.02, 0.3)])
+    assert find_outliers(busy_observation({"app": []}), "app", features, RULES).keys() == {"c"}
+
+
+def test_a_latency_that_fell_then_rose_is_not_climbing() -> None:
+    """Each interval must rise over the one before it, not over the first. Kills:
+    ``rose(values[0], values[1])`` made ``rose(values[0], values[2])``."""
+    healthy = [("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0)]
+    frames = [latest([*healthy, ("c", 100, lat, 0.0)]) for lat in (0.10, 0.06, 0.30)]
+    found, deepen = outlier_findings(
+        busy_observation({"app": []}), "app", intervals(*frames), RULES
+    )
+    assert found.keys() == {"c"}
+    assert deepen == frozenset()
+
+
+def test_a_latency_outlier_is_named_with_its_latency_and_the_pools_median_in_ms() -> None:
+    """Kills: either conversion to milliseconds altered (``* 1000`` made ``* 1001``)."""
+    found = latency_outliers([("a", 0.6), ("b", 0.6), ("c", 2.0)], RULES)
+    assert found == {"c": "outlier: latency 2000 ms (pool median 600 ms)"}
+
+
+def test_a_latency_exactly_latency_ratio_times_the_median_is_an_outlier() -> None:
+    """The rule is "at or above". Kills: ``>=`` made ``>``. (0.125 x 3 is exact in binary.)"""
+    found = latency_outliers([("a", 0.125), ("b", 0.125), ("c", 0.375)], OutlierSection())
+    assert found.keys() == {"c"}
+
+
+def test_a_server_with_exactly_min_requests_is_judged() -> None:
+    """Kills: ``requests_total >= min_requests`` made ``>``."""
+    rules = OutlierSection(min_requests=20)
+    members = [Busy("a"), Busy("b"), Busy("c", response_time=0.5, requests_total=20)]
+    obs = busy_observation({"app": members})
+    assert moving_average_outliers(obs, "app", rules).keys() == {"c"}
+
+
 # --- the advisor --------------------------------------------------------------------------------
 
 SETTINGS = AdvisorSettings(
@@ -881,3 +928,131 @@ def test_plan_reports_per_pool_advice_only_for_the_pools_it_names() -> None:
     assert modes == {"app": "model", "other": "fallback"}
     other: PoolPlan = plan.pools[1]
     assert other.reason == "no model"
+
+
+# --- model mode's details (mutants of decide/planner.py that survived `make mutation`) ----------
+
+
+def held_advice(shares: Mapping[str, float | None]) -> Advice:
+    """The model free to act but holding: no change predicted to be worth making."""
+    advice = model_advice(shares)
+    return Advice("v1", {"app": replace(advice.pools["app"], hold="predicted gain 1% < 10%")})
+
+
+def test_an_outliers_cut_is_exact_so_the_deadband_cannot_swallow_it() -> None:
+    """Kills: the guard's ``exact_target=True`` made ``False`` or ``None``."""
+    members = [Server("s0", 100, 100), Server("s1", 100, 100), Server("s2", 100, 100)]
+    advice = model_advice({"s0": None}, outliers={"s0": OUTLIER}, blocked="no model")
+    pol = policy(deadband_ratio=0.6, max_step_ratio=10)
+    plan = plan_weights(observation(pool_of(*members)), pol, advice)
+    assert by_name(plan)["s0"].planned_weight == 50
+    assert by_name(plan)["s0"].reason == OUTLIER
+
+
+def test_an_outlier_whose_cut_is_no_lower_than_its_target_keeps_its_plan() -> None:
+    """Its target is already min_weight, so the cut (never below min_weight) lowers
+    nothing: the deadband holds it where it is. Kills: ``cut < desired`` made ``<=``."""
+    members = [Server("s0", 11, 10), Server("s1", 190, 10)]
+    pol = policy(min_weight=10, max_step_ratio=10, deadband_ratio=0.5, max_weight_ratio=100)
+    advice = model_advice({"s0": 0.05, "s1": 0.95}, outliers={"s0": OUTLIER})
+    s0 = by_name(plan_weights(observation(pool_of(*members)), pol, advice))["s0"]
+    assert (s0.planned_weight, s0.reason) == (11, "model (10 within deadband)")
+
+
+def test_an_outlier_whose_cut_ends_where_its_plan_would_is_not_named_an_outlier() -> None:
+    """Both moves are step-limited to the same weight: the cut changes nothing, so the
+    reason stays the plan's. Kills: ``guarded < planned`` made ``<=``."""
+    members = [Server("s0", 100, 50), Server("s1", 100, 100), Server("s2", 100, 100)]
+    advice = model_advice({"s0": None}, outliers={"s0": OUTLIER}, blocked="no model")
+    pol = policy(max_step_ratio=0.1)
+    s0 = by_name(plan_weights(observation(pool_of(*members)), pol, advice))["s0"]
+    assert (s0.planned_weight, s0.reason) == (90, "no model (step-limited toward 50)")
+
+
+def test_a_held_pool_keeps_a_server_at_weight_zero_at_zero() -> None:
+    """Kills: the held target ``r.origin or 0`` made ``or 1``."""
+    members = [Server("s0", 0, 10), Server("s1", 100, 10)]
+    plan = plan_weights(
+        observation(pool_of(*members)), policy(min_weight=0), held_advice({"s0": 0.5, "s1": 0.5})
+    )
+    assert weights(plan) == {"s0": 0, "s1": 100}
+    assert by_name(plan)["s0"].reason == "model: held, predicted gain 1% < 10%"
+
+
+def test_a_held_pool_still_brings_a_weight_above_max_weight_down_to_it() -> None:
+    """The held target is exact: the deadband cannot keep a weight out of bounds. Kills:
+    the held targets' exactness made ``False``."""
+    members = [Server("s0", 100, 10), Server("s1", 50, 10)]
+    plan = plan_weights(
+        observation(pool_of(*members)), policy(max_weight=99), held_advice({"s0": 0.5, "s1": 0.5})
+    )
+    assert weights(plan) == {"s0": 99, "s1": 50}
+
+
+def test_a_zero_share_gets_the_smallest_weight_the_ratio_cap_allows() -> None:
+    """Kills: a share of 0 read as 1 (``share or 1.0``)."""
+    members = [Server("s0", 100, 10), Server("s1", 100, 10)]
+    advice = model_advice({"s0": 1.0, "s1": 0.0})
+    plan = plan_weights(observation(pool_of(*members)), policy(**FREE), advice)
+    assert weights(plan) == {"s0": 200, "s1": 20}
+
+
+def test_all_zero_shares_leave_every_driven_server_at_weight_one() -> None:
+    """Kills: the lower bound of 1 on a model target dropped or raised to 2."""
+    members = [Server("s0", 100, 10), Server("s1", 100, 10)]
+    advice = model_advice({"s0": 0.0, "s1": 0.0})
+    plan = plan_weights(observation(pool_of(*members)), policy(min_weight=0, **FREE), advice)
+    assert weights(plan) == {"s0": 1, "s1": 1}
+
+
+def test_a_model_target_within_the_deadband_is_not_followed() -> None:
+    """A model target is an estimate, not a fixed point. Kills: model targets made exact."""
+    members = [Server("s0", 100, 10), Server("s1", 100, 10)]
+    advice = model_advice({"s0": 0.51, "s1": 0.49})
+    plan = plan_weights(observation(pool_of(*members)), policy(max_step_ratio=10), advice)
+    assert weights(plan) == {"s0": 100, "s1": 100}
+    assert by_name(plan)["s0"].reason == "model (102 within deadband)"
+
+
+def test_an_unsure_servers_static_share_is_exact_so_the_deadband_does_not_hold_it() -> None:
+    """Kills: static-share targets made inexact, in ``_static_targets`` or where
+    ``plan_pool`` hands them to ``_finish``."""
+    members = [Server("s0", 100, 10), Server("s1", 97, 10)]
+    advice = model_advice({"s0": 1.0, "s1": None})
+    plan = plan_weights(observation(pool_of(*members)), policy(max_step_ratio=10), advice)
+    assert weights(plan)["s1"] == 100
+
+
+def test_the_reason_names_the_weakest_confidence_part_by_its_value() -> None:
+    """Kills: the weakest part chosen by name instead of by value."""
+    unsure = ServerAdvice("s1", 0.2, {"freshness": 0.9, "ood": 0.2})
+    advice = model_advice({"s0": 1.0})
+    pool_advice = advice.pools["app"]
+    servers = {**pool_advice.servers, "s1": unsure}
+    advice = Advice("v1", {"app": replace(pool_advice, servers=servers)})
+    members = [Server("s0", 100, 10), Server("s1", 100, 10)]
+    plan = plan_weights(observation(pool_of(*members)), policy(**FREE), advice)
+    assert by_name(plan)["s1"].reason == "low confidence 0.20 (weakest: ood): static share"
+
+
+@pytest.mark.parametrize(("static", "each"), [(1, 100), (60, 60)])
+def test_model_weights_are_scaled_so_the_largest_static_weight_is_near_a_hundred(
+    static: int, each: int
+) -> None:
+    """Static weights of 1 are scaled x100; of 60, not at all. Kills: a largest static
+    weight of 1 left unscaled, the scale's target 100 made 101, the scale's floor of 1
+    made 2."""
+    members = [Server("s0", 100, static), Server("s1", 100, static)]
+    advice = model_advice({"s0": 0.5, "s1": 0.5})
+    plan = plan_weights(observation(pool_of(*members)), policy(**FREE), advice)
+    assert weights(plan) == {"s0": each, "s1": each}
+
+
+def test_a_pool_the_model_may_not_move_says_so() -> None:
+    """Kills: the reason's text altered."""
+    members = [Server("s0", 5, 10, state="MAINT"), Server("s1", 5, 10, state="DOWN")]
+    plan = plan_weights(observation(pool_of(*members)), policy(), model_advice({"s0": 1.0}))
+    assert (plan.pools[0].mode, plan.pools[0].reason) == (
+        "fallback",
+        "no server the model may move",
+    )

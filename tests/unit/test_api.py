@@ -19,7 +19,7 @@ import pytest
 
 from veloflux import __version__
 from veloflux.daemon.api.client import ApiClient, ApiRefused, ApiUnreachable
-from veloflux.daemon.api.fields import read_token
+from veloflux.daemon.api.fields import read_token, reason_field, ttl_field
 from veloflux.daemon.api.server import ApiServer
 from veloflux.errors import ConfigError, ControlRefused
 from veloflux.util.events import Events
@@ -663,3 +663,51 @@ def test_a_malformed_request_line_is_answered_as_json_and_counted(
 def test_server_header_hides_the_python_version(api: Harness) -> None:
     _, response, _ = api.raw("GET", "/-/healthy")
     assert response.getheader("Server") == "veloflux"
+
+
+# --- the edges of each check (mutants of daemon/api that survived `make mutation`) ------------
+
+
+@pytest.mark.parametrize("token", ["t\u00f6ken", "to\x07ken"])
+def test_a_token_must_be_printable_ascii_not_merely_one_or_the_other(
+    tmp_path: Path, token: str
+) -> None:
+    """Kills: ``isascii() and isprintable()`` made ``or``."""
+    path = tmp_path / "token"
+    path.write_text(token, encoding="utf-8")
+    with pytest.raises(ConfigError) as error:
+        read_token(path)
+    assert (
+        error.value.problems[0].message == f"{path}: the token must be one word of printable ASCII"
+    )
+
+
+def test_a_token_file_that_cannot_be_read_says_why(tmp_path: Path) -> None:
+    """The OS's reason when there is one, else the decoder's. Kills: the reason dropped,
+    taken from the wrong attribute, or joined with ``and``."""
+    missing = tmp_path / "missing"
+    with pytest.raises(ConfigError) as error:
+        read_token(missing)
+    assert error.value.problems[0].message == f"cannot read {missing}: No such file or directory"
+    garbled = tmp_path / "garbled"
+    garbled.write_bytes(b"\xfftoken")
+    with pytest.raises(ConfigError) as error:
+        read_token(garbled)
+    assert error.value.problems[0].message == (
+        f"cannot read {garbled}: 'utf-8' codec can't decode byte 0xff in position 0: "
+        "invalid start byte"
+    )
+
+
+def test_a_body_of_exactly_the_size_limit_is_read(api: Harness) -> None:
+    """Kills: ``length > limit`` made ``>=``."""
+    body = b'{"reason": "maintenance window"}'
+    body += b" " * (4096 - len(body))
+    status, _, _ = api.raw("POST", "/api/v1/pause", body)
+    assert status == 200
+
+
+def test_a_one_second_ttl_and_a_reason_of_the_longest_length_are_taken() -> None:
+    """Kills: ``seconds <= 0`` made ``<= 1``, ``len(value) > 500`` made ``>=``."""
+    assert ttl_field("1s") == 1.0
+    assert reason_field("x" * 500) == "x" * 500

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from veloflux.config.fields import check_crontab, parse_listen_address
 from veloflux.config.load import load_config, resolve_config_path, validate_config
 from veloflux.config.schema import Config, HAProxySection
 from veloflux.errors import ConfigError, ConfigProblem
@@ -695,3 +696,83 @@ def test_turning_the_defaults_off_needs_a_feature_of_ones_own() -> None:
                 "prometheus": {"url": "http://p:9090", "default_features": False},
             }
         )
+
+
+# --- the field types' edges (mutants of config/fields.py that survived `make mutation`) -------
+
+
+@pytest.mark.parametrize(
+    ("address", "parsed"),
+    [
+        ("127.0.0.1:9477", ("127.0.0.1", 9477)),
+        ("[::1]:0", ("::1", 0)),
+        ("::1:65535", ("::1", 65535)),
+        ("X:80", ("X", 80)),
+    ],
+)
+def test_a_listen_address_splits_at_its_last_colon_and_takes_ports_0_to_65535(
+    address: str, parsed: tuple[str, int]
+) -> None:
+    """Kills: ``rpartition`` made ``partition``, the brackets' strip altered, port 0 or
+    65535 refused."""
+    assert parse_listen_address(address) == parsed
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("localhost", "must be HOST:PORT, e.g. 127.0.0.1:9477"),
+        (":9477", "must be HOST:PORT, e.g. 127.0.0.1:9477"),
+        ("host:x", "must be HOST:PORT, e.g. 127.0.0.1:9477"),
+        ("host:\u0669", "must be HOST:PORT, e.g. 127.0.0.1:9477"),  # an Arabic-Indic nine
+        ("host:65536", "port must be in 0..65535 (0: any free port)"),
+    ],
+)
+def test_a_malformed_listen_address_is_refused_saying_how(address: str, problem: str) -> None:
+    """Kills: the checks joined with ``and`` instead of ``or``, ``isascii() and
+    isdigit()`` made ``or``, port 65536 taken, each message altered."""
+    with pytest.raises(ValueError, match=f"^{re.escape(problem)}$"):
+        parse_listen_address(address)
+
+
+def test_retrain_cron_takes_five_fields_that_apscheduler_accepts() -> None:
+    """No unit test touched the crontab check before `make mutation` said so. Kills: the
+    field count's test inverted or moved, the expression not passed on, each message
+    altered."""
+    check_crontab("0 */6 * * *")
+    with pytest.raises(
+        ValueError, match=r"^must have 5 fields: minute hour day month day-of-week$"
+    ):
+        check_crontab("0 */6 * * * *")
+    with pytest.raises(ValueError, match=r"^not a valid crontab: "):
+        check_crontab("61 * * * *")
+
+
+@pytest.mark.parametrize(
+    ("environ", "problems"),
+    [
+        (
+            {"VELOFLUX_AI": "x", "VELOFLUX_AI__ENABLED": "true", "VELOFLUX_POLICY__X": "1"},
+            [("ai", "$VELOFLUX_AI__ENABLED conflicts with $VELOFLUX_AI")],
+        ),
+        (
+            # Sorted, upper case first: the nested one is set, then the flat one meets it.
+            {"VELOFLUX_AI__ENABLED__X": "1", "VELOFLUX_Ai__ENABLED": "true", "VELOFLUX_ai": "x"},
+            [
+                ("ai.enabled", "$VELOFLUX_Ai__ENABLED conflicts with a nested override"),
+                ("ai", "$VELOFLUX_ai conflicts with a nested override"),
+            ],
+        ),
+    ],
+)
+def test_conflicting_environment_overrides_are_each_named_with_their_variables(
+    tmp_path: Path, environ: dict[str, str], problems: list[tuple[str, str]]
+) -> None:
+    """Kills: a conflict's path or text altered or dropped, the variables after a
+    non-override or a conflict skipped (``continue`` made ``break``), the source altered."""
+    # Neither is an override; both sort before the ones that are.
+    not_overrides = {"OTHER": "x", "VELOFLUX_0": "x"}
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, MINIMUM_CONTRACT), environ={**not_overrides, **environ})
+    assert [(p.path, p.message) for p in caught.value.problems] == problems
+    assert caught.value.source == "the environment"

@@ -6,6 +6,7 @@ could smuggle a command into the CLI.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,9 +14,9 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.unit.test_haproxy_replies import SERVERS_STATE
-from veloflux.domain.weightplan import ApplyReport, PoolPlan, ServerPlan, WeightPlan
+from veloflux.domain.weightplan import ApplyReport, PoolPlan, ServerPlan, WeightPlan, WriteResult
 from veloflux.errors import SinkRejected
-from veloflux.haproxy.runtime import RuntimeAPI
+from veloflux.haproxy.runtime import RuntimeAPI, RuntimeAPIError
 from veloflux.haproxy.sink import HAProxySink
 from veloflux.util.events import Events
 
@@ -167,3 +168,112 @@ def test_a_name_that_could_inject_a_command_is_refused_before_any_command_is_com
     assert report.failures[0].error.startswith(f"refusing {kind} name ")
     assert [r.server for r in report.applied] == ["s1"]
     assert events.count("sink_refused_name", sink="haproxy") == 1
+
+
+# --- refusals and failures, each counted and logged (mutants of haproxy/sink.py) ---------------
+
+UNSAFE = "only letters, digits and '-_.:' are allowed"
+
+
+@dataclass(frozen=True)
+class DownAPI(RuntimeAPI):
+    """A runtime API that cannot be reached."""
+
+    def run_many(self, commands: Sequence[str]) -> list[str]:
+        raise RuntimeAPIError(f"{self.address}: connection refused")
+
+
+def one_change_plan(*servers: ServerPlan) -> WeightPlan:
+    return WeightPlan(
+        datetime(2026, 1, 1, tzinfo=UTC),
+        tuple(
+            PoolPlan(s.backend, "roundrobin", "fallback", 0.0, "no model", (s,)) for s in servers
+        ),
+    )
+
+
+@pytest.mark.parametrize("level", ["user", "operator"])
+def test_a_refused_socket_level_is_named_counted_and_logged(
+    level: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Kills: the refused levels misspelt, the message, the event's name or label altered."""
+    api = RecordingAPI("unix:///stub.sock")
+    events = Events()
+    expected = (
+        f"HAProxy runtime API unix:///stub.sock is at level {level}: "
+        "setting weights needs 'stats socket ... level admin'"
+    )
+    with caplog.at_level(logging.WARNING), pytest.raises(SinkRejected) as refused:
+        HAProxySink(api, events).apply(one_change_plan(), level)
+    assert str(refused.value) == expected
+    assert events.totals() == {("sink_rejected", (("sink", "haproxy"),)): 1}
+    assert caplog.messages == [f"sink_rejected: {expected}"]
+    assert api.sent == []
+
+
+def test_a_plan_without_changes_sends_nothing() -> None:
+    """Kills: the empty report made ``ApplyReport(None)``."""
+    unchanged = ServerPlan("app", "s1", "UP", 10, 10, 10, 0.0, "no model")
+    api = RecordingAPI("unix:///stub.sock")
+    assert HAProxySink(api, Events()).apply(one_change_plan(unchanged), "admin") == ApplyReport(())
+    assert api.sent == []
+
+
+def test_an_unsafe_name_is_refused_alone_and_every_other_change_written(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A name that could inject a runtime command is never sent; the refusal is reported
+    and counted, and the safe changes after it are written all the same. Kills: the
+    refusal's result or message altered, ``continue`` made ``break``, the refusals
+    dropped from the report, the event's name or label altered."""
+    plan = one_change_plan(
+        ServerPlan("app", "s 1", "UP", 10, 11, 10, 0.0, "no model"),
+        ServerPlan("a;p", "s9", "UP", 3, 4, 3, 0.0, "no model"),
+        ServerPlan("app", "s1", "UP", 10, 12, 10, 0.0, "no model"),
+    )
+    api = RecordingAPI("unix:///stub.sock", replies=("", SERVERS_STATE))
+    events = Events()
+    with caplog.at_level(logging.WARNING):
+        report = HAProxySink(api, events).apply(plan, "admin")
+    server_error = f"refusing server name 's 1': {UNSAFE}"
+    backend_error = f"refusing backend name 'a;p': {UNSAFE}"
+    assert [r[:5] for r in report.results] == [
+        ("app", "s 1", 10, 11, None),
+        ("a;p", "s9", 3, 4, None),
+        ("app", "s1", 10, 12, 12),
+    ]
+    assert report.results[0].error.startswith(server_error)
+    assert report.results[1].error.startswith(backend_error)
+    assert report.results[2].error == ""
+    assert api.sent == [["set server app/s1 weight 12", "show servers state app"]]
+    assert events.totals() == {("sink_refused_name", (("sink", "haproxy"),)): 2}
+    assert [m.partition(" (")[0] for m in caplog.messages] == [
+        f"sink_refused_name: {server_error}",
+        f"sink_refused_name: {backend_error}",
+    ]
+
+
+def test_an_unreachable_runtime_api_fails_the_whole_apply(caplog: pytest.LogCaptureFixture) -> None:
+    """Kills: the unavailable event's name, message or label altered, the raised message
+    dropped."""
+    events = Events()
+    change = ServerPlan("app", "s1", "UP", 10, 12, 10, 0.0, "no model")
+    with caplog.at_level(logging.WARNING), pytest.raises(SinkRejected) as refused:
+        HAProxySink(DownAPI("unix:///stub.sock"), events).apply(one_change_plan(change), "admin")
+    assert str(refused.value) == "HAProxy runtime API unix:///stub.sock: connection refused"
+    assert events.totals() == {("sink_unavailable", (("sink", "haproxy"),)): 1}
+    assert caplog.messages == ["sink_unavailable: unix:///stub.sock: connection refused"]
+
+
+def test_a_failed_write_is_reported_whole_and_logged_naming_its_server(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Kills: the failed result's backend or weights dropped, its message altered, the
+    event's message or label altered."""
+    without_s2 = "".join(line + "\n" for line in SERVERS_STATE.splitlines() if " s2 " not in line)
+    with caplog.at_level(logging.WARNING):
+        report, events = apply(without_s2)
+    error = "read-back failed: the server is not in 'show servers state'"
+    assert report.failures == (WriteResult("app", "s2", 18, 20, None, error),)
+    assert events.totals() == {("sink_rejected", (("sink", "haproxy"),)): 1}
+    assert caplog.messages == [f"sink_rejected: app/s2: {error}"]

@@ -647,3 +647,155 @@ def test_restoring_never_overrules_an_operator() -> None:
         s.server: s.planned_weight for s in plan_weights(obs, pol, restore=restore).servers()
     }
     assert planned == {"s1": 10, "s2": 3, "s3": 0}
+
+
+# --- what an operator reads in a plan (mutants of decide/planner.py that survived) --------------
+# Each test below was written when `make mutation` showed that no test noticed a change to
+# the planner; its docstring names the mutants it kills.
+
+
+def test_a_plan_without_advice_claims_no_confidence_anywhere() -> None:
+    """Kills: the default confidence of a held, planned or overridden server, of a server
+    without advice, or of a pool without advice raised to 1."""
+    members = (Server("s1", weight=10), Server("s2", state="DOWN"), Server("s3", weight=10))
+    pol = policy(static_weights={"app/s1": 20}, overrides={"app/s3": 5})
+    plan = plan_weights(observation(one_pool(*members)), pol)
+    assert plan.pools[0].confidence == 0.0
+    assert [(s.reason, s.confidence) for s in plan.servers()] == [
+        ("no model (step-limited toward 20)", 0.0),
+        ("down", 0.0),
+        ("override", 0.0),
+    ]
+    reverted = plan_revert(observation(one_pool(*members)), pol)
+    assert {s.confidence for s in reverted.servers()} == {0.0}
+
+
+@pytest.mark.parametrize(
+    ("member", "reason"),
+    [
+        (Server("s1", weight=5, state="MAINT"), "maintenance (set by an operator)"),
+        (Server("s1", weight=5, state="DRAIN"), "drain (set by an operator)"),
+        (Server("s1", weight=5, backup=True), "backup server"),
+        (Server("s1", weight=0), "weight 0 set outside VeloFlux"),
+    ],
+)
+def test_a_protected_server_says_exactly_why_it_keeps_its_weight(
+    member: Server, reason: str
+) -> None:
+    """In a plan and in a revert alike. Kills: each reason's text altered, and the
+    revert's ``why_not or ...`` made ``None`` or ``why_not and ...``."""
+    pools = one_pool(member, Server("s2"))
+    for plan in (
+        plan_weights(observation(pools), policy()),
+        plan_revert(observation(pools), policy()),
+    ):
+        assert next(plan.servers()).reason == reason
+
+
+def test_notes_follow_the_reason_the_restore_first_then_joined_by_semicolons() -> None:
+    """Kills: the restore note put after the others, the separator altered."""
+    obs = observation(one_pool(Server("s1", weight=10)))
+    pol = policy(static_weights={"app/s1": 100}, max_step_ratio=0.5)
+    (server,) = plan_weights(obs, pol, restore={"app/s1": 40}).servers()
+    assert server.planned_weight == 60
+    assert server.reason == (
+        "no model (restored after a proxy reload reset it to 10; step-limited toward 100)"
+    )
+
+
+def test_the_deadband_is_strict_and_a_weight_of_one_is_judged_as_one() -> None:
+    """A move exactly the deadband's width is made; from weight 1 the band is judged on 1.
+    Kills: ``<`` made ``<=``, ``max(current, 1)`` made ``max(current, 2)``."""
+    assert bounded_weight(100, 105, policy(deadband_ratio=0.05), exact_target=False) == (105, [])
+    assert bounded_weight(1, 2, policy(deadband_ratio=0.6), exact_target=False) == (2, [])
+
+
+KEPT = "kept in rotation (min_servers_in_rotation)"
+
+
+@pytest.mark.parametrize(
+    ("members", "overrides", "minimum", "expected"),
+    [
+        # A server at weight 1 is in rotation; one server brought back is enough.
+        ((Server("s1", 1, 1), Server("s2"), Server("s3")), ("s2", "s3"), 2, {"s2"}),
+        # Two in rotation, one more needed: only the first pinned to 0 comes back.
+        ((Server("s1"), Server("s2"), Server("s3"), Server("s4")), ("s3", "s4"), 3, {"s3"}),
+        # One in rotation, two more needed: exactly two come back.
+        (
+            (Server("s1"), Server("s2"), Server("s3"), Server("s4")),
+            ("s2", "s3", "s4"),
+            3,
+            {"s2", "s3"},
+        ),
+        # A server at weight 0 (set by hand) is not brought back, nor counted as if it were.
+        ((Server("s1", 0), Server("s2"), Server("s3")), ("s2",), 2, {"s2"}),
+        # A server at weight 1 pinned to 0 is brought back to 1.
+        ((Server("s1", 1, 1),), ("s1",), 1, {"s1"}),
+    ],
+)
+def test_the_rotation_minimum_brings_back_only_as_many_servers_as_it_needs(
+    members: tuple[Server, ...], overrides: tuple[str, ...], minimum: int, expected: set[str]
+) -> None:
+    """Kills: a weight of 1 not counted as in rotation, each server counted twice, the
+    count reset or advanced by 2 per server brought back, a server at 0 brought back, a
+    server at 1 not brought back, the reason's text altered."""
+    pol = policy(
+        overrides={f"app/{name}": 0 for name in overrides}, min_servers_in_rotation=minimum
+    )
+    plan = plan_weights(observation(one_pool(*members)), pol)
+    kept = {s.server for s in plan.servers() if s.reason == KEPT}
+    assert kept == expected
+    for s in plan.servers():
+        if s.server in overrides:
+            assert s.planned_weight == (s.current_weight if s.server in kept else 0)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "named"), [("static-rr", "static-rr"), ("", "algorithm unknown")]
+)
+def test_an_unmanaged_pool_names_its_algorithm_and_claims_no_confidence(
+    algorithm: str, named: str
+) -> None:
+    """Kills: the algorithm dropped from the pool or its reasons, the unknown algorithm's
+    text altered, the confidence raised to 1."""
+    pools = [Pool("app", [Server("s1")], algorithm=algorithm, managed=False)]
+    for plan in (
+        plan_weights(observation(pools), policy()),
+        plan_revert(observation(pools), policy()),
+    ):
+        (pool,) = plan.pools
+        assert (pool.algorithm, pool.mode, pool.confidence) == (algorithm, "unmanaged", 0.0)
+        assert pool.servers[0].reason == f"unmanaged ({named})"
+
+
+def test_a_pool_on_hold_keeps_its_algorithm_and_claims_no_confidence() -> None:
+    """Kills: the hold pool's algorithm dropped, its confidence raised to 1."""
+    plan = plan_weights(observation(one_pool(Server("s1", weight=None))), policy())
+    (pool,) = plan.pools
+    assert (pool.algorithm, pool.mode, pool.confidence, pool.reason) == (
+        "roundrobin",
+        "hold",
+        0.0,
+        "no trustworthy data",
+    )
+
+
+def test_a_revert_is_a_fallback_plan_named_revert_at_the_time_of_its_observation() -> None:
+    """Kills: the revert pool's algorithm, confidence or reason altered, the plan's time
+    dropped."""
+    plan = plan_revert(observation(one_pool(Server("s1"))), policy())
+    (pool,) = plan.pools
+    assert (pool.algorithm, pool.mode, pool.confidence, pool.reason) == (
+        "roundrobin",
+        "fallback",
+        0.0,
+        "revert",
+    )
+    assert plan.generated_at == TAKEN_AT
+
+
+def test_an_override_in_a_fallback_pool_is_not_said_to_be_scaled() -> None:
+    """Only model mode scales weights. Kills: the scale computed in fallback too."""
+    members = (Server("s1"), Server("s2"))
+    plan = plan_weights(observation(one_pool(*members)), policy(overrides={"app/s1": 50}))
+    assert next(plan.servers()).reason == "override"

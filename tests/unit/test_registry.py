@@ -323,6 +323,79 @@ def test_garbage_meta_json_is_refused(registry: Registry, garbage: bytes, root: 
     assert registry.entries()[0].status == "broken"
 
 
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (
+            {"version": "20250102T030405Z-00000000"},
+            "does not describe this version with a known status",
+        ),
+        ({"status": "approved"}, "does not describe this version with a known status"),
+        ({"created_at": "yesterday"}, "has no valid created_at"),
+        ({"files": {}}, "lists no booster files"),
+        ({"files": ["latency.ubj"]}, "lists no booster files"),
+    ],
+)
+def test_meta_json_wrong_in_one_field_alone_is_refused_saying_which(
+    registry: Registry, events: Events, root: Path, edit: dict[str, object], problem: str
+) -> None:
+    """Each check of meta.json stands on its own. Kills: the version and status checks,
+    or the files' type and emptiness checks, joined with ``and`` instead of ``or``; each
+    problem's text altered; the refusal counted under another reason."""
+    version = promoted(registry)
+    meta_path = root / "versions" / version / "meta.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), **edit}))
+    with pytest.raises(ModelUnavailable) as refused:
+        registry.load()
+    assert f"model {version}: {meta_path} {problem}; refusing it" in str(refused.value)
+    assert events.count("model_refused", reason="meta_invalid", version=version) == 1
+
+
+def _break(root: Path, version: str, how: str) -> Path:
+    """Damage one file of ``version`` the way ``how`` says; return the damaged path."""
+    meta = root / "versions" / version / "meta.json"
+    booster = booster_path(root, version, "errors")
+    path = meta if how.startswith("meta") else booster
+    if how.endswith("missing"):
+        path.unlink()
+    elif how.endswith("directory"):
+        path.unlink()
+        path.mkdir()
+    else:
+        path.write_bytes(b"{not json")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("how", "reason", "says"),
+    [
+        ("meta missing", "meta_missing", "{path} is missing"),
+        ("meta a directory", "unreadable", "cannot read {path}: "),
+        ("meta not JSON", "meta_invalid", "{path} is not JSON: "),
+        ("booster missing", "file_missing", "{path} is missing"),
+        ("booster a directory", "unreadable", "cannot read {path}: "),
+    ],
+)
+def test_every_refusal_says_what_is_wrong_and_is_counted_under_its_reason(
+    registry: Registry, events: Events, root: Path, how: str, reason: str, says: str
+) -> None:
+    """Monitoring tells a missing file from an unreadable or garbled one by the event's
+    ``reason`` label. Kills: each refusal's reason or message altered or dropped."""
+    version = promoted(registry)
+    path = _break(root, version, how)
+    with pytest.raises(ModelUnavailable) as refused:
+        registry.load()
+    assert f"model {version}: {says.format(path=path)}" in str(refused.value)
+    assert events.totals() == {("model_refused", (("reason", reason), ("version", version))): 1}
+
+
+def test_a_registry_may_keep_a_single_model_but_not_none(make_registry: MakeRegistry) -> None:
+    """Kills: ``keep < 1`` made ``keep <= 1`` or ``keep < 2``, its message dropped."""
+    assert make_registry(keep=1).entries() == []
+    with pytest.raises(ValueError, match=r"^keep must be at least 1, not 0$"):
+        make_registry(keep=0)
+
+
 def test_meta_rewritten_to_match_a_tampered_file_is_refused(registry: Registry, root: Path) -> None:
     """Editing both the file and its recorded checksum no longer matches the version id."""
     version = promoted(registry)

@@ -141,6 +141,57 @@ def test_gate_promotes_a_candidate_that_beats_both() -> None:
     assert "naive" in reason
 
 
+CURRENT_VERSION = "20260921T000000Z-0123abcd"
+
+
+@pytest.mark.parametrize(
+    ("mae", "naive", "current", "expected"),
+    [
+        (
+            0.010,
+            None,
+            None,
+            (
+                False,
+                "cannot be judged: no interval in the test window had a measured latency for "
+                "the naive forecast (too little traffic per server and interval)",
+            ),
+        ),
+        (0.012, 0.010, None, (False, "MAE 12.00 ms does not beat the naive baseline's 10.00 ms")),
+        (0.008, 0.010, None, (True, "beats the naive baseline (8.00 vs 10.00 ms MAE)")),
+        (
+            0.008,
+            0.010,
+            0.007,
+            (
+                False,
+                f"MAE 8.00 ms does not beat current model {CURRENT_VERSION}'s 7.00 ms "
+                "on the same window",
+            ),
+        ),
+        (
+            0.006,
+            0.010,
+            0.007,
+            (
+                True,
+                f"beats the naive baseline (10.00 ms) and model {CURRENT_VERSION} (7.00 ms) "
+                "with 6.00 ms MAE",
+            ),
+        ),
+    ],
+)
+def test_the_gates_verdict_says_exactly_why_with_every_figure_in_ms(
+    mae: float, naive: float | None, current: float | None, expected: tuple[bool, str]
+) -> None:
+    """The reason is what an operator reads in the training report and the registry.
+    Kills: each reason's text, or a conversion to milliseconds, altered."""
+    theirs = None if current is None else metrics(current, 0.010)
+    version = None if current is None else CURRENT_VERSION
+    figures: dict[str, float | None] = {"mae_p50_seconds": mae, "naive_mae_seconds": naive}
+    assert gate(figures, version, theirs) == expected
+
+
 def test_gate_checks_naive_before_the_current_model() -> None:
     current = "20260921T000000Z-0123abcd"
     promoted, reason = gate(metrics(0.011, 0.010), current, metrics(0.020, 0.010))
