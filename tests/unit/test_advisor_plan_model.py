@@ -625,9 +625,11 @@ def test_a_deepened_cut_compounds_and_a_single_one_does_not() -> None:
     single = {**servers, "s0": servers["s0"]._replace(deepen=False)}
     held_advice = Advice(None, {"app": PoolAdvice("app", 0.0, "no model", single)})
     plan = by_name(plan_weights(observation(pool_of(*members)), policy(), held_advice))
-    # Not deepened: one cut below its static 100, which it climbs back to from 40.
-    assert plan["s0"].planned_weight == 50
+    # Not deepened: no deeper cut, and no raise either while it stays flagged (one cut
+    # below its static 100 would be 50): a cut survives until the guard releases it.
+    assert plan["s0"].planned_weight == 40
     assert plan["s0"].reason.startswith("outlier")
+    assert plan["s0"].reason.endswith("not raised while it stays an outlier")
     # Released (no finding): it climbs back toward its static weight, step-limited.
     free = {**servers, "s0": ServerAdvice("s0")}
     free_advice = Advice(None, {"app": PoolAdvice("app", 0.0, "no model", free)})

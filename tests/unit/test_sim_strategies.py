@@ -117,8 +117,11 @@ def test_veloflux_runs_the_real_agent_and_reports_its_modes() -> None:
     )
     assert set(FIGURES) <= set(result)
     assert result["model_trained"]["mean"] == 1.0  # trained at the end of the warm-up
-    shares = result["model_tick_share"]["mean"] + result["fallback_tick_share"]["mean"]
+    modes = ("model", "capacity", "fallback")
+    shares = sum(result[f"{mode}_tick_share"]["mean"] for mode in modes)
     assert shares == pytest.approx(1.0)
+    # The busy-time signal reaches the agent: the capacity rung drives the pool.
+    assert result["capacity_tick_share"]["mean"] > 0.5
 
 
 def test_unknown_strategy_is_named() -> None:

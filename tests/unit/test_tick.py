@@ -302,10 +302,14 @@ def test_record_defaults_to_write_and_an_explicit_record_wins(
 @pytest.mark.parametrize(
     ("with_journal", "write", "timed"),
     [
-        (False, False, ["observe", "frame", "plan"]),
-        (False, True, ["observe", "frame", "plan", "apply", "record"]),
-        (True, False, ["observe", "frame", "history", "advise", "plan"]),
-        (True, True, ["observe", "frame", "history", "advise", "plan", "apply", "record"]),
+        (False, False, ["observe", "frame", "capacity", "plan"]),
+        (False, True, ["observe", "frame", "capacity", "plan", "apply", "record"]),
+        (True, False, ["observe", "frame", "history", "advise", "capacity", "plan"]),
+        (
+            True,
+            True,
+            ["observe", "frame", "history", "advise", "capacity", "plan", "apply", "record"],
+        ),
     ],
     ids=["dry-run", "write", "journal-dry-run", "journal-write"],
 )

@@ -1,6 +1,6 @@
 """Timing a tick's steps from outside, without a copy of the tick.
 
-The ``Agent`` wraps each step of a tick (observe, frame, history, advise, plan,
+The ``Agent`` wraps each step of a tick (observe, frame, history, advise, capacity, plan,
 apply, record) in ``steps.step(name)``. In production that is ``UNTIMED``, which
 costs a context manager per step; a benchmark passes ``StepTimes`` and reads where a
 tick's time goes, from the very code the daemon runs.
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-STEPS = ("observe", "frame", "history", "advise", "plan", "apply", "record")
+STEPS = ("observe", "frame", "history", "advise", "capacity", "plan", "apply", "record")
 
 
 class Steps(Protocol):

@@ -12,17 +12,19 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from veloflux.agent.ports import Sink, Source, TickResult
 from veloflux.agent.steps import UNTIMED, Steps
 from veloflux.config.schema import Config
+from veloflux.decide.capacity_rung import CapacityRung, RungSettings, controller_settings
 from veloflux.decide.outliers import moving_average_outliers
 from veloflux.decide.planner import plan_revert, plan_weights
-from veloflux.domain.advice import Advice, blocked_pool
+from veloflux.domain.advice import Advice, PoolCapacity, blocked_pool
 from veloflux.domain.observation import Observation, ProxyIdentity
-from veloflux.domain.weightplan import ApplyReport, WeightPlan
+from veloflux.domain.weightplan import DRIVEN_MODES, ApplyReport, WeightPlan
 from veloflux.errors import ConfigError, ConfigProblem, ModelUnavailable
 from veloflux.model.registry import Registry
 from veloflux.util.events import Events
@@ -86,6 +88,11 @@ class Agent:
         self._proxy: ProxyIdentity | None = None
         self._set_weights: dict[str, int] = {}
         self._window: RecentWindow | None = None
+        # The capacity rung's memory (previous observation, estimates) and which pools
+        # were overloaded at the last tick, to count each overload once when it begins.
+        self._capacity = CapacityRung(RungSettings.from_config(config))
+        self._controller = controller_settings(config)
+        self._overloaded: set[str] = set()
 
     @property
     def events(self) -> Events:
@@ -250,8 +257,10 @@ class Agent:
         with self._steps.step("frame"):
             samples = self._samples(observation)
         advice = self._advice(observation, samples)
+        with self._steps.step("capacity"):
+            advice = self._with_capacity(advice, self._capacity.update(observation))
         with self._steps.step("plan"):
-            plan = plan_weights(observation, policy, advice, restore)
+            plan = plan_weights(observation, policy, advice, restore, self._controller)
         report = None
         if write:
             with self._steps.step("apply"):
@@ -266,6 +275,20 @@ class Agent:
                 self._record(observation, samples)
         return result
 
+    def _with_capacity(self, advice: Advice, capacity: Mapping[str, PoolCapacity]) -> Advice:
+        """The capacity rung's view joined to each pool's advice; an overload that
+        begins is counted and logged once (the metric shows it while it lasts)."""
+        if not capacity:
+            return advice
+        overloaded = {pool for pool, view in capacity.items() if view.overload}
+        for pool in sorted(overloaded - self._overloaded):
+            self._events.record("pool_overload", f"{pool}: {capacity[pool].overload}")
+        self._overloaded = overloaded
+        pools = {
+            name: replace(pool, capacity=capacity.get(name)) for name, pool in advice.pools.items()
+        }
+        return replace(advice, pools=pools)
+
     def _remember(self, plan: WeightPlan, report: ApplyReport) -> None:
         """The weights in effect after a write tick, for restoring after a reload.
 
@@ -274,7 +297,7 @@ class Agent:
         """
         failed = {server_key(f.backend, f.server) for f in report.failures}
         for pool in plan.pools:
-            if pool.mode not in ("model", "fallback"):
+            if pool.mode not in DRIVEN_MODES:
                 continue
             for s in pool.servers:
                 key = server_key(s.backend, s.server)
@@ -327,7 +350,7 @@ def summary_line(result: TickResult) -> str:
     else:
         acted = f"written={len(result.report.applied)} failed={len(result.report.failures)}"
     servers = sum(len(p.servers) for p in result.plan.pools)
-    driven = [p.confidence for p in result.plan.pools if p.mode in ("model", "fallback")]
+    driven = [p.confidence for p in result.plan.pools if p.mode in DRIVEN_MODES]
     lowest = f"{min(driven):.2f}" if driven else "-"
     reload_text = " proxy_reloaded" if result.proxy_reloaded else ""
     failed = ",".join(f"{f.proxy}({f.reason})" for f in result.failures)

@@ -16,7 +16,13 @@ if TYPE_CHECKING:
 from veloflux.domain.observation import ExternalFeatures
 from veloflux.domain.weightplan import ApplyReport, WeightPlan
 
-_MODE_STYLE = {"model": "green", "fallback": "yellow", "hold": "magenta", "unmanaged": "dim"}
+_MODE_STYLE = {
+    "model": "green",
+    "capacity": "cyan",
+    "fallback": "yellow",
+    "hold": "magenta",
+    "unmanaged": "dim",
+}
 
 
 def plan_table(plan: WeightPlan, title: str) -> Table:

@@ -153,6 +153,33 @@ class PolicySection(Section):
         return self
 
 
+class CapacitySection(Section):
+    """The capacity rung: weights proportional to each server's measured capacity
+    (successful completions per busy second), with no model, whenever a utilization
+    signal reaches the agent."""
+
+    enabled: bool = True
+    utilization_feature: FeatureName | None = Field(
+        default=None,
+        description="a prometheus.features name: each server's busy share, 0..1",
+    )
+    gain: float = Field(
+        default=0.5, gt=0, le=1, description="share of the way to its target a weight moves"
+    )
+    deadband_errors: float = Field(
+        default=2.0, ge=0, description="hold a weight within this many standard errors"
+    )
+    error_exponent: float = Field(
+        default=6.0, ge=0, description="health = (1 - error ratio) ^ this"
+    )
+    overload_utilization: float = Field(
+        default=0.97,
+        gt=0.1,
+        le=2,
+        description="offered load / capacity at which the pool holds static weights",
+    )
+
+
 class EnvoyEndpointSection(Section):
     """One endpoint of an Envoy cluster; ``weight`` is its static (fallback) weight."""
 
@@ -343,6 +370,7 @@ class Config(Section):
     policy: PolicySection = Field(default_factory=PolicySection)
     api: APISection = Field(default_factory=APISection)
     prometheus: PrometheusSection | None = None
+    capacity: CapacitySection = Field(default_factory=CapacitySection)
 
     @property
     def stale_after_seconds(self) -> float:
@@ -369,6 +397,27 @@ class Config(Section):
             raise ValueError(
                 f"envoy.clusters: {', '.join(map(repr, shared))} is also in haproxy.backends; "
                 "a pool name must be unique across the proxies"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _utilization_is_a_feature(self) -> Config:
+        """The capacity rung reads its utilization signal as a Prometheus feature."""
+        name = self.capacity.utilization_feature
+        if name is None:
+            return self
+        if self.prometheus is None:
+            raise ValueError(
+                f"capacity.utilization_feature: {name!r} is read from Prometheus; "
+                "configure prometheus.features with it"
+            )
+        known = set(self.prometheus.features)
+        if self.prometheus.default_features:
+            known |= {f.name for kind in promql.DEFAULTS.values() for f in kind}
+        if name not in known:
+            raise ValueError(
+                f"capacity.utilization_feature: {name!r} is not in prometheus.features"
+                + (f" ({', '.join(sorted(known))})" if known else "")
             )
         return self
 

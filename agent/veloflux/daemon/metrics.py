@@ -137,11 +137,18 @@ def _pool_families(tick: TickResult | None) -> list[Metric]:
         "Confidence (0..1) in the pool's model-driven plan at the last tick.",
         labels=["backend"],
     )
+    overload = GaugeMetricFamily(
+        "veloflux_pool_overload",
+        "1 when the load offered to the pool reached its estimated capacity at the last "
+        "tick (static weights held), else 0.",
+        labels=["backend"],
+    )
     for pool in tick.plan.pools if tick is not None else ():
         for name in MODES:
             mode.add_metric([pool.backend, name], 1.0 if name == pool.mode else 0.0)
         confidence.add_metric([pool.backend], pool.confidence)
-    return [mode, confidence]
+        overload.add_metric([pool.backend], 1.0 if pool.overload else 0.0)
+    return [mode, confidence, overload]
 
 
 def _state_families(snapshot: _Snapshot) -> list[Metric]:

@@ -67,6 +67,9 @@ class CapacityEstimate:
     confidence: float
     intervals: int
     reason: str = ""
+    # In the blackout after a downward change: the new, lower figure is good enough to
+    # take load off the server, not yet to give it more.
+    fell: bool = False
 
 
 @dataclass
@@ -78,6 +81,7 @@ class _Series:
     rose: list[Interval] = field(default_factory=list)  # and behind ``above``
     blackout: int = 0  # intervals still to pass before the estimate is trusted
     changes: int = 0
+    fell_last: bool = False  # the last change found was downward
 
 
 class CapacityEstimator:
@@ -107,6 +111,7 @@ class CapacityEstimator:
             series.intervals.extend(run)  # the new regime starts with the run that showed it
             series.blackout = s.blackout_intervals
             series.changes += 1
+            series.fell_last = run is series.fell
             series.below = series.above = 0.0
             series.fell, series.rose = [], []
             return
@@ -124,7 +129,14 @@ class CapacityEstimator:
         if now - window[-1].at > s.max_age_seconds:
             return CapacityEstimate(capacity, stderr, 0.0, n, "expired: no recent busy interval")
         if series.blackout > 0:
-            return CapacityEstimate(capacity, stderr, 0.0, n, "blackout after a capacity change")
+            return CapacityEstimate(
+                capacity,
+                stderr,
+                0.0,
+                n,
+                "blackout after a capacity " + ("drop" if series.fell_last else "rise"),
+                fell=series.fell_last,
+            )
         if n < s.min_intervals:
             return CapacityEstimate(capacity, stderr, 0.0, n, f"warming up ({n} intervals)")
         if capacity <= 0 or stderr is None:

@@ -46,17 +46,21 @@ def desired_weights(
     current: Mapping[str, float],
     targets: Mapping[str, Target],
     settings: ControllerSettings,
+    total: float | None = None,
 ) -> dict[str, float]:
     """The next weight of each server that has both a current weight (> 0) and a
     target (> 0); others are left out, for the planner to keep or handle.
 
-    Targets are scaled so that the pool's total weight stays what it is: only the
-    split moves, and weights do not drift up or down tick after tick.
+    Targets are scaled so that the driven servers' weights sum to ``total``, by
+    default what they sum to now: only the split moves, and weights do not drift up
+    or down tick after tick. A ``total`` (the planner's: their static weights, scaled
+    for resolution) moves the level too, by the same damped steps.
     """
     driven = [s for s in current if s in targets and current[s] > 0 and targets[s].amount > 0]
     if not driven:
         return {}
-    total_weight = sum(current[s] for s in driven)
+    keep_total = total is None
+    total_weight = sum(current[s] for s in driven) if total is None else total
     total_amount = sum(targets[s].amount for s in driven)
     held: dict[str, float] = {}
     stepped: dict[str, float] = {}
@@ -70,7 +74,7 @@ def desired_weights(
             stepped[server] = current[server] * math.exp(settings.gain * error)
     # The servers that move share what they had between them: the pool's total stays,
     # and a held server is not nudged by the others' moves.
-    if stepped:
+    if stepped and keep_total:
         scale = sum(current[s] for s in stepped) / sum(stepped.values())
         stepped = {s: w * scale for s, w in stepped.items()}
     return {s: held[s] if s in held else stepped[s] for s in driven}

@@ -2,25 +2,42 @@
 
 The planner is a pure function: the same observation and policy always give the same
 plan, which is what makes it property-testable and the dry-run an honest preview.
-A pool is in model mode when the advice allows it (a fresh model, confident about
-the pool): its confident servers move toward the optimizer's shares, the others keep
-their static share. Otherwise it is in fallback, moving toward its static weights.
-Either way the outlier guard and every safety rule apply, and every change is
-step-limited.
+Each pool is planned on the highest rung of a confidence ladder its evidence allows:
+
+- ``capacity``: the capacity estimates (``advice.capacity``) are confident for two or
+  more servers; the damped controller moves weights toward capacity x health;
+- ``model``: no capacity signal, and the advice allows the model (a fresh model,
+  confident about the pool): its confident servers move toward the optimizer's
+  shares, the others keep their static share;
+- ``fallback``: toward static weights, also when the pool is overloaded (no split of
+  traffic helps then, and spreading the overload evenly would slow every server).
+
+On every rung every safety rule applies, every change is step-limited, and a server
+the outlier guard flags is never given more weight while it stays flagged.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
-from typing import NamedTuple
+from collections.abc import Mapping
 
 from veloflux.config.schema import PolicySection
+from veloflux.decide.controller import ControllerSettings
+from veloflux.decide.targets import (
+    Row,
+    capacity_confidence,
+    capacity_ready,
+    capacity_targets,
+    model_targets,
+    weight_scale,
+)
 from veloflux.domain.advice import NO_ADVICE, Advice, PoolAdvice, ServerAdvice
 from veloflux.domain.observation import Observation, PoolInfo
-from veloflux.domain.weightplan import NO_PARTS, Mode, PoolPlan, ServerPlan, WeightPlan
+from veloflux.domain.weightplan import Mode, PoolPlan, ServerPlan, WeightPlan
 from veloflux.haproxy.runtime import HAPROXY_MAX_WEIGHT
 from veloflux.util.names import server_key
+
+DEFAULT_CONTROLLER = ControllerSettings()
 
 # --- rules -----------------------------------------------------------------------------
 
@@ -51,54 +68,12 @@ def static_weight(
     return initial if initial is not None else current
 
 
-class _Row(NamedTuple):
-    """One server as the planner sees it (a named tuple: one per server per tick)."""
-
-    key: str  # BACKEND/SERVER
-    backend: str
-    server: str
-    state: str
-    backup: bool
-    current: int | None
-    static: int | None
-    problem: str
-    # Where the step limit starts: the current weight, or the weight VeloFlux had set
-    # before the proxy reloaded and forgot it (see ``plan_weights``'s ``restore``).
-    start: int | None = None
-
-    @property
-    def origin(self) -> int | None:
-        return self.start if self.start is not None else self.current
-
-    def planned(
-        self,
-        weight: int | None,
-        reason: str,
-        confidence: float = 0.0,
-        parts: Mapping[str, float] | None = None,
-    ) -> ServerPlan:
-        return ServerPlan(
-            self.backend,
-            self.server,
-            self.state,
-            self.current,
-            weight,
-            self.static,
-            confidence,
-            reason,
-            parts or NO_PARTS,
-        )
-
-    def held(self, reason: str, confidence: float = 0.0) -> ServerPlan:
-        return self.planned(self.current, reason, confidence)
-
-
 def _rows(
     observation: Observation,
     pool: str,
     policy: PolicySection,
     restore: Mapping[str, int] | None = None,
-) -> list[_Row]:
+) -> list[Row]:
     rows = []
     restore = restore or {}
     for rec in observation.servers_of(pool):
@@ -107,11 +82,11 @@ def _rows(
         static = static_weight(key, _as_int(rec.initial_weight), current, policy)
         start = restore.get(key)
         row = (key, pool, rec.server, rec.state, rec.backup, current, static, rec.problem, start)
-        rows.append(_Row._make(row))
+        rows.append(Row._make(row))
     return rows
 
 
-def _untouchable(row: _Row) -> str:
+def _untouchable(row: Row) -> str:
     """Why a server must keep its weight whatever the mode or override, or ''."""
     if row.problem or row.current is None:
         return f"hold: {row.problem or 'current weight unknown'}"
@@ -124,7 +99,7 @@ def _untouchable(row: _Row) -> str:
     return ""
 
 
-def _zeroed_outside(row: _Row, policy: PolicySection) -> str:
+def _zeroed_outside(row: Row, policy: PolicySection) -> str:
     """A weight 0 VeloFlux cannot have written (it never goes below ``min_weight``).
 
     Someone took the server out of rotation by hand; only an override brings it back.
@@ -160,20 +135,30 @@ def bounded_weight(
 
 
 def _finish(
-    row: _Row,
+    row: Row,
     desired: int,
     policy: PolicySection,
     exact: bool,
     reason: str,
     advice: ServerAdvice | None,
+    guard: bool = True,
 ) -> ServerPlan:
-    """Outlier guard, then bounds, step limit and deadband; the reason says what applied."""
+    """Outlier guard, then bounds, step limit and deadband; the reason says what applied.
+
+    ``guard=False`` (the capacity rung) skips the guard's cut, since a slow server's
+    capacity and a failing one's health already take load off it; but on every rung
+    a server the guard flags is never given more weight while it stays flagged: a cut
+    must survive a change of rung, a confidence dropping, or an estimate restarting.
+    """
     assert row.current is not None
     assert row.origin is not None
     confidence = advice.confidence if advice else 0.0
     parts = advice.parts if advice else None
     planned, notes = bounded_weight(row.origin, desired, policy, exact_target=exact)
-    if advice and advice.outlier and policy.outlier.enabled:
+    if advice and advice.outlier and policy.outlier.enabled and planned > row.origin:
+        planned, reason = row.origin, f"{advice.outlier}: not raised while it stays an outlier"
+        notes = [n for n in notes if "clamped" in n]
+    if guard and advice and advice.outlier and policy.outlier.enabled:
         # One bounded cut below what the server would otherwise get; it compounds, tick
         # after tick below the current weight, only while the advice says the fault
         # persists (errors, a queue still growing): a server that is merely slower must
@@ -192,54 +177,7 @@ def _finish(
     return row.planned(planned, text, confidence, parts)
 
 
-def _weight_scale(rows: list[_Row], policy: PolicySection) -> int:
-    """Model-driven weights need resolution: with static weights of 1, a weight of 1
-    cannot say "a little less". Scale so the largest static weight is near 100."""
-    largest = max((r.static or 0 for r in rows), default=0)
-    if largest <= 0:
-        return 1
-    return max(1, math.floor(min(policy.max_weight, 100) / largest))
-
-
-def _model_targets(
-    rows: list[_Row], advice: PoolAdvice, policy: PolicySection, scale: int
-) -> dict[str, tuple[int, bool, str]]:
-    """Desired weight, exactness and reason for each server the model may move."""
-    driven = [r for r in rows if (a := advice.servers.get(r.server)) and a.share is not None]
-    if advice.hold:  # no change predicted to be worth making: the driven servers stay put
-        held = {r.server: (r.origin or 0, True, f"model: held, {advice.hold}") for r in driven}
-        return {**_static_targets(rows, advice, scale, held.keys()), **held}
-    combined = sum((r.static or 0) * scale for r in driven)
-    # Shares are renormalised over the servers actually driven here: the advisor may
-    # have given a share to a server the planner must not move (an override, say).
-    shares = {r.server: advice.servers[r.server].share or 0.0 for r in driven}
-    total = sum(shares.values())
-    wanted = {s: round(share / total * combined) if total > 0 else 0 for s, share in shares.items()}
-    floor = math.ceil(max(wanted.values(), default=0) / policy.max_weight_ratio)
-    targets = {s: (max(1, w, floor), False, "model") for s, w in wanted.items()}
-    return {**_static_targets(rows, advice, scale, targets.keys()), **targets}
-
-
-def _static_targets(
-    rows: list[_Row], advice: PoolAdvice, scale: int, driven: Collection[str]
-) -> dict[str, tuple[int, bool, str]]:
-    """In a model-mode pool, the servers the model is not sure of keep their static share."""
-    targets: dict[str, tuple[int, bool, str]] = {}
-    for r in rows:
-        if r.server in driven:
-            continue
-        a = advice.servers.get(r.server)
-        weakest = min(a.parts, key=lambda p: a.parts[p]) if a and a.parts else "no data"
-        confidence = a.confidence if a else 0.0
-        targets[r.server] = (
-            (r.static or 0) * scale,
-            True,
-            f"low confidence {confidence:.2f} (weakest: {weakest}): static share",
-        )
-    return targets
-
-
-def _override(row: _Row, pinned: int, scale: int) -> ServerPlan:
+def _override(row: Row, pinned: int, scale: int) -> ServerPlan:
     """An operator's pin, written exactly as pinned, at once: ``get weight`` must show
     what the operator typed. When the model has scaled the pool's weights up, the reason
     says so, since the pin's share of traffic is then smaller than at static weights."""
@@ -268,7 +206,7 @@ def _keep_in_rotation(servers: list[ServerPlan], policy: PolicySection) -> list[
     return result
 
 
-def _unmanaged(pool: PoolInfo, rows: list[_Row]) -> PoolPlan:
+def _unmanaged(pool: PoolInfo, rows: list[Row]) -> PoolPlan:
     """A pool VeloFlux must not write to: every server keeps its weight."""
     reason = f"unmanaged ({pool.algorithm or 'algorithm unknown'})"
     servers = tuple(r.held(reason) for r in rows)
@@ -281,8 +219,11 @@ def plan_pool(
     policy: PolicySection,
     advice: PoolAdvice | None,
     restore: Mapping[str, int] | None = None,
+    controller: ControllerSettings = DEFAULT_CONTROLLER,
 ) -> PoolPlan:
-    """Plan one pool: model mode when the advice allows it, else fallback."""
+    """Plan one pool on the highest rung the evidence allows: capacity when the
+    capacity estimates are confident (and the pool is not overloaded), else model mode
+    when the advice allows it, else fallback to static weights."""
     rows = _rows(observation, pool.name, policy, restore)
     if not pool.managed:
         return _unmanaged(pool, rows)
@@ -296,11 +237,23 @@ def plan_pool(
         and r.key not in policy.overrides
         and not _zeroed_outside(r, policy)
     ]
-    if not blocked and not movable:
+    capacity = advice.capacity if advice is not None else None
+    mode: Mode = "fallback"
+    overload = ""
+    targets: dict[str, tuple[int, bool, str]] = {}
+    if capacity is not None and capacity.overload:
+        overload = blocked = capacity.overload
+    elif capacity is not None and capacity_ready(capacity, movable):
+        mode, blocked = "capacity", ""
+    elif not blocked and not movable:
         blocked = "no server the model may move"
-    use_model = advice is not None and not blocked
-    scale = _weight_scale(movable, policy) if use_model else 1
-    targets = _model_targets(movable, advice, policy, scale) if use_model and advice else {}
+    elif advice is not None and not blocked:
+        mode = "model"
+    scale = weight_scale(movable, policy) if mode != "fallback" else 1
+    if mode == "capacity" and capacity is not None:
+        targets = capacity_targets(movable, capacity, policy, scale, controller)
+    elif mode == "model" and advice is not None:
+        targets = model_targets(movable, advice, policy, scale)
     planned: list[ServerPlan] = []
     for row in rows:
         server_advice = advice.servers.get(row.server) if advice else None
@@ -316,17 +269,21 @@ def plan_pool(
             planned.append(row.held("static weight 0"))
         elif row.server in targets:
             desired, exact, reason = targets[row.server]
-            planned.append(_finish(row, desired, policy, exact, reason, server_advice))
+            guard = mode != "capacity"
+            planned.append(_finish(row, desired, policy, exact, reason, server_advice, guard))
         else:
             planned.append(_finish(row, row.static, policy, True, blocked, server_advice))
     servers_out = tuple(_keep_in_rotation(planned, policy))
     if servers_out and all(s.reason.startswith("hold") for s in servers_out):
         return PoolPlan(pool.name, pool.algorithm, "hold", 0.0, "no trustworthy data", servers_out)
-    mode: Mode = "model" if use_model else "fallback"
+    if mode == "capacity" and capacity is not None:
+        confidence = capacity_confidence(capacity, movable)
+        return PoolPlan(
+            pool.name, pool.algorithm, mode, confidence, "capacity", servers_out, overload
+        )
     confidence = advice.confidence if advice is not None else 0.0
-    return PoolPlan(
-        pool.name, pool.algorithm, mode, confidence, "model" if use_model else blocked, servers_out
-    )
+    reason = "model" if mode == "model" else blocked
+    return PoolPlan(pool.name, pool.algorithm, mode, confidence, reason, servers_out, overload)
 
 
 def plan_weights(
@@ -334,6 +291,7 @@ def plan_weights(
     policy: PolicySection,
     advice: Advice = NO_ADVICE,
     restore: Mapping[str, int] | None = None,
+    controller: ControllerSettings = DEFAULT_CONTROLLER,
 ) -> WeightPlan:
     """The plan for every pool of one observation.
 
@@ -345,7 +303,12 @@ def plan_weights(
     """
     pools = tuple(
         plan_pool(
-            observation, p, policy, advice.for_pool(p.name) if advice.pools else None, restore
+            observation,
+            p,
+            policy,
+            advice.for_pool(p.name) if advice.pools else None,
+            restore,
+            controller,
         )
         for p in observation.pools
     )

@@ -30,6 +30,42 @@ class ServerAdvice(NamedTuple):
     deepen: bool = False
 
 
+class ServerCapacity(NamedTuple):
+    """One server's measured capacity, as the capacity rung uses it.
+
+    ``capacity`` is successful completions per second at full utilization (None before
+    the first busy interval); ``confidence`` is 0 while the estimate warms up, after a
+    change (a blackout) or when it expires, and ``reason`` says which. ``fell`` marks an
+    estimate in the blackout after a downward change: not yet trusted to raise a weight,
+    but enough to lower one. ``health`` (0..1) discounts a server that fails requests.
+    """
+
+    server: str
+    capacity: float | None
+    relative_error: float
+    confidence: float
+    health: float = 1.0
+    reason: str = ""
+    fell: bool = False
+    error_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class PoolCapacity:
+    """The capacity rung's view of one pool: each server's estimate, the load offered to
+    the pool and its total estimated capacity (requests/s), and ``overload`` ("" when
+    not): why the pool is treated as overloaded, where no split of traffic can help."""
+
+    servers: Mapping[str, ServerCapacity]
+    offered_rps: float | None = None
+    capacity_rps: float | None = None
+    overload: str = ""
+
+    def confident(self) -> list[str]:
+        """The servers whose estimates the rung may act on."""
+        return [s.server for s in self.servers.values() if s.confidence > 0 and s.capacity]
+
+
 @dataclass(frozen=True)
 class PoolAdvice:
     """One pool: ``blocked`` says why the model may not act ("" when it may)."""
@@ -42,6 +78,8 @@ class PoolAdvice:
     # Why the model, free to act, keeps the weights where they are ("" when it moves
     # them): the split it found is not predicted to be worth a change.
     hold: str = ""
+    # The capacity rung's estimates (None when no utilization signal reaches the agent).
+    capacity: PoolCapacity | None = None
 
 
 def blocked_pool(

@@ -13,7 +13,9 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
-Mode = Literal["model", "fallback", "hold", "unmanaged"]
+Mode = Literal["model", "capacity", "fallback", "hold", "unmanaged"]
+# The modes in which VeloFlux writes weights (the others leave every weight alone).
+DRIVEN_MODES: tuple[str, ...] = ("model", "capacity", "fallback")
 NO_PARTS: Mapping[str, float] = MappingProxyType({})
 
 
@@ -63,6 +65,8 @@ class PoolPlan:
     confidence: float
     reason: str
     servers: tuple[ServerPlan, ...]
+    # Why the pool is treated as overloaded ("" when it is not): static weights held.
+    overload: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,6 +75,7 @@ class PoolPlan:
             "mode": self.mode,
             "confidence": round(self.confidence, 4),
             "reason": self.reason,
+            "overload": bool(self.overload),
             "servers": [s.to_json() for s in self.servers],
         }
 

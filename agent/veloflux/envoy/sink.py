@@ -20,7 +20,14 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from veloflux.domain.weightplan import ApplyReport, PoolPlan, ServerPlan, WeightPlan, WriteResult
+from veloflux.domain.weightplan import (
+    DRIVEN_MODES,
+    ApplyReport,
+    PoolPlan,
+    ServerPlan,
+    WeightPlan,
+    WriteResult,
+)
 from veloflux.envoy.admin import EnvoyAdmin, EnvoyAdminError
 from veloflux.envoy.eds import EdsError, Endpoint, eds_path, render_eds, write_eds
 from veloflux.envoy.replies import (
@@ -57,7 +64,7 @@ class EnvoySink:
         results: list[WriteResult] = []
         for pool in plan.pools:
             changes = [s for s in pool.servers if s.changes]
-            if pool.mode in ("model", "fallback") and changes:
+            if pool.mode in DRIVEN_MODES and changes:
                 results += self._apply_pool(pool, changes, plan.generated_at.isoformat())
         return ApplyReport(tuple(results))
 

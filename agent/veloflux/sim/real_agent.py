@@ -27,7 +27,14 @@ from pathlib import Path
 
 from veloflux.config.load import validate_config
 from veloflux.config.schema import Config
-from veloflux.domain.observation import Observation, PoolInfo, ProxyIdentity, ServerRow
+from veloflux.domain.observation import (
+    EXTERNAL_PREFIX,
+    ExternalFeatures,
+    Observation,
+    PoolInfo,
+    ProxyIdentity,
+    ServerRow,
+)
 from veloflux.domain.weightplan import ApplyReport, WeightPlan, WriteResult
 from veloflux.history.rates import EMA_SAMPLES
 from veloflux.sim.engine import STATIC_WEIGHT, ServerStats, Strategy
@@ -35,13 +42,19 @@ from veloflux.sim.scenario import Scenario
 from veloflux.util.events import Events
 
 POOL = "app"
+UTILIZATION_FEATURE = "utilization"
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)  # simulated time 0
 
 
 class SimSource:
-    """The engine's counters as an HAProxy observation of one backend."""
+    """The engine's counters as an HAProxy observation of one backend, and, given the
+    servers' concurrency, each server's utilization over the last interval as a
+    Prometheus feature would supply it (``UTILIZATION_FEATURE``: busy slot-seconds over
+    the interval's slot-seconds, what the heuristic reads too)."""
 
-    def __init__(self, names: Sequence[str], algorithm: str) -> None:
+    def __init__(
+        self, names: Sequence[str], algorithm: str, concurrency: Sequence[int] | None = None
+    ) -> None:
         self.names = tuple(names)
         self.algorithm = algorithm
         self.weights = [STATIC_WEIGHT] * len(names)
@@ -50,9 +63,21 @@ class SimSource:
         n = len(names)
         self._ema = [math.nan] * n
         self._seen = [0] * n  # requests folded into each moving average so far
+        self._concurrency = tuple(concurrency) if concurrency is not None else None
+        self._busy = [0.0] * n
+        self._utilization = [math.nan] * n
+        self._last = 0.0
 
     def update(self, now: float, stats: ServerStats) -> None:
-        """Fold the completions since the last tick into HAProxy's moving averages."""
+        """Fold the completions since the last tick into HAProxy's moving averages, and
+        measure each server's utilization since the last tick."""
+        if self._concurrency is not None and now > self._last:
+            span = now - self._last
+            for i, slots in enumerate(self._concurrency):
+                used = stats.busy_seconds[i] - self._busy[i]
+                self._utilization[i] = used / (slots * span)
+                self._busy[i] = stats.busy_seconds[i]
+            self._last = now
         self.now, self.stats = now, stats
         a = 1.0 - 1.0 / EMA_SAMPLES
         for i, latencies in enumerate(stats.recent_latencies):
@@ -104,7 +129,11 @@ class SimSource:
             )
         pool = PoolInfo(POOL, self.algorithm, managed=True)
         proxy = ProxyIdentity("simulated", 1, EPOCH.timestamp(), self.now, "sim", "admin")
-        return Observation(taken_at, tuple(rows), (pool,), proxy)
+        external = None
+        if self._concurrency is not None:
+            column = EXTERNAL_PREFIX + UTILIZATION_FEATURE
+            external = ExternalFeatures("prometheus", ((column, tuple(self._utilization)),))
+        return Observation(taken_at, tuple(rows), (pool,), proxy, external=external)
 
 
 class SimSink:
@@ -130,12 +159,26 @@ class SimSink:
 _ALGORITHMS = {"roundrobin": "roundrobin", "leastconn": "leastconn", "least_request": "roundrobin"}
 
 
-def agent_config(scenario: Scenario, workdir: Path) -> Config:
+def agent_config(scenario: Scenario, workdir: Path, utilization: bool = True) -> Config:
     """The agent's configuration for a simulated run: defaults, the scenario's tick, and
     state in ``workdir``. Training needs fewer rows than a production default: a warm-up
-    of a few minutes holds a few hundred intervals."""
+    of a few minutes holds a few hundred intervals. With ``utilization`` the capacity
+    rung reads each server's busy share as a Prometheus feature (the source supplies
+    it; the URL is never queried), else the agent sees only what the proxy shows."""
+    signal: dict[str, object] = {}
+    if utilization:
+        query = 'rate(busy_seconds_total{instance="{server}"}[1m])'
+        signal = {
+            "prometheus": {
+                "url": "http://127.0.0.1:9",
+                "features": {UTILIZATION_FEATURE: query},
+                "default_features": False,
+            },
+            "capacity": {"utilization_feature": UTILIZATION_FEATURE},
+        }
     return validate_config(
         {
+            **signal,
             "interval": f"{scenario.interval_s * 1000:g}ms",
             "haproxy": {"socket": f"unix://{workdir}/simulated.sock", "backends": [POOL]},
             "ai": {
@@ -150,7 +193,15 @@ def agent_config(scenario: Scenario, workdir: Path) -> Config:
 
 
 class VelofluxStrategy(Strategy):
+    """The agent with every signal the heuristic has (utilization as a Prometheus
+    feature); ``utilization=False`` is the proxy-only variant."""
+
     name = "veloflux"
+
+    def __init__(self, utilization: bool = True) -> None:
+        self._utilization = utilization
+        if not utilization:
+            self.name = "veloflux-proxy-only"
 
     def start(self, scenario: Scenario, names: Sequence[str], dispatcher: str) -> list[int]:
         from veloflux.agent.tick import Agent
@@ -160,10 +211,15 @@ class VelofluxStrategy(Strategy):
         self._workdir = Path(tempfile.mkdtemp(prefix="veloflux-sim-"))
         self._scenario = scenario
         self._events = Events()
-        config = agent_config(scenario, self._workdir)
+        config = agent_config(scenario, self._workdir, self._utilization)
         self._config = config
         # The algorithm the source reports: one whose weights the planner manages.
-        self._source = SimSource(names, _ALGORITHMS.get(dispatcher, "roundrobin"))
+        concurrency = [g.concurrency for _, g in scenario.expanded()]
+        self._source = SimSource(
+            names,
+            _ALGORITHMS.get(dispatcher, "roundrobin"),
+            concurrency if self._utilization else None,
+        )
         self._journal = Journal(config.ai.history_path, self._events)
         self._registry = Registry(config.ai.model_dir, self._clock, self._events)
         self._agent = Agent(
@@ -221,6 +277,7 @@ class VelofluxStrategy(Strategy):
         ticks = max(len(self._modes), 1)
         return {
             "model_tick_share": sum(m == "model" for m in self._modes) / ticks,
+            "capacity_tick_share": sum(m == "capacity" for m in self._modes) / ticks,
             "fallback_tick_share": sum(m == "fallback" for m in self._modes) / ticks,
             **{f"model_{k}": v for k, v in self._training.items()},
         }

@@ -25,6 +25,8 @@ FIGURES = (
     "p95_ms",
     "p99_ms",
     "p999_ms",
+    "slo_p99_ms",
+    "success_p99_ms",
     "error_rate",
     "timeout_rate",
     "throughput_rps",
@@ -47,6 +49,10 @@ def figures(
     n = max(len(seen), 1)
     span = max(end - scenario.warmup_s, 1e-9)
     quantiles = np.quantile(seen, [0.5, 0.95, 0.99, 0.999]) if len(seen) else [math.nan] * 4
+    missed = np.where(error, deadline, seen)
+    slo_p99 = float(np.quantile(missed, 0.99)) if len(missed) else math.nan
+    answered = seen[~error]
+    success_p99 = float(np.quantile(answered, 0.99)) if len(answered) else math.nan
     measured = scenario.duration_s - scenario.warmup_s
     utilization = [  # the share of its slots' time each server spent serving
         (busy - before) / (slots * measured)
@@ -60,6 +66,8 @@ def figures(
         "p95_ms": float(quantiles[1]) * 1000,
         "p99_ms": float(quantiles[2]) * 1000,
         "p999_ms": float(quantiles[3]) * 1000,
+        "slo_p99_ms": slo_p99 * 1000,
+        "success_p99_ms": success_p99 * 1000,
         "error_rate": float(error.sum()) / n,
         "timeout_rate": float(timeout.sum()) / n,
         "throughput_rps": float((~error & ~timeout).sum()) / span,

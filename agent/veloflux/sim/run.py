@@ -40,14 +40,16 @@ def run_cell(
 
 
 STRATEGIES = ("static-equal", "capacity-oracle", "heuristic", "veloflux")
+# Reported apart: the agent without the utilization signal, seeing only the proxy.
+PROXY_ONLY = "veloflux-proxy-only"
 
 
 def make_strategy(name: str) -> Strategy:
     """A fresh strategy by name (``veloflux`` builds the real agent in a temp dir)."""
-    if name == "veloflux":
+    if name in ("veloflux", PROXY_ONLY):
         from veloflux.sim.real_agent import VelofluxStrategy
 
-        strategy: Strategy = VelofluxStrategy()
+        strategy: Strategy = VelofluxStrategy(utilization=name == "veloflux")
         return strategy
     kinds: dict[str, type[Strategy]] = {
         "static-equal": StaticEqual,
@@ -55,5 +57,6 @@ def make_strategy(name: str) -> Strategy:
         "heuristic": Heuristic,
     }
     if name not in kinds:
-        raise ValueError(f"unknown strategy {name!r}; one of {', '.join(STRATEGIES)}")
+        known = ", ".join((*STRATEGIES, PROXY_ONLY))
+        raise ValueError(f"unknown strategy {name!r}; one of {known}")
     return kinds[name]()

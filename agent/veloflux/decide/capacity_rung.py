@@ -1,0 +1,182 @@
+"""The capacity rung's state across ticks: each server's capacity, health and the
+pool's load, turned into one immutable ``PoolCapacity`` per pool every tick.
+
+The rung needs no model and no training: it runs from the second tick on whenever a
+utilization signal reaches the agent. It remembers the previous observation (to turn
+counters into intervals), a ``CapacityEstimator`` per pool, and a short window of each
+server's errors and each pool's offered load. Health discounts a server by its recent
+error ratio, ``(1 - errors)^exponent``, so that a server failing requests fast (which
+frees its slots and, under least-connections, draws more traffic) is given less: the
+outlier guard's error cut, as a continuous factor. Overload compares the load offered
+to the pool with its estimated capacity, with hysteresis so that a pool hovering at
+the threshold does not flap between splitting and holding.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+from veloflux.config.schema import Config
+from veloflux.decide.capacity import CapacityEstimator, CapacitySettings, Interval
+from veloflux.decide.controller import ControllerSettings
+from veloflux.decide.utilization import Work, interval_work, utilization_column
+from veloflux.domain.advice import PoolCapacity, ServerCapacity
+from veloflux.domain.observation import Observation
+
+# How many intervals the health factor and the overload test look back over.
+RECENT_INTERVALS = 3
+# Overload ends only once the offered load is this far below the threshold.
+OVERLOAD_HYSTERESIS = 0.07
+
+
+@dataclass(frozen=True)
+class RungSettings:
+    """The capacity rung's knobs (``capacity`` in the config)."""
+
+    utilization_column: str | None
+    error_exponent: float = 6.0
+    overload_utilization: float = 0.97
+    estimator: CapacitySettings = field(default_factory=CapacitySettings)
+
+    @classmethod
+    def from_config(cls, config: Config) -> RungSettings:
+        """The one place the rung's knobs are read from a config. Estimates expire
+        after three minutes, or six intervals when ticks are slower than 30 s."""
+        section = config.capacity
+        feature = section.utilization_feature if section.enabled else None
+        return cls(
+            utilization_column=utilization_column(feature),
+            error_exponent=section.error_exponent,
+            overload_utilization=section.overload_utilization,
+            estimator=CapacitySettings(max_age_seconds=max(180.0, 6 * config.interval_seconds)),
+        )
+
+
+def controller_settings(config: Config) -> ControllerSettings:
+    """The damped controller's gain and deadband, from ``capacity`` in the config."""
+    return ControllerSettings(config.capacity.gain, config.capacity.deadband_errors)
+
+
+@dataclass
+class _Pool:
+    estimator: CapacityEstimator
+    errors: dict[str, deque[tuple[float, float]]] = field(
+        default_factory=lambda: defaultdict(lambda: deque(maxlen=RECENT_INTERVALS))
+    )
+    offered: deque[tuple[float, float]] = field(
+        default_factory=lambda: deque(maxlen=RECENT_INTERVALS)
+    )
+    overloaded: bool = False
+
+
+class CapacityRung:
+    """Feed it every observation of one proxy (``update``); it answers per pool."""
+
+    def __init__(self, settings: RungSettings) -> None:
+        self._settings = settings
+        self._previous: Observation | None = None
+        self._pools: dict[str, _Pool] = {}
+
+    def update(self, observation: Observation) -> dict[str, PoolCapacity]:
+        """Fold in one observation; the capacity view of every pool it holds (an empty
+        mapping when there is no utilization signal: the rung is off)."""
+        if self._settings.utilization_column is None:
+            return {}
+        previous, self._previous = self._previous, observation
+        work = (
+            interval_work(previous, observation, self._settings.utilization_column)
+            if previous is not None
+            else {}
+        )
+        now = observation.taken_at.timestamp()
+        by_pool: dict[str, dict[str, Work]] = defaultdict(dict)
+        for (pool, server), w in work.items():
+            by_pool[pool][server] = w
+        views = {}
+        for info in observation.pools:
+            state = self._pools.setdefault(
+                info.name, _Pool(CapacityEstimator(self._settings.estimator))
+            )
+            views[info.name] = self._view(state, observation, info.name, by_pool[info.name], now)
+        return views
+
+    def _view(
+        self,
+        state: _Pool,
+        observation: Observation,
+        pool: str,
+        work: dict[str, Work],
+        now: float,
+    ) -> PoolCapacity:
+        for server, w in work.items():
+            if w.busy_seconds is not None:
+                state.estimator.observe(server, Interval(now, w.completions, w.busy_seconds))
+            state.errors[server].append((w.errors, w.completions + w.errors))
+        if work:
+            state.offered.append((sum(w.offered for w in work.values()), _seconds(work)))
+        servers = {}
+        for row in observation.servers_of(pool):
+            estimate = state.estimator.estimate(row.server, now)
+            relative = (
+                estimate.stderr / estimate.capacity
+                if estimate.capacity and estimate.stderr is not None
+                else 1.0
+            )
+            error_rate = _ratio(state.errors.get(row.server, ()))
+            health = (1.0 - error_rate) ** self._settings.error_exponent
+            servers[row.server] = ServerCapacity(
+                row.server,
+                estimate.capacity,
+                relative,
+                estimate.confidence,
+                health,
+                estimate.reason,
+                estimate.fell,
+                error_rate,
+            )
+        offered, total, overload = self._overload(state, observation, pool, servers)
+        return PoolCapacity(servers, offered, total, overload)
+
+    def _overload(
+        self,
+        state: _Pool,
+        observation: Observation,
+        pool: str,
+        servers: dict[str, ServerCapacity],
+    ) -> tuple[float | None, float | None, str]:
+        """The pool's offered load and capacity (req/s), and why it is overloaded."""
+        seconds = sum(s for _, s in state.offered)
+        offered = sum(o for o, _ in state.offered) / seconds if seconds > 0 else None
+        serving = [
+            r.server for r in observation.servers_of(pool) if r.state == "UP" and not r.backup
+        ]
+        known = [servers[s].capacity for s in serving if servers[s].capacity]
+        if offered is None or not serving or len(known) < len(serving):
+            state.overloaded = False  # no judgement without every server's estimate
+            return offered, None, ""
+        total = float(sum(c for c in known if c is not None))
+        threshold = self._settings.overload_utilization
+        if state.overloaded:
+            state.overloaded = offered >= (threshold - OVERLOAD_HYSTERESIS) * total
+        else:
+            state.overloaded = offered >= threshold * total
+        if not state.overloaded:
+            return offered, total, ""
+        return (
+            offered,
+            total,
+            f"overload: {offered:.1f} req/s offered, {offered / total:.0%} of the pool's "
+            f"estimated capacity ({total:.1f} req/s); no split helps, static weights held "
+            "(bound the queue with HAProxy's timeout queue / maxconn)",
+        )
+
+
+def _seconds(work: dict[str, Work]) -> float:
+    return max(w.seconds for w in work.values())
+
+
+def _ratio(window: deque[tuple[float, float]] | tuple[()]) -> float:
+    failed = sum(e for e, _ in window)
+    total = sum(t for _, t in window)
+    return failed / total if total > 0 else 0.0

@@ -1,0 +1,175 @@
+"""The desired weight of each server on each rung, before the safety rules.
+
+The planner picks a pool's rung; the functions here say where each server should go
+on it: toward the optimizer's shares (model), toward capacity x health through the
+damped controller (capacity), or toward its static share. Each returns, per server,
+the desired weight, whether that weight is exact (a fixed point, exempt from the
+planner's fixed deadband) and the reason; the planner then applies bounds, steps and
+the outlier guard.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping
+from typing import NamedTuple
+
+from veloflux.config.schema import PolicySection
+from veloflux.decide.controller import ControllerSettings, Target, desired_weights
+from veloflux.domain.advice import PoolAdvice, PoolCapacity
+from veloflux.domain.weightplan import NO_PARTS, ServerPlan
+
+
+class Row(NamedTuple):
+    """One server as the planner sees it (a named tuple: one per server per tick)."""
+
+    key: str  # BACKEND/SERVER
+    backend: str
+    server: str
+    state: str
+    backup: bool
+    current: int | None
+    static: int | None
+    problem: str
+    # Where the step limit starts: the current weight, or the weight VeloFlux had set
+    # before the proxy reloaded and forgot it (see ``plan_weights``'s ``restore``).
+    start: int | None = None
+
+    @property
+    def origin(self) -> int | None:
+        return self.start if self.start is not None else self.current
+
+    def planned(
+        self,
+        weight: int | None,
+        reason: str,
+        confidence: float = 0.0,
+        parts: Mapping[str, float] | None = None,
+    ) -> ServerPlan:
+        return ServerPlan(
+            self.backend,
+            self.server,
+            self.state,
+            self.current,
+            weight,
+            self.static,
+            confidence,
+            reason,
+            parts or NO_PARTS,
+        )
+
+    def held(self, reason: str, confidence: float = 0.0) -> ServerPlan:
+        return self.planned(self.current, reason, confidence)
+
+
+def weight_scale(rows: list[Row], policy: PolicySection) -> int:
+    """Model-driven weights need resolution: with static weights of 1, a weight of 1
+    cannot say "a little less". Scale so the largest static weight is near 100."""
+    largest = max((r.static or 0 for r in rows), default=0)
+    if largest <= 0:
+        return 1
+    return max(1, math.floor(min(policy.max_weight, 100) / largest))
+
+
+def model_targets(
+    rows: list[Row], advice: PoolAdvice, policy: PolicySection, scale: int
+) -> dict[str, tuple[int, bool, str]]:
+    """Desired weight, exactness and reason for each server the model may move."""
+    driven = [r for r in rows if (a := advice.servers.get(r.server)) and a.share is not None]
+    if advice.hold:  # no change predicted to be worth making: the driven servers stay put
+        held = {r.server: (r.origin or 0, True, f"model: held, {advice.hold}") for r in driven}
+        return {**static_targets(rows, advice, scale, held.keys()), **held}
+    combined = sum((r.static or 0) * scale for r in driven)
+    # Shares are renormalised over the servers actually driven here: the advisor may
+    # have given a share to a server the planner must not move (an override, say).
+    shares = {r.server: advice.servers[r.server].share or 0.0 for r in driven}
+    total = sum(shares.values())
+    wanted = {s: round(share / total * combined) if total > 0 else 0 for s, share in shares.items()}
+    floor = math.ceil(max(wanted.values(), default=0) / policy.max_weight_ratio)
+    targets = {s: (max(1, w, floor), False, "model") for s, w in wanted.items()}
+    return {**static_targets(rows, advice, scale, targets.keys()), **targets}
+
+
+def capacity_targets(
+    rows: list[Row],
+    capacity: PoolCapacity,
+    policy: PolicySection,
+    scale: int,
+    controller: ControllerSettings,
+) -> dict[str, tuple[int, bool, str]]:
+    """Desired weights on the capacity rung: the damped controller's next step toward
+    weights proportional to capacity x health, which equalizes utilization.
+
+    The servers with an estimate share what their static weights (scaled) add up to.
+    One in the blackout after a drop (``fell``) may only go down; one without a
+    trusted estimate keeps its weight.
+    """
+    known = {
+        r.server: c
+        for r in rows
+        if (c := capacity.servers.get(r.server)) and c.capacity and (c.confidence > 0 or c.fell)
+    }
+    driven = [r for r in rows if r.server in known]
+    budget = sum((r.static or 0) * scale for r in driven)
+    targets: dict[str, tuple[int, bool, str]] = {}
+    for r in rows:
+        if r.server not in known:
+            c = capacity.servers.get(r.server)
+            why = c.reason if c is not None and c.reason else "no capacity estimate yet"
+            targets[r.server] = (r.origin or 0, True, f"capacity: held ({why})")
+    if not driven:
+        return targets
+    current = {r.server: float(r.origin or 0) for r in driven}
+    wanted = {s: Target((c.capacity or 0.0) * c.health, c.relative_error) for s, c in known.items()}
+    desired = desired_weights(current, wanted, controller, total=float(budget))
+    floor = math.ceil(max(desired.values(), default=0) / policy.max_weight_ratio)
+    for r in driven:
+        c = known[r.server]
+        weight = max(1, floor, round(desired.get(r.server, current[r.server])))
+        if c.fell:
+            weight = min(weight, r.origin or weight)
+        text = f"capacity {c.capacity:.1f} req/s ±{c.relative_error:.0%}"
+        if c.health < 0.995:
+            text += f" x health {c.health:.2f} (errors {c.error_rate:.1%})"
+        if c.fell:
+            text += f" ({c.reason}: lowered only)"
+        targets[r.server] = (weight, True, text)
+    return targets
+
+
+def static_targets(
+    rows: list[Row], advice: PoolAdvice, scale: int, driven: Collection[str]
+) -> dict[str, tuple[int, bool, str]]:
+    """In a model-mode pool, the servers the model is not sure of keep their static share."""
+    targets: dict[str, tuple[int, bool, str]] = {}
+    for r in rows:
+        if r.server in driven:
+            continue
+        a = advice.servers.get(r.server)
+        weakest = min(a.parts, key=lambda p: a.parts[p]) if a and a.parts else "no data"
+        confidence = a.confidence if a else 0.0
+        targets[r.server] = (
+            (r.static or 0) * scale,
+            True,
+            f"low confidence {confidence:.2f} (weakest: {weakest}): static share",
+        )
+    return targets
+
+
+# The capacity rung acts when at least this many of the servers it may move have
+# confident estimates: with fewer there is nothing to compare (gRPC's weighted round
+# robin likewise falls back to plain round robin below two weighted endpoints).
+MIN_CAPACITY_SERVERS = 2
+
+
+def capacity_ready(capacity: PoolCapacity, movable: list[Row]) -> bool:
+    confident = set(capacity.confident())
+    return sum(1 for r in movable if r.server in confident) >= MIN_CAPACITY_SERVERS
+
+
+def capacity_confidence(capacity: PoolCapacity, movable: list[Row]) -> float:
+    """The pool's confidence on the capacity rung: the median of its movable servers'."""
+    values = sorted(
+        c.confidence for r in movable if (c := capacity.servers.get(r.server)) is not None
+    )
+    return values[len(values) // 2] if values else 0.0
