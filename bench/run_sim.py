@@ -2,7 +2,8 @@
 
 For each scenario in ``bench/scenarios/``, each weighted dispatcher (``roundrobin``,
 ``leastconn``, ``random`` (2 draws), Envoy's ``least_request``) runs with each weight
-strategy (``static-equal``, ``capacity-oracle``, ``heuristic``, ``veloflux``), and the
+strategy (``static-equal``, ``capacity-oracle``, ``heuristic``, ``veloflux``, and
+``veloflux-proxy-only``, the agent without the utilization signal), and the
 per-request anchors no weight can emulate (``p2c_peak_ewma``, ``jsq``) run once with
 static weights; every cell over 5 seeds (``--seeds``). Cells run in parallel in
 ``spawn`` processes (XGBoost must not train after a fork). Writes the comparison
@@ -32,7 +33,7 @@ sys.path.insert(0, str(ROOT / "agent"))
 
 from bench.common import cpu_model, replace_section, table
 from veloflux.sim.dispatchers import DISPATCHERS, WEIGHTED
-from veloflux.sim.run import STRATEGIES, run_cell
+from veloflux.sim.run import PROXY_ONLY, STRATEGIES, run_cell
 from veloflux.sim.scenario import Scenario, load_scenario
 
 SCENARIOS = ROOT / "bench" / "scenarios"
@@ -48,10 +49,10 @@ WEIGHTS_CELL = ("static-heterogeneity", "leastconn")
 def cells(scenarios: list[Path]) -> list[tuple[str, str, str]]:
     out = []
     for path in scenarios:
-        out += [(str(path), d, s) for d in WEIGHTED for s in STRATEGIES]
+        out += [(str(path), d, s) for d in WEIGHTED for s in (*STRATEGIES, PROXY_ONLY)]
         out += [(str(path), d, "static-equal") for d in ANCHORS]
     # Longest first, so that the pool is not left waiting on one big cell at the end.
-    return sorted(out, key=lambda c: ("hundred" not in c[0], c[2] != "veloflux"))
+    return sorted(out, key=lambda c: ("hundred" not in c[0], not c[2].startswith("veloflux")))
 
 
 def _run(job: tuple[str, str, str, int]) -> dict[str, Any]:
@@ -191,53 +192,105 @@ def _cell(report: dict[str, Any], scenario: str, dispatcher: str, strategy: str)
     raise KeyError((scenario, dispatcher, strategy))
 
 
-def _p99(c: dict[str, Any]) -> str:
-    low, high = c["p99_ms"]["ci95"]
-    return f"{c['p99_ms']['mean']:.0f} [{low:.0f}, {high:.0f}]"
+def _p99(c: dict[str, Any], figure: str = "slo_p99_ms") -> str:
+    low, high = c[figure]["ci95"]
+    return f"{c[figure]['mean']:.0f} [{low:.0f}, {high:.0f}]"
 
 
 def _pct(value: float) -> str:
     return f"{value * 100:.2f}%"
 
 
+def _mean(c: dict[str, Any], figure: str) -> float:
+    value = c.get(figure, {}).get("mean")
+    return float(value) if value is not None else 0.0
+
+
+def _failed(c: dict[str, Any]) -> float:
+    return _mean(c, "error_rate") + _mean(c, "timeout_rate")
+
+
+# Scenarios in which a server fails requests: there a p99 of successes alone says less.
+FAILING = ("gray-failure",)
+
+
+def harm(report: dict[str, Any], strategy: str) -> list[str]:
+    """The cells where ``strategy`` does harm against static weights: SLO p99 (errors
+    and timeouts at the deadline) above 1.05x static's, errors + timeouts more than 0.1
+    point above static's, or (where no server fails) the p99 of successes above 1.05x."""
+    found = []
+    scenarios = sorted({c["scenario"] for c in report["cells"]})
+    for s in scenarios:
+        for d in WEIGHTED:
+            mine, static = _cell(report, s, d, strategy), _cell(report, s, d, "static-equal")
+            slo, slo_static = _mean(mine, "slo_p99_ms"), _mean(static, "slo_p99_ms")
+            ok, ok_static = _mean(mine, "success_p99_ms"), _mean(static, "success_p99_ms")
+            if slo > 1.05 * slo_static:
+                found.append(f"{s}/{d} (SLO p99 {slo:.0f} vs {slo_static:.0f} ms)")
+            elif _failed(mine) > _failed(static) + 0.001:
+                found.append(
+                    f"{s}/{d} (errors + timeouts {_pct(_failed(mine))} vs {_pct(_failed(static))})"
+                )
+            elif s not in FAILING and ok > 1.05 * ok_static:
+                found.append(f"{s}/{d} (success p99 {ok:.0f} vs {ok_static:.0f} ms)")
+    return found
+
+
+def _best(report: dict[str, Any], scenario: str, strategy: str, figure: str) -> float:
+    return min(_mean(_cell(report, scenario, d, strategy), figure) for d in WEIGHTED)
+
+
 def goals(report: dict[str, Any]) -> list[str]:
     """The issue's goals, each with what was measured and whether it is met."""
     scenarios = sorted({c["scenario"] for c in report["cells"]})
     lines = []
-    harm = []
-    for s in scenarios:
-        for d in WEIGHTED:
-            mine, static = _cell(report, s, d, "veloflux"), _cell(report, s, d, "static-equal")
-            p99, p99_static = mine["p99_ms"]["mean"], static["p99_ms"]["mean"]
-            late, late_static = mine["timeout_rate"]["mean"], static["timeout_rate"]["mean"]
-            if p99 > 1.05 * p99_static:
-                harm.append(f"{s}/{d} (p99 {p99:.0f} vs {p99_static:.0f} ms)")
-            # A p99 at the deadline hides harm: timeouts that grew count too.
-            elif late > 1.05 * late_static + 0.001:
-                harm.append(f"{s}/{d} (timeouts {_pct(late)} vs {_pct(late_static)})")
-    lines.append(
-        "- Do no harm (veloflux p99 at most 5% above static weights, and no more "
-        "timeouts than 5% + 0.1 point above them, every scenario and weighted dispatcher): "
-        + ("**met**." if not harm else f"**not met** in {len(harm)} cell(s): {'; '.join(harm)}.")
-    )
+    for strategy in ("veloflux", PROXY_ONLY):
+        cells = harm(report, strategy)
+        lines.append(
+            f"- Do no harm, `{strategy}` (SLO p99 at most 1.05x static weights', errors + "
+            "timeouts at most static's + 0.1 point, success p99 at most 1.05x where no "
+            "server fails; every scenario and weighted dispatcher): "
+            + (
+                "**met** in every cell."
+                if not cells
+                else f"**not met** in {len(cells)} of {len(scenarios) * len(WEIGHTED)} "
+                f"cell(s): {'; '.join(cells)}."
+            )
+        )
     if "static-heterogeneity" in scenarios:
-        mine = _cell(report, "static-heterogeneity", "roundrobin", "veloflux")["p99_ms"]["mean"]
+        het = _mean(_cell(report, "static-heterogeneity", "roundrobin", "veloflux"), "p99_ms")
         oracle = _cell(report, "static-heterogeneity", "roundrobin", "capacity-oracle")
-        ratio = mine / oracle["p99_ms"]["mean"]
+        ratio = het / _mean(oracle, "p99_ms")
         lines.append(
             "- `roundrobin` on static heterogeneity, veloflux p99 within 1.15x of "
             f"capacity-oracle: {ratio:.2f}x: **{'met' if ratio <= 1.15 else 'not met'}**."
         )
-    if "gray-failure" in scenarios:
-        mine = _cell(report, "gray-failure", "leastconn", "veloflux")["error_rate"]["mean"]
-        alone = _cell(report, "gray-failure", "leastconn", "static-equal")["error_rate"]["mean"]
-        factor = alone / mine if mine > 0 else float("inf")
+    for figure, label in (("slo_p99_ms", "SLO p99"), ("p99_ms", "p99 as the proxy counts it")):
+        ahead = [
+            s
+            for s in scenarios
+            if _best(report, s, "veloflux", figure) < _best(report, s, "heuristic", figure)
+        ]
         lines.append(
-            "- Gray failure, `leastconn`: error rate at least 5x lower with veloflux: "
-            f"{_pct(alone)} alone, {_pct(mine)} with veloflux ({factor:.1f}x): "
-            f"**{'met' if factor >= 5 else 'not met'}**."
+            f"- Ahead of the heuristic (best {label} over the weighted dispatchers below "
+            f"the heuristic's) in {len(ahead)} of {len(scenarios)} scenarios "
+            f"({', '.join(ahead) or 'none'}): "
+            f"**{'met' if len(ahead) >= 6 else 'not met'}** (target: 6 of 8). The margin "
+            "is the capacity rung's alone: the model's tilt is not built yet."
         )
-    static_cells = [c for c in report["cells"] if c["strategy"] != "veloflux"]
+    if "gray-failure" in scenarios:
+        mine = _cell(report, "gray-failure", "leastconn", "veloflux")
+        alone = _cell(report, "gray-failure", "leastconn", "static-equal")
+        errors, errors_alone = _mean(mine, "error_rate"), _mean(alone, "error_rate")
+        factor = errors_alone / errors if errors > 0 else float("inf")
+        slo = _mean(mine, "slo_p99_ms") / _mean(alone, "slo_p99_ms")
+        met = factor >= 5 and slo <= 1.05
+        lines.append(
+            "- Gray failure, `leastconn`: at least 5x fewer errors than static weights and "
+            f"SLO p99 at most 1.05x: {_pct(errors_alone)} alone, {_pct(errors)} with "
+            f"veloflux ({factor:.1f}x), SLO p99 {slo:.2f}x: **{'met' if met else 'not met'}**."
+        )
+    static_cells = [c for c in report["cells"] if not c["strategy"].startswith("veloflux")]
     speed = sum(c["requests_simulated"] for c in static_cells) / max(
         sum(c["wall_seconds"] for c in static_cells), 1e-9
     )
@@ -251,36 +304,43 @@ def goals(report: dict[str, Any]) -> list[str]:
 
 def render_section(report: dict[str, Any]) -> str:
     scenarios = sorted({c["scenario"] for c in report["cells"]})
+    strategies = (*STRATEGIES, PROXY_ONLY)
     rows = []
     for s in scenarios:
         for d in WEIGHTED:
-            by = {st: _cell(report, s, d, st) for st in STRATEGIES}
+            by = {st: _cell(report, s, d, st) for st in strategies}
             static, mine = by["static-equal"], by["veloflux"]
             rows.append(
                 (
                     s,
                     d,
-                    *(_p99(by[st]) for st in STRATEGIES),
-                    f"{mine['p99_ms']['mean'] / static['p99_ms']['mean']:.2f}",
-                    f"{_pct(static['error_rate']['mean'])} / {_pct(mine['error_rate']['mean'])}",
-                    f"{_pct(static['timeout_rate']['mean'])} / "
-                    f"{_pct(mine['timeout_rate']['mean'])}",
-                    f"{mine['model_tick_share']['mean']:.0%}",
+                    *(_p99(by[st]) for st in strategies),
+                    f"{_mean(mine, 'slo_p99_ms') / _mean(static, 'slo_p99_ms'):.2f}",
+                    f"{_mean(static, 'success_p99_ms'):.0f} / {_mean(mine, 'success_p99_ms'):.0f}",
+                    f"{_pct(_mean(static, 'error_rate'))} / {_pct(_mean(mine, 'error_rate'))}",
+                    f"{_pct(_mean(static, 'timeout_rate'))} / {_pct(_mean(mine, 'timeout_rate'))}",
+                    f"{_mean(mine, 'capacity_tick_share'):.0%} / "
+                    f"{_mean(mine, 'model_tick_share'):.0%}",
                 )
             )
     anchors = []
     for s in scenarios:
-        mine = min(_cell(report, s, d, "veloflux")["p99_ms"]["mean"] for d in WEIGHTED)
-        heuristic = min(_cell(report, s, d, "heuristic")["p99_ms"]["mean"] for d in WEIGHTED)
-        peak = _cell(report, s, "p2c_peak_ewma", "static-equal")["p99_ms"]["mean"]
-        jsq = _cell(report, s, "jsq", "static-equal")["p99_ms"]["mean"]
+        best_mine = _best(report, s, "veloflux", "slo_p99_ms")
+        heuristic = _best(report, s, "heuristic", "slo_p99_ms")
+        raw, raw_heuristic = (
+            _best(report, s, "veloflux", "p99_ms"),
+            _best(report, s, "heuristic", "p99_ms"),
+        )
+        peak = _mean(_cell(report, s, "p2c_peak_ewma", "static-equal"), "slo_p99_ms")
+        jsq = _mean(_cell(report, s, "jsq", "static-equal"), "slo_p99_ms")
         anchors.append(
             (
                 s,
-                f"{mine:.0f}",
-                f"{heuristic:.0f} ({mine / heuristic:.2f}x)",
-                f"{peak:.0f} ({mine / peak:.2f}x)",
-                f"{jsq:.0f} ({mine / jsq:.2f}x)",
+                f"{best_mine:.0f}",
+                f"{heuristic:.0f} ({best_mine / heuristic:.3f}x)",
+                f"{raw:.0f} / {raw_heuristic:.0f} ({raw / raw_heuristic:.3f}x)",
+                f"{peak:.0f} ({best_mine / peak:.2f}x)",
+                f"{jsq:.0f} ({best_mine / jsq:.2f}x)",
             )
         )
     return "\n".join(
@@ -288,9 +348,15 @@ def render_section(report: dict[str, Any]) -> str:
             HEADING,
             "",
             "What `bench/run_sim.py` runs: see its docstring; the scenarios are the files in "
-            "`bench/scenarios/` (format: docs/simulator.md). p99 in ms, mean over the seeds "
-            "[95% interval]; errors and timeouts as static / veloflux; `model ticks`: the "
-            "share of veloflux's ticks after the warm-up in model mode (the rest: fallback).",
+            "`bench/scenarios/` (format: docs/simulator.md). Latency figures in ms, mean over "
+            "the seeds [95% interval]. The p99 columns are **SLO p99**: every error and "
+            "timeout counted as a request that missed the deadline, so a fast error cannot "
+            "make a p99 look good; `success p99` is the p99 of requests that did not fail "
+            "(static / veloflux). `veloflux` reads each server's utilization as a Prometheus "
+            "feature would supply it (the heuristic's signal); `veloflux-proxy-only` sees "
+            "only what HAProxy shows. Errors and timeouts as static / veloflux; `rungs`: "
+            "the share of veloflux's ticks after the warm-up on the capacity rung / in model "
+            "mode (the rest: fallback, overload included).",
             "",
             MARK_BEGIN,
             f"Measured on {report['machine']}, {report['seeds']} seeds per cell. Command: "
@@ -300,20 +366,30 @@ def render_section(report: dict[str, Any]) -> str:
                 (
                     "scenario",
                     "dispatcher",
-                    *(f"p99 {st}" for st in STRATEGIES),
+                    *(f"SLO p99 {st}" for st in strategies),
                     "veloflux / static",
+                    "success p99",
                     "errors",
                     "timeouts",
-                    "model ticks",
+                    "rungs",
                 ),
                 rows,
             ),
             "",
-            "Best p99 of each weight strategy over the weighted dispatchers, against the "
-            "per-request anchors (ratio: veloflux's over theirs; below 1, veloflux is faster):",
+            "Best SLO p99 of each weight strategy over the weighted dispatchers, against the "
+            "heuristic and the per-request anchors (ratio: veloflux's over theirs; below 1, "
+            "veloflux is faster), and the best p99 as the proxy counts it (errors at their "
+            "own latency) for veloflux / the heuristic:",
             "",
             *table(
-                ("scenario", "veloflux", "heuristic", "p2c_peak_ewma", "jsq"),
+                (
+                    "scenario",
+                    "veloflux",
+                    "heuristic",
+                    "p99 veloflux / heuristic",
+                    "p2c_peak_ewma",
+                    "jsq",
+                ),
                 anchors,
             ),
             "",

@@ -14,7 +14,9 @@ the threshold does not flap between splitting and holding.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from veloflux.config.schema import Config
@@ -28,6 +30,10 @@ from veloflux.domain.observation import Observation
 RECENT_INTERVALS = 3
 # Overload ends only once the offered load is this far below the threshold.
 OVERLOAD_HYSTERESIS = 0.07
+# Persistence is measured over this many recent intervals per server, and trusted
+# from this many pairs of consecutive deviations across the pool.
+PERSISTENCE_INTERVALS = 30
+MIN_PERSISTENCE_PAIRS = 20
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,10 @@ class _Pool:
     )
     offered: deque[tuple[float, float]] = field(
         default_factory=lambda: deque(maxlen=RECENT_INTERVALS)
+    )
+    # Each server's recent deviations of an interval's ratio from its estimate (relative).
+    deviations: dict[str, deque[float]] = field(
+        default_factory=lambda: defaultdict(lambda: deque(maxlen=PERSISTENCE_INTERVALS))
     )
     overloaded: bool = False
 
@@ -112,7 +122,9 @@ class CapacityRung:
         for server, w in work.items():
             if w.busy_seconds is not None:
                 state.estimator.observe(server, Interval(now, w.completions, w.busy_seconds))
+                _deviation(state, server, w, state.estimator.estimate(server, now).capacity)
             state.errors[server].append((w.errors, w.completions + w.errors))
+        persistence = _persistence(state.deviations.values())
         if work:
             state.offered.append((sum(w.offered for w in work.values()), _seconds(work)))
         servers = {}
@@ -125,9 +137,13 @@ class CapacityRung:
             )
             error_rate = _ratio(state.errors.get(row.server, ()))
             health = (1.0 - error_rate) ** self._settings.error_exponent
+            capacity = estimate.capacity
+            recent = state.deviations.get(row.server)
+            if capacity and recent and row.server in work:
+                capacity *= max(0.1, 1.0 + persistence * recent[-1])
             servers[row.server] = ServerCapacity(
                 row.server,
-                estimate.capacity,
+                capacity,
                 relative,
                 estimate.confidence,
                 health,
@@ -170,6 +186,35 @@ class CapacityRung:
             f"estimated capacity ({total:.1f} req/s); no split helps, static weights held "
             "(bound the queue with HAProxy's timeout queue / maxconn)",
         )
+
+
+def _deviation(state: _Pool, server: str, work: Work, estimate: float | None) -> None:
+    """Record how far this interval's ratio fell from the server's estimate."""
+    if estimate and work.busy_seconds:
+        state.deviations[server].append(work.completions / work.busy_seconds / estimate - 1.0)
+
+
+def _persistence(series: Iterable[deque[float]]) -> float:
+    """How much of an interval's deviation from the estimate carries over to the next:
+    the pool's lag-1 autocorrelation of deviations, in [0, 0.95] (0 below enough data).
+
+    Capacity that drifts for minutes is best predicted by where it is now; capacity
+    that flickers faster than a tick, or noise, by its long-run mean. Measured, this
+    chooses between the two (and everything between), and counting noise, which does
+    not carry over, pulls it toward the mean by itself.
+    """
+    lagged = 0.0
+    energy = 0.0
+    pairs = 0
+    for deviations in series:
+        values = list(deviations)
+        for before, after in itertools.pairwise(values):
+            lagged += before * after
+            energy += before * before
+            pairs += 1
+    if pairs < MIN_PERSISTENCE_PAIRS or energy <= 0:
+        return 0.0
+    return min(0.95, max(0.0, lagged / energy))
 
 
 def _seconds(work: dict[str, Work]) -> float:
