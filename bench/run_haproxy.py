@@ -15,6 +15,10 @@ capacity oracle (weights proportional to true capacity, set once through the run
 API), the client-side WRR heuristic (``qps / (utilization + eps / qps)`` every tick
 from each backend's own counters), and VeloFlux (the daemon in this process, trained
 through ``train_from_journal`` at the end of the warm-up), each with both algorithms.
+VeloFlux reads the same busy-time signal as the heuristic, through a real Prometheus
+that scrapes the demo backends every second (``capacity.utilization_feature``: busy
+seconds per second over the backend's concurrency limit, mapped to its server by
+``prometheus.instance_map``).
 Each phase's p99 and error rate are reported as a ratio to ``leastconn`` alone in the
 same phase, all measured in one invocation.
 
@@ -36,6 +40,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -126,6 +132,27 @@ def heuristic(stack: LocalStack) -> Iterator[None]:
         thread.join(5)
 
 
+UTILIZATION_QUERY = (
+    'rate(veloflux_demo_busy_seconds_total{job="backends"}[4s])'
+    ' / veloflux_demo_concurrency_limit{job="backends"}'
+)
+
+
+def with_utilization(stack: LocalStack, path: Path) -> None:
+    """Add the utilization feature (the stack's Prometheus) to the agent's config."""
+    assert stack.prometheus is not None
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["prometheus"] = {
+        "url": stack.prometheus.url,
+        "timeout": "2s",
+        "default_features": False,
+        "features": {"utilization": UTILIZATION_QUERY},
+        "instance_map": {f"127.0.0.1:{stack.ports[s.name]}": f"app/{s.name}" for s in SERVERS},
+    }
+    data["capacity"] = {"utilization_feature": "utilization"}
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
 @contextlib.contextmanager
 def veloflux(stack: LocalStack, workdir: Path) -> Iterator[Callable[[], dict[str, Any]]]:
     """The daemon in this process; the callable trains from its journal (the normal
@@ -133,6 +160,8 @@ def veloflux(stack: LocalStack, workdir: Path) -> Iterator[Callable[[], dict[str
     path = agent_config(stack, workdir, INTERVAL_S)
     text = path.read_text().replace("ai:\n", "ai:\n  min_training_rows: 100\n", 1)
     path.write_text(text)
+    if stack.prometheus is not None:
+        with_utilization(stack, path)
     with running_daemon(path):
 
         def train() -> dict[str, Any]:
@@ -156,11 +185,23 @@ def veloflux(stack: LocalStack, workdir: Path) -> Iterator[Callable[[], dict[str
         yield train
 
 
+def writes_by_mode(audit: Path) -> dict[str, int]:
+    """How many weight writes the agent made on each rung (its audit log)."""
+    counts: dict[str, int] = {}
+    if audit.exists():
+        for line in audit.read_text(encoding="utf-8").splitlines():
+            mode = json.loads(line).get("mode", "unknown")
+            counts[mode] = counts.get(mode, 0) + 1
+    return counts
+
+
 def one_run(
     algorithm: str, strategy: str, warmup_s: float, phase_s: float, workdir: Path, seed: int
 ) -> dict[str, Any]:
     rate = LOAD * CAPACITY
-    with LocalStack(workdir, SERVERS, algorithm=algorithm) as stack, contextlib.ExitStack() as on:
+    prometheus = strategy == "veloflux"
+    stack = LocalStack(workdir, SERVERS, algorithm=algorithm, prometheus=prometheus)
+    with stack, contextlib.ExitStack() as on:
         training: dict[str, Any] = {}
         train: Callable[[], dict[str, Any]] | None = None
         if strategy == "capacity-oracle":
@@ -184,6 +225,7 @@ def one_run(
         "algorithm": algorithm,
         "strategy": strategy,
         "training": training,
+        "writes_by_mode": writes_by_mode(workdir / "audit.jsonl"),
         "phases": {
             name: {
                 "p99_ms": result.latency_ms.get("p99"),

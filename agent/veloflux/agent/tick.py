@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from veloflux.agent.ports import Sink, Source, TickResult
@@ -93,6 +93,7 @@ class Agent:
         self._capacity = CapacityRung(RungSettings.from_config(config))
         self._controller = controller_settings(config)
         self._overloaded: set[str] = set()
+        self._capacity_replayed = False
 
     @property
     def events(self) -> Events:
@@ -258,7 +259,7 @@ class Agent:
             samples = self._samples(observation)
         advice = self._advice(observation, samples)
         with self._steps.step("capacity"):
-            advice = self._with_capacity(advice, self._capacity.update(observation))
+            advice = self._with_capacity(advice, self._capacity_view(observation))
         with self._steps.step("plan"):
             plan = plan_weights(observation, policy, advice, restore, self._controller)
         report = None
@@ -274,6 +275,32 @@ class Agent:
             with self._steps.step("record"):
                 self._record(observation, samples)
         return result
+
+    def _capacity_view(self, observation: Observation) -> Mapping[str, PoolCapacity]:
+        """The capacity rung's view after this observation. On the first tick the rung
+        first replays what the journal recorded: a restarted daemon or a one-shot
+        dry-run then starts from the estimates the running agent had."""
+        if not self._capacity_replayed:
+            self._capacity_replayed = True
+            self._replay_capacity(observation)
+        return self._capacity.update(observation)
+
+    def _replay_capacity(self, observation: Observation) -> None:
+        if self._journal is None or not self._capacity.active:
+            return
+        from veloflux.history.journal import HistoryError
+        from veloflux.history.replay import replay
+
+        span = self._capacity.memory_intervals * self._config.interval_seconds
+        pools = [pool.name for pool in observation.pools]
+        try:
+            since = observation.taken_at - timedelta(seconds=span)
+            frame = self._journal.read(since=since, until=observation.taken_at, pools=pools)
+        except HistoryError as exc:
+            self._events.record("history_read_failed", f"capacity replay: {exc}")
+            return
+        for past in replay(frame):
+            self._capacity.update(past)
 
     def _with_capacity(self, advice: Advice, capacity: Mapping[str, PoolCapacity]) -> Advice:
         """The capacity rung's view joined to each pool's advice; an overload that

@@ -88,6 +88,16 @@ class CapacityRung:
         self._previous: Observation | None = None
         self._pools: dict[str, _Pool] = {}
 
+    @property
+    def active(self) -> bool:
+        """Whether the rung has a utilization signal to work from."""
+        return self._settings.utilization_column is not None
+
+    @property
+    def memory_intervals(self) -> int:
+        """How many past intervals its estimates can rest on (what to replay)."""
+        return self._settings.estimator.window_intervals
+
     def update(self, observation: Observation) -> dict[str, PoolCapacity]:
         """Fold in one observation; the capacity view of every pool it holds (an empty
         mapping when there is no utilization signal: the rung is off)."""
@@ -140,7 +150,7 @@ class CapacityRung:
             capacity = estimate.capacity
             recent = state.deviations.get(row.server)
             if capacity and recent and row.server in work:
-                capacity *= max(0.1, 1.0 + persistence * recent[-1])
+                capacity *= _carried(persistence, recent[-1])
             servers[row.server] = ServerCapacity(
                 row.server,
                 capacity,
@@ -150,6 +160,7 @@ class CapacityRung:
                 estimate.reason,
                 estimate.fell,
                 error_rate,
+                estimate.capacity,
             )
         offered, total, overload = self._overload(state, observation, pool, servers)
         return PoolCapacity(servers, offered, total, overload)
@@ -167,7 +178,7 @@ class CapacityRung:
         serving = [
             r.server for r in observation.servers_of(pool) if r.state == "UP" and not r.backup
         ]
-        known = [servers[s].capacity for s in serving if servers[s].capacity]
+        known = [servers[s].long_run for s in serving if servers[s].long_run]
         if offered is None or not serving or len(known) < len(serving):
             state.overloaded = False  # no judgement without every server's estimate
             return offered, None, ""
@@ -192,6 +203,17 @@ def _deviation(state: _Pool, server: str, work: Work, estimate: float | None) ->
     """Record how far this interval's ratio fell from the server's estimate."""
     if estimate and work.busy_seconds:
         state.deviations[server].append(work.completions / work.busy_seconds / estimate - 1.0)
+
+
+# The next interval's predicted capacity stays within this factor of the window's
+# estimate, whatever one interval showed: a signal averaged over a longer span than
+# the tick (Prometheus's rate window) can make one interval's ratio far off.
+MAX_CARRY = 2.0
+
+
+def _carried(persistence: float, deviation: float) -> float:
+    """The factor the latest deviation carries into the next interval's estimate."""
+    return min(MAX_CARRY, max(1.0 / MAX_CARRY, 1.0 + persistence * deviation))
 
 
 def _persistence(series: Iterable[deque[float]]) -> float:

@@ -48,6 +48,9 @@ class ServerCapacity(NamedTuple):
     reason: str = ""
     fell: bool = False
     error_rate: float = 0.0
+    # The window's own estimate, before the latest interval's persistent deviation is
+    # carried into ``capacity``: what the pool's total (and so overload) is judged on.
+    long_run: float | None = None
 
 
 @dataclass(frozen=True)
