@@ -22,7 +22,9 @@ from veloflux.config.schema import Config
 from veloflux.decide.capacity_rung import CapacityRung, RungSettings, controller_settings
 from veloflux.decide.outliers import moving_average_outliers
 from veloflux.decide.planner import plan_revert, plan_weights
-from veloflux.domain.advice import Advice, PoolCapacity, blocked_pool
+from veloflux.decide.switchback import Switchback
+from veloflux.decide.tilt import model_tilt
+from veloflux.domain.advice import Advice, PoolAdvice, PoolCapacity, blocked_pool
 from veloflux.domain.observation import Observation, ProxyIdentity
 from veloflux.domain.weightplan import DRIVEN_MODES, ApplyReport, WeightPlan
 from veloflux.errors import ConfigError, ConfigProblem, ModelUnavailable
@@ -94,6 +96,7 @@ class Agent:
         self._controller = controller_settings(config)
         self._overloaded: set[str] = set()
         self._capacity_replayed = False
+        self._switchbacks: dict[str, Switchback] = {}
 
     @property
     def events(self) -> Events:
@@ -312,9 +315,26 @@ class Agent:
             self._events.record("pool_overload", f"{pool}: {capacity[pool].overload}")
         self._overloaded = overloaded
         pools = {
-            name: replace(pool, capacity=capacity.get(name)) for name, pool in advice.pools.items()
+            name: self._tilted(replace(pool, capacity=capacity.get(name)))
+            for name, pool in advice.pools.items()
         }
         return replace(advice, pools=pools)
+
+    def _tilted(self, pool: PoolAdvice) -> PoolAdvice:
+        """The model's tilt for this tick, as the pool's switchback test allows it.
+
+        The tilt can run only on the capacity rung with a model free to act: otherwise
+        the test pauses (its block under way is dropped unjudged)."""
+        bound = self._config.ai.max_tilt
+        test = self._switchbacks.setdefault(pool.pool, Switchback(pool.pool))
+        view = pool.capacity
+        tilt = model_tilt(view, pool, bound) if view is not None and bound > 0 else {}
+        if not tilt or pool.blocked or view is None or view.overload or len(view.confident()) < 2:
+            test.pause()
+            return replace(pool, switchback=test.snapshot())
+        test.record(pool.cost)
+        state = test.next_arm()
+        return replace(pool, tilt=tilt if state.tilt_on else {}, switchback=state)
 
     def _remember(self, plan: WeightPlan, report: ApplyReport) -> None:
         """The weights in effect after a write tick, for restoring after a reload.

@@ -83,6 +83,7 @@ class AISection(Section):
     error_penalty_seconds: Seconds = Field(
         default=1.0, alias="error_penalty", ge=0, description="what one failed request costs"
     )
+    max_tilt: float = Field(default=0.2, ge=0, le=1, description="|log| tilt bound (0: off)")
     retrain_cron: str = Field(
         default="0 */6 * * *", description="when the daemon retrains (crontab, 5 fields, UTC)"
     )
@@ -173,10 +174,7 @@ class CapacitySection(Section):
         default=6.0, ge=0, description="health = (1 - error ratio) ^ this"
     )
     overload_utilization: float = Field(
-        default=0.97,
-        gt=0.1,
-        le=2,
-        description="offered load / capacity at which the pool holds static weights",
+        default=0.97, gt=0.1, le=2, description="offered / capacity: hold static weights"
     )
 
 

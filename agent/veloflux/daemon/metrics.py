@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from veloflux.agent.ports import TickResult
 
 MODES: tuple[str, ...] = get_args(Mode)
+SWITCHBACK_STATES = ("testing", "granted", "revoked")
 TICK_FAILURE_REASONS = ("source", "sink", "error", "config")
 # "skipped": too little history to train yet; neither a success nor a failure.
 TRAINING_OUTCOMES = ("promoted", "not_promoted", "skipped", "failed")
@@ -143,12 +144,30 @@ def _pool_families(tick: TickResult | None) -> list[Metric]:
         "tick (static weights held), else 0.",
         labels=["backend"],
     )
+    authority = GaugeMetricFamily(
+        "veloflux_pool_tilt_authority",
+        "1 for the state of the model tilt's switchback test (testing, granted, revoked) "
+        "at the last tick, 0 for the others; absent before the test starts.",
+        labels=["backend", "state"],
+    )
+    gain = GaugeMetricFamily(
+        "veloflux_pool_tilt_gain_ratio",
+        "The model tilt's mean relative fall in the pool's cost over the test's recent "
+        "pairs of blocks (negative: the tilt costs); absent before the first pair.",
+        labels=["backend"],
+    )
     for pool in tick.plan.pools if tick is not None else ():
         for name in MODES:
             mode.add_metric([pool.backend, name], 1.0 if name == pool.mode else 0.0)
         confidence.add_metric([pool.backend], pool.confidence)
         overload.add_metric([pool.backend], 1.0 if pool.overload else 0.0)
-    return [mode, confidence, overload]
+        test = pool.switchback
+        if test is not None:
+            for state in SWITCHBACK_STATES:
+                authority.add_metric([pool.backend, state], 1.0 if state == test.state else 0.0)
+            if test.mean_gain is not None:
+                gain.add_metric([pool.backend], test.mean_gain)
+    return [mode, confidence, overload, authority, gain]
 
 
 def _state_families(snapshot: _Snapshot) -> list[Metric]:

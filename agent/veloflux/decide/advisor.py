@@ -116,6 +116,7 @@ def _pool_advice(
     forecast = _forecast_rate(features)
     if not np.isfinite(forecast) or forecast <= 0:
         return blocked_pool(pool, "idle pool: no traffic to learn from", *outliers)
+    cost = measured_cost(now, settings.error_penalty_seconds)
     status_quo = now.assign(next_rate=now["request_rate"])
     confidence = predictor.confidence(status_quo, features, fresh=True)
     pool_confidence = float(np.median(confidence.value))
@@ -150,7 +151,22 @@ def _pool_advice(
             strict=True,
         )
     }
-    return PoolAdvice(pool, pool_confidence, reason, servers, forecast, hold)
+    return PoolAdvice(pool, pool_confidence, reason, servers, forecast, hold, cost=cost)
+
+
+def measured_cost(now: pd.DataFrame, error_penalty_seconds: float) -> float | None:
+    """The pool's cost over the newest interval, per request: the mean of each server's
+    interval latency plus the error penalty times its error ratio, weighted by its
+    requests (the same terms the optimizer predicts); None without a known figure."""
+    requests = now["requests"].to_numpy(dtype=float, na_value=np.nan)
+    latency = now["latency"].to_numpy(dtype=float, na_value=np.nan)
+    errors = np.nan_to_num(now["error_rate"].to_numpy(dtype=float, na_value=np.nan))
+    known = np.isfinite(requests) & np.isfinite(latency) & (requests > 0)
+    if not known.any():
+        return None
+    weights = requests[known]
+    each = latency[known] + error_penalty_seconds * errors[known]
+    return float(np.sum(weights * each) / np.sum(weights))
 
 
 def _forecast_rate(features: pd.DataFrame) -> float:

@@ -5,8 +5,10 @@ plan, which is what makes it property-testable and the dry-run an honest preview
 Each pool is planned on the highest rung of a confidence ladder its evidence allows:
 
 - ``capacity``: the capacity estimates (``advice.capacity``) are confident for two or
-  more servers; the damped controller moves weights toward capacity x health;
-- ``model``: no capacity signal, and the advice allows the model (a fresh model,
+  more servers; the damped controller moves weights toward capacity x health, and
+  ``model`` when the model's bounded tilt (``advice.tilt``) runs on top this tick, as
+  the pool's switchback test allows;
+- ``model`` alone: no capacity signal, and the advice allows the model (a fresh model,
   confident about the pool): its confident servers move toward the optimizer's
   shares, the others keep their static share;
 - ``fallback``: toward static weights, also when the pool is overloaded (no split of
@@ -240,18 +242,21 @@ def plan_pool(
     capacity = advice.capacity if advice is not None else None
     mode: Mode = "fallback"
     overload = ""
+    on_capacity = False  # the capacity rung drives the pool (with the tilt: "model")
     targets: dict[str, tuple[int, bool, str]] = {}
     if capacity is not None and capacity.overload:
         overload = blocked = capacity.overload
     elif capacity is not None and capacity_ready(capacity, movable):
-        mode, blocked = "capacity", ""
+        on_capacity, blocked = True, ""
+        mode = "model" if advice is not None and advice.tilt else "capacity"
     elif not blocked and not movable:
         blocked = "no server the model may move"
     elif advice is not None and not blocked:
         mode = "model"
     scale = weight_scale(movable, policy) if mode != "fallback" else 1
-    if mode == "capacity" and capacity is not None:
-        targets = capacity_targets(movable, capacity, policy, scale, controller)
+    if on_capacity and capacity is not None:
+        tilt = advice.tilt if advice is not None else {}
+        targets = capacity_targets(movable, capacity, policy, scale, controller, tilt)
     elif mode == "model" and advice is not None:
         targets = model_targets(movable, advice, policy, scale)
     planned: list[ServerPlan] = []
@@ -269,21 +274,27 @@ def plan_pool(
             planned.append(row.held("static weight 0"))
         elif row.server in targets:
             desired, exact, reason = targets[row.server]
-            guard = mode != "capacity"
+            guard = not on_capacity
             planned.append(_finish(row, desired, policy, exact, reason, server_advice, guard))
         else:
             planned.append(_finish(row, row.static, policy, True, blocked, server_advice))
     servers_out = tuple(_keep_in_rotation(planned, policy))
     if servers_out and all(s.reason.startswith("hold") for s in servers_out):
         return PoolPlan(pool.name, pool.algorithm, "hold", 0.0, "no trustworthy data", servers_out)
-    if mode == "capacity" and capacity is not None:
+    switchback = advice.switchback if advice is not None else None
+    if on_capacity and capacity is not None:
         confidence = capacity_confidence(capacity, movable)
+        reason = "capacity" if mode == "capacity" else "capacity x model tilt"
+        if switchback is not None:
+            reason += f"; {switchback.describe()}"
         return PoolPlan(
-            pool.name, pool.algorithm, mode, confidence, "capacity", servers_out, overload
+            pool.name, pool.algorithm, mode, confidence, reason, servers_out, "", switchback
         )
     confidence = advice.confidence if advice is not None else 0.0
     reason = "model" if mode == "model" else blocked
-    return PoolPlan(pool.name, pool.algorithm, mode, confidence, reason, servers_out, overload)
+    return PoolPlan(
+        pool.name, pool.algorithm, mode, confidence, reason, servers_out, overload, switchback
+    )
 
 
 def plan_weights(

@@ -96,9 +96,11 @@ def capacity_targets(
     policy: PolicySection,
     scale: int,
     controller: ControllerSettings,
+    tilt: Mapping[str, float] | None = None,
 ) -> dict[str, tuple[int, bool, str]]:
     """Desired weights on the capacity rung: the damped controller's next step toward
-    weights proportional to capacity x health, which equalizes utilization.
+    weights proportional to capacity x health (x the model's tilt, when it runs),
+    which without the tilt equalizes utilization.
 
     The servers with an estimate share what their static weights (scaled) add up to.
     One in the blackout after a drop (``fell``) may only go down; one without a
@@ -120,7 +122,11 @@ def capacity_targets(
     if not driven:
         return targets
     current = {r.server: float(r.origin or 0) for r in driven}
-    wanted = {s: Target((c.capacity or 0.0) * c.health, c.relative_error) for s, c in known.items()}
+    tilt = tilt or {}
+    wanted = {
+        s: Target((c.capacity or 0.0) * c.health * math.exp(tilt.get(s, 0.0)), c.relative_error)
+        for s, c in known.items()
+    }
     desired = desired_weights(current, wanted, controller, total=float(budget))
     floor = math.ceil(max(desired.values(), default=0) / policy.max_weight_ratio)
     for r in driven:
@@ -131,6 +137,8 @@ def capacity_targets(
         text = f"capacity {c.capacity:.1f} req/s ±{c.relative_error:.0%}"
         if c.health < 0.995:
             text += f" x health {c.health:.2f} (errors {c.error_rate:.1%})"
+        if tilt.get(r.server):
+            text += f" x model tilt {math.exp(tilt[r.server]) - 1:+.0%}"
         if c.fell:
             text += f" ({c.reason}: lowered only)"
         targets[r.server] = (weight, True, text)

@@ -8,6 +8,7 @@ planner a pure function, testable without XGBoost.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -70,6 +71,40 @@ class PoolCapacity:
 
 
 @dataclass(frozen=True)
+class SwitchbackState:
+    """Where the model's tilt stands in its pool's switchback test (see
+    ``veloflux.decide.switchback``): ``testing``, ``granted`` or ``revoked``, over how
+    many pairs of blocks, the tilt's mean relative gain in cost (negative: it costs)
+    with its t statistic, and whether the tilt runs this tick."""
+
+    state: str
+    pairs: int
+    mean_gain: float | None
+    t_statistic: float | None
+    tilt_on: bool
+
+    def describe(self) -> str:
+        if self.mean_gain is None or self.t_statistic is None:
+            return f"switchback {self.state} ({self.pairs} pair(s))"
+        return (
+            f"switchback {self.state}: tilt gains {self.mean_gain:+.1%} of the cost over "
+            f"{self.pairs} pair(s) (t {self.t_statistic:.1f})"
+        )
+
+    def to_json(self) -> dict[str, object]:
+        def rounded(value: float | None) -> float | None:
+            return None if value is None or not math.isfinite(value) else round(value, 4)
+
+        return {
+            "state": self.state,
+            "pairs": self.pairs,
+            "mean_gain": rounded(self.mean_gain),
+            "t_statistic": rounded(self.t_statistic),
+            "tilt_on": self.tilt_on,
+        }
+
+
+@dataclass(frozen=True)
 class PoolAdvice:
     """One pool: ``blocked`` says why the model may not act ("" when it may)."""
 
@@ -83,6 +118,13 @@ class PoolAdvice:
     hold: str = ""
     # The capacity rung's estimates (None when no utilization signal reaches the agent).
     capacity: PoolCapacity | None = None
+    # The pool's cost over the newest interval as measured (mean latency + the error
+    # penalty x the error ratio, seconds per request): what the switchback test judges.
+    cost: float | None = None
+    # The model's tilt of the capacity weights for this tick (log factor per server,
+    # bounded; empty when it does not run), and the switchback test behind it.
+    tilt: Mapping[str, float] = field(default_factory=dict)
+    switchback: SwitchbackState | None = None
 
 
 def blocked_pool(

@@ -13,6 +13,8 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
+from veloflux.domain.advice import SwitchbackState
+
 Mode = Literal["model", "capacity", "fallback", "hold", "unmanaged"]
 # The modes in which VeloFlux writes weights (the others leave every weight alone).
 DRIVEN_MODES: tuple[str, ...] = ("model", "capacity", "fallback")
@@ -67,6 +69,8 @@ class PoolPlan:
     servers: tuple[ServerPlan, ...]
     # Why the pool is treated as overloaded ("" when it is not): static weights held.
     overload: str = ""
+    # The model tilt's switchback test in this pool (None when it has not started).
+    switchback: SwitchbackState | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,6 +80,7 @@ class PoolPlan:
             "confidence": round(self.confidence, 4),
             "reason": self.reason,
             "overload": bool(self.overload),
+            "switchback": self.switchback.to_json() if self.switchback else None,
             "servers": [s.to_json() for s in self.servers],
         }
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from veloflux.config.load import validate_config
 from veloflux.config.schema import Config
+from veloflux.domain.advice import SwitchbackState
 from veloflux.domain.observation import (
     EXTERNAL_PREFIX,
     ExternalFeatures,
@@ -233,6 +234,7 @@ class VelofluxStrategy(Strategy):
         )
         self._trained = False
         self._modes: list[str] = []
+        self._switchback: list[SwitchbackState] = []
         self._training: dict[str, float] = {}
         return list(self._source.weights)
 
@@ -247,6 +249,9 @@ class VelofluxStrategy(Strategy):
         mode = result.plan.pools[0].mode if result.plan.pools else "none"
         if now >= self._scenario.warmup_s:
             self._modes.append(mode)
+            test = result.plan.pools[0].switchback if result.plan.pools else None
+            if test is not None:
+                self._switchback.append(test)
         return list(self._source.weights), mode
 
     def _train(self) -> None:
@@ -271,6 +276,19 @@ class VelofluxStrategy(Strategy):
             "naive_mae_ms": naive * 1000 if naive is not None else math.nan,
         }
 
+    def _switchback_figures(self, ticks: int) -> dict[str, float]:
+        """How long the tilt had authority, and its last measured gain (the switchback
+        test's own figure: what the tilt added to the capacity rung, in cost)."""
+        if not self._switchback:
+            return {}
+        last = self._switchback[-1]
+        return {
+            "tilt_granted_share": sum(t.state == "granted" for t in self._switchback) / ticks,
+            "tilt_revoked_share": sum(t.state == "revoked" for t in self._switchback) / ticks,
+            "tilt_gain": last.mean_gain if last.mean_gain is not None else math.nan,
+            "tilt_pairs": float(last.pairs),
+        }
+
     def finish(self) -> dict[str, float]:
         self._agent.close()
         shutil.rmtree(self._workdir, ignore_errors=True)
@@ -278,6 +296,7 @@ class VelofluxStrategy(Strategy):
         return {
             "model_tick_share": sum(m == "model" for m in self._modes) / ticks,
             "capacity_tick_share": sum(m == "capacity" for m in self._modes) / ticks,
+            **self._switchback_figures(ticks),
             "fallback_tick_share": sum(m == "fallback" for m in self._modes) / ticks,
             **{f"model_{k}": v for k, v in self._training.items()},
         }
