@@ -609,8 +609,10 @@ def test_at_most_a_tenth_of_the_pool_deepens_for_latency_the_worst_first() -> No
     found, deepen = outlier_findings(
         busy_observation({"app": []}), "app", intervals(step(0), step(1), step(2)), RULES
     )
-    assert found.keys() == {"s0", "s1", "s2", "s3"}
-    assert deepen == {"s3", "s2"}  # 20 servers: two, the slowest
+    # 20 servers: two, the slowest, are flagged for latency at all (a tenth of the
+    # pool at most: every cut moves load onto the others), and both deepen.
+    assert found.keys() == {"s2", "s3"}
+    assert deepen == {"s3", "s2"}
 
 
 def test_a_deepened_cut_compounds_and_a_single_one_does_not() -> None:
@@ -1058,3 +1060,28 @@ def test_a_pool_the_model_may_not_move_says_so() -> None:
         "fallback",
         "no server the model may move",
     )
+
+
+def test_a_latency_finding_must_persist_before_it_cuts() -> None:
+    """A server slow in one judged interval of three is not flagged (its speed may
+    flicker faster than the tick); slow in two, it is. Errors flag at once."""
+    fine = [("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0), ("d", 100, 0.02, 0.0)]
+    once = intervals(latest([*fine, ("c", 100, 0.02, 0.0)]), latest([*fine, ("c", 100, 0.2, 0.0)]))
+    found, _ = outlier_findings(busy_observation({"app": []}), "app", once, RULES)
+    assert found == {}
+    twice = intervals(latest([*fine, ("c", 100, 0.2, 0.0)]), latest([*fine, ("c", 100, 0.2, 0.0)]))
+    found, _ = outlier_findings(busy_observation({"app": []}), "app", twice, RULES)
+    assert found.keys() == {"c"}
+    failing = intervals(
+        latest([*fine, ("c", 100, 0.02, 0.0)]), latest([*fine, ("c", 100, 0.02, 0.5)])
+    )
+    found, _ = outlier_findings(busy_observation({"app": []}), "app", failing, RULES)
+    assert found.keys() == {"c"}
+
+
+def test_at_most_a_tenth_of_a_pool_is_flagged_for_latency_the_slowest_first() -> None:
+    """Many slow servers are unequal servers, not outliers: cutting them all would pile
+    their load onto the few left."""
+    servers = [(f"f{i}", 0.02) for i in range(15)] + [(f"s{i}", 0.1 + 0.01 * i) for i in range(5)]
+    found = latency_outliers(servers, RULES)
+    assert found.keys() == {"s4", "s3"}

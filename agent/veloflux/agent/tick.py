@@ -12,19 +12,17 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING
 
+from veloflux.agent.ladder import Ladder
 from veloflux.agent.ports import Sink, Source, TickResult
 from veloflux.agent.steps import UNTIMED, Steps
 from veloflux.config.schema import Config
-from veloflux.decide.capacity_rung import CapacityRung, RungSettings, controller_settings
+from veloflux.decide.capacity_rung import controller_settings
 from veloflux.decide.outliers import moving_average_outliers
 from veloflux.decide.planner import plan_revert, plan_weights
-from veloflux.decide.switchback import Switchback
-from veloflux.decide.tilt import model_tilt
-from veloflux.domain.advice import Advice, PoolAdvice, PoolCapacity, blocked_pool
+from veloflux.domain.advice import Advice, blocked_pool
 from veloflux.domain.observation import Observation, ProxyIdentity
 from veloflux.domain.weightplan import DRIVEN_MODES, ApplyReport, WeightPlan
 from veloflux.errors import ConfigError, ConfigProblem, ModelUnavailable
@@ -92,11 +90,9 @@ class Agent:
         self._window: RecentWindow | None = None
         # The capacity rung's memory (previous observation, estimates) and which pools
         # were overloaded at the last tick, to count each overload once when it begins.
-        self._capacity = CapacityRung(RungSettings.from_config(config))
+        # The confidence ladder's memory: capacity estimates, switchback tests.
+        self._ladder = Ladder(config, events, journal)
         self._controller = controller_settings(config)
-        self._overloaded: set[str] = set()
-        self._capacity_replayed = False
-        self._switchbacks: dict[str, Switchback] = {}
 
     @property
     def events(self) -> Events:
@@ -262,7 +258,7 @@ class Agent:
             samples = self._samples(observation)
         advice = self._advice(observation, samples)
         with self._steps.step("capacity"):
-            advice = self._with_capacity(advice, self._capacity_view(observation))
+            advice = self._ladder.join(advice, observation)
         with self._steps.step("plan"):
             plan = plan_weights(observation, policy, advice, restore, self._controller)
         report = None
@@ -278,63 +274,6 @@ class Agent:
             with self._steps.step("record"):
                 self._record(observation, samples)
         return result
-
-    def _capacity_view(self, observation: Observation) -> Mapping[str, PoolCapacity]:
-        """The capacity rung's view after this observation. On the first tick the rung
-        first replays what the journal recorded: a restarted daemon or a one-shot
-        dry-run then starts from the estimates the running agent had."""
-        if not self._capacity_replayed:
-            self._capacity_replayed = True
-            self._replay_capacity(observation)
-        return self._capacity.update(observation)
-
-    def _replay_capacity(self, observation: Observation) -> None:
-        if self._journal is None or not self._capacity.active:
-            return
-        from veloflux.history.journal import HistoryError
-        from veloflux.history.replay import replay
-
-        span = self._capacity.memory_intervals * self._config.interval_seconds
-        pools = [pool.name for pool in observation.pools]
-        try:
-            since = observation.taken_at - timedelta(seconds=span)
-            frame = self._journal.read(since=since, until=observation.taken_at, pools=pools)
-        except HistoryError as exc:
-            self._events.record("history_read_failed", f"capacity replay: {exc}")
-            return
-        for past in replay(frame):
-            self._capacity.update(past)
-
-    def _with_capacity(self, advice: Advice, capacity: Mapping[str, PoolCapacity]) -> Advice:
-        """The capacity rung's view joined to each pool's advice; an overload that
-        begins is counted and logged once (the metric shows it while it lasts)."""
-        if not capacity:
-            return advice
-        overloaded = {pool for pool, view in capacity.items() if view.overload}
-        for pool in sorted(overloaded - self._overloaded):
-            self._events.record("pool_overload", f"{pool}: {capacity[pool].overload}")
-        self._overloaded = overloaded
-        pools = {
-            name: self._tilted(replace(pool, capacity=capacity.get(name)))
-            for name, pool in advice.pools.items()
-        }
-        return replace(advice, pools=pools)
-
-    def _tilted(self, pool: PoolAdvice) -> PoolAdvice:
-        """The model's tilt for this tick, as the pool's switchback test allows it.
-
-        The tilt can run only on the capacity rung with a model free to act: otherwise
-        the test pauses (its block under way is dropped unjudged)."""
-        bound = self._config.ai.max_tilt
-        test = self._switchbacks.setdefault(pool.pool, Switchback(pool.pool))
-        view = pool.capacity
-        tilt = model_tilt(view, pool, bound) if view is not None and bound > 0 else {}
-        if not tilt or pool.blocked or view is None or view.overload or len(view.confident()) < 2:
-            test.pause()
-            return replace(pool, switchback=test.snapshot())
-        test.record(pool.cost)
-        state = test.next_arm()
-        return replace(pool, tilt=tilt if state.tilt_on else {}, switchback=state)
 
     def _remember(self, plan: WeightPlan, report: ApplyReport) -> None:
         """The weights in effect after a write tick, for restoring after a reload.

@@ -30,6 +30,8 @@ from veloflux.model.predict import Predictor
 _FORECAST_INTERVALS = 3
 # How many intervals a flagged server stays an outlier for after its last bad one.
 OUTLIER_MEMORY_INTERVALS = 3
+# In how many of those intervals a server must be slow before its latency cuts it.
+LATENCY_PERSISTENCE = 2
 
 
 @dataclass(frozen=True)
@@ -246,14 +248,31 @@ def outlier_findings(
     found: dict[str, str] = {}
     failing: set[str] = set()
     slow: list[str] = []
+    seen_slow: dict[str, int] = {}
+    erred: set[str] = set()
     for age, instant in enumerate(reversed(recent)):
         later = "" if age == 0 else f"; {age} interval(s) ago, released after clean ones"
         rows = np.flatnonzero(busy & (times == instant))
         reasons, errors = _outliers_at(columns, rows, rules)
         for server, reason in reasons.items():
+            if server in errors:
+                erred.add(server)
+            else:
+                seen_slow[server] = seen_slow.get(server, 0) + 1
             found.setdefault(server, reason + later)  # the newest finding wins
         if age == 0:
             failing, slow = errors, [s for s in reasons if s not in errors]
+    # A latency finding must persist (two of the judged intervals) before it cuts:
+    # a server whose speed flickers faster than the tick is slow in one interval and
+    # fine in the next, and cutting it then only moves load onto whichever server
+    # flickers slow next. Errors cut at once: a failing server must lose its traffic.
+    persistent = min(LATENCY_PERSISTENCE, len(recent))
+    found = {
+        server: reason
+        for server, reason in found.items()
+        if server in erred or seen_slow.get(server, 0) >= persistent
+    }
+    slow = [s for s in slow if s in found]
     return found, frozenset(failing | _overloaded(columns, times, recent, busy, slow))
 
 

@@ -15,6 +15,12 @@ from veloflux.config.schema import OutlierSection
 from veloflux.domain.observation import Observation
 
 MIN_POOL_SIZE = 3  # with fewer servers, "far from the median" means nothing
+# At most this share of a pool (at least one server, the slowest first) is flagged for
+# latency at once. Every cut moves load onto the others: a pool where many servers
+# are slow has unequal servers or too little capacity, not outliers, and cutting them
+# all piles their load onto the few left (the capacity rung is what splits unequal
+# servers). Error outliers are not limited: a failing server must lose its traffic.
+LATENCY_OUTLIER_SHARE = 0.1
 
 
 def latency_outliers(servers: list[tuple[str, float]], rules: OutlierSection) -> dict[str, str]:
@@ -25,10 +31,14 @@ def latency_outliers(servers: list[tuple[str, float]], rules: OutlierSection) ->
     median = statistics.median(value for _, value in known)
     if median <= 0:
         return {}
+    slow = sorted(
+        ((name, value) for name, value in known if value >= rules.latency_ratio * median),
+        key=lambda pair: -pair[1],
+    )
+    allowed = max(1, int(LATENCY_OUTLIER_SHARE * len(known)))
     return {
         name: f"outlier: latency {value * 1000:.0f} ms (pool median {median * 1000:.0f} ms)"
-        for name, value in known
-        if value >= rules.latency_ratio * median
+        for name, value in slow[:allowed]
     }
 
 

@@ -69,6 +69,7 @@ class Switchback:
         self._ticks = 0  # ticks of the block under way so far
         self._pending: _Block | None = None  # a finished block waiting for its pair
         self._last_arm: bool | None = None  # the arm of the interval now ending
+        self._started = False
 
     @property
     def state(self) -> str:
@@ -109,11 +110,13 @@ class Switchback:
 
     def _next_block_arm(self) -> bool:
         if not self._plan:
-            share = {TESTING: 2, GRANTED: 3, REVOKED: 1}[self._state]
-            arms = (
-                [True, False] if self._state == TESTING else [True] * share + [False] * (4 - share)
-            )
+            # Blocks with the tilt in each round of blocks, and the round's length.
+            tilted, size = {TESTING: (1, 2), GRANTED: (3, 4), REVOKED: (1, 4)}[self._state]
+            arms = [True] * tilted + [False] * (size - tilted)
             self._rng.shuffle(arms)
+            if not self._started:  # the first block shows what the model would do
+                arms.sort(reverse=True)
+                self._started = True
             self._plan = arms
         return self._plan.pop(0)
 

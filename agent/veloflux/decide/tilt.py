@@ -6,36 +6,51 @@ the error penalty), which differs where the servers' curves differ in shape (a
 server that slows sooner, one that fails under load). The tilt is the log ratio of
 the model's share to the capacity share over the servers both know, clipped to
 ``[-bound, bound]``: the model can lean on the capacity split, never replace it, and
-whether it leans at all is the switchback test's decision.
+whether it leans at all is the switchback test's decision. Without a capacity
+estimate the same holds against the static weights: the model alone may lean on the
+static split by the same bound, never more.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from veloflux.domain.advice import PoolAdvice, PoolCapacity
 
 
-def model_tilt(capacity: PoolCapacity, advice: PoolAdvice, bound: float) -> dict[str, float]:
-    """Log tilt per server (empty when the model and the rung share fewer than two
-    servers: there is nothing to lean between)."""
+def model_tilt(base: Mapping[str, float], advice: PoolAdvice, bound: float) -> dict[str, float]:
+    """Log tilt per server of the model's shares against ``base`` (what each server
+    would carry without the model: capacity x health on the capacity rung, its static
+    weight below it); empty when they share fewer than two servers: there is nothing
+    to lean between."""
     both = {}
     for name, server in advice.servers.items():
-        estimate = capacity.servers.get(name)
-        if server.share is None or server.share <= 0 or estimate is None:
+        amount = base.get(name)
+        if server.share is None or server.share <= 0 or amount is None or amount <= 0:
             continue
-        if estimate.capacity and estimate.confidence > 0:
-            both[name] = (server.share, estimate.capacity * estimate.health)
+        both[name] = (server.share, amount)
     if len(both) < 2:
         return {}
     model_total = sum(share for share, _ in both.values())
-    capacity_total = sum(amount for _, amount in both.values())
-    if model_total <= 0 or capacity_total <= 0:
-        return {}
-    tilt = {}
-    for name, (share, amount) in both.items():
-        if amount <= 0:
-            continue
-        ratio = (share / model_total) / (amount / capacity_total)
-        tilt[name] = max(-bound, min(bound, math.log(ratio)))
-    return tilt
+    base_total = sum(amount for _, amount in both.values())
+    return {
+        name: max(-bound, min(bound, math.log((share / model_total) / (amount / base_total))))
+        for name, (share, amount) in both.items()
+    }
+
+
+def capacity_base(capacity: PoolCapacity) -> dict[str, float]:
+    """What each confidently estimated server carries on the capacity rung."""
+    return {
+        name: estimate.capacity * estimate.health
+        for name, estimate in capacity.servers.items()
+        if estimate.capacity and estimate.confidence > 0
+    }
+
+
+def tilted_shares(base: Mapping[str, float], tilt: Mapping[str, float]) -> dict[str, float]:
+    """The shares ``base`` x exp(tilt) gives the tilted servers, summing to 1."""
+    amounts = {name: base[name] * math.exp(value) for name, value in tilt.items()}
+    total = sum(amounts.values())
+    return {name: amount / total for name, amount in amounts.items()}
