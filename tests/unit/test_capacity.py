@@ -119,8 +119,7 @@ def steady(ratio: float, count: int, start: float = 0.0) -> list[Interval]:
     """Intervals whose ratios cycle through ``ratio`` and 5% either side of it: a known
     spread around a known median."""
     return [
-        Interval(start + k + 1, ratio * (1.0, 0.95, 1.05)[k % 3] * 10.0, 10.0)
-        for k in range(count)
+        Interval(start + k + 1, ratio * (1.0, 0.95, 1.05)[k % 3] * 10.0, 10.0) for k in range(count)
     ]
 
 

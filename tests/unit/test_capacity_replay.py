@@ -98,7 +98,7 @@ def test_a_fresh_agent_plans_on_the_capacity_rung_from_the_journal(
     plan = fresh_agent(config, recorded[-1], journal).tick(write=False).plan
     (pool,) = plan.pools
     assert pool.mode == "capacity"
-    weights = {s.server: s.planned_weight for s in pool.servers}
+    weights = {s.server: s.planned_weight or 0 for s in pool.servers}
     # Damped and step-limited from equal weights, but already ordered by capacity.
     assert weights["small"] < weights["mid"] < weights["big"]
 

@@ -16,9 +16,9 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from veloflux.config.schema import Config
+from veloflux.config.schema import Config, PolicySection
 from veloflux.decide.capacity_rung import CapacityRung, RungSettings
-from veloflux.decide.planner import static_weight
+from veloflux.decide.planner import on_capacity_rung, static_weight
 from veloflux.decide.switchback import Switchback
 from veloflux.decide.tilt import capacity_base, model_tilt, tilted_shares
 from veloflux.domain.advice import Advice, PoolAdvice, PoolCapacity
@@ -42,9 +42,10 @@ class Ladder:
         self._replayed = False
         self._switchbacks: dict[str, Switchback] = {}
 
-    def join(self, advice: Advice, observation: Observation) -> Advice:
-        """The advice with this tick's capacity view, overload and gated tilt."""
-        return self._ladder(advice, observation, self._capacity_view(observation))
+    def join(self, advice: Advice, observation: Observation, policy: PolicySection) -> Advice:
+        """The advice with this tick's capacity view, overload and gated tilt;
+        ``policy`` is the tick's (the operator's run-time pins included)."""
+        return self._ladder(advice, observation, self._capacity_view(observation), policy)
 
     def _capacity_view(self, observation: Observation) -> Mapping[str, PoolCapacity]:
         """The capacity rung's view after this observation. On the first tick the rung
@@ -73,7 +74,11 @@ class Ladder:
             self._capacity.update(past)
 
     def _ladder(
-        self, advice: Advice, observation: Observation, capacity: Mapping[str, PoolCapacity]
+        self,
+        advice: Advice,
+        observation: Observation,
+        capacity: Mapping[str, PoolCapacity],
+        policy: PolicySection,
     ) -> Advice:
         """The capacity rung's view and the model's gated tilt joined to each pool's
         advice; an overload that begins is counted and logged once (the metric shows
@@ -83,12 +88,14 @@ class Ladder:
             self._events.record("pool_overload", f"{pool}: {capacity[pool].overload}")
         self._overloaded = overloaded
         pools = {
-            name: self._gated(replace(pool, capacity=capacity.get(name)), observation)
+            name: self._gated(replace(pool, capacity=capacity.get(name)), observation, policy)
             for name, pool in advice.pools.items()
         }
         return replace(advice, pools=pools)
 
-    def _gated(self, pool: PoolAdvice, observation: Observation) -> PoolAdvice:
+    def _gated(
+        self, pool: PoolAdvice, observation: Observation, policy: PolicySection
+    ) -> PoolAdvice:
         """The model's authority for this tick, as the pool's switchback test allows.
 
         On the capacity rung the model's shares become a bounded tilt of the capacity
@@ -104,11 +111,11 @@ class Ladder:
         if pool.blocked or (view is not None and view.overload):
             test.pause()
             return replace(pool, switchback=test.snapshot())
-        on_capacity = view is not None and len(view.confident()) >= 2
+        on_capacity = view is not None and on_capacity_rung(observation, pool.pool, policy, view)
         base = (
             capacity_base(view)
             if on_capacity and view is not None
-            else self._statics(observation, pool.pool)
+            else _statics(observation, pool.pool, policy)
         )
         tilt = model_tilt(base, pool, bound)
         if not tilt:
@@ -127,19 +134,19 @@ class Ladder:
         }
         return replace(pool, servers=servers, switchback=state)
 
-    def _statics(self, observation: Observation, pool: str) -> dict[str, float]:
-        """Each server's static weight: the split the model alone may lean on."""
-        policy = self._config.policy
-        out = {}
-        for row in observation.servers_of(pool):
-            current = row.weight if math.isfinite(row.weight) else None
-            initial = row.initial_weight if math.isfinite(row.initial_weight) else None
-            weight = static_weight(
-                server_key(pool, row.server),
-                int(initial) if initial is not None else None,
-                int(current) if current is not None else None,
-                policy,
-            )
-            if weight:
-                out[row.server] = float(weight)
-        return out
+
+def _statics(observation: Observation, pool: str, policy: PolicySection) -> dict[str, float]:
+    """Each server's static weight: the split the model alone may lean on."""
+    out = {}
+    for row in observation.servers_of(pool):
+        current = row.weight if math.isfinite(row.weight) else None
+        initial = row.initial_weight if math.isfinite(row.initial_weight) else None
+        weight = static_weight(
+            server_key(pool, row.server),
+            int(initial) if initial is not None else None,
+            int(current) if current is not None else None,
+            policy,
+        )
+        if weight:
+            out[row.server] = float(weight)
+    return out

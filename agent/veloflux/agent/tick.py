@@ -258,7 +258,7 @@ class Agent:
             samples = self._samples(observation)
         advice = self._advice(observation, samples)
         with self._steps.step("capacity"):
-            advice = self._ladder.join(advice, observation)
+            advice = self._ladder.join(advice, observation, policy)
         with self._steps.step("plan"):
             plan = plan_weights(observation, policy, advice, restore, self._controller)
         report = None

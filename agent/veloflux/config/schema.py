@@ -410,8 +410,9 @@ class Config(Section):
                 "configure prometheus.features with it"
             )
         known = set(self.prometheus.features)
-        if self.prometheus.default_features:
-            known |= {f.name for kind in promql.DEFAULTS.values() for f in kind}
+        if self.prometheus.default_features:  # the built-ins of the proxies configured
+            kinds = [k for k, on in (("haproxy", self.haproxy), ("envoy", self.envoy)) if on]
+            known |= {f.name for kind in kinds for f in promql.DEFAULTS[kind]}
         if name not in known:
             raise ValueError(
                 f"capacity.utilization_feature: {name!r} is not in prometheus.features"

@@ -33,7 +33,7 @@ from veloflux.decide.targets import (
     model_targets,
     weight_scale,
 )
-from veloflux.domain.advice import NO_ADVICE, Advice, PoolAdvice, ServerAdvice
+from veloflux.domain.advice import NO_ADVICE, Advice, PoolAdvice, PoolCapacity, ServerAdvice
 from veloflux.domain.observation import Observation, PoolInfo
 from veloflux.domain.weightplan import Mode, PoolPlan, ServerPlan, WeightPlan
 from veloflux.haproxy.runtime import HAPROXY_MAX_WEIGHT
@@ -215,6 +215,30 @@ def _unmanaged(pool: PoolInfo, rows: list[Row]) -> PoolPlan:
     return PoolPlan(pool.name, pool.algorithm, "unmanaged", 0.0, pool.unmanaged_reason, servers)
 
 
+def _movable(rows: list[Row], policy: PolicySection) -> list[Row]:
+    """The servers a rung may move: trustworthy, UP, a static weight, not pinned, not
+    taken out of rotation by hand."""
+    return [
+        r
+        for r in rows
+        if not _untouchable(r)
+        and r.state == "UP"
+        and r.static
+        and r.key not in policy.overrides
+        and not _zeroed_outside(r, policy)
+    ]
+
+
+def on_capacity_rung(
+    observation: Observation, pool: str, policy: PolicySection, capacity: PoolCapacity
+) -> bool:
+    """Whether ``plan_pool`` will drive ``pool`` on the capacity rung: what the model's
+    tilt must be judged against (the same test, so the two never disagree)."""
+    if capacity.overload:
+        return False
+    return capacity_ready(capacity, _movable(_rows(observation, pool, policy), policy))
+
+
 def plan_pool(
     observation: Observation,
     pool: PoolInfo,
@@ -230,15 +254,7 @@ def plan_pool(
     if not pool.managed:
         return _unmanaged(pool, rows)
     blocked = advice.blocked if advice is not None else "no model"
-    movable = [
-        r
-        for r in rows
-        if not _untouchable(r)
-        and r.state == "UP"
-        and r.static
-        and r.key not in policy.overrides
-        and not _zeroed_outside(r, policy)
-    ]
+    movable = _movable(rows, policy)
     capacity = advice.capacity if advice is not None else None
     mode: Mode = "fallback"
     overload = ""
