@@ -33,6 +33,7 @@ from veloflux.config.schema import AISection, OutlierSection
 from veloflux.decide.advisor import AdvisorSettings, advise
 from veloflux.decide.capacity_rung import OVERLOAD_HYSTERESIS, CapacityRung, RungSettings
 from veloflux.decide.planner import max_step, plan_weights
+from veloflux.decide.tilt import headroom_bound
 from veloflux.decide.utilization import Work, interval_work
 from veloflux.domain.advice import Advice, PoolAdvice, PoolCapacity, ServerAdvice, ServerCapacity
 from veloflux.domain.observation import (
@@ -769,3 +770,51 @@ def test_a_pinned_confident_server_does_not_let_the_model_bypass_its_tilt_bound(
     # Static weights are equal; the model may lean on them by exp(+-max_tilt) at most.
     bound = math.exp(2 * config.ai.max_tilt)
     assert weights["big"] / weights["mid"] <= bound * 1.05, (the_pool(plan).mode, weights)
+
+
+# --- backlog drain and the tilt's headroom ---------------------------------------------
+
+
+def test_a_backlog_that_persists_is_drained_and_a_flicker_is_not() -> None:
+    """A server holding more work than the pool's typical, at two ticks running, is
+    given less than its capacity (``drain`` < 1); one tick's queue is noise."""
+    fleet, the_rung = Fleet(CAPACITY, seed=None), rung()
+    run(fleet, the_rung, 10, busy=0.5)
+    fleet.queues["small"] = 200.0  # 4 s of the small server's work (50/s)
+    once = the_rung.update(fleet.tick(busy=0.5))[POOL].servers["small"]
+    assert once.drain == 1.0
+    twice = the_rung.update(fleet.tick(busy=0.5))[POOL].servers["small"]
+    assert twice.backlog_seconds == pytest.approx(4.0, rel=0.1)
+    assert 0.1 <= twice.drain < 1.0
+    others = the_rung.update(fleet.tick(busy=0.5))[POOL].servers
+    assert others["big"].drain == 1.0
+    assert others["mid"].drain == 1.0
+    fleet.queues["small"] = 0.0
+    the_rung.update(fleet.tick(busy=0.5))
+    assert the_rung.update(fleet.tick(busy=0.5))[POOL].servers["small"].drain == 1.0
+
+
+def test_a_draining_server_gets_less_than_its_capacity_share() -> None:
+    """Catches a drain factor that the planner's targets ignore."""
+    drained = capacity_view({"small": 50.0, "mid": 100.0, "big": 200.0})
+    small = drained.servers["small"]._replace(drain=0.5, backlog_seconds=7.5)
+    drained = replace(drained, servers={**drained.servers, "small": small})
+    settled = pool_at({"small": 43, "mid": 86, "big": 171})  # capacity shares of 300
+    plain = plan_weights(settled, policy(), on_rung(drained))
+    reference = capacity_view({"small": 50.0, "mid": 100.0, "big": 200.0})
+    base = plan_weights(settled, policy(), on_rung(reference))
+    assert planned(base)["small"] == 43
+    assert planned(plain)["small"] < planned(base)["small"]
+    assert "drain 0.50" in next(s.reason for s in the_pool(plain).servers if s.server == "small")
+
+
+@pytest.mark.parametrize(
+    ("offered", "expected"),
+    [(50.0, 0.2), (80.0, math.log(0.9 / 0.8)), (90.0, 0.0), (120.0, 0.0), (None, 0.0)],
+)
+def test_the_tilt_never_plans_a_server_past_ninety_percent(
+    offered: float | None, expected: float
+) -> None:
+    """Near saturation a tilt builds a queue that outlasts the test that would revoke it."""
+    view = PoolCapacity({}, offered, 100.0)
+    assert headroom_bound(0.2, view) == pytest.approx(expected)

@@ -20,7 +20,7 @@ from veloflux.config.schema import Config, PolicySection
 from veloflux.decide.capacity_rung import CapacityRung, RungSettings
 from veloflux.decide.planner import on_capacity_rung, static_weight
 from veloflux.decide.switchback import Switchback
-from veloflux.decide.tilt import capacity_base, model_tilt, tilted_shares
+from veloflux.decide.tilt import capacity_base, headroom_bound, model_tilt, tilted_shares
 from veloflux.domain.advice import Advice, PoolAdvice, PoolCapacity
 from veloflux.domain.observation import Observation
 from veloflux.util.events import Events
@@ -117,6 +117,8 @@ class Ladder:
             if on_capacity and view is not None
             else _statics(observation, pool.pool, policy)
         )
+        if on_capacity and view is not None:
+            bound = headroom_bound(bound, view)
         tilt = model_tilt(base, pool, bound)
         if not tilt:
             test.pause()

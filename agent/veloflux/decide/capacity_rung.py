@@ -15,6 +15,8 @@ the threshold does not flap between splitting and holding.
 from __future__ import annotations
 
 import itertools
+import math
+import statistics
 from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,6 +30,10 @@ from veloflux.domain.observation import Observation
 
 # How many intervals the health factor and the overload test look back over.
 RECENT_INTERVALS = 3
+# A server's backlog beyond the pool's typical is drained over this many intervals.
+DRAIN_INTERVALS = 3
+# However deep the backlog, a server keeps this share of its capacity's traffic.
+MIN_DRAIN = 0.1
 # Overload ends only once the offered load is this far below the threshold.
 OVERLOAD_HYSTERESIS = 0.07
 # Persistence is measured over this many recent intervals per server, and trusted
@@ -44,6 +50,7 @@ class RungSettings:
     error_exponent: float = 6.0
     overload_utilization: float = 0.97
     estimator: CapacitySettings = field(default_factory=CapacitySettings)
+    drain_seconds: float = 30.0  # a backlog beyond the pool's typical drains over this
 
     @classmethod
     def from_config(cls, config: Config) -> RungSettings:
@@ -56,6 +63,7 @@ class RungSettings:
             error_exponent=section.error_exponent,
             overload_utilization=section.overload_utilization,
             estimator=CapacitySettings(max_age_seconds=max(180.0, 6 * config.interval_seconds)),
+            drain_seconds=DRAIN_INTERVALS * config.interval_seconds,
         )
 
 
@@ -78,6 +86,7 @@ class _Pool:
         default_factory=lambda: defaultdict(lambda: deque(maxlen=PERSISTENCE_INTERVALS))
     )
     overloaded: bool = False
+    backlogs: dict[str, float] = field(default_factory=dict)  # last tick's excess work
 
 
 class CapacityRung:
@@ -162,6 +171,9 @@ class CapacityRung:
                 error_rate,
                 estimate.capacity,
             )
+        servers = _with_drain(
+            servers, observation, pool, self._settings.drain_seconds, state.backlogs
+        )
         offered, total, overload = self._overload(state, observation, pool, servers)
         return PoolCapacity(servers, offered, total, overload)
 
@@ -237,6 +249,49 @@ def _persistence(series: Iterable[deque[float]]) -> float:
     if pairs < MIN_PERSISTENCE_PAIRS or energy <= 0:
         return 0.0
     return min(0.95, max(0.0, lagged / energy))
+
+
+def _with_drain(
+    servers: dict[str, ServerCapacity],
+    observation: Observation,
+    pool: str,
+    drain_seconds: float,
+    previous: dict[str, float],
+) -> dict[str, ServerCapacity]:
+    """Each server's backlog, and the factor that drains it.
+
+    Weights proportional to capacity keep every server's queue where it is: a server
+    that built a backlog (before its capacity was known, or when it fell) keeps it,
+    and at a high utilization, its little headroom takes minutes to drain it. So a
+    server holding more work than the pool's typical (in flight / capacity, in
+    seconds of its own work, against the pool's median) is given less than its
+    capacity until the excess is gone: ``1 - excess / drain_seconds``, at least
+    ``MIN_DRAIN``. The others take the difference, within their headroom. Only the
+    part of the excess that was there at the previous tick too counts (``previous``,
+    updated here): a queue that a server whose speed flickers builds and clears
+    within one interval is noise to the tick, not a backlog to drain.
+    """
+    work = {}
+    for row in observation.servers_of(pool):
+        estimate = servers.get(row.server)
+        in_flight = (row.sessions if math.isfinite(row.sessions) else math.nan) + (
+            row.queue if math.isfinite(row.queue) else 0.0
+        )
+        if estimate is not None and estimate.capacity and math.isfinite(in_flight):
+            work[row.server] = in_flight / estimate.capacity
+    if len(work) < 2 or drain_seconds <= 0:
+        return servers
+    typical = statistics.median(work.values())
+    out = dict(servers)
+    latest = {name: max(0.0, seconds - typical) for name, seconds in work.items()}
+    persisting = {name: min(value, previous.get(name, 0.0)) for name, value in latest.items()}
+    previous.clear()
+    previous.update(latest)
+    for name, excess in persisting.items():
+        if excess > 0:
+            factor = max(MIN_DRAIN, 1.0 - excess / drain_seconds)
+            out[name] = out[name]._replace(backlog_seconds=excess, drain=factor)
+    return out
 
 
 def _seconds(work: dict[str, Work]) -> float:

@@ -14,7 +14,8 @@ gives the tilt's relative gain. A one-sided test on the recent pairs' gains deci
 - ``granted``: the mean gain is above ``min_gain`` and clears the test (t >= 3): the
   tilt runs in three blocks of four, the fourth kept as a control so the test goes on;
 - ``revoked``: the mean gain is a regression beyond ``max_regression`` and clears the
-  test the other way: the tilt runs in one block of four, to notice if it improves.
+  test the other way (t <= -2: a harm is believed on less evidence than a gain): the
+  tilt runs in one block of four, to notice if it improves.
 
 Either decision lasts while the evidence holds (|t| >= 1.5) and no longer. Repeated
 looks at a moving window make a chance excursion past any threshold likely sooner or
@@ -43,7 +44,8 @@ class SwitchbackSettings:
     block_ticks: int = 4
     window_pairs: int = 16  # the test judges the most recent pairs
     min_pairs: int = 4
-    threshold: float = 3.0  # one-sided t statistic to grant or revoke
+    threshold: float = 3.0  # one-sided t statistic to grant
+    revoke_threshold: float = 2.0  # and to revoke: bad news is believed sooner
     keep: float = 1.5  # a grant (revocation) lasts while t stays above (below -) this
     min_gain: float = 0.01  # a grant needs at least this mean gain, not only a t
     max_regression: float = 0.03
@@ -156,7 +158,7 @@ class Switchback:
             return
         if mean > s.min_gain and t >= s.threshold:
             self._state = GRANTED
-        elif mean < -s.max_regression and t <= -s.threshold:
+        elif mean < -s.max_regression and t <= -s.revoke_threshold:
             self._state = REVOKED
         elif (self._state == GRANTED and t < s.keep) or (self._state == REVOKED and t > -s.keep):
             self._state = TESTING

@@ -124,7 +124,10 @@ def capacity_targets(
     current = {r.server: float(r.origin or 0) for r in driven}
     tilt = tilt or {}
     wanted = {
-        s: Target((c.capacity or 0.0) * c.health * math.exp(tilt.get(s, 0.0)), c.relative_error)
+        s: Target(
+            (c.capacity or 0.0) * c.health * c.drain * math.exp(tilt.get(s, 0.0)),
+            c.relative_error,
+        )
         for s, c in known.items()
     }
     desired = desired_weights(current, wanted, controller, total=float(budget))
@@ -137,6 +140,8 @@ def capacity_targets(
         text = f"capacity {c.capacity:.1f} req/s ±{c.relative_error:.0%}"
         if c.health < 0.995:
             text += f" x health {c.health:.2f} (errors {c.error_rate:.1%})"
+        if c.drain < 0.995:
+            text += f" x drain {c.drain:.2f} (backlog {c.backlog_seconds:.1f} s)"
         if tilt.get(r.server):
             text += f" x model tilt {math.exp(tilt[r.server]) - 1:+.0%}"
         if c.fell:

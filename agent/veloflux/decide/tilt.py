@@ -40,6 +40,24 @@ def model_tilt(base: Mapping[str, float], advice: PoolAdvice, bound: float) -> d
     }
 
 
+# The tilt never plans a server past this utilization: near saturation latency grows
+# as 1 / (1 - utilization), and a tilt that moves load there builds a queue that
+# outlasts the test that would revoke it.
+MAX_TILTED_UTILIZATION = 0.9
+
+
+def headroom_bound(bound: float, capacity: PoolCapacity) -> float:
+    """The tilt's bound at the pool's utilization: capacity weights put every server
+    at the pool's utilization ``u``, and a tilt ``t`` moves one to about ``u e^t``; so
+    ``|t| <= log(MAX_TILTED_UTILIZATION / u)``, and no tilt at all from there up."""
+    if not capacity.offered_rps or not capacity.capacity_rps:
+        return 0.0  # the pool's utilization unknown: no headroom to lean into
+    utilization = capacity.offered_rps / capacity.capacity_rps
+    if utilization >= MAX_TILTED_UTILIZATION:
+        return 0.0
+    return min(bound, math.log(MAX_TILTED_UTILIZATION / utilization))
+
+
 def capacity_base(capacity: PoolCapacity) -> dict[str, float]:
     """What each confidently estimated server carries on the capacity rung."""
     return {

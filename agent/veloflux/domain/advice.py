@@ -52,6 +52,10 @@ class ServerCapacity(NamedTuple):
     # The window's own estimate, before the latest interval's persistent deviation is
     # carried into ``capacity``: what the pool's total (and so overload) is judged on.
     long_run: float | None = None
+    # Seconds of work in flight beyond the pool's typical (in flight / capacity, less
+    # the pool's median), and the factor that drains it (1: nothing to drain).
+    backlog_seconds: float = 0.0
+    drain: float = 1.0
 
 
 @dataclass(frozen=True)
