@@ -48,10 +48,12 @@ def test_example_prometheus_section_is_valid_once_uncommented(tmp_path: Path) ->
     )
     config_path = tmp_path / "veloflux.yaml"
     config_path.write_text(text[: text.index("# prometheus:")] + uncommented + "\n")
-    prom = load_config(config_path, environ={}).prometheus
+    config = load_config(config_path, environ={})
+    prom = config.prometheus
     assert prom is not None
     assert set(prom.features) == {"retries_1m", "cpu"}
     assert prom.instance_map == {"10.0.0.5:9100": "app/s1"}
+    assert config.capacity.utilization_feature == "cpu"  # the capacity rung's example
 
 
 def test_example_prometheus_scrape_config_is_valid() -> None:
