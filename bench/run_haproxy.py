@@ -132,24 +132,10 @@ def heuristic(stack: LocalStack) -> Iterator[None]:
         thread.join(5)
 
 
-UTILIZATION_QUERY = (
-    'rate(veloflux_demo_busy_seconds_total{job="backends"}[4s])'
-    ' / veloflux_demo_concurrency_limit{job="backends"}'
-)
-
-
 def with_utilization(stack: LocalStack, path: Path) -> None:
     """Add the utilization feature (the stack's Prometheus) to the agent's config."""
-    assert stack.prometheus is not None
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    data["prometheus"] = {
-        "url": stack.prometheus.url,
-        "timeout": "2s",
-        "default_features": False,
-        "features": {"utilization": UTILIZATION_QUERY},
-        "instance_map": {f"127.0.0.1:{stack.ports[s.name]}": f"app/{s.name}" for s in SERVERS},
-    }
-    data["capacity"] = {"utilization_feature": "utilization"}
+    data.update(stack.utilization_sections())
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
 

@@ -134,6 +134,30 @@ class LocalStack:
             raise StackError("the stack runs no Prometheus: LocalStack(..., prometheus=True)")
         return f"prometheus:\n  url: {self.prometheus.url}\n  timeout: 2s\n{features}"
 
+    def utilization_sections(self, backend: str = "app") -> dict[str, Any]:
+        """The agent's ``prometheus`` and ``capacity`` sections that read each demo
+        backend's own busy time through this stack's Prometheus (busy seconds per
+        second over its concurrency limit, mapped to its server by ``instance_map``):
+        the utilization signal of the capacity rung."""
+        if self.prometheus is None:
+            raise StackError("the stack runs no Prometheus: LocalStack(..., prometheus=True)")
+        query = (
+            'rate(veloflux_demo_busy_seconds_total{job="backends"}[4s])'
+            ' / veloflux_demo_concurrency_limit{job="backends"}'
+        )
+        return {
+            "prometheus": {
+                "url": self.prometheus.url,
+                "timeout": "2s",
+                "default_features": False,
+                "features": {"utilization": query},
+                "instance_map": {
+                    f"127.0.0.1:{self.ports[s.name]}": f"{backend}/{s.name}" for s in self.servers
+                },
+            },
+            "capacity": {"utilization_feature": "utilization"},
+        }
+
     @property
     def admin_socket(self) -> str:
         return self._proxy().admin_socket
