@@ -131,6 +131,18 @@ class Predictor:
         only the rows at ``positions`` when given (cheaper than a sub-frame)."""
         return feature_matrix(rows, self.features, positions)
 
+    def feature_gains(self, booster: str = "q90") -> dict[str, float]:
+        """Each input feature's total gain in one booster (``q10``, ``q50``, ``q90``,
+        ``errors``): which features the trees actually split on (diagnostics)."""
+        chosen = {"q10": self._q10, "q50": self._q50, "q90": self._q90, "errors": self._errors}
+        scores = chosen[booster].get_score(importance_type="total_gain")
+        gains = dict.fromkeys(self.features, 0.0)
+        for key, value in scores.items():
+            index = int(key[1:]) if key.startswith("f") and key[1:].isdigit() else None
+            name = self.features[index] if index is not None else key
+            gains[name] = gains.get(name, 0.0) + float(value)  # type: ignore[arg-type]
+        return gains
+
     @staticmethod
     def _score(booster: xgb.Booster, x: np.ndarray) -> np.ndarray:
         return np.asarray(booster.inplace_predict(x), dtype=float)

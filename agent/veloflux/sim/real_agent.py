@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from veloflux.config.load import validate_config
 from veloflux.config.schema import Config
@@ -41,6 +42,10 @@ from veloflux.history.rates import EMA_SAMPLES
 from veloflux.sim.engine import STATIC_WEIGHT, ServerStats, Strategy
 from veloflux.sim.scenario import Scenario
 from veloflux.util.events import Events
+
+if TYPE_CHECKING:
+    from veloflux.history.journal import Journal
+    from veloflux.model.registry import Registry
 
 POOL = "app"
 UTILIZATION_FEATURE = "utilization"
@@ -237,6 +242,20 @@ class VelofluxStrategy(Strategy):
         self._switchback: list[SwitchbackState] = []
         self._training: dict[str, float] = {}
         return list(self._source.weights)
+
+    @property
+    def journal(self) -> Journal:
+        """The run's journal (for diagnostics; valid until ``finish``)."""
+        return self._journal
+
+    @property
+    def registry(self) -> Registry:
+        """The run's model registry (for diagnostics; valid until ``finish``)."""
+        return self._registry
+
+    @property
+    def scenario(self) -> Scenario:
+        return self._scenario
 
     def _clock(self) -> datetime:
         return EPOCH + timedelta(seconds=self._source.now)
