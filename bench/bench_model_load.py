@@ -83,7 +83,8 @@ def examine(strategy: VelofluxStrategy) -> dict[str, Any]:
         rows = rows.sample(MAX_ROWS, random_state=1)
     rate = rows["request_rate"].to_numpy(dtype=float)
     grid = np.column_stack([0.5 * rate, rate, 1.5 * rate])
-    curves = predictor.curves(rows, grid, with_median=False)
+    coupled = (f"prom_{UTILIZATION_FEATURE}",)
+    curves = predictor.curves(rows, grid, with_median=False, coupled=coupled)
     rise = curves.latency_p90[:, 2] / curves.latency_p90[:, 0] - 1.0
     flat = float(np.mean(rise < FLAT))
 
@@ -94,7 +95,7 @@ def examine(strategy: VelofluxStrategy) -> dict[str, Any]:
     slope = math.nan
     if len(moved) >= 10:
         pair = np.column_stack([moved["request_rate"], moved[LOAD_FEATURE]]).astype(float)
-        at = predictor.curves(moved, pair, with_median=True).latency_p50
+        at = predictor.curves(moved, pair, with_median=True, coupled=coupled).latency_p50
         predicted = np.log(at[:, 1] / at[:, 0])
         measured = np.log(moved["target_latency"].to_numpy() / moved["latency"].to_numpy())
         energy = float(np.sum(predicted**2))

@@ -260,11 +260,35 @@ def test_curves_are_rearranged_even_for_trees_that_learned_the_opposite(
 def test_curves_at_one_rate_are_the_trained_models_quantiles(
     model: TrainedModel, predictor: Predictor, split: Split
 ) -> None:
-    rows = split.test.iloc[:50]
+    # At the status quo (the next interval's rate = the current one, as the advisor
+    # asks) the counterfactual moves nothing: the curve is the boosters' own output.
+    rows = status_quo(split.test.iloc[:50])
     curves = predictor.curves(rows, rows[[LOAD_FEATURE]].to_numpy(dtype=float))
     p50, p90 = raw_median_and_p90(model, rows)
     np.testing.assert_allclose(curves.latency_p50[:, 0], p50, rtol=1e-6)
     np.testing.assert_allclose(curves.latency_p90[:, 0], p90, rtol=1e-6)
+
+
+def status_quo(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with the next interval's rate set to the current one."""
+    return rows.assign(**{LOAD_FEATURE: rows["request_rate"]})
+
+
+def test_the_counterfactual_moves_every_load_coupled_feature_with_the_rate(
+    predictor: Predictor, split: Split
+) -> None:
+    """Catches a counterfactual that moves the load feature alone (flat curves: the
+    trees learn load from the current rate, share and sessions, which history holds
+    close to the next rate): away from the status quo the curve is the boosters'
+    output on rows whose coupled features were scaled by the same factor."""
+    rows = status_quo(split.test.iloc[:40].dropna(subset=["request_rate"]))
+    rows = rows[rows["request_rate"] > 0]
+    doubled = rows.assign(
+        **{c: rows[c] * 2.0 for c in (LOAD_FEATURE, "request_rate", "share", "sessions")}
+    )
+    curves = predictor.curves(rows, 2.0 * rows[["request_rate"]].to_numpy(dtype=float))
+    at_double = predictor.curves(doubled, doubled[[LOAD_FEATURE]].to_numpy(dtype=float))
+    np.testing.assert_allclose(curves.latency_p90, at_double.latency_p90, rtol=1e-6)
 
 
 def raw_median_and_p90(model: TrainedModel, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -300,8 +324,9 @@ def test_a_predictor_from_registry_bytes_predicts_like_the_trained_boosters(
     a, b = from_disk.curves(rows, grid), in_memory.curves(rows, grid)
     for name in ("latency_p50", "latency_p90", "error_rate"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
-    single = from_disk.curves(rows, rows[[LOAD_FEATURE]].to_numpy(dtype=float))
-    expected, _ = raw_median_and_p90(model, rows)
+    quo = status_quo(rows)
+    single = from_disk.curves(quo, quo[[LOAD_FEATURE]].to_numpy(dtype=float))
+    expected, _ = raw_median_and_p90(model, quo)
     np.testing.assert_allclose(single.latency_p50[:, 0], expected, rtol=1e-6)
     errors = model.errors.inplace_predict(rows[list(FEATURES)].to_numpy(dtype=np.float32))
     np.testing.assert_allclose(single.error_rate[:, 0], errors, rtol=1e-6)

@@ -21,6 +21,7 @@ import pandas as pd
 from veloflux.config.schema import Config, OutlierSection
 from veloflux.decide.optimize import STATUS_QUO, rate_grid, total_cost, water_fill
 from veloflux.decide.outliers import latency_outliers, moving_average_outliers
+from veloflux.decide.utilization import utilization_column
 from veloflux.domain.advice import Advice, PoolAdvice, ServerAdvice, blocked_pool
 from veloflux.domain.observation import Observation
 from veloflux.history.frames import instants
@@ -44,6 +45,8 @@ class AdvisorSettings:
     max_model_age_seconds: float
     outlier: OutlierSection
     min_gain: float  # the smallest predicted fall in a pool's cost worth a move
+    # The utilization feature's column: it moves with load in the model's counterfactual.
+    utilization_column: str | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> AdvisorSettings:
@@ -57,6 +60,7 @@ class AdvisorSettings:
             max_model_age_seconds=ai.max_model_age_seconds,
             outlier=config.policy.outlier,
             min_gain=ai.min_gain,
+            utilization_column=utilization_column(config.capacity.utilization_feature),
         )
 
 
@@ -205,7 +209,8 @@ def _shares(
     if total <= 0:
         return [1.0 / len(rows)] * len(rows), math.inf
     grid = rate_grid(current * (total / current.sum()) if current.sum() > 0 else current, total)
-    curves = predictor.curves(rows, grid, with_median=False)
+    coupled = (settings.utilization_column,) if settings.utilization_column else ()
+    curves = predictor.curves(rows, grid, with_median=False, coupled=coupled)
     cost = curves.latency_p90 + settings.error_penalty_seconds * curves.error_rate
     assigned = water_fill(grid, cost, total)
     shares: list[float] = (assigned / assigned.sum()).tolist()

@@ -93,6 +93,10 @@ class Confidence:
         return list(self.parts)[int(np.argmax(counts))]
 
 
+# The features that move with a server's load in the counterfactual (see ``curves``).
+COUPLED = ("request_rate", "share", "sessions")
+
+
 class Predictor:
     """One model version, ready to score; built from registry bytes, never pickles."""
 
@@ -147,8 +151,22 @@ class Predictor:
     def _score(booster: xgb.Booster, x: np.ndarray) -> np.ndarray:
         return np.asarray(booster.inplace_predict(x), dtype=float)
 
-    def curves(self, rows: pd.DataFrame, rates: np.ndarray, with_median: bool = True) -> Curves:
+    def curves(
+        self,
+        rows: pd.DataFrame,
+        rates: np.ndarray,
+        with_median: bool = True,
+        coupled: tuple[str, ...] = (),
+    ) -> Curves:
         """Latency and errors of each row's server at each of its candidate rates.
+
+        The counterfactual moves every load-coupled feature with the rate, not the
+        load feature alone: the server's current rate, its share of the pool, its
+        sessions (Little's law at the same latency) and any column named in
+        ``coupled`` (a utilization feature) are scaled by candidate rate / current
+        rate. History taken under steady weights holds next-interval rates close to
+        the current ones, so the trees learn load from those features, not from the
+        load feature; moving it alone gives flat curves (bench/bench_model_load.py).
 
         Each curve is rearranged (running maximum along the rate axis) so that predicted
         latency and errors never fall as load rises, whatever the trees did, and p50 is
@@ -158,7 +176,15 @@ class Predictor:
         n, g = rates.shape
         skip = 1 if g > 1 and not rates[:, 0].any() else 0
         x = np.repeat(self._matrix(rows), g - skip, axis=0)
-        x[:, self.features.index(LOAD_FEATURE)] = rates[:, skip:].reshape(-1)
+        candidate = rates[:, skip:].reshape(-1)
+        x[:, self.features.index(LOAD_FEATURE)] = candidate
+        current = np.repeat(rows["request_rate"].to_numpy(dtype=float, na_value=np.nan), g - skip)
+        known = np.isfinite(current) & (current > 0)
+        factor = np.where(known, candidate / np.where(known, current, 1.0), 1.0)
+        for name in (*COUPLED, *coupled):
+            if name in self.features:
+                column = self.features.index(name)
+                x[:, column] = x[:, column] * factor
         base = np.repeat(_baselines(rows), g - skip)
 
         def curve(values: np.ndarray) -> np.ndarray:
