@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -752,13 +753,7 @@ class StandInPredictor(Predictor):
         parts = {"width": np.ones(len(value)), "ood": value, "freshness": np.full(len(value), 1.0)}
         return Confidence(value=np.minimum(value, 1.0 if fresh else 0.0), parts=parts)
 
-    def curves(
-        self,
-        rows: pd.DataFrame,
-        rates: np.ndarray,
-        with_median: bool = True,
-        coupled: tuple[str, ...] = (),
-    ) -> Curves:
+    def curves(self, rows: pd.DataFrame, rates: np.ndarray, *_: Any, **__: Any) -> Curves:
         self.curve_rows.append(rows)
         base = np.array([self._cost[str(s)] for s in rows["server"]])[:, None]
         latency = base * (1.0 + rates / 100.0)  # rises with load
