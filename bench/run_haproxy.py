@@ -18,7 +18,8 @@ through ``train_from_journal`` at the end of the warm-up), each with both algori
 VeloFlux reads the same busy-time signal as the heuristic, through a real Prometheus
 that scrapes the demo backends every second (``capacity.utilization_feature``: busy
 seconds per second over the backend's concurrency limit, mapped to its server by
-``prometheus.instance_map``).
+``prometheus.instance_map``); ``veloflux-proxy-only`` is the same daemon without it,
+seeing only what HAProxy shows (these servers have no ``maxconn``).
 Each phase's p99 and error rate are reported as a ratio to ``leastconn`` alone in the
 same phase, all measured in one invocation.
 
@@ -72,6 +73,8 @@ RUNS = (
     ("leastconn", "heuristic"),
     ("roundrobin", "veloflux"),
     ("leastconn", "veloflux"),
+    ("roundrobin", "veloflux-proxy-only"),
+    ("leastconn", "veloflux-proxy-only"),
 )
 PHASES = ("steady", "slow", "gray")
 HEADING = "## Real HAProxy: the weight strategies against leastconn"
@@ -196,7 +199,7 @@ def one_run(
             )))  # fmt: skip
         elif strategy == "heuristic":
             on.enter_context(heuristic(stack))
-        elif strategy == "veloflux":
+        elif strategy.startswith("veloflux"):
             train = on.enter_context(veloflux(stack, workdir))
         run_phase(stack, rate, warmup_s, seed)
         if train is not None:
@@ -269,8 +272,11 @@ def render_section(report: dict[str, Any]) -> str:
                 f"({errors:.2f}x)"
             )
         note = ""
-        if run["strategy"] == "veloflux":
+        if run["strategy"].startswith("veloflux"):
             note = "promoted" if run["training"].get("promoted") else "not promoted"
+            writes = run.get("writes_by_mode") or {}
+            if writes:
+                note += "; writes " + ", ".join(f"{m} {n}" for m, n in sorted(writes.items()))
         rows.append((run["algorithm"], run["strategy"], *cells, note))
     return "\n".join(
         [
@@ -286,7 +292,7 @@ def render_section(report: dict[str, Any]) -> str:
             f"{report['warmup_s']:g} s, phases {report['phase_s']:g} s. Command: "
             f"`{report['command']}` ({report['wall_seconds']:.0f} s in all).",
             "",
-            *table(("algorithm", "weights", *PHASES, "model"), rows),
+            *table(("algorithm", "weights", *PHASES, "model; weight writes by mode"), rows),
             MARK_END,
         ]
     )
