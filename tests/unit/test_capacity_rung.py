@@ -818,3 +818,31 @@ def test_the_tilt_never_plans_a_server_past_ninety_percent(
     """Near saturation a tilt builds a queue that outlasts the test that would revoke it."""
     view = PoolCapacity({}, offered, 100.0)
     assert headroom_bound(0.2, view) == pytest.approx(expected)
+
+
+def test_without_capacity_the_model_alone_leans_on_static_weights_in_its_blocks_only() -> None:
+    """No utilization signal: the model's shares become a bounded tilt of the static
+    split, applied only in the switchback's tilt blocks; in the others the pool is in
+    fallback, and the test's state is in the plan."""
+    config = validate_config({"haproxy": {"socket": "unix:///haproxy.sock", "backends": [POOL]}})
+    ladder, fleet = Ladder(config, Events(), None), Fleet(CAPACITY, 3)
+    shares = {"small": 0.1, "mid": 0.1, "big": 0.8}  # the model wants big at 8x mid
+    servers = {n: ServerAdvice(n, 0.9, {}, s) for n, s in shares.items()}
+    advice = Advice("v1", {POOL: PoolAdvice(POOL, 0.9, "", servers, 100.0, cost=0.02)})
+    modes = []
+    for _ in range(40):
+        now = fleet.tick()
+        joined = ladder.join(advice, now, config.policy)
+        plan = plan_weights(now, config.policy, joined)
+        modes.append(the_pool(plan).mode)
+        assert the_pool(plan).switchback is not None
+        fleet.weights = planned(plan)
+        pool = joined.pools[POOL]
+        if pool.blocked:
+            assert the_pool(plan).mode == "fallback"
+            assert pool.blocked.startswith("model held back: switchback")
+        else:
+            wanted = {n: a.share or 0.0 for n, a in pool.servers.items()}
+            assert wanted["big"] / wanted["mid"] <= math.exp(2 * config.ai.max_tilt) + 1e-9
+    assert "model" in modes
+    assert "fallback" in modes
