@@ -141,14 +141,22 @@ class CapacityRung:
         for server, w in work.items():
             if w.busy_seconds is not None:
                 state.estimator.observe(server, Interval(now, w.completions, w.busy_seconds))
-                _deviation(state, server, w, state.estimator.estimate(server, now).capacity)
             state.errors[server].append((w.errors, w.completions + w.errors))
+        # One estimate per server per tick (a ratio of sums over its window), used for
+        # both the deviation it records and the view.
+        estimates = {
+            row.server: state.estimator.estimate(row.server, now)
+            for row in observation.servers_of(pool)
+        }
+        for server, w in work.items():
+            if w.busy_seconds is not None and server in estimates:
+                _deviation(state, server, w, estimates[server].capacity)
         persistence = _persistence(state.deviations.values())
         if work:
             state.offered.append((sum(w.offered for w in work.values()), _seconds(work)))
         servers = {}
         for row in observation.servers_of(pool):
-            estimate = state.estimator.estimate(row.server, now)
+            estimate = estimates[row.server]
             relative = (
                 estimate.stderr / estimate.capacity
                 if estimate.capacity and estimate.stderr is not None
