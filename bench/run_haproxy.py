@@ -19,7 +19,9 @@ VeloFlux reads the same busy-time signal as the heuristic, through a real Promet
 that scrapes the demo backends every second (``capacity.utilization_feature``: busy
 seconds per second over the backend's concurrency limit, mapped to its server by
 ``prometheus.instance_map``); ``veloflux-proxy-only`` is the same daemon without it,
-seeing only what HAProxy shows (these servers have no ``maxconn``).
+seeing only what HAProxy shows, on servers given ``maxconn`` at their concurrency
+(HAProxy queues the rest; the agent's capacity signal is then Little's law,
+``maxconn / Tr``), beside ``static-maxconn``, static weights on the same servers.
 Each phase's p99 and error rate are reported as a ratio to ``leastconn`` alone in the
 same phase, all measured in one invocation.
 
@@ -73,9 +75,12 @@ RUNS = (
     ("leastconn", "heuristic"),
     ("roundrobin", "veloflux"),
     ("leastconn", "veloflux"),
+    ("roundrobin", "static-maxconn"),
+    ("leastconn", "static-maxconn"),
     ("roundrobin", "veloflux-proxy-only"),
     ("leastconn", "veloflux-proxy-only"),
 )
+ON_MAXCONN = ("static-maxconn", "veloflux-proxy-only")
 PHASES = ("steady", "slow", "gray")
 HEADING = "## Real HAProxy: the weight strategies against leastconn"
 MARK_BEGIN, MARK_END = "<!-- bench:real-haproxy -->", "<!-- /bench:real-haproxy -->"
@@ -189,7 +194,10 @@ def one_run(
 ) -> dict[str, Any]:
     rate = LOAD * CAPACITY
     prometheus = strategy == "veloflux"
-    stack = LocalStack(workdir, SERVERS, algorithm=algorithm, prometheus=prometheus)
+    maxconn = strategy in ON_MAXCONN
+    stack = LocalStack(
+        workdir, SERVERS, algorithm=algorithm, prometheus=prometheus, maxconn=maxconn
+    )
     with stack, contextlib.ExitStack() as on:
         training: dict[str, Any] = {}
         train: Callable[[], dict[str, Any]] | None = None

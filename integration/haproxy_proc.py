@@ -24,13 +24,15 @@ class StackError(RuntimeError):
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """One ``server`` line: a name, a loopback address and a configured weight."""
+    """One ``server`` line: a name, a loopback address and a configured weight; with
+    ``maxconn``, HAProxy queues what is beyond it in the proxy."""
 
     name: str
     address: str
     weight: int = 1
     check: bool = False
     backup: bool = False
+    maxconn: int | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,8 @@ def render_config(
                 options.append("check inter 1s")
             if server.backup:
                 options.append("backup")
+            if server.maxconn is not None:
+                options.append(f"maxconn {server.maxconn}")
             lines.append(f"    server {server.name} {server.address} {' '.join(options)}")
         lines.append("")
     return "\n".join(lines)

@@ -69,6 +69,7 @@ class LocalStack:
         algorithm: str = "roundrobin",
         proxies: Sequence[str] = ("haproxy",),
         prometheus: bool = False,
+        maxconn: bool = False,
     ) -> None:
         unknown = [p for p in proxies if p not in PROXIES]
         if unknown or not proxies:
@@ -81,6 +82,7 @@ class LocalStack:
         self.haproxy: HAProxyProcess | None = None
         self.envoy: EnvoyProcess | None = None
         self.with_prometheus = prometheus
+        self.with_maxconn = maxconn  # each HAProxy server's maxconn at its concurrency
         self.prometheus: PrometheusProcess | None = None
         self._backends: subprocess.Popen[bytes] | None = None
 
@@ -96,7 +98,12 @@ class LocalStack:
                 spec = BackendSpec(
                     "app",
                     tuple(
-                        ServerSpec(s.name, f"127.0.0.1:{self.ports[s.name]}", s.weight)
+                        ServerSpec(
+                            s.name,
+                            f"127.0.0.1:{self.ports[s.name]}",
+                            s.weight,
+                            maxconn=s.concurrency if self.with_maxconn else None,
+                        )
                         for s in self.servers
                     ),
                     algorithm=self.algorithm,

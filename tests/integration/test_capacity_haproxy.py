@@ -19,6 +19,7 @@ from integration.scenario import run_phase
 from integration.stack import DemoServer, LocalStack
 from tests.integration.helpers import run_cli
 from veloflux.agent.build import build_agent
+from veloflux.agent.ports import TickResult
 from veloflux.config.load import load_config
 from veloflux.domain.weightplan import PoolPlan
 from veloflux.util.events import Events
@@ -56,16 +57,15 @@ def app(pool_plans: tuple[PoolPlan, ...]) -> PoolPlan:
     return pool
 
 
-def test_the_agent_finds_each_capacity_and_weights_follow_it(
-    stack: LocalStack, tmp_path: Path
-) -> None:
-    path = config_path(stack, tmp_path / "veloflux.yaml")
+def ticks_under_load(stack: LocalStack, path: Path, seed: int) -> tuple[TickResult, list[str]]:
+    """The agent of ``path`` ticking every second, with writes, under Poisson load at
+    ``RATE_RPS``: its last tick, and the pool's mode at each."""
     agent = build_agent(load_config(path, {}), Events(), write=True)
     load = threading.Thread(
-        target=run_phase, args=(stack, RATE_RPS, TICKS + 3, 7), name="load", daemon=True
+        target=run_phase, args=(stack, RATE_RPS, TICKS + 3, seed), name="load", daemon=True
     )
     load.start()
-    modes = []
+    modes: list[str] = []
     try:
         for _ in range(TICKS):  # bounded in count; each tick is bounded by its timeouts
             time.sleep(1.0)
@@ -73,6 +73,14 @@ def test_the_agent_finds_each_capacity_and_weights_follow_it(
             modes.append(app(result.plan.pools).mode)
     finally:
         load.join(timeout=30)
+    return result, modes
+
+
+def test_the_agent_finds_each_capacity_and_weights_follow_it(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    path = config_path(stack, tmp_path / "veloflux.yaml")
+    result, modes = ticks_under_load(stack, path, seed=7)
     pool = app(result.plan.pools)
     assert pool.mode in ("capacity", "model"), (modes, pool.reason)
     weights = {s.server: s.current_weight or 0 for s in pool.servers}
@@ -90,3 +98,27 @@ def test_the_agent_finds_each_capacity_and_weights_follow_it(
     (dry,) = [p for p in preview.json()["pools"] if p["backend"] == "app"]
     assert dry["mode"] in ("capacity", "model"), dry["reason"]
     assert dry["overload"] is False
+
+
+@pytest.fixture(scope="module")
+def limited_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    workdir = tmp_path_factory.mktemp("maxconn-stack")
+    with LocalStack(workdir, SERVERS, maxconn=True) as running:
+        yield running
+
+
+def test_without_prometheus_maxconn_gives_the_capacity_by_littles_law(
+    limited_stack: LocalStack, tmp_path: Path
+) -> None:
+    """Proxy-only: servers with ``maxconn`` at their concurrency and no utilization
+    feature. The agent reads each limit (``slim``) and finds capacity as maxconn / Tr."""
+    path = tmp_path / "veloflux.yaml"
+    limited_stack.write_agent_config(path, interval="1s")
+    result, modes = ticks_under_load(limited_stack, path, seed=8)
+    limits = {r.server: r.max_sessions for r in result.observation.rows if r.pool == "app"}
+    assert limits == {"s1": 4.0, "s2": 2.0, "s3": 1.0}
+    pool = app(result.plan.pools)
+    assert pool.mode in ("capacity", "model"), (modes, pool.reason)
+    planned = {s.server: s.planned_weight or 0 for s in pool.servers}
+    assert planned["s1"] > planned["s2"] > planned["s3"], planned
+    assert planned["s1"] >= 2 * planned["s3"], planned

@@ -466,9 +466,17 @@ def test_overload_threshold_is_the_configured_one() -> None:
     assert run(fleet, the_rung, 8, busy=0.6).overload
 
 
-def test_without_a_utilization_column_the_rung_is_off() -> None:
-    """Catches a rung that runs (and plans) with no signal to work from."""
+def test_without_a_busy_signal_the_rung_gives_no_view() -> None:
+    """Catches a rung that runs (and plans) with no signal to work from: no utilization
+    column configured and no session limit on any server."""
     the_rung = rung(column=None)
+    assert the_rung.active
+    assert run_views(Fleet(CAPACITY, 1), the_rung, 6) == [{}] * 6
+
+
+def test_a_disabled_rung_is_off_whatever_the_signal() -> None:
+    """Catches ``capacity.enabled: false`` not reaching the rung."""
+    the_rung = rung(enabled=False)
     assert not the_rung.active
     assert run_views(Fleet(CAPACITY, 1), the_rung, 6) == [{}] * 6
 
@@ -476,6 +484,7 @@ def test_without_a_utilization_column_the_rung_is_off() -> None:
 def test_readings_without_the_utilization_column_give_no_confident_server() -> None:
     """Catches a missing Prometheus reading taken as zero or full utilization."""
     fleet, the_rung = Fleet(CAPACITY, 1), rung()
+    run(fleet, the_rung, 2)
     for _ in range(10):
         view = the_rung.update(replace(fleet.tick(), external=None))[POOL]
         assert view.confident() == []

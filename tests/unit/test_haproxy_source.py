@@ -50,7 +50,7 @@ def test_metrics_follow_server_row_field_order() -> None:
     assert tuple(fields) == COLUMN_NAMES
     start = fields.index("algorithm") + 1
     assert fields[start : start + len(_METRICS)] == [name for name, _, _ in _METRICS]
-    assert fields[start + len(_METRICS) :] == ["check_status", "problem"]
+    assert fields[start + len(_METRICS) :] == ["check_status", "problem", "max_sessions"]
 
 
 def test_observation_rows_read_by_column_name() -> None:

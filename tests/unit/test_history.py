@@ -684,24 +684,34 @@ def test_journal_without_external_features_reads_back_the_stored_columns_only(
     assert list(journal.read().columns) == list(STORED_COLUMNS)
 
 
-def test_a_version_1_journal_gains_the_external_column_and_keeps_its_rows(
-    tmp_path: Path, events: Events
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_journal_gains_the_columns_it_lacks_and_keeps_its_rows(
+    tmp_path: Path, events: Events, version: int
 ) -> None:
     path = tmp_path / "old.db"
     with Journal(path, events) as journal:
         journal.append(snapshot(T0, {"a": {}}))
-    raw = sqlite3.connect(path, isolation_level=None)  # make it look like version 1
-    raw.execute("CREATE TABLE s1 AS SELECT " + ", ".join(STORED_COLUMNS) + " FROM samples")
+    # Make it look like ``version``: 1 had neither ``external`` nor ``max_sessions``.
+    kept = [c for c in STORED_COLUMNS if c != "max_sessions"]
+    if version == 2:
+        kept.append("external")
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("CREATE TABLE s1 AS SELECT " + ", ".join(kept) + " FROM samples")
     raw.execute("DROP TABLE samples")
     raw.execute("ALTER TABLE s1 RENAME TO samples")
-    raw.execute("UPDATE schema_version SET version = 1")
+    raw.execute("UPDATE schema_version SET version = ?", (version,))
     raw.close()
+    later = with_external(
+        snapshot(T0 + timedelta(seconds=10), {"a": {"max_sessions": 8.0}}), cpu=(0.5,)
+    )
     with Journal(path, events) as journal:
-        journal.append(with_external(snapshot(T0 + timedelta(seconds=10), {"a": {}}), cpu=(0.5,)))
+        journal.append(later)
         back = journal.read()
     assert len(back) == 2
     assert back["prom_cpu"].tolist()[1] == 0.5
     assert math.isnan(back["prom_cpu"].tolist()[0])
+    assert back["max_sessions"].tolist()[1] == 8.0
+    assert math.isnan(back["max_sessions"].tolist()[0])
     raw = sqlite3.connect(path)
     assert raw.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
 

@@ -57,7 +57,7 @@ class Ladder:
         return self._capacity.update(observation)
 
     def _replay_capacity(self, observation: Observation) -> None:
-        if self._journal is None or not self._capacity.active:
+        if self._journal is None or not self._capacity.has_signal(observation):
             return
         from veloflux.history.journal import HistoryError
         from veloflux.history.replay import replay

@@ -55,6 +55,10 @@ class Interval:
     at: float
     completions: float
     busy_seconds: float
+    # The busy measurement's own resolution, relative (one standard deviation): a
+    # busy share from a moving average shown in whole milliseconds carries that
+    # rounding, which no count of requests averages away.
+    resolution: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -162,8 +166,9 @@ class CapacityEstimator:
         The spread is the window's own (median absolute deviation), but never below
         the noise of counting: an interval that was busy ``b`` seconds at capacity
         ``C`` completes about ``C b`` requests, give or take their square root, so its
-        ratio varies by ``sqrt(C / b)`` at least. Without that floor a short, lucky
-        window would call ordinary noise a change.
+        ratio varies by ``sqrt(C / b)`` at least, and by the busy measurement's own
+        resolution. Without that floor a short, lucky window (or one whose readings
+        all rounded the same way) would call ordinary noise a change.
         """
         s = self._settings
         if len(series.intervals) < s.min_intervals:
@@ -172,7 +177,7 @@ class CapacityEstimator:
         median = statistics.median(ratios)
         spread = _MAD_TO_SIGMA * statistics.median(abs(r - median) for r in ratios)
         counting = math.sqrt(max(median, 0.0) / interval.busy_seconds)
-        sigma = max(spread, counting, 1e-9)
+        sigma = max(spread, math.hypot(counting, median * interval.resolution), 1e-9)
         z = (interval.completions / interval.busy_seconds - median) / sigma
         series.below = max(0.0, series.below - z - s.slack_sigmas)
         series.above = max(0.0, series.above + z - s.slack_sigmas)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from veloflux.config.schema import Config
 from veloflux.decide.capacity import CapacityEstimator, CapacitySettings, Interval
 from veloflux.decide.controller import ControllerSettings
-from veloflux.decide.utilization import Work, interval_work, utilization_column
+from veloflux.decide.utilization import Work, has_signal, interval_work, utilization_column
 from veloflux.domain.advice import PoolCapacity, ServerCapacity
 from veloflux.domain.observation import Observation
 
@@ -47,6 +47,7 @@ class RungSettings:
     """The capacity rung's knobs (``capacity`` in the config)."""
 
     utilization_column: str | None
+    enabled: bool = True
     error_exponent: float = 6.0
     overload_utilization: float = 0.97
     estimator: CapacitySettings = field(default_factory=CapacitySettings)
@@ -60,6 +61,7 @@ class RungSettings:
         feature = section.utilization_feature if section.enabled else None
         return cls(
             utilization_column=utilization_column(feature),
+            enabled=section.enabled,
             error_exponent=section.error_exponent,
             overload_utilization=section.overload_utilization,
             estimator=CapacitySettings(max_age_seconds=max(180.0, 6 * config.interval_seconds)),
@@ -99,8 +101,15 @@ class CapacityRung:
 
     @property
     def active(self) -> bool:
-        """Whether the rung has a utilization signal to work from."""
-        return self._settings.utilization_column is not None
+        """Whether the rung is on (it still needs a busy signal to estimate anything)."""
+        return self._settings.enabled
+
+    def has_signal(self, observation: Observation) -> bool:
+        """Whether any pool of ``observation`` carries a busy signal the rung reads."""
+        column = self._settings.utilization_column
+        return self.active and any(
+            has_signal(observation, column, p.name) for p in observation.pools
+        )
 
     @property
     def memory_intervals(self) -> int:
@@ -108,9 +117,10 @@ class CapacityRung:
         return self._settings.estimator.window_intervals
 
     def update(self, observation: Observation) -> dict[str, PoolCapacity]:
-        """Fold in one observation; the capacity view of every pool it holds (an empty
-        mapping when there is no utilization signal: the rung is off)."""
-        if self._settings.utilization_column is None:
+        """Fold in one observation; the capacity view of every pool it holds that
+        carries a busy signal (a utilization feature, or session limits); none when the
+        rung is off."""
+        if not self._settings.enabled:
             return {}
         previous, self._previous = self._previous, observation
         work = (
@@ -123,7 +133,10 @@ class CapacityRung:
         for (pool, server), w in work.items():
             by_pool[pool][server] = w
         views = {}
+        column = self._settings.utilization_column
         for info in observation.pools:
+            if info.name not in self._pools and not has_signal(observation, column, info.name):
+                continue  # no busy signal has ever reached this pool: nothing to estimate
             state = self._pools.setdefault(
                 info.name, _Pool(CapacityEstimator(self._settings.estimator))
             )
@@ -140,7 +153,8 @@ class CapacityRung:
     ) -> PoolCapacity:
         for server, w in work.items():
             if w.busy_seconds is not None:
-                state.estimator.observe(server, Interval(now, w.completions, w.busy_seconds))
+                interval = Interval(now, w.completions, w.busy_seconds, w.resolution)
+                state.estimator.observe(server, interval)
             state.errors[server].append((w.errors, w.completions + w.errors))
         # One estimate per server per tick (a ratio of sums over its window), used for
         # both the deviation it records and the view.

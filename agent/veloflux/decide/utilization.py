@@ -7,6 +7,14 @@ host reports it) says how busy it was meanwhile. Completions over busy seconds i
 server's capacity; what arrived over the interval is the load offered to it, which,
 unlike completions, keeps growing past capacity, so overload can show.
 
+Without a utilization signal, a server with a session limit (HAProxy's ``maxconn``,
+the ``max_sessions`` column) gives one through Little's law: the proxy never has more
+than ``maxconn`` requests in service there, the rest wait in its own queue, so the
+mean number in service over an interval is its requests x their mean response time
+(HAProxy's ``Tr``, which excludes the queue: the interval's mean, recovered from the
+moving average) and its busy share is that over ``maxconn``. Capacity is then
+``maxconn / Tr``: a server that slows down shows it at once, with no agent on it.
+
 A row that cannot be trusted (a problem, a state other than UP, a counter that went
 back after a reload, a missing value) gives no interval: a gap is better than a lie.
 """
@@ -17,6 +25,10 @@ import math
 from dataclasses import dataclass
 
 from veloflux.domain.observation import EXTERNAL_PREFIX, Observation, ServerRow
+from veloflux.history.ema import EMA_SAMPLES, interval_mean
+
+# HAProxy shows its moving averages of time in whole milliseconds.
+_SHOWN_RESOLUTION_SECONDS = 0.001
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,35 @@ class Work:
     offered: float
     busy_seconds: float | None
     seconds: float
+    resolution: float = 0.0  # of busy_seconds, relative (see capacity.Interval)
+
+
+def has_limit(row: ServerRow) -> bool:
+    """Whether the proxy caps the server's sessions (so Little's law gives its busy share)."""
+    return math.isfinite(row.max_sessions) and row.max_sessions > 0
+
+
+def has_signal(observation: Observation, column: str | None, pool: str) -> bool:
+    """Whether ``pool``'s servers carry a busy signal: the utilization column, or a
+    session limit on any of them."""
+    if _utilizations(observation, column) is not None:
+        return True
+    return any(has_limit(row) for row in observation.servers_of(pool))
+
+
+def _little_busy(
+    old: ServerRow, row: ServerRow, requests: float, seconds: float
+) -> tuple[float, float] | None:
+    """Busy seconds of a server with a session limit (requests x mean Tr / maxconn),
+    and their resolution: half a shown millisecond of Tr, which the inversion of the
+    moving average multiplies by about N / k when k requests are fewer than its N."""
+    if not has_limit(row) or requests <= 0:
+        return None
+    mean = float(interval_mean(old.response_time, row.response_time, old.requests_total, requests))
+    if not math.isfinite(mean) or mean <= 0:
+        return None
+    rounding = 0.5 * _SHOWN_RESOLUTION_SECONDS * max(1.0, EMA_SAMPLES / requests)
+    return min(requests * mean / row.max_sessions, seconds), rounding / mean
 
 
 def _counter_delta(before: float, after: float) -> float | None:
@@ -64,7 +105,8 @@ def interval_work(
 ) -> dict[tuple[str, str], Work]:
     """Each trustworthy server's ``Work`` between ``previous`` and ``current``, by
     (pool, server). ``utilization`` is the Observation column holding each server's
-    busy share (``utilization_column``), or None when there is no such signal."""
+    busy share (``utilization_column``), or None when there is no such signal (then a
+    server with a session limit gives its busy seconds by Little's law)."""
     seconds = (current.taken_at - previous.taken_at).total_seconds()
     if seconds <= 0:
         return {}
@@ -83,10 +125,12 @@ def interval_work(
         completions = max(0.0, requests - failed)
         errors = failed + (refused or 0.0)
         offered = max(0.0, completions + _in_flight(row) - _in_flight(old))
-        busy = None
+        busy, resolution = None, 0.0
         if shares is not None:
             share = shares[i]
             if math.isfinite(share) and share >= 0:
                 busy = min(share, 1.0) * seconds
-        out[(row.pool, row.server)] = Work(completions, errors, offered, busy, seconds)
+        elif (little := _little_busy(old, row, requests, seconds)) is not None:
+            busy, resolution = little
+        out[(row.pool, row.server)] = Work(completions, errors, offered, busy, seconds, resolution)
     return out

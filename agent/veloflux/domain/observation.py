@@ -60,12 +60,20 @@ COLUMNS: tuple[Column, ...] = (
     Column("since_state_change", "float", "s", "time since the last UP/DOWN change (lastchg)"),
     Column("check_status", "str", "-", "last health-check status, empty if checks are off"),
     Column("problem", "str", "-", "why this row cannot be trusted; empty when it can"),
+    Column(
+        "max_sessions",
+        "float",
+        "sessions",
+        "the server's session limit (HAProxy maxconn, slim); NaN when it has none",
+    ),
 )
 
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 # Operator-defined features (``prometheus.features``) are columns named with this
 # prefix, beside the documented ones, from the Observation to the model's input.
 EXTERNAL_PREFIX = "prom_"
+# Columns a row may leave out (their ServerRow field has a default).
+_DEFAULTED = frozenset({"max_sessions"})
 STATES = ("UP", "DOWN", "MAINT", "DRAIN")
 
 
@@ -102,6 +110,8 @@ class ServerRow(NamedTuple):
     since_state_change: float
     check_status: str
     problem: str
+    # Last and defaulted: a source without per-server limits (Envoy) leaves it out.
+    max_sessions: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -184,8 +194,10 @@ class Observation:
         proxy: ProxyIdentity,
         missing_pools: tuple[str, ...] = (),
     ) -> Observation:
-        """Build from a frame with the documented columns (tests, replays, the simulator)."""
-        records = frame[list(COLUMN_NAMES)].to_dict("records")
+        """Build from a frame with the documented columns (tests, replays, the simulator);
+        a column with a default (``max_sessions``) may be absent."""
+        wanted = [c for c in COLUMN_NAMES if c in frame.columns or c not in _DEFAULTED]
+        records = frame[wanted].to_dict("records")
         rows = tuple(ServerRow(**{str(k): v for k, v in r.items()}) for r in records)
         return cls(taken_at, rows, pools, proxy, missing_pools)
 

@@ -65,6 +65,7 @@ _STAT_COLUMNS: tuple[str, ...] = (
     "check_status",
     "uweight",
     *(stat_column for _, stat_column, _ in _METRICS),
+    "slim",  # the server's maxconn: empty when it has none
 )
 _PXNAME, _SVNAME, _TYPE, _ALGO = 0, 1, 2, 3
 _FIRST_METRIC = _STAT_COLUMNS.index(_METRICS[0][1])
@@ -227,15 +228,26 @@ def _server_rows(
         for i, (_, column, scale) in enumerate(_METRICS)
     ]
     # TCP mode has no request counter: every session is one request.
+    limits = _metric_column(columns[-1], "slim", 1.0, metric_problems)
     metrics[_REQUESTS] = [
         sessions if requests != requests else requests  # requests != requests: NaN
         for requests, sessions in zip(metrics[_REQUESTS], metrics[_SESSIONS], strict=True)
     ]
     records = []
-    identity = zip(*columns[:_FIRST_METRIC], zip(*metrics, strict=True), strict=True)
-    for i, (backend, server, _, _, status, address, backup, check, uweight, values) in enumerate(
-        identity
-    ):
+    identity = zip(*columns[:_FIRST_METRIC], zip(*metrics, strict=True), limits, strict=True)
+    for i, (
+        backend,
+        server,
+        _,
+        _,
+        status,
+        address,
+        backup,
+        check,
+        uweight,
+        values,
+        limit,
+    ) in enumerate(identity):
         problems: list[str] = []
         if not (names.safe(backend) and names.safe(server)):
             problems.append("unsafe name: it will not be written into a command")
@@ -269,6 +281,7 @@ def _server_rows(
                 *cast(_Metrics, values),
                 check,
                 "; ".join(problems),
+                limit,
             )
         )
     return records

@@ -17,7 +17,7 @@ TEXT_COLUMNS = ("source", "pool", "server", "state")
 REAL_COLUMNS = (
     "weight", "initial_weight", "sessions", "queue", "session_rate", "sessions_total",
     "requests_total", "responses_5xx_total", "response_errors_total", "connect_errors_total",
-    "queue_time", "connect_time", "response_time", "total_time",
+    "queue_time", "connect_time", "response_time", "total_time", "max_sessions",
 )  # fmt: skip
 
 STORED_COLUMNS: tuple[str, ...] = (

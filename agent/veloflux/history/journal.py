@@ -33,8 +33,13 @@ from veloflux.history.frames import (
 )
 from veloflux.util.events import Events
 
-# 2: the ``external`` column (operator-defined features); a version 1 journal gains it.
-SCHEMA_VERSION = 2
+# 2: the ``external`` column (operator-defined features); 3: ``max_sessions`` (HAProxy's
+# maxconn). An older journal gains what it lacks when it is opened.
+SCHEMA_VERSION = 3
+_MIGRATIONS = {
+    1: "ALTER TABLE samples ADD COLUMN external TEXT",
+    2: "ALTER TABLE samples ADD COLUMN max_sessions REAL",
+}
 
 PRUNE_EVERY_SECONDS = 3600.0
 
@@ -144,9 +149,10 @@ class Journal:
                     (SCHEMA_VERSION,),
                 )
         found = conn.execute("SELECT version FROM schema_version").fetchone()
-        if found is not None and found[0] == 1:  # what version 2 added: one nullable column
+        if found is not None and found[0] in _MIGRATIONS:  # each step adds a nullable column
             with _transaction(conn):
-                conn.execute("ALTER TABLE samples ADD COLUMN external TEXT")
+                for version in range(found[0], SCHEMA_VERSION):
+                    conn.execute(_MIGRATIONS[version])
                 conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
             found = (SCHEMA_VERSION,)
         if found is None or found[0] != SCHEMA_VERSION:

@@ -8,17 +8,14 @@ or a counter reset.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
+from veloflux.history.ema import EMA_SAMPLES, interval_mean
 from veloflux.history.frames import external_columns, instants, series_order
 
-# HAProxy 2.6 averages qtime/ctime/rtime/ttime over the last 512 requests
-# (TIME_STATS_SAMPLES in its include/haproxy/defaults.h), a plain running mean until a
-# server's 512th request (see interval_mean).
-EMA_SAMPLES = 512
+__all__ = ["EMA_SAMPLES", "RATE_COLUMNS", "derive_rates", "interval_mean", "rates_between"]
+
 
 _COUNTERS = (
     "requests_total", "responses_5xx_total", "response_errors_total", "connect_errors_total",
@@ -132,31 +129,3 @@ def _series_order(samples: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
 def _changed(old: np.ndarray, new: np.ndarray) -> np.ndarray:
     """A known value that differs; unknown on either side is not evidence of a reload."""
     return np.asarray((old != new) & ~np.isnan(old) & ~np.isnan(new), dtype=bool)
-
-
-def interval_mean(
-    avg_old: np.ndarray, avg_new: np.ndarray, count_before: np.ndarray, requests: np.ndarray
-) -> np.ndarray:
-    """The mean of the ``requests`` (k) values that moved HAProxy's average from
-    ``avg_old`` to ``avg_new``, given the server's request counter before them.
-
-    Past its first N = EMA_SAMPLES requests, HAProxy 2.6 updates the average per
-    request as an EMA of weight 1/N, so k requests of mean v give
-    ``avg_new = v + (avg_old - v) * a**k`` with ``a = 1 - 1/N``, hence
-    ``v = (avg_new - avg_old * a**k) / (1 - a**k)``. Before that (a fresh process,
-    e.g. after every reload) it is a plain running mean over the requests so far (a
-    reading of HAProxy 2.6.12 is in tests/unit/test_history.py,
-    ``test_the_first_512_requests_are_a_running_mean_as_haproxy_measures``); the
-    general form below covers both and an interval straddling the switch.
-    NaN when k is 0 (the average froze: no information) or unknown; clipped at 0.
-    """
-    n = float(EMA_SAMPLES)
-    with np.errstate(all="ignore"):
-        warm = np.clip(n - count_before, 0.0, requests)  # requests before the EMA starts
-        ema_steps = requests - warm
-        log_a = math.log1p(-1.0 / n)
-        decay = np.exp(ema_steps * log_a)
-        window = np.minimum(count_before + warm, n)  # divisor of the average at the switch
-        old_share = avg_old * (np.minimum(count_before, n) / window) * decay
-        value = (avg_new - old_share) / (-np.expm1(ema_steps * log_a) + decay * warm / window)
-    return np.where(requests > 0, np.maximum(value, 0.0), np.nan)

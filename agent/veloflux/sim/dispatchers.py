@@ -51,6 +51,7 @@ class Dispatcher:
         self.weights = [1] * self.n
         self.up = [True] * self.n
         self.usable = list(range(self.n))
+        self.usable_set = frozenset(self.usable)
         self._changed()
 
     def set_weights(self, weights: Sequence[int]) -> None:
@@ -67,6 +68,7 @@ class Dispatcher:
         self.usable = [i for i in range(self.n) if self.up[i] and self.weights[i] > 0]
         if not self.usable:  # every weight 0: a proxy still serves the up servers
             self.usable = [i for i in range(self.n) if self.up[i]]
+        self.usable_set = frozenset(self.usable)
         self._changed()
 
     def _changed(self) -> None:
@@ -74,6 +76,23 @@ class Dispatcher:
 
     def choose(self) -> int:
         raise NotImplementedError
+
+    def choose_open(self, full: Sequence[bool]) -> int | None:
+        """A pick that skips servers at their ``maxconn`` (``full``), as HAProxy's
+        algorithms do; None when every usable server is full (the request waits in
+        the proxy's queue). The dispatcher's own pick when it is open; else the open
+        server with the lowest ``(active + 1) / weight``."""
+        for _ in range(len(self.usable)):
+            server = self.choose()
+            if not full[server]:
+                return server
+        return self._least_loaded([i for i in self.usable if not full[i]])
+
+    def _least_loaded(self, candidates: Sequence[int]) -> int | None:
+        if not candidates:
+            return None
+        active, weights = self.active, self.weights
+        return min(candidates, key=lambda i: (active[i] + 1) / max(weights[i], 1))
 
     def completed(self, server: int, latency: float, now: float) -> None:
         """A request finished (only latency-aware dispatchers care)."""
@@ -112,17 +131,26 @@ class LeastConn(Dispatcher):
         self._next = 0
 
     def choose(self) -> int:
-        active, inverse, usable = self.active, self._inverse, self.usable
+        best = self._pick(self.usable)
+        assert best is not None
+        return best
+
+    def choose_open(self, full: Sequence[bool]) -> int | None:
+        # Deterministic: asking again would give the same full server.
+        return self._pick([i for i in self.usable if not full[i]])
+
+    def _pick(self, candidates: Sequence[int]) -> int | None:
+        active, inverse = self.active, self._inverse
         best_key = math.inf
         ties: list[int] = []
-        for i in usable:
+        for i in candidates:
             key = (active[i] + 1) * inverse[i]
             if key < best_key:
                 best_key, ties = key, [i]
             elif key == best_key:
                 ties.append(i)
-        if len(ties) == 1:
-            return ties[0]
+        if len(ties) <= 1:
+            return ties[0] if ties else None
         self._next += 1
         return ties[self._next % len(ties)]
 

@@ -10,8 +10,12 @@ all its requests (they all progress at the same rate), so a request finishes whe
 that clock passes its start value plus its demand: only the earliest of them is in
 the event heap, and an entry made stale by a later arrival or departure is skipped.
 
-The proxy forwards at once (no ``maxconn``), so a server's own queue is part of what
-the proxy sees as its response time, as with the demo backends behind HAProxy. Each
+Without ``maxconn`` the proxy forwards at once, so a server's own queue is part of
+what the proxy sees as its response time, as with the demo backends behind HAProxy.
+A server with ``maxconn`` takes at most that many requests; the dispatcher skips a
+full server, and when every usable server is full the request waits in the proxy's
+queue (HAProxy's backend queue, FIFO) until a slot frees: that wait is the proxy's
+queue time, the rest its response time. Each
 request's service demand is drawn up front and divided by the server's speed when it
 starts. A server with an ``error_rate`` answers that share of its requests with a fast
 error (``error_latency_ms``, without queueing: a failing dependency check); a server
@@ -52,6 +56,10 @@ class ServerStats:
     busy_seconds: list[float]
     recent_latencies: list[list[float]]  # completions since the last tick, in order
     up: list[bool]  # as the health checks see it
+    # With maxconn: each completion's wait in the proxy's queue (beside its latency),
+    # and how many requests wait there now.
+    recent_waits: list[list[float]] = field(default_factory=list)
+    backlog: int = 0
 
 
 @dataclass(frozen=True)
@@ -189,8 +197,15 @@ def simulate(
         busy_seconds=[0.0] * n,
         recent_latencies=[[] for _ in range(n)],
         up=[True] * n,
+        recent_waits=[[] for _ in range(n)],
     )
     active, busy_seconds, recent = stats.active, stats.busy_seconds, stats.recent_latencies
+    waits = stats.recent_waits
+    limit = [g.maxconn or 0 for _, g in servers]
+    limited = any(limit)
+    full = [False] * n
+    backlog: deque[int] = deque()  # the proxy's queue (maxconn): requests by arrival
+    started = list(arrivals.tolist()) if limited else []  # when each reached its server
     busy = [0] * n
     queues: list[deque[int]] = [deque() for _ in range(n)]
     chooser: Dispatcher = make_dispatcher(dispatcher, active, random.Random(seed))
@@ -226,6 +241,43 @@ def simulate(
         shared.due[s], shared.due_at[s] = ri, finish
         heapq.heappush(heap, (finish, ri, s))
 
+    def admit(ri: int, s: int, now: float) -> None:
+        """Request ``ri`` reaches server ``s`` at ``now``: refused, failed fast, or taken
+        (in service, or in the server's own queue)."""
+        assigned[ri] = s
+        if limited:
+            started[ri] = now
+            stats.backlog = len(backlog)
+        waited = now - arrival_list[ri]
+        if refusing[s]:
+            latency[ri], error[ri] = waited + CONNECT_REFUSED_S, True
+            stats.connect_errors[s] += 1
+            return
+        rate = error_rate[s]
+        if rate and draws[ri] < rate:
+            latency[ri], error[ri] = waited + error_latency[s], True
+            stats.requests[s] += 1
+            stats.errors[s] += 1
+            recent[s].append(waited + error_latency[s])
+            if limited:
+                waits[s].append(waited)
+            return
+        active[s] += 1
+        if limited:
+            full[s] = 0 < limit[s] <= active[s]
+        if sharing[s]:
+            share_advance(s, now)
+            heapq.heappush(shared.jobs[s], (shared.attained[s] + work[ri], ri))
+            share_schedule(s, now)
+        elif busy[s] < concurrency[s]:
+            busy[s] += 1
+            duration = work[ri] / speed[s]
+            busy_seconds[s] += duration
+            heapq.heappush(heap, (now + duration, ri, s))
+        else:
+            queues[s].append(ri)
+            stats.queued[s] += 1
+
     ai = ei = 0
     inf = math.inf
     while True:
@@ -246,6 +298,10 @@ def simulate(
                 ticks.append(TickRecord(t_event, tuple(chooser.weights), note))
                 for lat in recent:
                     lat.clear()
+                for wait in waits:
+                    wait.clear()
+                while backlog and (opened := chooser.choose_open(full)) is not None:
+                    admit(backlog.popleft(), opened, t_event)
             elif kind == "speed":
                 if sharing[s]:
                     share_advance(s, t_event)
@@ -262,6 +318,8 @@ def simulate(
             elif kind == "checked_up":
                 stats.up[s] = bool(value)
                 chooser.set_up(s, bool(value))
+                while backlog and (opened := chooser.choose_open(full)) is not None:
+                    admit(backlog.popleft(), opened, t_event)
             continue
         if t_done <= t_arrival:
             finish, ri, s = heapq.heappop(heap)
@@ -278,46 +336,35 @@ def simulate(
             active[s] -= 1
             if completes is not None:
                 completes(s, taken, finish)
-            if sharing[s]:
-                continue
-            if queues[s]:
-                nxt = queues[s].popleft()
-                stats.queued[s] -= 1
-                duration = work[nxt] / speed[s]
-                busy_seconds[s] += duration
-                heapq.heappush(heap, (finish + duration, nxt, s))
-            else:
-                busy[s] -= 1
+            if limited:
+                waits[s].append(started[ri] - arrival_list[ri])
+            if not sharing[s]:
+                if queues[s]:
+                    nxt = queues[s].popleft()
+                    stats.queued[s] -= 1
+                    duration = work[nxt] / speed[s]
+                    busy_seconds[s] += duration
+                    heapq.heappush(heap, (finish + duration, nxt, s))
+                else:
+                    busy[s] -= 1
+            if limited:
+                full[s] = 0 < limit[s] <= active[s]
+                # The freed slot takes the oldest request waiting in the proxy.
+                while backlog and not full[s] and s in chooser.usable_set:
+                    admit(backlog.popleft(), s, finish)
             continue
         # An arrival.
         ri = ai
         ai += 1
-        s = chooser.choose()
-        assigned[ri] = s
-        if refusing[s]:
-            latency[ri], error[ri] = CONNECT_REFUSED_S, True
-            stats.connect_errors[s] += 1
-            continue
-        rate = error_rate[s]
-        if rate and draws[ri] < rate:
-            latency[ri], error[ri] = error_latency[s], True
-            stats.requests[s] += 1
-            stats.errors[s] += 1
-            recent[s].append(error_latency[s])
-            continue
-        active[s] += 1
-        if sharing[s]:
-            share_advance(s, t_arrival)
-            heapq.heappush(shared.jobs[s], (shared.attained[s] + work[ri], ri))
-            share_schedule(s, t_arrival)
-        elif busy[s] < concurrency[s]:
-            busy[s] += 1
-            duration = work[ri] / speed[s]
-            busy_seconds[s] += duration
-            heapq.heappush(heap, (t_arrival + duration, ri, s))
+        if limited:
+            chosen = chooser.choose_open(full)
+            if chosen is None:
+                backlog.append(ri)
+                stats.backlog = len(backlog)
+                continue
+            admit(ri, chosen, t_arrival)
         else:
-            queues[s].append(ri)
-            stats.queued[s] += 1
+            admit(ri, chooser.choose(), t_arrival)
     per_slot = 1000.0 / scenario.service.mean_ms
     return RunResult(
         arrival=arrivals,

@@ -9,11 +9,13 @@ at the end of the warm-up it trains through the normal training path
 (``train_from_journal``, the promotion gate included). From then on the model drives
 the pool when its confidence allows, and fallback takes over when it does not.
 
-What HAProxy would show, and so what the source reports: the proxy forwards at once,
-so every request at a server (in service or in its own queue) is a current session,
-and HAProxy's response time is everything after forwarding: queue and service. That
-response time is HAProxy's 512-request moving average in whole milliseconds (rounded
-up), updated here from each interval's completions in order.
+What HAProxy would show, and so what the source reports: without ``maxconn`` the
+proxy forwards at once, so every request at a server (in service or in its own queue)
+is a current session, and HAProxy's response time is everything after forwarding:
+queue and service. With ``maxconn`` the wait in the proxy's queue is the queue time
+and the rest the response time, and the row carries the limit (``slim``). Each time
+is HAProxy's 512-request moving average in whole milliseconds (rounded up), updated
+here from each interval's completions in order.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from veloflux.domain.observation import (
     ServerRow,
 )
 from veloflux.domain.weightplan import ApplyReport, WeightPlan, WriteResult
-from veloflux.history.rates import EMA_SAMPLES
+from veloflux.history.ema import EMA_SAMPLES
 from veloflux.sim.engine import STATIC_WEIGHT, ServerStats, Strategy
 from veloflux.sim.scenario import Scenario
 from veloflux.util.events import Events
@@ -59,7 +61,11 @@ class SimSource:
     the interval's slot-seconds, what the heuristic reads too)."""
 
     def __init__(
-        self, names: Sequence[str], algorithm: str, concurrency: Sequence[int] | None = None
+        self,
+        names: Sequence[str],
+        algorithm: str,
+        concurrency: Sequence[int] | None = None,
+        limits: Sequence[int | None] | None = None,
     ) -> None:
         self.names = tuple(names)
         self.algorithm = algorithm
@@ -67,8 +73,10 @@ class SimSource:
         self.now = 0.0
         self.stats: ServerStats | None = None
         n = len(names)
-        self._ema = [math.nan] * n
-        self._seen = [0] * n  # requests folded into each moving average so far
+        self._total = _MovingAverages(n)
+        self._queued = _MovingAverages(n)  # the wait in the proxy's queue (maxconn)
+        self._response = _MovingAverages(n)  # the rest: Tr
+        self._limits = tuple(math.nan if m is None else float(m) for m in (limits or [None] * n))
         self._concurrency = tuple(concurrency) if concurrency is not None else None
         self._busy = [0.0] * n
         self._utilization = [math.nan] * n
@@ -85,16 +93,17 @@ class SimSource:
                 self._busy[i] = stats.busy_seconds[i]
             self._last = now
         self.now, self.stats = now, stats
-        a = 1.0 - 1.0 / EMA_SAMPLES
-        for i, latencies in enumerate(stats.recent_latencies):
-            for value in latencies:  # a plain running mean until 512 requests, then the EMA
-                seen = self._seen[i]
-                old = 0.0 if math.isnan(self._ema[i]) else self._ema[i]
-                if seen < EMA_SAMPLES:
-                    self._ema[i] = (old * seen + value) / (seen + 1)
-                else:
-                    self._ema[i] = value + (old - value) * a
-                self._seen[i] = seen + 1
+        self._total.fold(stats.recent_latencies)
+        if any(math.isfinite(m) for m in self._limits):
+            self._queued.fold(stats.recent_waits)
+            self._response.fold(
+                [
+                    [t - w for t, w in zip(times, waits, strict=True)]
+                    for times, waits in zip(stats.recent_latencies, stats.recent_waits, strict=True)
+                ]
+            )
+        else:
+            self._response.fold(stats.recent_latencies)
 
     def observe(self) -> Observation:
         stats = self.stats
@@ -102,8 +111,8 @@ class SimSource:
         taken_at = EPOCH + timedelta(seconds=self.now)
         rows = []
         for i, name in enumerate(self.names):
-            ema = self._ema[i]
-            shown = math.ceil(ema * 1000 - 1e-9) / 1000 if not math.isnan(ema) else math.nan
+            total = self._total.shown(i)
+            waited = self._queued.shown(i) if math.isfinite(self._limits[i]) else 0.0
             rows.append(
                 ServerRow(
                     time=taken_at,
@@ -124,13 +133,14 @@ class SimSource:
                     responses_5xx_total=float(stats.errors[i]),
                     response_errors_total=0.0,
                     connect_errors_total=float(stats.connect_errors[i]),
-                    queue_time=0.0,
+                    queue_time=waited,
                     connect_time=0.0,
-                    response_time=shown,
-                    total_time=shown,
+                    response_time=self._response.shown(i),
+                    total_time=total,
                     since_state_change=math.nan,
                     check_status="",
                     problem="",
+                    max_sessions=self._limits[i],
                 )
             )
         pool = PoolInfo(POOL, self.algorithm, managed=True)
@@ -140,6 +150,31 @@ class SimSource:
             column = EXTERNAL_PREFIX + UTILIZATION_FEATURE
             external = ExternalFeatures("prometheus", ((column, tuple(self._utilization)),))
         return Observation(taken_at, tuple(rows), (pool,), proxy, external=external)
+
+
+class _MovingAverages:
+    """HAProxy's per-server moving average of a time: a plain running mean until 512
+    requests, then an EMA of weight 1/512, shown in whole milliseconds rounded up."""
+
+    def __init__(self, n: int) -> None:
+        self._ema = [math.nan] * n
+        self._seen = [0] * n  # requests folded into each average so far
+
+    def fold(self, recent: Sequence[Sequence[float]]) -> None:
+        a = 1.0 - 1.0 / EMA_SAMPLES
+        for i, values in enumerate(recent):
+            for value in values:
+                seen = self._seen[i]
+                old = 0.0 if math.isnan(self._ema[i]) else self._ema[i]
+                if seen < EMA_SAMPLES:
+                    self._ema[i] = (old * seen + value) / (seen + 1)
+                else:
+                    self._ema[i] = value + (old - value) * a
+                self._seen[i] = seen + 1
+
+    def shown(self, i: int) -> float:
+        ema = self._ema[i]
+        return math.ceil(ema * 1000 - 1e-9) / 1000 if not math.isnan(ema) else math.nan
 
 
 class SimSink:
@@ -225,6 +260,7 @@ class VelofluxStrategy(Strategy):
             names,
             _ALGORITHMS.get(dispatcher, "roundrobin"),
             concurrency if self._utilization else None,
+            [g.maxconn for _, g in scenario.expanded()],
         )
         self._journal = Journal(config.ai.history_path, self._events)
         self._registry = Registry(config.ai.model_dir, self._clock, self._events)

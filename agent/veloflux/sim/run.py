@@ -7,7 +7,7 @@ from typing import Any
 
 from veloflux.sim.engine import ServerStats, Strategy, simulate
 from veloflux.sim.report import figures, summary
-from veloflux.sim.scenario import Scenario
+from veloflux.sim.scenario import Scenario, with_maxconn
 from veloflux.sim.strategies import CapacityOracle, Heuristic, StaticEqual
 
 
@@ -27,7 +27,8 @@ def run_cell(
             if not box and now >= scenario.warmup_s:
                 box.extend(stats.busy_seconds)
 
-        result = simulate(scenario, dispatcher, make_strategy(strategy), seed, snapshot)
+        ran = with_maxconn(scenario) if strategy in ON_MAXCONN else scenario
+        result = simulate(ran, dispatcher, make_strategy(strategy), seed, snapshot)
         before = at_warmup or [0.0] * len(result.names)
         per_seed.append(figures(result, scenario, before))
         notes.append(result.notes)
@@ -40,8 +41,12 @@ def run_cell(
 
 
 STRATEGIES = ("static-equal", "capacity-oracle", "heuristic", "veloflux")
-# Reported apart: the agent without the utilization signal, seeing only the proxy.
+# Reported apart: the agent without the utilization signal, seeing only the proxy, on
+# servers with HAProxy's ``maxconn`` (each at its concurrency: ``with_maxconn``), and
+# the static weights it is judged against, on the same servers.
 PROXY_ONLY = "veloflux-proxy-only"
+STATIC_MAXCONN = "static-maxconn"
+ON_MAXCONN = (PROXY_ONLY, STATIC_MAXCONN)
 
 
 def make_strategy(name: str) -> Strategy:
@@ -53,10 +58,11 @@ def make_strategy(name: str) -> Strategy:
         return strategy
     kinds: dict[str, type[Strategy]] = {
         "static-equal": StaticEqual,
+        STATIC_MAXCONN: StaticEqual,
         "capacity-oracle": CapacityOracle,
         "heuristic": Heuristic,
     }
     if name not in kinds:
-        known = ", ".join((*STRATEGIES, PROXY_ONLY))
+        known = ", ".join((*STRATEGIES, *ON_MAXCONN))
         raise ValueError(f"unknown strategy {name!r}; one of {known}")
     return kinds[name]()

@@ -62,6 +62,9 @@ class ServerGroup(_Part):
     # fcfs: ``concurrency`` slots, the rest wait in order; ps: every request in service
     # at once, sharing the server's capacity (``concurrency`` slots' worth) equally.
     discipline: Literal["fcfs", "ps"] = "fcfs"
+    # HAProxy's ``maxconn`` on the server line: at most this many requests at the
+    # server; the rest wait in the proxy's queue (None: the proxy forwards at once).
+    maxconn: int | None = Field(default=None, ge=1, le=100_000)
     events: tuple[ServerEvent, ...] = ()
     drift: Drift | None = None
 
@@ -154,6 +157,16 @@ class Scenario(_Part):
         """Requests per second the pool completes at full utilization, at base speeds."""
         per_slot = 1000.0 / self.service.mean_ms
         return sum(g.concurrency * g.speed * per_slot for _, g in self.expanded())
+
+
+def with_maxconn(scenario: Scenario) -> Scenario:
+    """The scenario with each server limited to its concurrency (HAProxy ``maxconn``
+    where none is set), as an operator sizes it: what waits, waits in the proxy."""
+    groups = tuple(
+        g if g.maxconn is not None else g.model_copy(update={"maxconn": g.concurrency})
+        for g in scenario.servers
+    )
+    return scenario.model_copy(update={"servers": groups})
 
 
 def load_scenario(path: Path) -> Scenario:
