@@ -154,6 +154,24 @@ def test_no_confidence_during_the_blackout_after_a_change() -> None:
     assert not any(r.startswith("blackout") for r in reasons[3:])
 
 
+def test_after_a_change_confidence_returns_without_a_second_warm_up() -> None:
+    """Catches a restarted window held to the first warm-up (five intervals): under
+    capacity that changes every few ticks that froze most servers' weights."""
+    settings = CapacitySettings(min_intervals=5, blackout_intervals=1, rise_blackout_intervals=1)
+    rng = random.Random(5)
+    estimator = CapacityEstimator(settings)
+    feed(estimator, busy_intervals(rng, 50.0, 30))
+    confident_after = None
+    for k, interval in enumerate(busy_intervals(rng, 10.0, 12, start=30.0)):
+        estimator.observe("s1", interval)
+        if estimator.changes("s1") and estimator.estimate("s1", interval.at).confidence > 0:
+            confident_after = k + 1
+            break
+    assert confident_after is not None
+    assert confident_after <= 4  # the fall's run, one blackout interval, no new warm-up
+    assert estimator.estimate("s1", 100.0 + 0.0).capacity == pytest.approx(10.0, rel=0.25)
+
+
 def test_warming_up_expiring_and_idle_intervals_give_no_confidence() -> None:
     settings = CapacitySettings(min_intervals=5, max_age_seconds=60.0)
     estimator = CapacityEstimator(settings)

@@ -13,16 +13,17 @@ TICKS = 600
 
 
 def run(effect: float, seed: int, noise: float = 0.05, ticks: int = TICKS) -> Switchback:
-    """A pool whose cost is 10 ms x (1 - effect) while the tilt runs, with lognormal
-    noise per interval; the cost of each interval is reported at the next tick."""
+    """A pool whose cost is 10 ms x (1 - effect x scale) while the tilt runs at
+    ``scale`` of its strength, with lognormal noise per interval; the cost of each
+    interval is reported at the next tick."""
     rng = np.random.default_rng(seed)
     test = Switchback("app")
-    arm = None
+    strength: float | None = None  # the tilt's strength in the interval now ending
     for _ in range(ticks):
-        if arm is not None:
-            cost = 0.010 * (1 - effect if arm else 1.0) * rng.lognormal(0, noise)
-            test.record(cost)
-        arm = test.next_arm().tilt_on
+        if strength is not None:
+            test.record(0.010 * (1 - effect * strength) * rng.lognormal(0, noise))
+        state = test.next_arm()
+        strength = state.scale if state.tilt_on else 0.0
     return test
 
 

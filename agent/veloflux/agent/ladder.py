@@ -125,6 +125,7 @@ class Ladder:
             return replace(pool, switchback=test.snapshot())
         test.record(pool.cost)
         state = test.next_arm()
+        tilt = {name: value * state.scale for name, value in tilt.items()}
         if on_capacity:
             return replace(pool, tilt=tilt if state.tilt_on else {}, switchback=state)
         if not state.tilt_on:

@@ -79,13 +79,15 @@ class SwitchbackState:
     """Where the model's tilt stands in its pool's switchback test (see
     ``veloflux.decide.switchback``): ``testing``, ``granted`` or ``revoked``, over how
     many pairs of blocks, the tilt's mean relative gain in cost (negative: it costs)
-    with its t statistic, and whether the tilt runs this tick."""
+    with its t statistic, whether the tilt runs this tick, and at what share of its
+    bound (``scale``: an unproven tilt is tried at half strength)."""
 
     state: str
     pairs: int
     mean_gain: float | None
     t_statistic: float | None
     tilt_on: bool
+    scale: float = 1.0
 
     def describe(self) -> str:
         if self.mean_gain is None or self.t_statistic is None:
@@ -105,6 +107,7 @@ class SwitchbackState:
             "mean_gain": rounded(self.mean_gain),
             "t_statistic": rounded(self.t_statistic),
             "tilt_on": self.tilt_on,
+            "scale": self.scale,
         }
 
 
