@@ -26,7 +26,7 @@ from veloflux.errors import ConfigError
     "--strategy",
     default="veloflux",
     show_default=True,
-    help="static-equal, capacity-oracle, heuristic, veloflux",
+    help="static-equal, capacity-oracle, heuristic, veloflux, veloflux-proxy-only, static-maxconn",
 )
 @click.option(
     "--seeds",
