@@ -294,6 +294,47 @@ def test_a_busy_share_above_one_is_clipped_to_the_whole_interval() -> None:
     assert work.busy_seconds == pytest.approx(INTERVAL)
 
 
+def littles_law_work(before: Mapping[str, Any], after: Mapping[str, Any]) -> Work | None:
+    """Server s1's Work between two readings 10 s apart, with no utilization column."""
+    found = interval_work(reading(0.0, {"s1": before}), reading(INTERVAL, {"s1": after}), None)
+    return found.get((POOL, "s1"))
+
+
+def test_with_maxconn_busy_time_is_requests_times_response_time_over_the_limit() -> None:
+    """Catches Little's law off by the limit, by the moving average (600 requests, past
+    HAProxy's 512, so the interval's mean is what moved the average), or computed
+    from the queue time."""
+    limit = {"max_sessions": 4.0, "queue_time": 0.5}
+    before = counters(requests_total=10_000.0, response_time=0.010, **limit)
+    after = counters(requests_total=10_600.0, responses_5xx_total=10.0, **limit)
+    a = 1.0 - 1.0 / 512
+    after["response_time"] = 0.020 + (0.010 - 0.020) * a**600  # 600 requests of 20 ms
+    work = littles_law_work(before, after)
+    assert work is not None
+    assert work.busy_seconds == pytest.approx(600 * 0.020 / 4.0, rel=1e-6)  # 3 s of 10
+    assert work.completions == 600.0
+    assert 0 < work.resolution < 0.05  # half a shown millisecond of a 20 ms mean
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        {"max_sessions": math.nan},  # no maxconn: slim is empty
+        {"max_sessions": 4.0, "response_time": 0.0},  # TCP mode: HAProxy's rtime is 0
+        {"max_sessions": 4.0, "requests_total": 10_000.0},  # no request: no Tr
+    ],
+)
+def test_without_a_limit_or_a_response_time_littles_law_gives_nothing(
+    after: dict[str, Any],
+) -> None:
+    """Catches a busy time invented where HAProxy shows no limit or no Tr."""
+    before = counters(requests_total=10_000.0, response_time=0.010, max_sessions=4.0)
+    later = counters(**{"requests_total": 10_600.0, "response_time": 0.012, **after})
+    work = littles_law_work(before, later)
+    assert work is not None
+    assert work.busy_seconds is None
+
+
 def test_offered_load_is_never_negative_when_the_queue_drains() -> None:
     """Catches offered = completions + a drained queue going below zero."""
     work = work_of(counters(queue=500.0), LATER)
