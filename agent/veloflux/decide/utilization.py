@@ -9,7 +9,7 @@ unlike completions, keeps growing past capacity, so overload can show.
 
 Without a utilization signal, a server with a session limit (HAProxy's ``maxconn``,
 the ``max_sessions`` column) gives one through Little's law: the proxy never has more
-than ``maxconn`` requests in service there, the rest wait in its own queue, so the
+than ``maxconn`` requests in service there (the rest wait in the proxy's queue), so the
 mean number in service over an interval is its requests x their mean response time
 (HAProxy's ``Tr``, which excludes the queue: the interval's mean, recovered from the
 moving average) and its busy share is that over ``maxconn``. Capacity is then
