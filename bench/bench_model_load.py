@@ -18,7 +18,15 @@ history the run recorded (every interval after the warm-up):
 The targets (issue: under 10% flat, utilization among the top three features, slope
 within 0.5-1.5) are reported as met or not; the figures are what was measured.
 
+Two experiments, printed and never written to the doc: ``--probes A`` multiplies the
+capacity rung's targets of a rotating tenth of the pool by e^±A, held two ticks, the
+sign alternating per round (weight perturbations to give the history load variation no
+reaction caused); ``--monotone-utilization`` adds the +1 monotone constraint to the
+utilization feature. ``--only`` picks scenarios (comma-separated names).
+
     .venv/bin/python bench/bench_model_load.py [--write]
+    .venv/bin/python bench/bench_model_load.py --probes 0.2 [--monotone-utilization]
+        --only slow-server,static-heterogeneity
 """
 
 from __future__ import annotations
@@ -117,7 +125,50 @@ def examine(strategy: VelofluxStrategy) -> dict[str, Any]:
     }
 
 
-def one(path: str) -> dict[str, Any]:
+PROBE_SHARE = 0.1  # of the pool's servers probed at a time
+PROBE_TICKS = 2  # how long each probe holds
+
+
+def _patch(module: object, name: str, value: object) -> None:
+    """Replace what ``module`` calls by ``name`` (the experiments change the agent's
+    own code path in this worker only)."""
+    setattr(module, name, value)
+
+
+def _experiment(probes: float, monotone_utilization: bool) -> None:
+    """Patch this worker's agent for an experiment (see the module's docstring)."""
+    import veloflux.decide.planner as planner
+    import veloflux.model.features as features
+    import veloflux.model.train as train
+
+    if monotone_utilization:
+        load = (features.LOAD_FEATURE, f"prom_{UTILIZATION_FEATURE}")
+
+        def constraints(names: tuple[str, ...] = features.FEATURES) -> str:
+            return "(" + ",".join("1" if f in load else "0" for f in names) + ")"
+
+        _patch(train, "monotone_constraints", constraints)
+    if probes > 0:
+        plain = vars(planner)["capacity_targets"]
+        ticks = [0]
+
+        def probed(rows: Any, capacity: Any, policy: Any, scale: Any, controller: Any,
+                   tilt: Any = None) -> Any:  # fmt: skip
+            ticks[0] += 1
+            names = sorted(r.server for r in rows)
+            size = max(1, round(len(names) * PROBE_SHARE))
+            rounds, turn = math.ceil(len(names) / size), ticks[0] // PROBE_TICKS
+            slot, sign = turn % rounds, 1 if (turn // rounds) % 2 == 0 else -1
+            moved = dict(tilt or {})
+            for name in names[slot * size : (slot + 1) * size]:
+                moved[name] = moved.get(name, 0.0) + sign * probes
+            return plain(rows, capacity, policy, scale, controller, moved)
+
+        _patch(planner, "capacity_targets", probed)
+
+
+def one(path: str, probes: float = 0.0, monotone_utilization: bool = False) -> dict[str, Any]:
+    _experiment(probes, monotone_utilization)
     scenario: Scenario = load_scenario(Path(path))
     strategy = Examined()
     simulate(scenario, DISPATCHER, strategy, scenario.seed)
@@ -127,10 +178,19 @@ def one(path: str) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--write", action="store_true", help="write docs/benchmarks.md")
+    parser.add_argument("--probes", type=float, default=0.0, help="experiment: probe size")
+    parser.add_argument("--monotone-utilization", action="store_true", help="experiment")
+    parser.add_argument("--only", default="", help="scenario names, comma-separated")
     opts = parser.parse_args()
+    experiment = opts.probes > 0 or opts.monotone_utilization
+    if experiment and opts.write:
+        parser.error("an experiment is printed, never written to the doc")
     paths = [str(p) for p in sorted(SCENARIOS.glob("*.yaml"))]
+    if opts.only:
+        paths = [p for p in paths if Path(p).stem in opts.only.split(",")]
+    jobs = [(p, opts.probes, opts.monotone_utilization) for p in paths]
     with multiprocessing.get_context("spawn").Pool(2) as pool:
-        results = pool.map(one, paths)
+        results = pool.starmap(one, jobs)
     for result in results:
         print(json.dumps(result), flush=True)
     if opts.write:

@@ -79,6 +79,7 @@ def synthetic_samples(spec: SyntheticPool) -> pd.DataFrame:
             "since_state_change": 0.0,
             "check_status": "",
             "problem": "",
+            "max_sessions": np.nan,
             "proxy_pid": 1,
             "proxy_started": 1_790_000_000.0,
         }

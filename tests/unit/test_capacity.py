@@ -157,7 +157,7 @@ def test_no_confidence_during_the_blackout_after_a_change() -> None:
 def test_after_a_change_confidence_returns_without_a_second_warm_up() -> None:
     """Catches a restarted window held to the first warm-up (five intervals): under
     capacity that changes every few ticks that froze most servers' weights."""
-    settings = CapacitySettings(min_intervals=5, blackout_intervals=1, rise_blackout_intervals=1)
+    settings = CapacitySettings(min_intervals=5, blackout_intervals=1)
     rng = random.Random(5)
     estimator = CapacityEstimator(settings)
     feed(estimator, busy_intervals(rng, 50.0, 30))

@@ -46,7 +46,6 @@ class CapacitySettings:
     # weights frozen, and cost more than the noise they kept out (drift-slower in the
     # simulator: SLO p99 1.1x static weights' with 3 and 5 intervals, 0.93x with these).
     blackout_intervals: int = 1
-    rise_blackout_intervals: int = 1
     # A CUSUM of each interval's deviation from the window's median, in standard
     # deviations, less ``slack`` per interval: a change once the evidence passes the
     # threshold. Downward needs less evidence than upward (bad news first).
@@ -122,11 +121,9 @@ class CapacityEstimator:
         if run:
             series.intervals.clear()
             series.intervals.extend(run)  # the new regime starts with the run that showed it
+            series.blackout = s.blackout_intervals
             series.changes += 1
             series.fell_last = run is series.fell
-            series.blackout = (
-                s.blackout_intervals if series.fell_last else s.rise_blackout_intervals
-            )
             series.below = series.above = 0.0
             series.fell, series.rose = [], []
             return

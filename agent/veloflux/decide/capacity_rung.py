@@ -123,24 +123,25 @@ class CapacityRung:
         if not self._settings.enabled:
             return {}
         previous, self._previous = self._previous, observation
-        work = (
-            interval_work(previous, observation, self._settings.utilization_column)
-            if previous is not None
-            else {}
-        )
+        column = self._settings.utilization_column
+        # Pools no busy signal has ever reached have nothing to estimate: with none
+        # left, the tick pays nothing here (the default config, without one).
+        pools = [
+            info.name
+            for info in observation.pools
+            if info.name in self._pools or has_signal(observation, column, info.name)
+        ]
+        if not pools:
+            return {}
+        work = interval_work(previous, observation, column) if previous is not None else {}
         now = observation.taken_at.timestamp()
         by_pool: dict[str, dict[str, Work]] = defaultdict(dict)
         for (pool, server), w in work.items():
             by_pool[pool][server] = w
         views = {}
-        column = self._settings.utilization_column
-        for info in observation.pools:
-            if info.name not in self._pools and not has_signal(observation, column, info.name):
-                continue  # no busy signal has ever reached this pool: nothing to estimate
-            state = self._pools.setdefault(
-                info.name, _Pool(CapacityEstimator(self._settings.estimator))
-            )
-            views[info.name] = self._view(state, observation, info.name, by_pool[info.name], now)
+        for name in pools:
+            state = self._pools.setdefault(name, _Pool(CapacityEstimator(self._settings.estimator)))
+            views[name] = self._view(state, observation, name, by_pool[name], now)
         return views
 
     def _view(

@@ -72,8 +72,6 @@ COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 # Operator-defined features (``prometheus.features``) are columns named with this
 # prefix, beside the documented ones, from the Observation to the model's input.
 EXTERNAL_PREFIX = "prom_"
-# Columns a row may leave out (their ServerRow field has a default).
-_DEFAULTED = frozenset({"max_sessions"})
 STATES = ("UP", "DOWN", "MAINT", "DRAIN")
 
 
@@ -194,10 +192,8 @@ class Observation:
         proxy: ProxyIdentity,
         missing_pools: tuple[str, ...] = (),
     ) -> Observation:
-        """Build from a frame with the documented columns (tests, replays, the simulator);
-        a column with a default (``max_sessions``) may be absent."""
-        wanted = [c for c in COLUMN_NAMES if c in frame.columns or c not in _DEFAULTED]
-        records = frame[wanted].to_dict("records")
+        """Build from a frame with the documented columns (tests, replays, the simulator)."""
+        records = frame[list(COLUMN_NAMES)].to_dict("records")
         rows = tuple(ServerRow(**{str(k): v for k, v in r.items()}) for r in records)
         return cls(taken_at, rows, pools, proxy, missing_pools)
 

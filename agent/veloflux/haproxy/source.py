@@ -227,8 +227,8 @@ def _server_rows(
         _metric_column(columns[_FIRST_METRIC + i], column, scale, metric_problems)
         for i, (_, column, scale) in enumerate(_METRICS)
     ]
-    # TCP mode has no request counter: every session is one request.
     limits = _metric_column(columns[-1], "slim", 1.0, metric_problems)
+    # TCP mode has no request counter: every session is one request.
     metrics[_REQUESTS] = [
         sessions if requests != requests else requests  # requests != requests: NaN
         for requests, sessions in zip(metrics[_REQUESTS], metrics[_SESSIONS], strict=True)

@@ -56,10 +56,8 @@ class ServerStats:
     busy_seconds: list[float]
     recent_latencies: list[list[float]]  # completions since the last tick, in order
     up: list[bool]  # as the health checks see it
-    # With maxconn: each completion's wait in the proxy's queue (beside its latency),
-    # and how many requests wait there now.
+    # With maxconn: each completion's wait in the proxy's queue (beside its latency).
     recent_waits: list[list[float]] = field(default_factory=list)
-    backlog: int = 0
 
 
 @dataclass(frozen=True)
@@ -247,7 +245,6 @@ def simulate(
         assigned[ri] = s
         if limited:
             started[ri] = now
-            stats.backlog = len(backlog)
         waited = now - arrival_list[ri]
         if refusing[s]:
             latency[ri], error[ri] = waited + CONNECT_REFUSED_S, True
@@ -360,7 +357,6 @@ def simulate(
             chosen = chooser.choose_open(full)
             if chosen is None:
                 backlog.append(ri)
-                stats.backlog = len(backlog)
                 continue
             admit(ri, chosen, t_arrival)
         else:

@@ -77,6 +77,7 @@ class SimSource:
         self._queued = _MovingAverages(n)  # the wait in the proxy's queue (maxconn)
         self._response = _MovingAverages(n)  # the rest: Tr
         self._limits = tuple(math.nan if m is None else float(m) for m in (limits or [None] * n))
+        self._limited = any(math.isfinite(m) for m in self._limits)  # the engine records waits
         self._concurrency = tuple(concurrency) if concurrency is not None else None
         self._busy = [0.0] * n
         self._utilization = [math.nan] * n
@@ -94,7 +95,7 @@ class SimSource:
             self._last = now
         self.now, self.stats = now, stats
         self._total.fold(stats.recent_latencies)
-        if any(math.isfinite(m) for m in self._limits):
+        if self._limited:
             self._queued.fold(stats.recent_waits)
             self._response.fold(
                 [
