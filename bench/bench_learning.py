@@ -64,7 +64,7 @@ from veloflux.decide.advisor import AdvisorSettings, _pool_advice
 from veloflux.decide.optimize import rate_grid, water_fill
 from veloflux.history.journal import Journal
 from veloflux.history.rates import derive_rates
-from veloflux.model.features import TARGET_LATENCY, build_features, newest_rows
+from veloflux.model.features import TARGET_LATENCY, at_status_quo, build_features, newest_rows
 from veloflux.model.predict import Predictor
 from veloflux.model.registry import Registry
 from veloflux.model.train import TrainSettings, train_model
@@ -202,7 +202,7 @@ def _tick_once(
 ) -> dict[str, float]:
     """The advisor's per-pool work with every server confident (``_shares`` + confidence)."""
     current = now["request_rate"].to_numpy(dtype=float)
-    status_quo = now.assign(next_rate=now["request_rate"])
+    status_quo = at_status_quo(now)
     ms: dict[str, float] = {}
 
     def part(name: str, fn: Callable[[], T]) -> T:

@@ -41,6 +41,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -160,15 +161,16 @@ def veloflux(stack: LocalStack, workdir: Path) -> Iterator[Callable[[], dict[str
 
         def train() -> dict[str, Any]:
             from veloflux.agent.build import open_registry
+            from veloflux.agent.learn import training_settings
             from veloflux.config.load import load_config
             from veloflux.history.journal import Journal
             from veloflux.model.pipeline import train_from_journal
-            from veloflux.model.train import NotEnoughData, TrainSettings
+            from veloflux.model.train import NotEnoughData
             from veloflux.util.events import Events
 
             config = load_config(path, {})
             events = Events()
-            settings = TrainSettings(min_rows=100, nthread=1)
+            settings = replace(training_settings(config, threads=1), min_rows=100)
             with Journal(config.ai.history_path, events) as journal:
                 try:
                     report = train_from_journal(journal, open_registry(config, events), settings)

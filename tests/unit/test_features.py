@@ -28,6 +28,7 @@ from veloflux.model.features import (
     FEATURES,
     KEYS,
     LOAD_FEATURE,
+    LOAD_STEP,
     TARGET_ERROR_RATE,
     TARGET_LATENCY,
     TARGET_REQUESTS,
@@ -84,6 +85,7 @@ def test_the_frame_has_the_documented_columns_even_when_empty() -> None:
         (FEATURES, None),
         (("a", LOAD_FEATURE, "b"), "(0,1,0)"),
         ((LOAD_FEATURE,), "(1)"),
+        (("a", LOAD_STEP, LOAD_FEATURE), "(0,1,1)"),
         (("a", "b"), "(0,0)"),
     ],
 )
@@ -96,7 +98,7 @@ def test_monotone_constraints_put_plus_one_exactly_on_the_load(
     values = text[1:-1].split(",")
     assert len(values) == len(features)
     assert [i for i, v in enumerate(values) if v == "1"] == [
-        i for i, f in enumerate(features) if f == LOAD_FEATURE
+        i for i, f in enumerate(features) if f in (LOAD_FEATURE, LOAD_STEP)
     ]
     assert set(values) <= {"0", "1"}
     if expected is not None:
@@ -106,7 +108,8 @@ def test_monotone_constraints_put_plus_one_exactly_on_the_load(
 def test_default_monotone_constraints_follow_features() -> None:
     values = monotone_constraints()[1:-1].split(",")
     assert values[FEATURES.index(LOAD_FEATURE)] == "1"
-    assert values.count("1") == 1
+    assert values[FEATURES.index(LOAD_STEP)] == "1"
+    assert values.count("1") == 2
 
 
 # --- where each number comes from ---------------------------------------------------------
@@ -118,6 +121,32 @@ def two_servers() -> pd.DataFrame:
     s2 = counters("s2", [0, 50, 60, 200], response_time=[0.01, 0.01, 0.01, 0.02])
     mixed = [s2[3], s1[1], s2[0], s1[3], s2[2], s1[0], s2[1], s1[2]]
     return features_of(mixed)
+
+
+def test_the_load_step_is_the_split_the_agent_chose_not_the_rate_it_got() -> None:
+    """Catches a load step read from the measured rates where the proxy shows weights
+    (with a load-aware dispatcher they answer latency), or from the wrong interval:
+    the weight an observation shows was in effect over the interval ending there,
+    so row k's step is log(share at k+1 / share at k)."""
+    s1 = counters("s1", [0, 100, 300, 600], weight=[10.0, 10.0, 30.0, 30.0])
+    s2 = counters("s2", [0, 50, 60, 200], weight=[10.0, 10.0, 10.0, 30.0])
+    features = features_of([*s1, *s2])
+    # Shares of s1: 1/2, 1/2, 3/4, 1/2. Of s2: 1/2, 1/2, 1/4, 1/2.
+    assert one(features, "s1", 1)[LOAD_STEP] == pytest.approx(math.log(1.5))
+    assert one(features, "s2", 1)[LOAD_STEP] == pytest.approx(math.log(0.5))
+    assert one(features, "s1", 2)[LOAD_STEP] == pytest.approx(math.log(2 / 3))
+    assert one(features, "s2", 2)[LOAD_STEP] == pytest.approx(math.log(2.0))
+    assert math.isnan(one(features, "s1", 3)[LOAD_STEP])  # no next interval yet
+
+
+def test_without_weights_the_load_step_is_the_measured_rates() -> None:
+    """Catches a missing load step where the proxy's weights could not be read (the
+    column is NaN then): the step is log(next rate / rate)."""
+    s1 = counters("s1", [0, 100, 300, 600], weight=[math.nan] * 4)
+    s2 = counters("s2", [0, 50, 60, 200], weight=[math.nan] * 4)
+    features = features_of([*s1, *s2])
+    assert one(features, "s1", 1)[LOAD_STEP] == pytest.approx(math.log(20 / 10))
+    assert one(features, "s2", 2)[LOAD_STEP] == pytest.approx(math.log(14 / 1))
 
 
 def test_next_rate_and_targets_come_from_the_next_interval_of_the_same_server() -> None:

@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING
 from veloflux.config.schema import Config, PolicySection
 from veloflux.decide.capacity_rung import CapacityRung, RungSettings
 from veloflux.decide.planner import on_capacity_rung, static_weight
+from veloflux.decide.probes import probe_factors
 from veloflux.decide.switchback import Switchback
 from veloflux.decide.tilt import capacity_base, headroom_bound, model_tilt, tilted_shares
 from veloflux.domain.advice import Advice, PoolAdvice, PoolCapacity
 from veloflux.domain.observation import Observation
+from veloflux.domain.probe_schedule import ProbeSettings
 from veloflux.util.events import Events
 from veloflux.util.names import server_key
 
@@ -41,6 +43,11 @@ class Ladder:
         self._overloaded: set[str] = set()
         self._replayed = False
         self._switchbacks: dict[str, Switchback] = {}
+        ai = config.ai
+        self._last_probes: dict[str, dict[str, float]] = {}  # each pool's last probes
+        self._probes = ProbeSettings(
+            ai.probe_size, ai.probe_share, ai.probe_ticks, config.interval_seconds
+        )
 
     def join(self, advice: Advice, observation: Observation, policy: PolicySection) -> Advice:
         """The advice with this tick's capacity view, overload and gated tilt;
@@ -83,15 +90,32 @@ class Ladder:
         """The capacity rung's view and the model's gated tilt joined to each pool's
         advice; an overload that begins is counted and logged once (the metric shows
         it while it lasts)."""
-        overloaded = {pool for pool, view in capacity.items() if view.overload}
-        for pool in sorted(overloaded - self._overloaded):
-            self._events.record("pool_overload", f"{pool}: {capacity[pool].overload}")
+        overloaded = {name for name, view in capacity.items() if view.overload}
+        for name in sorted(overloaded - self._overloaded):
+            self._events.record("pool_overload", f"{name}: {capacity[name].overload}")
         self._overloaded = overloaded
-        pools = {
-            name: self._gated(replace(pool, capacity=capacity.get(name)), observation, policy)
-            for name, pool in advice.pools.items()
-        }
+        pools: dict[str, PoolAdvice] = {}
+        for name, pool in advice.pools.items():
+            probed = self._probed(pool, capacity.get(name), observation, policy)
+            pools[name] = self._gated(probed, observation, policy)
         return replace(advice, pools=pools)
+
+    def _probed(
+        self,
+        pool: PoolAdvice,
+        view: PoolCapacity | None,
+        observation: Observation,
+        policy: PolicySection,
+    ) -> PoolAdvice:
+        """The pool's advice with its capacity view and, on the capacity rung, this
+        tick's weight probes (``decide/probes.py``), whether or not a model exists:
+        the first model learns from them."""
+        before = self._last_probes.pop(pool.pool, {})
+        if view is None or not on_capacity_rung(observation, pool.pool, policy, view):
+            return replace(pool, capacity=view)
+        probe = probe_factors(pool.pool, view, observation.taken_at, self._probes)
+        self._last_probes[pool.pool] = probe
+        return replace(pool, capacity=view, probe=probe, probed_before=before)
 
     def _gated(
         self, pool: PoolAdvice, observation: Observation, policy: PolicySection

@@ -40,11 +40,18 @@ class NoHistory(VelofluxError):
 def training_settings(config: Config, threads: int | None = None) -> TrainSettings:
     """The training settings a config asks for; ``threads`` defaults to the daemon's
     ``ai.training_threads``."""
+    from veloflux.decide.utilization import utilization_column
     from veloflux.model.train import TrainSettings
 
+    ai = config.ai
     return TrainSettings(
-        min_rows=config.ai.min_training_rows,
-        nthread=config.ai.training_threads if threads is None else threads,
+        min_rows=ai.min_training_rows,
+        nthread=ai.training_threads if threads is None else threads,
+        probe_size=ai.probe_size,
+        probe_share=ai.probe_share,
+        probe_ticks=ai.probe_ticks,
+        interval_seconds=config.interval_seconds,
+        utilization_column=utilization_column(config.capacity.utilization_feature),
     )
 
 

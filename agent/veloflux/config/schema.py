@@ -84,6 +84,10 @@ class AISection(Section):
         default=1.0, alias="error_penalty", ge=0, description="what one failed request costs"
     )
     max_tilt: float = Field(default=0.2, ge=0, le=1, description="|log| tilt bound (0: off)")
+    # Weight probes on the capacity rung, for the model to learn load from (0: off).
+    probe_size: float = Field(default=0.1, ge=0, le=0.3, description="|log| of a probe")
+    probe_share: float = Field(default=0.1, gt=0, le=0.5, description="of a pool, at a time")
+    probe_ticks: int = Field(default=2, ge=1, le=20, description="ticks each probe lasts")
     retrain_cron: str = Field(
         default="0 */6 * * *", description="when the daemon retrains (crontab, 5 fields, UTC)"
     )

@@ -21,11 +21,10 @@ import pandas as pd
 from veloflux.config.schema import Config, OutlierSection
 from veloflux.decide.optimize import STATUS_QUO, rate_grid, total_cost, water_fill
 from veloflux.decide.outliers import latency_outliers, moving_average_outliers
-from veloflux.decide.utilization import utilization_column
 from veloflux.domain.advice import Advice, PoolAdvice, ServerAdvice, blocked_pool
 from veloflux.domain.observation import Observation
 from veloflux.history.frames import instants
-from veloflux.model.features import newest_rows
+from veloflux.model.features import at_status_quo, newest_rows
 from veloflux.model.predict import Predictor
 
 _FORECAST_INTERVALS = 3
@@ -45,8 +44,6 @@ class AdvisorSettings:
     max_model_age_seconds: float
     outlier: OutlierSection
     min_gain: float  # the smallest predicted fall in a pool's cost worth a move
-    # The utilization feature's column: it moves with load in the model's counterfactual.
-    utilization_column: str | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> AdvisorSettings:
@@ -60,7 +57,6 @@ class AdvisorSettings:
             max_model_age_seconds=ai.max_model_age_seconds,
             outlier=config.policy.outlier,
             min_gain=ai.min_gain,
-            utilization_column=utilization_column(config.capacity.utilization_feature),
         )
 
 
@@ -123,7 +119,7 @@ def _pool_advice(
     if not np.isfinite(forecast) or forecast <= 0:
         return blocked_pool(pool, "idle pool: no traffic to learn from", *outliers)
     cost = measured_cost(now, settings.error_penalty_seconds)
-    status_quo = now.assign(next_rate=now["request_rate"])
+    status_quo = at_status_quo(now)
     confidence = predictor.confidence(status_quo, features, fresh=True)
     pool_confidence = float(np.median(confidence.value))
     shares: list[float | None] = [None] * len(now)
@@ -209,8 +205,7 @@ def _shares(
     if total <= 0:
         return [1.0 / len(rows)] * len(rows), math.inf
     grid = rate_grid(current * (total / current.sum()) if current.sum() > 0 else current, total)
-    coupled = (settings.utilization_column,) if settings.utilization_column else ()
-    curves = predictor.curves(rows, grid, with_median=False, coupled=coupled)
+    curves = predictor.curves(rows, grid, with_median=False)
     cost = curves.latency_p90 + settings.error_penalty_seconds * curves.error_rate
     assigned = water_fill(grid, cost, total)
     shares: list[float] = (assigned / assigned.sum()).tolist()

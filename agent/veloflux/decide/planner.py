@@ -272,7 +272,11 @@ def plan_pool(
     scale = weight_scale(movable, policy) if mode != "fallback" else 1
     if on_capacity and capacity is not None:
         tilt = advice.tilt if advice is not None else {}
-        targets = capacity_targets(movable, capacity, policy, scale, controller, tilt)
+        probe = advice.probe if advice is not None else {}
+        before = advice.probed_before if advice is not None else {}
+        targets = capacity_targets(
+            movable, capacity, policy, scale, controller, tilt, probe, before
+        )
     elif mode == "model" and advice is not None:
         targets = model_targets(movable, advice, policy, scale)
     planned: list[ServerPlan] = []

@@ -97,10 +97,18 @@ def capacity_targets(
     scale: int,
     controller: ControllerSettings,
     tilt: Mapping[str, float] | None = None,
+    probe: Mapping[str, float] | None = None,
+    probed_before: Mapping[str, float] | None = None,
 ) -> dict[str, tuple[int, bool, str]]:
     """Desired weights on the capacity rung: the damped controller's next step toward
-    weights proportional to capacity x health (x the model's tilt, when it runs),
-    which without the tilt equalizes utilization.
+    weights proportional to capacity x health (x the model's tilt, when it runs), which
+    without the tilt equalizes utilization.
+
+    A weight probe (``decide/probes.py``) multiplies the controller's output, not its
+    target: through the deadband and the gain a 10% probe became a 3% move, too small
+    to show in latency. ``probed_before`` (last tick's probes, which the current weights
+    still carry) is taken out of the controller's starting point, so a probe ends as
+    exactly as it began and never feeds the controller's state.
 
     The servers with an estimate share what their static weights (scaled) add up to.
     One in the blackout after a drop (``fell``) may only go down; one without a
@@ -121,8 +129,8 @@ def capacity_targets(
             targets[r.server] = (r.origin or 0, True, f"capacity: held ({why})")
     if not driven:
         return targets
-    current = {r.server: float(r.origin or 0) for r in driven}
-    tilt = tilt or {}
+    tilt, probe, before = tilt or {}, probe or {}, probed_before or {}
+    current = {r.server: float(r.origin or 0) * math.exp(-before.get(r.server, 0)) for r in driven}
     wanted = {
         s: Target(
             (c.capacity or 0.0) * c.health * c.drain * math.exp(tilt.get(s, 0.0)),
@@ -131,6 +139,7 @@ def capacity_targets(
         for s, c in known.items()
     }
     desired = desired_weights(current, wanted, controller, total=float(budget))
+    desired = {s: w * math.exp(probe.get(s, 0.0)) for s, w in desired.items()}
     floor = math.ceil(max(desired.values(), default=0) / policy.max_weight_ratio)
     for r in driven:
         c = known[r.server]
@@ -144,6 +153,8 @@ def capacity_targets(
             text += f" x drain {c.drain:.2f} (backlog {c.backlog_seconds:.1f} s)"
         if tilt.get(r.server):
             text += f" x model tilt {math.exp(tilt[r.server]) - 1:+.0%}"
+        if probe.get(r.server):
+            text += f" x probe {math.exp(probe[r.server]) - 1:+.0%}"
         if c.fell:
             text += f" ({c.reason}: lowered only)"
         targets[r.server] = (weight, True, text)

@@ -132,6 +132,10 @@ class PoolAdvice:
     # bounded; empty when it does not run), and the switchback test behind it.
     tilt: Mapping[str, float] = field(default_factory=dict)
     switchback: SwitchbackState | None = None
+    # This tick's weight probes on the capacity rung (log factor per probed server;
+    # ``decide/probes.py``): load changes for the model to learn from.
+    probe: Mapping[str, float] = field(default_factory=dict)
+    probed_before: Mapping[str, float] = field(default_factory=dict)  # last tick's
 
 
 def blocked_pool(

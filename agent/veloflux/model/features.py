@@ -22,14 +22,19 @@ import numpy as np
 import pandas as pd
 
 from veloflux.domain.observation import EXTERNAL_PREFIX
+from veloflux.domain.probe_schedule import ProbeSettings, factors, probe_order
 from veloflux.errors import ModelUnavailable
 from veloflux.history.frames import external_columns, instants, series_order
 
 # The load feature: latency must not fall as it rises (monotone +1).
 LOAD_FEATURE = "next_rate"
+# The same load as a step from now: log(next share of the pool's weight / this one's),
+# or of the measured rates where the proxy shows no weights (monotone +1 too).
+LOAD_STEP = "load_step"
 
 FEATURES: tuple[str, ...] = (
     LOAD_FEATURE,
+    LOAD_STEP,
     "request_rate",
     "share",
     "latency",
@@ -46,7 +51,7 @@ FEATURES: tuple[str, ...] = (
 )
 # The load a server is given and what follows from it within the interval: what the
 # optimizer changes when it changes a weight (left out of the OOD distance).
-LOAD_DRIVEN = (LOAD_FEATURE, "request_rate", "share", "sessions", "queue")
+LOAD_DRIVEN = (LOAD_FEATURE, LOAD_STEP, "request_rate", "share", "sessions", "queue")
 TARGET_LATENCY = "target_latency"
 TARGET_ERROR_RATE = "target_error_rate"
 TARGET_REQUESTS = "target_requests"
@@ -73,8 +78,8 @@ def checked_features(names: Sequence[object], version: str) -> tuple[str, ...]:
 
 
 def monotone_constraints(features: tuple[str, ...] = FEATURES) -> str:
-    """XGBoost's constraint string: +1 on the load feature, free elsewhere."""
-    return "(" + ",".join("1" if f == LOAD_FEATURE else "0" for f in features) + ")"
+    """XGBoost's constraint string: +1 on the load features, free elsewhere."""
+    return "(" + ",".join("1" if f in (LOAD_FEATURE, LOAD_STEP) else "0" for f in features) + ")"
 
 
 def build_features(rates: pd.DataFrame) -> pd.DataFrame:
@@ -119,6 +124,7 @@ def build_features(rates: pd.DataFrame) -> pd.DataFrame:
             (TARGET_REQUESTS, "requests"),
         )
     }
+    step = _weight_step(floats("weight"), up, series, pool_codes, instants(rates)[order])[up]
     kept = order[up]  # the rows of the output, as positions in ``rates``
     series, pool_codes = series[up], pool_codes[up]
     rate = floats("request_rate")[up]
@@ -152,11 +158,36 @@ def build_features(rates: pd.DataFrame) -> pd.DataFrame:
             **{column: floats(column)[up] for column in external},
             **upcoming,
         }
+        realized = np.log(upcoming[LOAD_FEATURE] / rate)
+        columns[LOAD_STEP] = np.where(np.isfinite(step), step, realized)
     # A division by a zero that slipped through is missing data, not an infinite load.
     keys = {key: rates[key].take(kept).reset_index(drop=True) for key in KEYS}
     numeric = {c: np.where(np.isinf(v), np.nan, v) for c, v in columns.items()}
     frame = {**keys, **numeric}
     return pd.DataFrame({c: frame[c] for c in columns_out})
+
+
+def _weight_step(
+    weight: np.ndarray, up: np.ndarray, series: np.ndarray, pools: np.ndarray, times: np.ndarray
+) -> np.ndarray:
+    """Per row (all rows, in series order): log of the server's share of its pool's UP
+    weight at the next observation over its share at this one; NaN where either is
+    unknown.
+
+    The weight an observation shows is the one in effect over the interval that ends
+    there, so this is the change of split the tick at this row wrote for the next
+    interval: the load step the agent *chose*. The rate the server then measured is
+    not used where weights are known, because with a load-aware dispatcher it answers
+    the server's latency within the interval (a server that slows gets fewer requests
+    at once), and a model fitted to that learns that load lowers latency.
+    """
+    usable = up & np.isfinite(weight) & (weight > 0)
+    instant = _instant_codes(pools, times)
+    total = _group_sum(np.where(usable, weight, np.nan), instant, empty=np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(usable, weight / total, np.nan)
+        step: np.ndarray = np.log(_shifted(share, series, -1) / share)
+    return step
 
 
 def _shifted(values: np.ndarray, series: np.ndarray, k: int) -> np.ndarray:
@@ -216,6 +247,16 @@ def newest_rows(features: pd.DataFrame) -> pd.DataFrame:
     return newest
 
 
+def at_status_quo(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with the load features set to "the same load next interval": the
+    newest rows have no next interval yet, and a missing load feature would count
+    against the model's confidence as a feature gone missing."""
+    out = rows.copy()
+    out[LOAD_FEATURE] = rows["request_rate"]
+    out[LOAD_STEP] = 0.0
+    return out
+
+
 def baseline_log_latency(rows: pd.DataFrame) -> np.ndarray:
     """The log latency each row's forecast is made relative to, NaN when there is none.
 
@@ -243,3 +284,64 @@ def training_rows(features: pd.DataFrame) -> pd.DataFrame:
     usable &= np.isfinite(baseline_log_latency(features))
     rows: pd.DataFrame = features[usable].sort_values("time").reset_index(drop=True)
     return rows
+
+
+def probe_schedule_of(rows: pd.DataFrame, probes: ProbeSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``rows``: the log factor the weight-probe schedule gave its server for
+    the next interval, and the one it gave for the row's own interval (the previous
+    row of the same server; 0 for a server's first row). The schedule's servers are
+    each pool's servers in ``rows``, as the agent's capacity view held them."""
+    z = np.zeros(len(rows))
+    if rows.empty or probes.size <= 0:
+        return z, z.copy()
+    seconds = instants(rows).astype("int64") / 1e9
+    servers = rows["server"].to_numpy()
+    for pool, positions in rows.groupby("pool", sort=False).indices.items():
+        order = probe_order(str(pool), set(servers[positions].tolist()))
+        rank = pd.Series(range(len(order)), index=order)[servers[positions]].to_numpy()
+        z[positions] = factors(len(order), rank, seconds[positions], probes)
+    marked = rows.assign(_z=z)
+    before = marked.sort_values("time").groupby(["pool", "server"], sort=False)["_z"].shift(1)
+    return z, before.reindex(marked.index).fillna(0.0).to_numpy()
+
+
+def probe_changes(rows: pd.DataFrame, probes: ProbeSettings) -> np.ndarray:
+    """Per row: the sign of the change the probe schedule made to the server's load
+    into the next interval (+1 a probe up began or a probe down ended, -1 the
+    reverse, 0 no change). Drawn by a clock, not by any latency: the instrument the
+    load response is measured against."""
+    z, before = probe_schedule_of(rows, probes)
+    changes: np.ndarray = np.sign(z - before)
+    return changes
+
+
+def probe_moves(rows: pd.DataFrame, probes: ProbeSettings) -> pd.DataFrame:
+    """The rows where a probe that ran changed the load, with the change's sign
+    (``probe``), and a measured latency on both sides. A probe ran when the row's
+    weight step has the schedule's sign and at least half its size: one the agent
+    left out (a server it was unsure of) moved nothing."""
+    change = probe_changes(rows, probes)
+    step = rows[LOAD_STEP].to_numpy(dtype=float)
+    ran = (np.sign(step) == change) & (np.abs(step) >= 0.5 * probes.size)
+    latency = rows["latency"].to_numpy(dtype=float)
+    target = rows[TARGET_LATENCY].to_numpy(dtype=float)
+    usable = (change != 0) & ran & (latency > 0) & (target > 0)
+    moved: pd.DataFrame = rows[usable].assign(probe=change[usable])
+    return moved
+
+
+def probed_steps(rows: pd.DataFrame, probes: ProbeSettings) -> pd.DataFrame:
+    """``rows`` with ``load_step`` kept only where the weight-probe schedule moved the
+    load (a probe's interval, and the one after it, when the probe ends), 0 elsewhere.
+
+    The other steps in a history are the agent's reactions: the controller lowers a
+    server's weight because its capacity fell, while its latency is high, and the
+    trees learn from that that less load means more latency. A probe's step is drawn
+    by a clock no latency moved (``domain/probe_schedule.py``), so only its steps
+    teach the load response; the rest count as no step at all.
+    """
+    if rows.empty or probes.size <= 0:
+        return rows
+    z, before = probe_schedule_of(rows, probes)
+    keep = (z != 0) | (before != 0)
+    return rows.assign(**{LOAD_STEP: np.where(keep, rows[LOAD_STEP].to_numpy(dtype=float), 0.0)})

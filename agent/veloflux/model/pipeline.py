@@ -2,8 +2,10 @@
 
 The promotion gate: a new model becomes current only if, on its own held-out test
 window, it beats the naive baseline (next latency = last latency) and the current
-model evaluated on that same window. Otherwise it is kept as a candidate with the
-reason. Runs in the calling thread; never call it in a forked child (XGBoost).
+model evaluated on that same window, and, where weight probes ran in that window,
+its predicted load response matches what they did (``model/calibration.py``).
+Otherwise it is kept as a candidate with the reason. Runs in the calling thread;
+never call it in a forked child (XGBoost).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     import pandas as pd
 from veloflux.history.journal import Journal
 from veloflux.history.rates import derive_rates
+from veloflux.model.calibration import LoadCalibration, load_calibration
 from veloflux.model.features import build_features, checked_features
 from veloflux.model.registry import ModelEntry, Registry
 from veloflux.model.train import (
@@ -78,9 +81,13 @@ def train_from_samples(
     the same way): the same rates, the same features, the same gate."""
     features = build_features(derive_rates(samples))
     model, split = train_model(features, settings, progress)
+    calibration = load_calibration(model, split.test, settings.probes())
+    model.metadata["load_calibration"] = {"slope": calibration.slope, "moves": calibration.moves}
     entry = registry.save(model.booster_bytes(), model.metadata)
     current_version, current_metrics = _current_on(registry, split.test)
-    promoted, reason = gate(model.metadata["metrics"], current_version, current_metrics)
+    promoted, reason = gate(
+        model.metadata["metrics"], current_version, current_metrics, calibration
+    )
     if promoted:
         registry.promote(entry.version, reason)
     else:
@@ -92,8 +99,24 @@ def gate(
     metrics: Mapping[str, float | None],
     current_version: str | None,
     current: Mapping[str, float | None] | None,
+    calibration: LoadCalibration | None = None,
 ) -> tuple[bool, str]:
-    """Beat the naive baseline, and the current model on the same window, or stay a candidate."""
+    """Beat the naive baseline, and the current model on the same window, with a load
+    response the probes confirm (when any ran in the test window), or stay a candidate."""
+    promoted, reason = _forecast_gate(metrics, current_version, current)
+    if promoted and calibration is not None and calibration.moves > 0:
+        if verdict := calibration.verdict():
+            return False, f"{reason}, but {verdict}"
+        return True, f"{reason}; load response confirmed by {calibration.moves} probe moves"
+    return promoted, reason
+
+
+def _forecast_gate(
+    metrics: Mapping[str, float | None],
+    current_version: str | None,
+    current: Mapping[str, float | None] | None,
+) -> tuple[bool, str]:
+    """Beat the naive baseline, and the current model on the same window."""
     mae, naive = metrics["mae_p50_seconds"], metrics["naive_mae_seconds"]
     assert mae is not None  # the model's own figure exists whenever there is a test window
     if naive is None:

@@ -36,10 +36,13 @@ from veloflux.history.frames import instants, server_keys
 from veloflux.model.features import (
     FEATURES,
     LOAD_FEATURE,
+    LOAD_STEP,
     TARGET_LATENCY,
     baseline_log_latency,
     checked_features,
 )
+from veloflux.model.load_response import BOOSTER as LOAD_BOOSTER
+from veloflux.model.load_response import predict_elasticity
 from veloflux.model.registry import LoadedModel
 from veloflux.model.train import (
     LATENCY_TARGET,
@@ -93,10 +96,6 @@ class Confidence:
         return list(self.parts)[int(np.argmax(counts))]
 
 
-# The features that move with a server's load in the counterfactual (see ``curves``).
-COUPLED = ("request_rate", "share", "sessions")
-
-
 class Predictor:
     """One model version, ready to score; built from registry bytes, never pickles."""
 
@@ -113,6 +112,14 @@ class Predictor:
         self.trained_at = datetime.fromisoformat(str(meta.get("created_at")))
         self._q10, self._q50, self._q90 = (_booster(loaded, quantile_name(a)) for a in QUANTILES)
         self._errors = _booster(loaded, "errors")
+        # The load response learned from the weight probes, when the model has one.
+        response = meta.get("load_response") or {}
+        self._load_features = tuple(str(f) for f in response.get("features", ()))
+        self._load = (
+            _booster(loaded, LOAD_BOOSTER)
+            if self._load_features and LOAD_BOOSTER in loaded.boosters
+            else None
+        )
         self._offset = float(meta["conformal_offset"])
         ood = meta["ood"]
         present = ood.get("features", FEATURES)
@@ -139,11 +146,16 @@ class Predictor:
         """Each input feature's total gain in one booster (``q10``, ``q50``, ``q90``,
         ``errors``): which features the trees actually split on (diagnostics)."""
         chosen = {"q10": self._q10, "q50": self._q50, "q90": self._q90, "errors": self._errors}
+        names = self.features
+        if booster == "load":
+            if self._load is None:
+                return {}
+            chosen["load"], names = self._load, self._load_features
         scores = chosen[booster].get_score(importance_type="total_gain")
-        gains = dict.fromkeys(self.features, 0.0)
+        gains = dict.fromkeys(names, 0.0)
         for key, value in scores.items():
             index = int(key[1:]) if key.startswith("f") and key[1:].isdigit() else None
-            name = self.features[index] if index is not None else key
+            name = names[index] if index is not None else key
             gains[name] = gains.get(name, 0.0) + float(value)  # type: ignore[arg-type]
         return gains
 
@@ -156,17 +168,15 @@ class Predictor:
         rows: pd.DataFrame,
         rates: np.ndarray,
         with_median: bool = True,
-        coupled: tuple[str, ...] = (),
     ) -> Curves:
         """Latency and errors of each row's server at each of its candidate rates.
 
-        The counterfactual moves every load-coupled feature with the rate, not the
-        load feature alone: the server's current rate, its share of the pool, its
-        sessions (Little's law at the same latency) and any column named in
-        ``coupled`` (a utilization feature) are scaled by candidate rate / current
-        rate. History taken under steady weights holds next-interval rates close to
-        the current ones, so the trees learn load from those features, not from the
-        load feature; moving it alone gives flat curves (bench/bench_model_load.py).
+        The counterfactual is the next interval from the server's state now: the load
+        features take the candidate (``next_rate``, and ``load_step`` as its log ratio
+        to the current rate); the features that describe now (the current rate, share,
+        sessions, utilization) stay as they are. Scaling those too would ask the trees
+        about a different server, one that had carried that load all along, and across
+        servers a large rate marks a large server, not a loaded one.
 
         Each curve is rearranged (running maximum along the rate axis) so that predicted
         latency and errors never fall as load rises, whatever the trees did, and p50 is
@@ -179,13 +189,17 @@ class Predictor:
         candidate = rates[:, skip:].reshape(-1)
         x[:, self.features.index(LOAD_FEATURE)] = candidate
         current = np.repeat(rows["request_rate"].to_numpy(dtype=float, na_value=np.nan), g - skip)
-        known = np.isfinite(current) & (current > 0)
-        factor = np.where(known, candidate / np.where(known, current, 1.0), 1.0)
-        for name in (*COUPLED, *coupled):
-            if name in self.features:
-                column = self.features.index(name)
-                x[:, column] = x[:, column] * factor
+        known = np.isfinite(current) & (current > 0) & (candidate > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = np.where(known, np.log(candidate / np.where(known, current, 1.0)), np.nan)
+        x[:, self.features.index(LOAD_STEP)] = step
         base = np.repeat(_baselines(rows), g - skip)
+        if self._load is not None:
+            # The latency boosters at the status quo, the probes' load response on top.
+            x[:, self.features.index(LOAD_FEATURE)] = np.where(known, current, candidate)
+            x[:, self.features.index(LOAD_STEP)] = 0.0
+            elasticity = predict_elasticity(self._load, self._load_features, rows)
+            base = base + np.repeat(elasticity, g - skip) * np.nan_to_num(step)
 
         def curve(values: np.ndarray) -> np.ndarray:
             grid = values.reshape(n, g - skip)
@@ -308,7 +322,8 @@ def _booster(loaded: LoadedModel, name: str) -> xgb.Booster:
     booster = xgb.Booster()
     try:
         booster.load_model(bytearray(loaded.boosters[name]))
-    except xgb.core.XGBoostError as exc:
+    except (xgb.core.XGBoostError, UnicodeDecodeError) as exc:
+        # A damaged buffer can make XGBoost's own error message undecodable.
         raise ModelUnavailable(f"model {loaded.version}: '{name}' does not load: {exc}") from None
     booster.set_param({"nthread": 1})
     return booster

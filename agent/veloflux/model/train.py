@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+from veloflux.domain.probe_schedule import ProbeSettings
 from veloflux.errors import VelofluxError
 from veloflux.history.frames import external_columns
 from veloflux.model.features import (
@@ -37,8 +38,11 @@ from veloflux.model.features import (
     TARGET_REQUESTS,
     baseline_log_latency,
     monotone_constraints,
+    probed_steps,
     training_rows,
 )
+from veloflux.model.load_response import BOOSTER as LOAD_BOOSTER
+from veloflux.model.load_response import fit_load_response
 
 QUANTILES = (0.1, 0.5, 0.9)
 # What the latency boosters predict; a model that says otherwise is refused.
@@ -76,6 +80,19 @@ class TrainSettings:
     seed: int = 7
     nthread: int = 2
     coverage: float = 0.8  # the calibrated interval: q10..q90
+    # The weight probes the history was recorded under (``ai.probe_*``; size 0: none,
+    # every load step is learned from): see ``features.probed_steps``.
+    probe_size: float = 0.0
+    probe_share: float = 0.1
+    probe_ticks: int = 2
+    interval_seconds: float = 10.0
+    # The utilization feature's column, which the load response is learned on.
+    utilization_column: str | None = None
+
+    def probes(self) -> ProbeSettings:
+        return ProbeSettings(
+            self.probe_size, self.probe_share, self.probe_ticks, self.interval_seconds
+        )
 
 
 @dataclass(frozen=True)
@@ -106,10 +123,16 @@ class TrainedModel:
     errors: xgb.Booster
     metadata: dict[str, Any] = field(default_factory=dict)
     features: tuple[str, ...] = FEATURES  # the boosters' input columns, in order
+    # The load response learned from the weight probes (``model/load_response.py``),
+    # and its input columns; None: too few probes, the latency boosters' own.
+    load: xgb.Booster | None = None
+    load_features: tuple[str, ...] = ()
 
     def booster_bytes(self) -> dict[str, bytes]:
         named = {quantile_name(a): b for a, b in zip(QUANTILES, self.latency, strict=True)}
         named["errors"] = self.errors
+        if self.load is not None:
+            named[LOAD_BOOSTER] = self.load
         return {name: bytes(b.save_raw("ubj")) for name, b in named.items()}
 
 
@@ -198,7 +221,7 @@ def train_model(
     """Train both models on the feature frame; raise ``NotEnoughData`` if it is too short."""
     report = progress or (lambda _stage, _fraction: None)
     started = time.perf_counter()
-    rows = training_rows(features)
+    rows = probed_steps(training_rows(features), settings.probes())
     if len(rows) < settings.min_rows:
         raise NotEnoughData(
             f"{len(rows)} usable rows of history (intervals with traffic and a known next "
@@ -237,12 +260,19 @@ def train_model(
         _matrix(split.valid, used, _error_label(split.valid), _weights(split.valid)),
         settings,
     )
+    report("load response", 0.8)
+    probes, column = settings.probes(), settings.utilization_column
+    fitted = fit_load_response(
+        split.train, split.valid, probes, column, settings.seed, settings.nthread
+    )
+    load, load_features, moves = fitted if fitted is not None else (None, (), 0)
     report("calibration", 0.85)
-    model = TrainedModel(latency, errors, features=used)
+    model = TrainedModel(latency, errors, {}, used, load, load_features)
     metadata = _metadata(model, split, rows, settings)
+    metadata["load_response"] = {"features": list(load_features), "moves": moves}
     metadata["duration_seconds"] = round(time.perf_counter() - started, 3)
     report("done", 1.0)
-    return TrainedModel(latency, errors, metadata, used), split
+    return TrainedModel(latency, errors, metadata, used, load, load_features), split
 
 
 def _weights(rows: pd.DataFrame) -> np.ndarray:

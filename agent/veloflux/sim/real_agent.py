@@ -4,10 +4,11 @@ Not a re-implementation: ``agent.tick.Agent`` ticks every interval with the scen
 reading a ``SimSource`` (the engine's counters laid out as HAProxy would report them)
 and writing through a ``SimSink`` (the planned weights go to the dispatcher), with a
 real journal and model registry in a temp directory. During the warm-up it runs as an
-agent without a model does (static weights, the outlier guard) and records history;
-at the end of the warm-up it trains through the normal training path
-(``train_from_journal``, the promotion gate included). From then on the model drives
-the pool when its confidence allows, and fallback takes over when it does not.
+agent without a model does (the capacity rung and its probes, static weights, the
+outlier guard) and records history; at the end of the warm-up it trains through the
+normal training path (``train_from_journal``, the promotion gate included), and again
+every half warm-up (at least a minute) on the history so far, as the daemon retrains
+on its schedule. A promoted model then tilts the pool as its switchback test allows.
 
 What HAProxy would show, and so what the source reports: without ``maxconn`` the
 proxy forwards at once, so every request at a server (in service or in its own queue)
@@ -197,6 +198,9 @@ class SimSink:
         return ApplyReport(tuple(results))
 
 
+# The simulated agent retrains every half warm-up, never more often than this.
+RETRAIN_MIN_SECONDS = 60.0
+
 # Dispatchers whose weights the proxy honours, as the agent's planner knows them.
 _ALGORITHMS = {"roundrobin": "roundrobin", "leastconn": "leastconn", "least_request": "roundrobin"}
 
@@ -274,7 +278,8 @@ class VelofluxStrategy(Strategy):
             registry=self._registry,
             log_summary=False,
         )
-        self._trained = False
+        self._next_training = scenario.warmup_s
+        self._retrain_every = max(RETRAIN_MIN_SECONDS, scenario.warmup_s / 2)
         self._modes: list[str] = []
         self._switchback: list[SwitchbackState] = []
         self._training: dict[str, float] = {}
@@ -294,12 +299,18 @@ class VelofluxStrategy(Strategy):
     def scenario(self) -> Scenario:
         return self._scenario
 
+    @property
+    def config(self) -> Config:
+        """The agent's configuration in this run (for diagnostics)."""
+        return self._config
+
     def _clock(self) -> datetime:
         return EPOCH + timedelta(seconds=self._source.now)
 
     def tick(self, now: float, stats: ServerStats) -> tuple[list[int] | None, str]:
         self._source.update(now, stats)
-        if not self._trained and now >= self._scenario.warmup_s:
+        if now >= self._next_training:
+            self._next_training = now + self._retrain_every
             self._train()
         result = self._agent.tick(write=True, record=True)
         mode = result.plan.pools[0].mode if result.plan.pools else "none"
@@ -315,22 +326,23 @@ class VelofluxStrategy(Strategy):
         from veloflux.model.pipeline import train_from_journal
         from veloflux.model.train import NotEnoughData
 
-        self._trained = True
         # One thread: the benchmark runs one simulation per core.
         settings = training_settings(self._config, threads=1)
+        figures = self._training
+        figures.setdefault("trained", 0.0)
+        figures.setdefault("promoted", 0.0)
         try:
             report = train_from_journal(self._journal, self._registry, settings)
         except NotEnoughData:
-            self._training = {"trained": 0.0, "promoted": 0.0}
             return
-        metrics = report.metadata["metrics"]
-        naive = metrics.get("naive_mae_seconds")
-        self._training = {
-            "trained": 1.0,
-            "promoted": 1.0 if report.promoted else 0.0,
-            "mae_p50_ms": metrics["mae_p50_seconds"] * 1000,
-            "naive_mae_ms": naive * 1000 if naive is not None else math.nan,
-        }
+        figures["trained"] = 1.0
+        figures["promoted"] = max(figures["promoted"], 1.0 if report.promoted else 0.0)
+        figures["promotions"] = figures.get("promotions", 0.0) + (1.0 if report.promoted else 0.0)
+        if "mae_p50_ms" not in figures:  # the first training's, at the end of the warm-up
+            metrics = report.metadata["metrics"]
+            naive = metrics.get("naive_mae_seconds")
+            figures["mae_p50_ms"] = metrics["mae_p50_seconds"] * 1000
+            figures["naive_mae_ms"] = naive * 1000 if naive is not None else math.nan
 
     def _switchback_figures(self, ticks: int) -> dict[str, float]:
         """How long the tilt had authority, and its last measured gain (the switchback
