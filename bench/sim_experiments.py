@@ -2,8 +2,12 @@
 
 Each prints what it measured; none writes the doc. ``--what``:
 
+- ``plain``: the ``veloflux`` strategy as it is, over the seeds (the other
+  experiments' reference, on a changed tree);
 - ``no-tilt``: the ``veloflux`` strategy with ``ai.max_tilt: 0`` (the model never
   acts), over the seeds: what the switchback test's tilt blocks cost;
+- ``no-probes``: ``veloflux`` with ``ai.probe_size: 0`` (no weight probes), over the
+  seeds: what the probes cost;
 - ``no-change-detection``: ``veloflux`` with the capacity estimator's change detector
   off (thresholds out of reach), over the seeds;
 - ``trace``: ``static-equal`` and ``veloflux`` on the scenario's first seed, the share
@@ -11,6 +15,7 @@ Each prints what it measured; none writes the doc. ``--what``:
   without its number) the share of requests it took and timed out.
 
     .venv/bin/python bench/sim_experiments.py --what no-tilt drift-faster roundrobin
+    .venv/bin/python bench/sim_experiments.py --what no-probes drift-faster roundrobin
     .venv/bin/python bench/sim_experiments.py --what no-change-detection drift-slower random
     .venv/bin/python bench/sim_experiments.py --what trace overload-ramp roundrobin
 """
@@ -35,14 +40,15 @@ SCENARIOS = ROOT / "bench" / "scenarios"
 _RUNG_SETTINGS = "CapacitySettings"
 
 
-def no_tilt() -> None:
+def with_ai(**update: float) -> None:
+    """Every simulated agent from here on runs with these ``ai`` settings changed."""
     import veloflux.sim.real_agent as real_agent
 
     plain = real_agent.agent_config
 
     def config(scenario: Scenario, workdir: Path, utilization: bool = True) -> Any:
         found = plain(scenario, workdir, utilization)
-        return found.model_copy(update={"ai": found.ai.model_copy(update={"max_tilt": 0.0})})
+        return found.model_copy(update={"ai": found.ai.model_copy(update=update)})
 
     real_agent.agent_config = config
 
@@ -96,7 +102,8 @@ def trace(scenario: Scenario, dispatcher: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--what", choices=("no-tilt", "no-change-detection", "trace"))
+    experiments = ("plain", "no-tilt", "no-probes", "no-change-detection", "trace")
+    parser.add_argument("--what", choices=experiments)
     parser.add_argument("scenario")
     parser.add_argument("dispatcher")
     parser.add_argument("--seeds", type=int, default=5)
@@ -105,7 +112,12 @@ def main() -> None:
     if opts.what == "trace":
         print(json.dumps(trace(scenario, opts.dispatcher)))
         return
-    (no_tilt if opts.what == "no-tilt" else no_change_detection)()
+    if opts.what == "no-tilt":
+        with_ai(max_tilt=0.0)
+    elif opts.what == "no-probes":
+        with_ai(probe_size=0.0)
+    elif opts.what == "no-change-detection":
+        no_change_detection()
     print(json.dumps({"what": opts.what, **cell(scenario, opts.dispatcher, opts.seeds)}))
 
 
