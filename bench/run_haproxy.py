@@ -42,6 +42,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,25 @@ def writes_by_mode(audit: Path) -> dict[str, int]:
     return counts
 
 
+def weight_trace(audit: Path, started: dict[str, float]) -> list[list[Any]]:
+    """Every weight the agent wrote from the steady phase on, from its audit log:
+    ``[phase, seconds into it, server, old, new, mode, reason]``, so that how fast it
+    reacted to each phase's fault can be read off (``--trace`` prints it)."""
+    rows: list[list[Any]] = []
+    if not audit.exists():
+        return rows
+    order = sorted(started.items(), key=lambda item: item[1])
+    for line in audit.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        at = datetime.fromisoformat(entry["time"]).timestamp()
+        phase = [(name, began) for name, began in order if began <= at]
+        if phase:
+            name, began = phase[-1]
+            rows.append([name, round(at - began, 1), entry["server"], entry["old"],
+                         entry["new"], entry.get("mode", ""), entry.get("reason", "")])  # fmt: skip
+    return rows
+
+
 def one_run(
     algorithm: str, strategy: str, warmup_s: float, phase_s: float, workdir: Path, seed: int
 ) -> dict[str, Any]:
@@ -214,17 +234,21 @@ def one_run(
         run_phase(stack, rate, warmup_s, seed)
         if train is not None:
             training = train()
+        started = {"steady": time.time()}
         phases = {"steady": run_phase(stack, rate, phase_s, seed + 1)}
         stack.reconfigure("s2", {"service": {"mean_ms": MEAN_MS * 4}})
+        started["slow"] = time.time()
         phases["slow"] = run_phase(stack, rate, phase_s, seed + 2)
         stack.reconfigure("s2", {"service": {"mean_ms": MEAN_MS}})
         stack.reconfigure("s3", {"error_rate": 0.3, "error_latency_ms": 1.0})
+        started["gray"] = time.time()
         phases["gray"] = run_phase(stack, rate, phase_s, seed + 3)
     return {
         "algorithm": algorithm,
         "strategy": strategy,
         "training": training,
         "writes_by_mode": writes_by_mode(workdir / "audit.jsonl"),
+        "weight_trace": weight_trace(workdir / "audit.jsonl", started),
         "phases": {
             name: {
                 "p99_ms": result.latency_ms.get("p99"),
@@ -244,11 +268,29 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=90.0)
     parser.add_argument("--phase", type=float, default=40.0)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="ALGORITHM:WEIGHTS",
+        help="run only these (e.g. roundrobin:veloflux); repeatable; not with --write",
+    )
+    parser.add_argument(
+        "--trace", action="store_true", help="print each VeloFlux run's weight writes by phase"
+    )
     opts = parser.parse_args()
+    chosen: tuple[tuple[str, str], ...] = RUNS
+    if opts.only:
+        wanted = [tuple(item.split(":", 1)) for item in opts.only]
+        unknown = [":".join(item) for item in wanted if item not in RUNS]
+        if unknown or opts.write:
+            parser.error(
+                f"unknown runs {unknown}" if unknown else "--write needs every run (no --only)"
+            )
+        chosen = tuple(run for run in RUNS if run in wanted)
     began = time.perf_counter()
     runs = []
     with tempfile.TemporaryDirectory(prefix="veloflux-bench-real-") as tmp:
-        for i, (algorithm, strategy) in enumerate(RUNS):
+        for i, (algorithm, strategy) in enumerate(chosen):
             workdir = Path(tmp) / f"run{i}"
             run = one_run(algorithm, strategy, opts.warmup, opts.phase, workdir, opts.seed)
             runs.append(run)
@@ -263,6 +305,11 @@ def main() -> None:
         "runs": runs,
     }
     print(json.dumps(report, indent=1))
+    if opts.trace:
+        for run in runs:
+            for phase, seconds, server, before, after, mode, reason in run["weight_trace"]:
+                print(f"{run['algorithm']}/{run['strategy']} {phase:6} {seconds:5.1f} s "
+                      f"{server} {before} -> {after} {mode}: {reason}")  # fmt: skip
     if opts.write:
         replace_section(render_section(report), HEADING, MARK_BEGIN, MARK_END, DOC)
 

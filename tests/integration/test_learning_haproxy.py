@@ -57,7 +57,6 @@ def test_record_train_dry_run_uses_the_model_and_falls_back_without_it(tmp_path:
         stop = threading.Event()
         loader = threading.Thread(target=_load, args=(stack.url, stop), daemon=True)
         loader.start()
-        started = time.monotonic()
         record_log = tmp_path / "record.log"
         with record_log.open("w") as log:
             recording = subprocess.Popen(
@@ -101,7 +100,7 @@ def test_record_train_dry_run_uses_the_model_and_falls_back_without_it(tmp_path:
             without = run_cli("dry-run", "-c", config, "--output", "json")
             assert without.code == 0, without.stderr
             assert without.json()["pools"][0]["mode"] == "fallback"
-            assert time.monotonic() - started < len(PHASES) * PHASE_S  # all under load
+            assert loader.is_alive()  # the load ran through every dry-run
         finally:
             recording.terminate()
             recording.wait(timeout=30)
