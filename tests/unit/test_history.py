@@ -202,6 +202,24 @@ def test_the_recent_window_gives_the_rates_a_fresh_derivation_gives(journal: Jou
     assert reads == 1
 
 
+def test_the_window_ignores_samples_another_recorder_wrote_after_the_observation(
+    journal: Journal,
+) -> None:
+    """A one-shot ``dry-run`` beside a recording daemon: the daemon's sample taken after
+    the dry-run's observation is in the journal when the window first reads it. The
+    rates end at the observation, one row per server at each instant."""
+    for step in range(3):
+        journal.append(snapshot(T0 + timedelta(seconds=10 * step), {"a": {}, "b": {}}))
+    at = T0 + timedelta(seconds=25)
+    journal.append(snapshot(at + timedelta(seconds=1), {"a": {}, "b": {}}))  # the daemon's
+    current = journal_frame(snapshot(at, {"a": {}, "b": {}}))
+    rates, newest = RecentWindow(journal, span_seconds=60).rates(at, current)
+    assert newest == pd.Timestamp(T0 + timedelta(seconds=20))
+    assert rates["time"].max() == pd.Timestamp(at)
+    assert not rates.duplicated(["pool", "server", "time"]).any()
+    assert set(rates.loc[rates["time"] == pd.Timestamp(at), "server"]) == {"a", "b"}
+
+
 def test_prune_deletes_rows_older_than_retention(tmp_path: Path, events: Events) -> None:
     with Journal(tmp_path / "h.db", events, retention_seconds=100) as journal:
         for seconds in (0, 50, 150):

@@ -39,7 +39,7 @@ class RecentWindow:
         not kept until ``add``), and the time of the newest sample before ``current``."""
         since = now - self._span
         if self._last is None or self._last.empty:
-            self._load(since)
+            self._load(since, now)
         self._trim(since)
         assert self._last is not None
         newest = None
@@ -70,8 +70,13 @@ class RecentWindow:
         step = np.rint(rates["interval_seconds"].to_numpy(dtype=float) * 1e9)
         self._rates.append((rates, instants(rates) - step.astype("timedelta64[ns]")))
 
-    def _load(self, since: datetime) -> None:
-        samples = self._journal.read(since=since)
+    def _load(self, since: datetime, now: datetime) -> None:
+        """The span from the journal, up to ``now`` and not beyond: another process
+        recording into the same journal (the daemon beside a one-shot ``dry-run``) may
+        have written a sample after ``current`` was observed, and a sample newer than
+        ``current`` would be derived twice, once from the journal and once from
+        ``current``, into two rows for one server at one instant."""
+        samples = self._journal.read(since=since, until=now)
         self._rates = []
         if len(samples):
             self._keep(derive_rates(samples))
