@@ -534,6 +534,34 @@ def test_a_flagged_server_is_released_only_after_clean_intervals() -> None:
     assert find_outliers(obs, "app", released, RULES) == {}
 
 
+def slow_c(*ratios: float) -> pd.DataFrame:
+    """Consecutive intervals where ``c`` runs at these multiples of its peers' 20 ms."""
+    healthy = [("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0)]
+    return intervals(*(latest([*healthy, ("c", 100, 0.02 * r, 0.0)]) for r in ratios))
+
+
+def test_a_latency_cut_holds_while_the_server_stays_above_the_release_bar() -> None:
+    """Cut at 4x; drained by its cut it runs at 2.5x, under the 3x threshold but over
+    the 2x release bar, for longer than the guard's memory: still cut, never flapping."""
+    obs = busy_observation({"app": []})
+    found = find_outliers(obs, "app", slow_c(4, 4, 2.5, 2.5, 2.5, 2.5, 2.5), RULES)
+    assert list(found) == ["c"]
+    assert "5 interval(s) ago, released below 2.0x the median" in found["c"]
+
+
+def test_a_latency_cut_ends_after_clean_intervals_under_the_release_bar() -> None:
+    obs = busy_observation({"app": []})
+    assert list(find_outliers(obs, "app", slow_c(4, 4, 1.5, 1.5), RULES)) == ["c"]
+    assert find_outliers(obs, "app", slow_c(4, 4, 1.5, 1.5, 1.5), RULES) == {}
+
+
+def test_one_slow_interval_does_not_cut_and_near_the_bar_does_not_begin_one() -> None:
+    obs = busy_observation({"app": []})
+    assert find_outliers(obs, "app", slow_c(1, 1, 1, 4), RULES) == {}
+    assert find_outliers(obs, "app", slow_c(2.5, 2.5, 2.5, 2.5), RULES) == {}
+    assert list(find_outliers(obs, "app", slow_c(1, 4, 1, 4), RULES)) == ["c"]
+
+
 def test_the_newest_finding_gives_the_reason() -> None:
     older = latest([("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0), ("c", 100, 0.02, 0.9)])
     newer = latest([("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0), ("c", 100, 0.10, 0.0)])

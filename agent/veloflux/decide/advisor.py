@@ -32,6 +32,12 @@ _FORECAST_INTERVALS = 3
 OUTLIER_MEMORY_INTERVALS = 3
 # In how many of those intervals a server must be slow before its latency cuts it.
 LATENCY_PERSISTENCE = 2
+# Hysteresis: a server cut for latency counts an interval as clean only below this
+# share of ``latency_ratio`` (2x the median at the default 3x). A server about
+# three times slower than its peers sits at the threshold once its cut has drained
+# its queue; judged against the threshold itself it was released, handed its weight
+# back, queued again and cut again, every few ticks.
+RELEASE_SHARE = 2 / 3
 
 
 @dataclass(frozen=True)
@@ -224,8 +230,10 @@ def outlier_findings(
     a server flagged in any of them stays flagged: once its cut takes traffic off it,
     its queue drains and it can look fine for one interval while still being slow, and
     releasing it then would give it its traffic back only to cut it again. It is
-    released after that many clean intervals. Without history (no counter deltas, so
-    no error rates) HAProxy's moving-average response time is all there is.
+    released after that many clean intervals; for latency, over the features' whole
+    span, clean means below ``RELEASE_SHARE`` of the threshold (``_latency_flagged``).
+    Without history (no counter deltas, so no error rates) HAProxy's moving-average
+    response time is all there is.
 
     A cut deepens (the planner cuts below the current weight again) while the newest
     interval shows the fault the cut has not cured: a server still failing requests,
@@ -248,7 +256,6 @@ def outlier_findings(
     found: dict[str, str] = {}
     failing: set[str] = set()
     slow: list[str] = []
-    seen_slow: dict[str, int] = {}
     erred: set[str] = set()
     for age, instant in enumerate(reversed(recent)):
         later = "" if age == 0 else f"; {age} interval(s) ago, released after clean ones"
@@ -257,23 +264,69 @@ def outlier_findings(
         for server, reason in reasons.items():
             if server in errors:
                 erred.add(server)
-            else:
-                seen_slow[server] = seen_slow.get(server, 0) + 1
             found.setdefault(server, reason + later)  # the newest finding wins
         if age == 0:
             failing, slow = errors, [s for s in reasons if s not in errors]
-    # A latency finding must persist (two of the judged intervals) before it cuts:
-    # a server whose speed flickers faster than the tick is slow in one interval and
-    # fine in the next, and cutting it then only moves load onto whichever server
-    # flickers slow next. Errors cut at once: a failing server must lose its traffic.
-    persistent = min(LATENCY_PERSISTENCE, len(recent))
+    # Errors cut at once: a failing server must lose its traffic. Latency cuts as
+    # ``_latency_flagged`` says, kept with its newest finding as the reason.
+    flagged = _latency_flagged(columns, times, busy, rules)
     found = {
-        server: reason
-        for server, reason in found.items()
-        if server in erred or seen_slow.get(server, 0) >= persistent
+        server: reason for server, reason in found.items() if server in erred or server in flagged
     }
+    for server, (reason, age) in flagged.items():
+        if server not in found:
+            held = f"released below {_release(rules):.1f}x the median"
+            found[server] = f"{reason}; {age} interval(s) ago, {held}"
     slow = [s for s in slow if s in found]
     return found, frozenset(failing | _overloaded(columns, times, recent, busy, slow))
+
+
+def _release(rules: OutlierSection) -> float:
+    """The latency ratio to the median below which a cut server's interval is clean."""
+    return max(1.0, RELEASE_SHARE * rules.latency_ratio)
+
+
+def _latency_flagged(
+    columns: _OutlierColumns, times: np.ndarray, busy: np.ndarray, rules: OutlierSection
+) -> dict[str, tuple[str, int]]:
+    """The servers cut for latency at the newest instant, each with its newest slow
+    finding and how many intervals ago it was.
+
+    The features' intervals are walked oldest first. A cut begins where a server is
+    slow (``latency_ratio`` x the median) in ``LATENCY_PERSISTENCE`` of the last
+    ``OUTLIER_MEMORY_INTERVALS`` intervals: a server whose speed flickers faster than
+    the tick is slow in one interval and fine in the next, and cutting it then only
+    moves load onto whichever server flickers slow next. A cut ends after
+    ``OUTLIER_MEMORY_INTERVALS`` clean intervals in a row, clean meaning below
+    ``RELEASE_SHARE`` of the threshold, so that a server steadily near the threshold
+    keeps one cut instead of flapping around it.
+    """
+    history = np.unique(times)
+    persistent = min(LATENCY_PERSISTENCE, len(history))
+    release = _release(rules)
+    slow_runs: dict[str, list[int]] = {}  # server -> the positions it was slow at
+    newest: dict[str, tuple[str, int]] = {}  # server -> (reason, position)
+    clean: dict[str, int] = {}  # cut servers -> clean intervals in a row
+    for position, instant in enumerate(history):
+        rows = np.flatnonzero(busy & (times == instant))
+        pairs = list(
+            zip(columns.servers[rows].tolist(), columns.latencies[rows].tolist(), strict=True)
+        )
+        slow = latency_outliers(pairs, rules)
+        elevated = latency_outliers(pairs, rules, release) if clean else {}
+        for server in list(clean):
+            clean[server] = 0 if server in elevated else clean[server] + 1
+            if clean[server] >= OUTLIER_MEMORY_INTERVALS:
+                del clean[server]
+        for server, reason in slow.items():
+            newest[server] = (reason, position)
+            runs = slow_runs.setdefault(server, [])
+            runs.append(position)
+            recent = [p for p in runs if p > position - OUTLIER_MEMORY_INTERVALS]
+            if len(recent) >= persistent:
+                clean[server] = 0
+    last = len(history) - 1
+    return {server: (newest[server][0], last - newest[server][1]) for server in clean}
 
 
 # A slow outlier's cut deepens when its latency rose by at least this factor (or by the

@@ -23,16 +23,20 @@ MIN_POOL_SIZE = 3  # with fewer servers, "far from the median" means nothing
 LATENCY_OUTLIER_SHARE = 0.1
 
 
-def latency_outliers(servers: list[tuple[str, float]], rules: OutlierSection) -> dict[str, str]:
-    """``(server, latency seconds)`` pairs -> the servers far above the pool's median."""
+def latency_outliers(
+    servers: list[tuple[str, float]], rules: OutlierSection, ratio: float | None = None
+) -> dict[str, str]:
+    """``(server, latency seconds)`` pairs -> the servers far above the pool's median:
+    at least ``ratio`` (default ``rules.latency_ratio``) times it."""
     known = [(name, value) for name, value in servers if math.isfinite(value)]
     if not rules.enabled or len(known) < MIN_POOL_SIZE:
         return {}
     median = statistics.median(value for _, value in known)
     if median <= 0:
         return {}
+    bar = (rules.latency_ratio if ratio is None else ratio) * median
     slow = sorted(
-        ((name, value) for name, value in known if value >= rules.latency_ratio * median),
+        ((name, value) for name, value in known if value >= bar),
         key=lambda pair: -pair[1],
     )
     allowed = max(1, int(LATENCY_OUTLIER_SHARE * len(known)))
