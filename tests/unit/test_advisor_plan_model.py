@@ -563,12 +563,19 @@ def test_one_slow_interval_does_not_cut_and_near_the_bar_does_not_begin_one() ->
 
 
 def test_the_newest_finding_gives_the_reason() -> None:
-    older = latest([("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0), ("c", 100, 0.02, 0.9)])
-    newer = latest([("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0), ("c", 100, 0.10, 0.0)])
-    newer["time"] = newer["time"] + pd.Timedelta(INTERVAL)
-    both = pd.concat([older, newer], ignore_index=True)
-    found = find_outliers(busy_observation({"app": []}), "app", both, RULES)
+    """Failing, then slow for long enough to be cut for it: the latency is the reason.
+    One slow interval is not a finding that cuts, so the error stays the reason."""
+    healthy = [("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0)]
+    obs = busy_observation({"app": []})
+
+    def run(*latencies: float) -> pd.DataFrame:
+        failing = latest([*healthy, ("c", 100, 0.02, 0.9)])
+        return intervals(failing, *(latest([*healthy, ("c", 100, v, 0.0)]) for v in latencies))
+
+    found = find_outliers(obs, "app", run(0.10, 0.10), RULES)
     assert found == {"c": "outlier: latency 100 ms (pool median 20 ms)"}
+    found = find_outliers(obs, "app", run(0.10), RULES)
+    assert found["c"].startswith("outlier: error rate 90% (pool median 0%); 1 interval(s) ago")
 
 
 def intervals(*frames: pd.DataFrame) -> pd.DataFrame:

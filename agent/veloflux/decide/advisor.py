@@ -253,32 +253,30 @@ def outlier_findings(
         features["error_rate"].to_numpy(dtype=float, na_value=np.nan),
         features["latency"].to_numpy(dtype=float, na_value=np.nan),
     )
-    found: dict[str, str] = {}
+    # Errors cut at once, judged on the last few intervals: a failing server must lose
+    # its traffic. Latency cuts as ``_latency_flagged`` says. The newest finding of
+    # either kind gives the reason (an error's, at the same interval).
+    findings: dict[str, tuple[str, int]] = {}
     failing: set[str] = set()
-    slow: list[str] = []
-    erred: set[str] = set()
     for age, instant in enumerate(reversed(recent)):
-        later = "" if age == 0 else f"; {age} interval(s) ago, released after clean ones"
-        rows = np.flatnonzero(busy & (times == instant))
-        reasons, errors = _outliers_at(columns, rows, rules)
-        for server, reason in reasons.items():
-            if server in errors:
-                erred.add(server)
-            found.setdefault(server, reason + later)  # the newest finding wins
+        errors = _error_outliers_at(columns, np.flatnonzero(busy & (times == instant)), rules)
+        for server, reason in errors.items():
+            findings.setdefault(server, (f"{reason}{_ago(age, 'released after clean ones')}", age))
         if age == 0:
-            failing, slow = errors, [s for s in reasons if s not in errors]
-    # Errors cut at once: a failing server must lose its traffic. Latency cuts as
-    # ``_latency_flagged`` says, kept with its newest finding as the reason.
-    flagged = _latency_flagged(columns, times, busy, rules)
-    found = {
-        server: reason for server, reason in found.items() if server in erred or server in flagged
-    }
-    for server, (reason, age) in flagged.items():
-        if server not in found:
-            held = f"released below {_release(rules):.1f}x the median"
-            found[server] = f"{reason}; {age} interval(s) ago, {held}"
-    slow = [s for s in slow if s in found]
+            failing = set(errors)
+    held = f"released below {_release(rules):.1f}x the median"
+    latency = _latency_flagged(columns, times, busy, rules)
+    for server, (reason, age) in latency.items():
+        if server not in findings or age < findings[server][1]:
+            findings[server] = (f"{reason}{_ago(age, held)}", age)
+    found = {server: reason for server, (reason, _) in findings.items()}
+    slow = [s for s, (_, age) in latency.items() if age == 0 and s not in failing]
     return found, frozenset(failing | _overloaded(columns, times, recent, busy, slow))
+
+
+def _ago(age: int, release: str) -> str:
+    """The suffix of a finding ``age`` intervals old (none for the newest)."""
+    return "" if age == 0 else f"; {age} interval(s) ago, {release}"
 
 
 def _release(rules: OutlierSection) -> float:
@@ -400,21 +398,18 @@ class _OutlierColumns:
     latencies: np.ndarray
 
 
-def _outliers_at(
+def _error_outliers_at(
     columns: _OutlierColumns, rows: np.ndarray, rules: OutlierSection
-) -> tuple[dict[str, str], set[str]]:
-    """The outliers among ``rows`` (one instant's busy rows, one per server) with their
-    reasons, and which of them fail requests."""
+) -> dict[str, str]:
+    """The servers among ``rows`` (one instant's busy rows, one per server) that fail
+    requests, with their reasons."""
     servers = columns.servers[rows].tolist()
     error_rates = columns.error_rates[rows]
     known = np.isfinite(error_rates)
     pool_errors = float(np.median(error_rates[known])) if known.any() else 0.0
-    found: dict[str, str] = {}
     threshold = max(rules.error_rate, 3 * pool_errors)
-    for i in np.flatnonzero(known & (error_rates >= threshold)).tolist():
-        rate = float(error_rates[i])
-        found[str(servers[i])] = f"outlier: error rate {rate:.0%} (pool median {pool_errors:.0%})"
-    slow = latency_outliers(
-        list(zip(servers, columns.latencies[rows].tolist(), strict=True)), rules
-    )
-    return {**slow, **found}, set(found)
+    return {
+        str(servers[i]): f"outlier: error rate {float(error_rates[i]):.0%} "
+        f"(pool median {pool_errors:.0%})"
+        for i in np.flatnonzero(known & (error_rates >= threshold)).tolist()
+    }
