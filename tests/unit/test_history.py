@@ -750,3 +750,17 @@ def test_rates_carry_external_features_at_the_interval_end() -> None:
     rates = derive_rates(samples)
     assert list(rates.columns) == [*RATE_COLUMNS, "prom_cpu"]
     assert rates["prom_cpu"].tolist() == [0.7]
+
+
+def test_a_start_time_a_second_off_is_not_a_reload() -> None:
+    """Envoy's start time is the clock less a whole-second uptime: two readings that
+    straddle a second differ by one without a restart. A restart still shows."""
+    from veloflux.domain.observation import ProxyIdentity
+
+    def identity(started: int, uptime: float, pid: int = 0) -> ProxyIdentity:
+        return ProxyIdentity("http://127.0.0.1:1", pid, started, uptime, "", "admin")
+
+    assert not identity(1001, 0.0).reloaded_since(identity(1000, 0.0))
+    assert identity(1005, 0.0).reloaded_since(identity(1000, 4.0))
+    assert identity(1003, 5.0).reloaded_since(identity(1000, 3.0))
+    assert identity(1000, 5.0, pid=1).reloaded_since(identity(1000, 3.0))

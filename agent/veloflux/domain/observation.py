@@ -122,6 +122,9 @@ class PoolInfo:
     unmanaged_reason: str = ""
 
 
+START_TIME_SLACK_SECONDS = 1  # a derived start time is good to the second
+
+
 @dataclass(frozen=True)
 class ProxyIdentity:
     """Which proxy process answered; a change of pid or start time means a reload."""
@@ -134,10 +137,15 @@ class ProxyIdentity:
     level: str
 
     def reloaded_since(self, earlier: ProxyIdentity) -> bool:
-        """True when this is a new process: its runtime weights were reset to initial."""
+        """True when this is a new process: its runtime weights were reset to initial.
+
+        Start times may differ by a second without a restart: Envoy reports its uptime
+        in whole seconds, so a start time derived from it (the clock less the uptime)
+        moves by one when two readings straddle a second. A restart shows in the pid
+        (Envoy's hot-restart epoch) or in an uptime that went back."""
         return (
             self.pid != earlier.pid
-            or self.started_at_epoch != earlier.started_at_epoch
+            or abs(self.started_at_epoch - earlier.started_at_epoch) > START_TIME_SLACK_SECONDS
             or self.uptime_seconds < earlier.uptime_seconds
         )
 
