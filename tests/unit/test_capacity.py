@@ -200,3 +200,44 @@ def test_servers_are_estimated_apart_and_can_be_forgotten() -> None:
     assert 3.0 < fast / slow < 5.0
     estimator.forget("slow")
     assert estimator.estimate("slow", 30.0).capacity is None
+
+
+def test_after_a_fall_the_unconfident_figure_may_lower_and_is_the_newest_intervals() -> None:
+    """Catches a fall's new figure dropped once the blackout ends (the weight then held
+    while the new window was too short to be confident), and the run's first,
+    partly-old interval lifting the new figure: the newest interval is the lower."""
+    settings = CapacitySettings(blackout_intervals=1)
+    estimator = CapacityEstimator(settings)
+    feed(estimator, [Interval(k + 1.0, 100.0, 1.0) for k in range(30)])
+    # Half an interval at the old speed, then a quarter of it: 62.5, then 25.
+    estimator.observe("s1", Interval(31.0, 62.5, 1.0))
+    estimator.observe("s1", Interval(32.0, 25.0, 1.0))
+    first = estimator.estimate("s1", 32.0)
+    assert estimator.changes("s1") == 1
+    assert first.fell
+    assert first.confidence == 0.0
+    assert first.capacity == pytest.approx(25.0)
+    estimator.observe("s1", Interval(33.0, 24.0, 1.0))  # blackout over, window too noisy
+    after = estimator.estimate("s1", 33.0)
+    assert after.fell
+    assert after.confidence == 0.0
+    assert not after.reason.startswith("blackout")
+    assert after.capacity == pytest.approx(24.0)
+    for k in range(10):
+        estimator.observe("s1", Interval(34.0 + k, 25.0, 1.0))
+    settled = estimator.estimate("s1", 43.0)
+    assert settled.confidence > 0
+    assert not settled.fell
+    assert settled.capacity == pytest.approx(25.0, rel=0.2)
+
+
+def test_a_rise_gives_no_figure_to_act_on_until_it_is_confident() -> None:
+    """Catches ``fell`` set after an upward change: good news waits for confidence."""
+    estimator = CapacityEstimator(CapacitySettings(blackout_intervals=1))
+    feed(estimator, [Interval(k + 1.0, 25.0, 1.0) for k in range(30)])
+    for k in range(12):
+        estimator.observe("s1", Interval(31.0 + k, 100.0, 1.0))
+        estimate = estimator.estimate("s1", 31.0 + k)
+        if estimator.changes("s1") and estimate.confidence == 0:
+            assert not estimate.fell
+    assert estimator.changes("s1") == 1

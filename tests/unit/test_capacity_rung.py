@@ -896,3 +896,19 @@ def test_without_capacity_the_model_alone_leans_on_static_weights_in_its_blocks_
             assert wanted["big"] / wanted["mid"] <= math.exp(2 * config.ai.max_tilt) + 1e-9
     assert "model" in modes
     assert "fallback" in modes
+
+
+def test_errors_that_start_mid_window_cut_health_at_once_but_noise_does_not() -> None:
+    """Catches the health factor reading only the three-interval window: a server that
+    begins failing a third of its requests kept two thirds of its health for a tick
+    (diluted by the clean intervals before), and its cut followed one interval at a
+    time. A few failures among a handful of requests must not cut."""
+    fleet, the_rung = Fleet(CAPACITY, None), rung()
+    run(fleet, the_rung, 10, busy=0.5)
+    mid = run(fleet, the_rung, 1, busy=0.5, fail={"mid": 0.35}).servers["mid"]
+    assert mid.error_rate > 0.25  # the window alone says about 0.12
+    assert mid.health < 0.2
+    fleet, the_rung = Fleet({"a": 0.4, "b": 0.4}, None), rung()  # 2 requests an interval
+    run(fleet, the_rung, 10, busy=0.5)
+    a = run(fleet, the_rung, 1, busy=0.5, fail={"a": 0.5}).servers["a"]  # 1 of 2 failed
+    assert a.error_rate == pytest.approx(1 / 6)  # the window's: the newest bound is below

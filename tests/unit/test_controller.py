@@ -92,3 +92,14 @@ def test_servers_without_a_weight_or_a_target_are_left_to_the_planner() -> None:
 def test_settings_out_of_range_are_refused(gain: float, deadband: float) -> None:
     with pytest.raises(ValueError, match="must be"):
         ControllerSettings(gain=gain, deadband_errors=deadband)
+
+
+def test_an_urgent_target_is_reached_at_once_past_gain_and_deadband() -> None:
+    """Catches a confirmed capacity fall damped like noise: a server at a quarter of its
+    speed kept most of its share for several ticks and built a queue in each."""
+    weights = {"a": 100.0, "b": 100.0}
+    targets = {"a": Target(100.0, 0.5), "b": Target(25.0, 0.5, urgent=True)}
+    settings = ControllerSettings(gain=0.5, deadband_errors=2.0)
+    moved = desired_weights(weights, targets, settings, total=200.0)
+    assert moved["a"] == 100.0  # within its deadband: held
+    assert moved["b"] == pytest.approx(25.0 / 125.0 * 200.0)  # its share of the total, at once

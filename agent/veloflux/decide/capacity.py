@@ -13,7 +13,8 @@ interval's ratio with the window's median, in robust standard deviations: quickl
 downward (one interval far below, or two clearly below) and slowly upward (several
 intervals above in a row), as peak-EWMA is quick to believe bad news and slow to
 believe good. After a change the window restarts from the intervals that showed it,
-and the estimate is given no confidence for a blackout of a few intervals; data
+and the estimate is given no confidence for a blackout of a few intervals (after a
+fall, the new, lower figure may still lower the weight until it is confident); data
 older than ``max_age_seconds`` expires. Idle intervals say nothing about capacity and
 are skipped.
 """
@@ -79,8 +80,8 @@ class CapacityEstimate:
     confidence: float
     intervals: int
     reason: str = ""
-    # In the blackout after a downward change: the new, lower figure is good enough to
-    # take load off the server, not yet to give it more.
+    # After a downward change, until the new regime's estimate is confident: the new,
+    # lower figure is good enough to take load off the server, not yet to give it more.
     fell: bool = False
 
 
@@ -140,24 +141,29 @@ class CapacityEstimator:
         n = len(window)
         if now - window[-1].at > s.max_age_seconds:
             return CapacityEstimate(capacity, stderr, 0.0, n, "expired: no recent busy interval")
-        if series.blackout > 0:
-            return CapacityEstimate(
-                capacity,
-                stderr,
-                0.0,
-                n,
-                "blackout after a capacity " + ("drop" if series.fell_last else "rise"),
-                fell=series.fell_last,
-            )
         needed = s.min_intervals if series.changes == 0 else s.min_intervals_after_change
-        if n < needed:
-            return CapacityEstimate(capacity, stderr, 0.0, n, f"warming up ({n} intervals)")
-        if capacity <= 0 or stderr is None:
-            return CapacityEstimate(capacity, stderr, 0.0, n, "no completion in the window")
-        relative = stderr / capacity
+        relative = stderr / capacity if capacity > 0 and stderr is not None else math.inf
         confidence = max(0.0, min(1.0, 1.0 - relative / s.max_relative_error))
-        reason = "" if confidence > 0 else f"standard error {relative:.0%} of the estimate"
-        return CapacityEstimate(capacity, stderr, confidence, n, reason)
+        if series.blackout == 0 and n >= needed and confidence > 0:
+            return CapacityEstimate(capacity, stderr, confidence, n)
+        if series.blackout > 0:
+            reason = "blackout after a capacity " + ("drop" if series.fell_last else "rise")
+        elif n < needed:
+            reason = f"warming up ({n} intervals)"
+        elif capacity <= 0 or stderr is None:
+            return CapacityEstimate(capacity, stderr, 0.0, n, "no completion in the window")
+        else:
+            reason = f"standard error {relative:.0%} of the estimate"
+        if not (series.changes > 0 and series.fell_last):
+            return CapacityEstimate(capacity, stderr, 0.0, n, reason)
+        # Bad news is acted on before it is precise: after a fall, a figure not yet
+        # confident may still lower the weight (a server at a quarter of its speed
+        # builds a queue every interval it keeps its old share), never raise it. It is
+        # the lower of the new window's ratio and its newest interval's, since the run
+        # that showed the fall begins with intervals only partly at the new speed.
+        newest = window[-1]
+        capacity = min(capacity, newest.completions / newest.busy_seconds)
+        return CapacityEstimate(capacity, stderr, 0.0, n, reason, fell=True)
 
     def changes(self, server: str) -> int:
         """How many capacity changes were found for ``server`` (for tests and status)."""

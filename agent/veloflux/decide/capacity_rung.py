@@ -5,7 +5,8 @@ The rung needs no model and no training: it runs from the second tick on wheneve
 utilization signal reaches the agent. It remembers the previous observation (to turn
 counters into intervals), a ``CapacityEstimator`` per pool, and a short window of each
 server's errors and each pool's offered load. Health discounts a server by its recent
-error ratio, ``(1 - errors)^exponent``, so that a server failing requests fast (which
+error ratio (over the window, or the newest interval's when that is clearly higher),
+``(1 - errors)^exponent``, so that a server failing requests fast (which
 frees its slots and, under least-connections, draws more traffic) is given less: the
 outlier guard's error cut, as a continuous factor. Overload compares the load offered
 to the pool with its estimated capacity, with hysteresis so that a pool hovering at
@@ -177,7 +178,7 @@ class CapacityRung:
                 if estimate.capacity and estimate.stderr is not None
                 else 1.0
             )
-            error_rate = _ratio(state.errors.get(row.server, ()))
+            error_rate = _error_rate(state.errors.get(row.server, ()))
             health = (1.0 - error_rate) ** self._settings.error_exponent
             capacity = estimate.capacity
             recent = state.deviations.get(row.server)
@@ -325,3 +326,28 @@ def _ratio(window: deque[tuple[float, float]] | tuple[()]) -> float:
     failed = sum(e for e, _ in window)
     total = sum(t for _, t in window)
     return failed / total if total > 0 else 0.0
+
+
+# How many standard errors below an interval's own error rate its lower bound lies.
+NEWEST_ERROR_BOUND_SIGMAS = 2.0
+
+
+def _error_rate(window: deque[tuple[float, float]] | tuple[()]) -> float:
+    """A server's recent error rate: over the window, or the newest interval's lower
+    bound when that is higher.
+
+    Errors that start mid-window were diluted by the clean intervals before them, and
+    the health cut followed one interval at a time while the server failed a third of
+    its requests (bad news first). The newest interval alone counts only as far as
+    its counts bear out: its rate less two binomial standard errors, so a few
+    failures among a handful of requests do not cut a healthy server.
+    """
+    overall = _ratio(window)
+    if not window:
+        return overall
+    failed, total = window[-1]
+    if total <= 0:
+        return overall
+    rate = failed / total
+    bound = rate - NEWEST_ERROR_BOUND_SIGMAS * math.sqrt(rate * (1.0 - rate) / total)
+    return max(overall, bound)

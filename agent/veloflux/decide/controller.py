@@ -36,10 +36,17 @@ class ControllerSettings:
 @dataclass(frozen=True)
 class Target:
     """What a server should carry, in any unit shared across its pool (capacity x
-    health x tilt), and the relative standard error of that figure."""
+    health x tilt), and the relative standard error of that figure.
+
+    ``urgent`` moves the server the whole way at once, past gain and deadband: for a
+    change already confirmed (a capacity fall the estimator found), damping only
+    lets the server keep a share it can no longer serve, and its queue grows every
+    tick it does.
+    """
 
     amount: float
     relative_error: float = 0.0
+    urgent: bool = False
 
 
 def desired_weights(
@@ -67,8 +74,10 @@ def desired_weights(
     for server in driven:
         goal = targets[server].amount / total_amount * total_weight
         error = math.log(goal) - math.log(current[server])
+        if targets[server].urgent:
+            stepped[server] = goal
         # Within the deadband the estimate cannot tell the two apart: hold.
-        if abs(error) <= settings.deadband_errors * targets[server].relative_error:
+        elif abs(error) <= settings.deadband_errors * targets[server].relative_error:
             held[server] = current[server]
         else:
             stepped[server] = current[server] * math.exp(settings.gain * error)

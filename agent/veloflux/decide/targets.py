@@ -111,8 +111,9 @@ def capacity_targets(
     exactly as it began and never feeds the controller's state.
 
     The servers with an estimate share what their static weights (scaled) add up to.
-    One in the blackout after a drop (``fell``) may only go down; one without a
-    trusted estimate keeps its weight.
+    One whose capacity fell (``fell``: confirmed, its new figure not yet confident)
+    may only go down, and goes the whole way to its target at once (the planner's
+    step limit still applies); one without a trusted estimate keeps its weight.
     """
     known = {
         r.server: c
@@ -135,6 +136,7 @@ def capacity_targets(
         s: Target(
             (c.capacity or 0.0) * c.health * c.drain * math.exp(tilt.get(s, 0.0)),
             c.relative_error,
+            urgent=c.fell,
         )
         for s, c in known.items()
     }
