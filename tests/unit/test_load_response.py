@@ -21,7 +21,7 @@ from veloflux.model.calibration import MIN_PROBE_MOVES, LoadCalibration, load_ca
 from veloflux.model.features import LOAD_STEP, TARGET_LATENCY, probe_moves
 from veloflux.model.load_response import MIN_MOVES, fit_load_response, predict_elasticity
 from veloflux.model.pipeline import gate
-from veloflux.model.train import TrainedModel
+from veloflux.model.train import TrainedModel, split_by_time
 
 POOL = "app"
 UTILIZATION = "prom_utilization"
@@ -132,7 +132,7 @@ def test_noise_the_probes_did_not_cause_does_not_move_the_slope() -> None:
         (LoadCalibration(1.1, 40), True, "load response confirmed by 40 probe moves"),
         (LoadCalibration(2.4, 40), False, "calibration slope 2.40 over 40 probe moves"),
         (LoadCalibration(None, 40), False, "undefined (no predicted rise)"),
-        (LoadCalibration(1.0, 5), False, "5 weight-probe moves in the test window"),
+        (LoadCalibration(1.0, 5), False, "5 weight-probe moves in the held-out windows"),
         (LoadCalibration(None, 0), True, "beats the naive baseline"),
     ],
     ids=["in band", "above", "flat model", "too few", "no probe ran"],
@@ -146,3 +146,17 @@ def test_the_gate_reads_the_calibration(
     got, reason = gate(metrics, None, None, calibration)
     assert got is promoted
     assert words in reason
+
+
+def test_the_slope_is_judged_on_both_windows_the_response_never_saw() -> None:
+    """Catches the slope judged on the test window alone (the last eighth of the
+    history: 10-15 probe moves of the 20 needed in the simulator's drift scenarios), or
+    on rows the response learned from: the held-out rows are the calibration and test
+    windows, in time order, after every training and validation row."""
+    frame = history(rising, ticks=400)
+    split = split_by_time(frame)
+    held = split.held_out
+    assert len(held) == len(split.calib) + len(split.test)
+    assert held["time"].is_monotonic_increasing
+    assert held["time"].min() > split.valid["time"].max()
+    assert len(probe_moves(held, PROBES)) > len(probe_moves(split.test, PROBES))

@@ -124,7 +124,7 @@ def test_veloflux_runs_the_real_agent_and_reports_its_modes() -> None:
     # or with the model's tilt on top (model mode), as its switchback test decides.
     on_capacity = result["capacity_tick_share"]["mean"] + result["model_tick_share"]["mean"]
     assert on_capacity > 0.5
-    # Eighty seconds of probes leave the test window too few probe moves to check the
+    # Eighty seconds of probes leave the held-out windows too few probe moves to check the
     # model's load response: the gate keeps it a candidate, and it never acts.
     assert result["model_promoted"]["mean"] == 0.0
     assert result["model_tick_share"]["mean"] == 0.0

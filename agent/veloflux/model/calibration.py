@@ -30,7 +30,7 @@ from veloflux.model.load_response import predict_elasticity
 from veloflux.model.train import TrainedModel, feature_matrix
 
 # The band a promoted model's calibration slope must fall in, and how many probe
-# moves in the test window it takes to judge it.
+# moves in the held-out windows (calibration and test) it takes to judge it.
 SLOPE_BAND = (0.5, 1.5)
 MIN_PROBE_MOVES = 20
 
@@ -47,7 +47,7 @@ class LoadCalibration:
         if self.moves < MIN_PROBE_MOVES:
             return (
                 f"its load response is not measured yet: {self.moves} weight-probe moves "
-                f"in the test window, {MIN_PROBE_MOVES} needed"
+                f"in the held-out windows, {MIN_PROBE_MOVES} needed"
             )
         low, high = SLOPE_BAND
         if self.slope is None or not low <= self.slope <= high:

@@ -81,7 +81,7 @@ def train_from_samples(
     the same way): the same rates, the same features, the same gate."""
     features = build_features(derive_rates(samples))
     model, split = train_model(features, settings, progress)
-    calibration = load_calibration(model, split.test, settings.probes())
+    calibration = load_calibration(model, split.held_out, settings.probes())
     model.metadata["load_calibration"] = {"slope": calibration.slope, "moves": calibration.moves}
     entry = registry.save(model.booster_bytes(), model.metadata)
     current_version, current_metrics = _current_on(registry, split.test)
@@ -102,7 +102,8 @@ def gate(
     calibration: LoadCalibration | None = None,
 ) -> tuple[bool, str]:
     """Beat the naive baseline, and the current model on the same window, with a load
-    response the probes confirm (when any ran in the test window), or stay a candidate."""
+    response the probes confirm (when any ran in the held-out windows), or stay a
+    candidate."""
     promoted, reason = _forecast_gate(metrics, current_version, current)
     if promoted and calibration is not None and calibration.moves > 0:
         if verdict := calibration.verdict():

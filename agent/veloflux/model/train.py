@@ -104,6 +104,15 @@ class Split:
     calib: pd.DataFrame
     test: pd.DataFrame
 
+    @property
+    def held_out(self) -> pd.DataFrame:
+        """The calibration and test windows together, in time order: rows neither the
+        boosters nor the load response learned from (the response trains on ``train``
+        and stops early on ``valid``), so its slope can be judged on both. On the test
+        window alone, the last eighth of the history held too few probe moves to judge
+        (10-15 of 20 in the simulator's drift and gray-failure scenarios)."""
+        return pd.concat([self.calib, self.test])
+
 
 def quantile_name(alpha: float) -> str:
     """The booster name of one latency quantile: ``latency_q10``, ``latency_q90``."""
