@@ -62,6 +62,7 @@ from veloflux.agent.tick import HISTORY_WINDOW_INTERVALS
 from veloflux.config.schema import AISection, OutlierSection
 from veloflux.decide.advisor import AdvisorSettings, _pool_advice
 from veloflux.decide.optimize import rate_grid, water_fill
+from veloflux.decide.outlier_guard import OutlierFindings
 from veloflux.history.journal import Journal
 from veloflux.history.rates import derive_rates
 from veloflux.model.features import TARGET_LATENCY, at_status_quo, build_features, newest_rows
@@ -248,7 +249,7 @@ def bench_tick(sizes: Sizes, workdir: Path) -> dict[str, Any]:
         advisor_ms = []
         for _ in range(sizes.tick_runs):
             advised = timed(
-                lambda: _pool_advice("app", features, predictor, settings, ({}, frozenset()))
+                lambda: _pool_advice("app", features, predictor, settings, OutlierFindings({}))
             )
             advisor_ms.append(advised.wall_ms)
     advice = advised.value

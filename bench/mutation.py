@@ -148,7 +148,7 @@ TARGETS = (
     Target(
         "advisor-outliers",
         "outlier guard: findings from history",
-        "decide/advisor.py",
+        "decide/outlier_guard.py",
         ("test_advisor_plan_model.py",),
         functions=("outlier_findings", "_overloaded", "_quantile", "_rising", "_outliers_at"),
     ),

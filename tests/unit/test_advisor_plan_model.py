@@ -29,12 +29,8 @@ from tests.unit.learning_factories import (
     features_of,
 )
 from veloflux.config.schema import AISection, OutlierSection, PolicySection
-from veloflux.decide.advisor import (
-    OUTLIER_MEMORY_INTERVALS,
-    AdvisorSettings,
-    advise,
-    outlier_findings,
-)
+from veloflux.decide.advisor import AdvisorSettings, advise
+from veloflux.decide.outlier_guard import OUTLIER_MEMORY_INTERVALS, outlier_findings
 from veloflux.decide.outliers import MIN_POOL_SIZE, latency_outliers, moving_average_outliers
 from veloflux.decide.planner import max_step, plan_weights
 from veloflux.domain.advice import Advice, PoolAdvice, ServerAdvice, blocked_pool
@@ -470,7 +466,7 @@ RULES = OutlierSection()
 
 def find_outliers(
     observation: Observation, pool: str, features: pd.DataFrame, rules: OutlierSection
-) -> dict[str, str]:
+) -> Mapping[str, str]:
     """The outliers and their reasons, without which cuts deepen."""
     return outlier_findings(observation, pool, features, rules)[0]
 
@@ -549,6 +545,32 @@ def test_a_latency_cut_holds_while_the_server_stays_above_the_release_bar() -> N
     assert "5 interval(s) ago, released below 2.0x the median" in found["c"]
 
 
+def test_a_latency_cut_outlives_the_history_window_it_began_in() -> None:
+    """Tick by tick over a sliding window of history, as the agent reads it: cut at 4x,
+    then at 2.5x for longer than the window, so its slow intervals leave the features.
+    Carried from tick to tick, the cut holds until three clean intervals end it."""
+    obs = busy_observation({"app": []})
+    ratios = [1.0, 1.0, 4.0, 4.0, *[2.5] * 12, 1.5, 1.5, 1.5]
+    window = 8
+    frames = slow_c(*ratios)
+    times = sorted(frames["time"].unique())
+    cuts: Mapping[str, int] = {}
+    flagged = []
+    for tick in range(len(times)):
+        span = frames[frames["time"].isin(times[max(0, tick - window + 1) : tick + 1])]
+        found, _, cuts = outlier_findings(obs, "app", span, RULES, cuts)
+        flagged.append("c" in found)
+    cut_at = ratios.index(4.0) + 1  # persistent: the second slow interval
+    clean_from = ratios.index(1.5)
+    assert flagged == [
+        cut_at <= t < clean_from + OUTLIER_MEMORY_INTERVALS - 1 for t in range(len(ratios))
+    ]
+    # Without the carried cut, the same windows drop it once its slow intervals are gone.
+    tick = cut_at + window
+    span = frames[frames["time"].isin(times[tick - window + 1 : tick + 1])]
+    assert find_outliers(obs, "app", span, RULES) == {}
+
+
 def test_a_latency_cut_ends_after_clean_intervals_under_the_release_bar() -> None:
     obs = busy_observation({"app": []})
     assert list(find_outliers(obs, "app", slow_c(4, 4, 1.5, 1.5), RULES)) == ["c"]
@@ -588,14 +610,14 @@ def intervals(*frames: pd.DataFrame) -> pd.DataFrame:
 def test_a_server_still_failing_in_the_newest_interval_has_its_cut_deepened() -> None:
     healthy = [("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0)]
     failing = intervals(latest([*healthy, ("c", 100, 0.02, 0.3)]))
-    found, deepen = outlier_findings(busy_observation({"app": []}), "app", failing, RULES)
+    found, deepen, _ = outlier_findings(busy_observation({"app": []}), "app", failing, RULES)
     assert found.keys() == {"c"}
     assert deepen == {"c"}
     # Failing one interval ago, clean now: still flagged (held), no deeper cut.
     recovering = intervals(
         latest([*healthy, ("c", 100, 0.02, 0.3)]), latest([*healthy, ("c", 100, 0.02, 0.0)])
     )
-    found, deepen = outlier_findings(busy_observation({"app": []}), "app", recovering, RULES)
+    found, deepen, _ = outlier_findings(busy_observation({"app": []}), "app", recovering, RULES)
     assert found.keys() == {"c"}
     assert deepen == frozenset()
 
@@ -614,7 +636,7 @@ def test_a_slow_server_has_its_cut_deepened_only_while_its_latency_climbs(
 ) -> None:
     healthy = [("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0)]
     frames = [latest([*healthy, ("c", 100, lat, 0.0)]) for lat in latencies]
-    found, deepen = outlier_findings(
+    found, deepen, _ = outlier_findings(
         busy_observation({"app": []}), "app", intervals(*frames), RULES
     )
     assert found.keys() == {"c"}
@@ -628,7 +650,7 @@ def test_no_cut_deepens_when_the_whole_pool_climbs() -> None:
             [("a", 100, rising, 0.0), ("b", 100, rising, 0.0), ("c", 100, 5 * rising, 0.0)]
         )
 
-    found, deepen = outlier_findings(
+    found, deepen, _ = outlier_findings(
         busy_observation({"app": []}), "app", intervals(step(0), step(1), step(2)), RULES
     )
     assert found.keys() == {"c"}
@@ -642,7 +664,7 @@ def test_at_most_a_tenth_of_the_pool_deepens_for_latency_the_worst_first() -> No
         slow = [(f"s{i}", 100, (0.1 + 0.02 * i) * 1.2**k, 0.0) for i in range(4)]
         return latest([*steady, *slow])
 
-    found, deepen = outlier_findings(
+    found, deepen, _ = outlier_findings(
         busy_observation({"app": []}), "app", intervals(step(0), step(1), step(2)), RULES
     )
     # 20 servers: two, the slowest, are flagged for latency at all (a tenth of the
@@ -726,7 +748,7 @@ def test_a_latency_that_fell_then_rose_is_not_climbing() -> None:
     ``rose(values[0], values[1])`` made ``rose(values[0], values[2])``."""
     healthy = [("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0)]
     frames = [latest([*healthy, ("c", 100, lat, 0.0)]) for lat in (0.10, 0.06, 0.30)]
-    found, deepen = outlier_findings(
+    found, deepen, _ = outlier_findings(
         busy_observation({"app": []}), "app", intervals(*frames), RULES
     )
     assert found.keys() == {"c"}
@@ -1103,15 +1125,15 @@ def test_a_latency_finding_must_persist_before_it_cuts() -> None:
     flicker faster than the tick); slow in two, it is. Errors flag at once."""
     fine = [("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0), ("d", 100, 0.02, 0.0)]
     once = intervals(latest([*fine, ("c", 100, 0.02, 0.0)]), latest([*fine, ("c", 100, 0.2, 0.0)]))
-    found, _ = outlier_findings(busy_observation({"app": []}), "app", once, RULES)
+    found, *_ = outlier_findings(busy_observation({"app": []}), "app", once, RULES)
     assert found == {}
     twice = intervals(latest([*fine, ("c", 100, 0.2, 0.0)]), latest([*fine, ("c", 100, 0.2, 0.0)]))
-    found, _ = outlier_findings(busy_observation({"app": []}), "app", twice, RULES)
+    found, *_ = outlier_findings(busy_observation({"app": []}), "app", twice, RULES)
     assert found.keys() == {"c"}
     failing = intervals(
         latest([*fine, ("c", 100, 0.02, 0.0)]), latest([*fine, ("c", 100, 0.02, 0.5)])
     )
-    found, _ = outlier_findings(busy_observation({"app": []}), "app", failing, RULES)
+    found, *_ = outlier_findings(busy_observation({"app": []}), "app", failing, RULES)
     assert found.keys() == {"c"}
 
 

@@ -88,6 +88,9 @@ class Agent:
         self._proxy: ProxyIdentity | None = None
         self._set_weights: dict[str, int] = {}
         self._window: RecentWindow | None = None
+        # The outlier guard's latency cuts at the last tick, per pool, carried on so a
+        # cut outlives the history window it began in.
+        self._latency_cuts: dict[str, Mapping[str, int]] = {}
         # The capacity rung's memory (previous observation, estimates) and which pools
         # were overloaded at the last tick, to count each overload once when it begins.
         # The confidence ladder's memory: capacity estimates, switchback tests.
@@ -134,7 +137,11 @@ class Agent:
         with self._steps.step("advise"):
             predictor, reason = (None, "ai disabled") if not ai.enabled else self._load_predictor()
             settings = AdvisorSettings.from_config(self._config)
-            return advise(observation, features, predictor, settings, reason, last_sample)
+            advice = advise(
+                observation, features, predictor, settings, reason, last_sample, self._latency_cuts
+            )
+        self._latency_cuts = {name: pool.latency_cuts for name, pool in advice.pools.items()}
+        return advice
 
     def _current_version(self) -> str | None:
         return self._registry.current_version() if self._registry else None

@@ -3,24 +3,24 @@
 For each managed pool it decides whether the model may act (a model exists, it is
 fresh, the pool has traffic, and the pool's confidence clears the threshold), which
 servers are confident enough to be driven by the model, what share of traffic the
-optimizer wants for each of them, and which servers stand out as outliers. The
-outlier guard runs whether or not there is a model: a server that has just degraded is
-exactly where the model is least sure, and fallback must not be blind.
+optimizer wants for each of them, and which servers stand out as outliers (the
+outlier guard, ``decide/outlier_guard.py``, asked for every pool, model or not).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
 
 from veloflux.config.schema import Config, OutlierSection
 from veloflux.decide.optimize import STATUS_QUO, rate_grid, total_cost, water_fill
-from veloflux.decide.outliers import latency_outliers, moving_average_outliers
+from veloflux.decide.outlier_guard import NO_CUTS, OutlierFindings, outlier_findings
 from veloflux.domain.advice import Advice, PoolAdvice, ServerAdvice, blocked_pool
 from veloflux.domain.observation import Observation
 from veloflux.history.frames import instants
@@ -28,16 +28,6 @@ from veloflux.model.features import at_status_quo, newest_rows
 from veloflux.model.predict import Predictor
 
 _FORECAST_INTERVALS = 3
-# How many intervals a flagged server stays an outlier for after its last bad one.
-OUTLIER_MEMORY_INTERVALS = 3
-# In how many of those intervals a server must be slow before its latency cuts it.
-LATENCY_PERSISTENCE = 2
-# Hysteresis: a server cut for latency counts an interval as clean only below this
-# share of ``latency_ratio`` (2x the median at the default 3x). A server about
-# three times slower than its peers sits at the threshold once its cut has drained
-# its queue; judged against the threshold itself it was released, handed its weight
-# back, queued again and cut again, every few ticks.
-RELEASE_SHARE = 2 / 3
 
 
 @dataclass(frozen=True)
@@ -73,8 +63,11 @@ def advise(
     settings: AdvisorSettings,
     blocked_reason: str,
     last_sample_at: datetime | None,
+    cuts_before: Mapping[str, Mapping[str, int]] = MappingProxyType({}),
 ) -> Advice:
-    """Advice for every managed pool. ``blocked_reason`` explains a missing predictor."""
+    """Advice for every managed pool. ``blocked_reason`` explains a missing predictor;
+    ``cuts_before`` holds the previous tick's latency cuts per pool (``PoolAdvice``'s
+    ``latency_cuts``), which the outlier guard carries on."""
     fresh_model = predictor is not None and (
         (observation.taken_at - predictor.trained_at).total_seconds()
         <= settings.max_model_age_seconds
@@ -87,7 +80,13 @@ def advise(
         if not pool.managed:
             continue
         pool_features = _rows_of(features, pool.name)
-        outliers = outlier_findings(observation, pool.name, pool_features, settings.outlier)
+        outliers = outlier_findings(
+            observation,
+            pool.name,
+            pool_features,
+            settings.outlier,
+            cuts_before.get(pool.name, NO_CUTS),
+        )
         if predictor is None:
             advice = blocked_pool(pool.name, blocked_reason, *outliers)
         elif not fresh_model:
@@ -116,7 +115,7 @@ def _pool_advice(
     features: pd.DataFrame,
     predictor: Predictor,
     settings: AdvisorSettings,
-    outliers: tuple[dict[str, str], frozenset[str]],
+    outliers: OutlierFindings,
 ) -> PoolAdvice:
     now = newest_rows(features)
     if now.empty:
@@ -148,7 +147,7 @@ def _pool_advice(
             hold = f"predicted gain {gain:.0%} < {settings.min_gain:.0%}"
         for i, share in zip(confident.tolist(), wanted, strict=True):
             shares[i] = share
-    found, deepen = outliers
+    found, deepen, cuts = outliers
     servers = {
         name: ServerAdvice(name, value, parts, share, found.get(name, ""), name in deepen)
         for name, value, parts, share in zip(
@@ -159,7 +158,9 @@ def _pool_advice(
             strict=True,
         )
     }
-    return PoolAdvice(pool, pool_confidence, reason, servers, forecast, hold, cost=cost)
+    return PoolAdvice(
+        pool, pool_confidence, reason, servers, forecast, hold, cost=cost, latency_cuts=cuts
+    )
 
 
 def measured_cost(now: pd.DataFrame, error_penalty_seconds: float) -> float | None:
@@ -219,197 +220,3 @@ def _shares(
     if not (math.isfinite(before) and before > 0) or current.sum() <= 0:
         return shares, math.inf
     return shares, 1.0 - total_cost(grid, cost, assigned) / before
-
-
-def outlier_findings(
-    observation: Observation, pool: str, features: pd.DataFrame, rules: OutlierSection
-) -> tuple[dict[str, str], frozenset[str]]:
-    """The outliers with their reasons, and those whose cut must deepen.
-
-    With history, each of the last ``OUTLIER_MEMORY_INTERVALS`` intervals is judged and
-    a server flagged in any of them stays flagged: once its cut takes traffic off it,
-    its queue drains and it can look fine for one interval while still being slow, and
-    releasing it then would give it its traffic back only to cut it again. It is
-    released after that many clean intervals; for latency, over the features' whole
-    span, clean means below ``RELEASE_SHARE`` of the threshold (``_latency_flagged``).
-    Without history (no counter deltas, so no error rates) HAProxy's moving-average
-    response time is all there is.
-
-    A cut deepens (the planner cuts below the current weight again) while the newest
-    interval shows the fault the cut has not cured: a server still failing requests,
-    or a slow one whose latency is still climbing (``_overloaded``), the sign of a queue
-    growing without bound. A server that is merely slower, steady at its own pace,
-    keeps one bounded cut and does not starve.
-    """
-    if not rules.enabled:
-        return {}, frozenset()
-    if features.empty:
-        return moving_average_outliers(observation, pool, rules), frozenset()
-    times = instants(features)
-    recent = np.unique(times)[-OUTLIER_MEMORY_INTERVALS:]
-    busy = features["requests"].fillna(0).to_numpy(dtype=float) >= rules.min_requests
-    columns = _OutlierColumns(
-        features["server"].to_numpy(dtype=object),
-        features["error_rate"].to_numpy(dtype=float, na_value=np.nan),
-        features["latency"].to_numpy(dtype=float, na_value=np.nan),
-    )
-    # Errors cut at once, judged on the last few intervals: a failing server must lose
-    # its traffic. Latency cuts as ``_latency_flagged`` says. The newest finding of
-    # either kind gives the reason (an error's, at the same interval).
-    findings: dict[str, tuple[str, int]] = {}
-    failing: set[str] = set()
-    for age, instant in enumerate(reversed(recent)):
-        errors = _error_outliers_at(columns, np.flatnonzero(busy & (times == instant)), rules)
-        for server, reason in errors.items():
-            findings.setdefault(server, (f"{reason}{_ago(age, 'released after clean ones')}", age))
-        if age == 0:
-            failing = set(errors)
-    held = f"released below {_release(rules):.1f}x the median"
-    latency = _latency_flagged(columns, times, busy, rules)
-    for server, (reason, age) in latency.items():
-        if server not in findings or age < findings[server][1]:
-            findings[server] = (f"{reason}{_ago(age, held)}", age)
-    found = {server: reason for server, (reason, _) in findings.items()}
-    slow = [s for s, (_, age) in latency.items() if age == 0 and s not in failing]
-    return found, frozenset(failing | _overloaded(columns, times, recent, busy, slow))
-
-
-def _ago(age: int, release: str) -> str:
-    """The suffix of a finding ``age`` intervals old (none for the newest)."""
-    return "" if age == 0 else f"; {age} interval(s) ago, {release}"
-
-
-def _release(rules: OutlierSection) -> float:
-    """The latency ratio to the median below which a cut server's interval is clean."""
-    return max(1.0, RELEASE_SHARE * rules.latency_ratio)
-
-
-def _latency_flagged(
-    columns: _OutlierColumns, times: np.ndarray, busy: np.ndarray, rules: OutlierSection
-) -> dict[str, tuple[str, int]]:
-    """The servers cut for latency at the newest instant, each with its newest slow
-    finding and how many intervals ago it was.
-
-    The features' intervals are walked oldest first. A cut begins where a server is
-    slow (``latency_ratio`` x the median) in ``LATENCY_PERSISTENCE`` of the last
-    ``OUTLIER_MEMORY_INTERVALS`` intervals: a server whose speed flickers faster than
-    the tick is slow in one interval and fine in the next, and cutting it then only
-    moves load onto whichever server flickers slow next. A cut ends after
-    ``OUTLIER_MEMORY_INTERVALS`` clean intervals in a row, clean meaning below
-    ``RELEASE_SHARE`` of the threshold, so that a server steadily near the threshold
-    keeps one cut instead of flapping around it.
-    """
-    history = np.unique(times)
-    persistent = min(LATENCY_PERSISTENCE, len(history))
-    release = _release(rules)
-    slow_runs: dict[str, list[int]] = {}  # server -> the positions it was slow at
-    newest: dict[str, tuple[str, int]] = {}  # server -> (reason, position)
-    clean: dict[str, int] = {}  # cut servers -> clean intervals in a row
-    for position, instant in enumerate(history):
-        rows = np.flatnonzero(busy & (times == instant))
-        pairs = list(
-            zip(columns.servers[rows].tolist(), columns.latencies[rows].tolist(), strict=True)
-        )
-        slow = latency_outliers(pairs, rules)
-        elevated = latency_outliers(pairs, rules, release) if clean else {}
-        for server in list(clean):
-            clean[server] = 0 if server in elevated else clean[server] + 1
-            if clean[server] >= OUTLIER_MEMORY_INTERVALS:
-                del clean[server]
-        for server, reason in slow.items():
-            newest[server] = (reason, position)
-            runs = slow_runs.setdefault(server, [])
-            runs.append(position)
-            recent = [p for p in runs if p > position - OUTLIER_MEMORY_INTERVALS]
-            if len(recent) >= persistent:
-                clean[server] = 0
-    last = len(history) - 1
-    return {server: (newest[server][0], last - newest[server][1]) for server in clean}
-
-
-# A slow outlier's cut deepens when its latency rose by at least this factor (or by the
-# pool's median latency) in each of the last two intervals: noise in a steady server's
-# interval means seldom does so twice.
-CLIMB_RATIO = 1.05
-# At most this share of a pool's servers (at least one) has its cut deepened for
-# latency in one tick: every cut moves load onto the others.
-DEEPEN_SHARE = 0.1
-
-
-def _overloaded(
-    columns: _OutlierColumns,
-    times: np.ndarray,
-    recent: np.ndarray,
-    busy: np.ndarray,
-    slow: list[str],
-) -> set[str]:
-    """The slow outliers whose queues still grow: latency up (``_rising``) in each of the
-    last two intervals, the worst first, at most ``DEEPEN_SHARE`` of the pool.
-
-    None when the pool's faster servers climb as well (its lower quartile of latency):
-    then no server has room to spare, the whole pool is overloaded, moving load between
-    its servers cannot cure that, and deeper cuts would only pile the load onto the
-    servers left. The median would not do: with unequal capacities and equal weights,
-    more than half of a pool can be overloaded while the rest sits half idle.
-    """
-    if len(recent) < 3 or not slow:
-        return set()
-    last = recent[-3:]
-    pool = [columns.latencies[busy & (times == t)] for t in last]
-    if _rising([_quantile(latencies, 0.25) for latencies in pool]):
-        return set()
-    median = _quantile(pool[-1], 0.5)
-    latest: dict[str, float] = {}
-    climbing = []
-    for server in slow:
-        mine = np.flatnonzero(columns.servers == server)
-        by_time = dict(zip(times[mine].tolist(), columns.latencies[mine].tolist(), strict=True))
-        values = [by_time.get(t, np.nan) for t in last.tolist()]
-        if _rising(values, by=median):
-            climbing.append(server)
-            latest[server] = values[-1]
-    pool_size = int((busy & (times == recent[-1])).sum())
-    allowed = max(1, int(DEEPEN_SHARE * pool_size))
-    return set(sorted(climbing, key=lambda s: -latest[s])[:allowed])
-
-
-def _quantile(values: np.ndarray, q: float) -> float:
-    known = values[np.isfinite(values)]
-    return float(np.quantile(known, q)) if len(known) else float("nan")
-
-
-def _rising(values: list[float], by: float = math.inf) -> bool:
-    """Three readings, each at least ``CLIMB_RATIO`` times the one before, or ``by`` above
-    it: a queue that grows at a steady pace adds a steady amount of latency, a share of
-    its total that shrinks as it grows, so a long-overloaded server climbs by amount."""
-
-    def rose(before: float, after: float) -> bool:
-        return after > CLIMB_RATIO * before or after > before + by
-
-    return rose(values[0], values[1]) and rose(values[1], values[2])
-
-
-@dataclass(frozen=True)
-class _OutlierColumns:
-    """The columns of a pool's features that the outlier guard reads, as arrays."""
-
-    servers: np.ndarray
-    error_rates: np.ndarray
-    latencies: np.ndarray
-
-
-def _error_outliers_at(
-    columns: _OutlierColumns, rows: np.ndarray, rules: OutlierSection
-) -> dict[str, str]:
-    """The servers among ``rows`` (one instant's busy rows, one per server) that fail
-    requests, with their reasons."""
-    servers = columns.servers[rows].tolist()
-    error_rates = columns.error_rates[rows]
-    known = np.isfinite(error_rates)
-    pool_errors = float(np.median(error_rates[known])) if known.any() else 0.0
-    threshold = max(rules.error_rate, 3 * pool_errors)
-    return {
-        str(servers[i]): f"outlier: error rate {float(error_rates[i]):.0%} "
-        f"(pool median {pool_errors:.0%})"
-        for i in np.flatnonzero(known & (error_rates >= threshold)).tolist()
-    }

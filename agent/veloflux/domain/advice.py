@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 _NO_PARTS: Mapping[str, float] = MappingProxyType({})
+_NO_CUTS: Mapping[str, int] = MappingProxyType({})
 
 
 class ServerAdvice(NamedTuple):
@@ -27,7 +28,7 @@ class ServerAdvice(NamedTuple):
     share: float | None = None  # desired share of the model-driven servers' traffic
     outlier: str = ""  # why the server stands out from its pool; "" when it does not
     # The newest interval shows the fault its cut has not cured: cut below its current
-    # weight again (see ``veloflux.decide.advisor.outlier_findings``).
+    # weight again (see ``veloflux.decide.outlier_guard.outlier_findings``).
     deepen: bool = False
 
 
@@ -136,17 +137,24 @@ class PoolAdvice:
     # ``decide/probes.py``): load changes for the model to learn from.
     probe: Mapping[str, float] = field(default_factory=dict)
     probed_before: Mapping[str, float] = field(default_factory=dict)  # last tick's
+    # The servers under a latency cut at this tick, with the clean intervals each has
+    # had since: the next tick's outlier guard carries them on.
+    latency_cuts: Mapping[str, int] = field(default_factory=dict)
 
 
 def blocked_pool(
-    pool: str, reason: str, outliers: Mapping[str, str], deepen: frozenset[str] = frozenset()
+    pool: str,
+    reason: str,
+    outliers: Mapping[str, str],
+    deepen: frozenset[str] = frozenset(),
+    latency_cuts: Mapping[str, int] = _NO_CUTS,
 ) -> PoolAdvice:
     """A pool the model may not drive: only the outlier findings remain."""
     servers = {
         name: ServerAdvice(name, outlier=why, deepen=name in deepen)
         for name, why in outliers.items()
     }
-    return PoolAdvice(pool, 0.0, reason, servers)
+    return PoolAdvice(pool, 0.0, reason, servers, latency_cuts=latency_cuts)
 
 
 @dataclass(frozen=True)
