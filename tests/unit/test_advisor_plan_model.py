@@ -556,15 +556,21 @@ def test_a_latency_cut_outlives_the_history_window_it_began_in() -> None:
     times = sorted(frames["time"].unique())
     cuts: Mapping[str, int] = {}
     flagged = []
+    reasons = []
     for tick in range(len(times)):
         span = frames[frames["time"].isin(times[max(0, tick - window + 1) : tick + 1])]
         found, _, cuts = outlier_findings(obs, "app", span, RULES, cuts)
         flagged.append("c" in found)
+        reasons.append(found.get("c", ""))
     cut_at = ratios.index(4.0) + 1  # persistent: the second slow interval
     clean_from = ratios.index(1.5)
     assert flagged == [
         cut_at <= t < clean_from + OUTLIER_MEMORY_INTERVALS - 1 for t in range(len(ratios))
     ]
+    # Carried past its slow intervals, the reason is its newest elevated reading; in its
+    # clean intervals, with no reading to show, that the cut is held.
+    assert reasons[clean_from - 1] == "outlier: latency 50 ms (pool median 20 ms)"
+    assert reasons[clean_from].startswith("outlier: latency cut held")
     # Without the carried cut, the same windows drop it once its slow intervals are gone.
     tick = cut_at + window
     span = frames[frames["time"].isin(times[tick - window + 1 : tick + 1])]

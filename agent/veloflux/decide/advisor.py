@@ -20,8 +20,8 @@ import pandas as pd
 
 from veloflux.config.schema import Config, OutlierSection
 from veloflux.decide.optimize import STATUS_QUO, rate_grid, total_cost, water_fill
-from veloflux.decide.outlier_guard import NO_CUTS, OutlierFindings, outlier_findings
-from veloflux.domain.advice import Advice, PoolAdvice, ServerAdvice, blocked_pool
+from veloflux.decide.outlier_guard import OutlierFindings, outlier_findings
+from veloflux.domain.advice import NO_CUTS, Advice, PoolAdvice, ServerAdvice, blocked_pool
 from veloflux.domain.observation import Observation
 from veloflux.history.frames import instants
 from veloflux.model.features import at_status_quo, newest_rows

@@ -20,6 +20,7 @@ import pandas as pd
 
 from veloflux.config.schema import OutlierSection
 from veloflux.decide.outliers import latency_outliers, moving_average_outliers
+from veloflux.domain.advice import NO_CUTS
 from veloflux.domain.observation import Observation
 from veloflux.history.frames import instants
 
@@ -33,7 +34,6 @@ LATENCY_PERSISTENCE = 2
 # its queue; judged against the threshold itself it was released, handed its weight
 # back, queued again and cut again, every few ticks.
 RELEASE_SHARE = 2 / 3
-NO_CUTS: Mapping[str, int] = MappingProxyType({})
 _HELD = "outlier: latency cut held until its clean intervals"
 
 

@@ -15,7 +15,8 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 _NO_PARTS: Mapping[str, float] = MappingProxyType({})
-_NO_CUTS: Mapping[str, int] = MappingProxyType({})
+# No server under a latency cut (the outlier guard's and the advice's default).
+NO_CUTS: Mapping[str, int] = MappingProxyType({})
 
 
 class ServerAdvice(NamedTuple):
@@ -147,7 +148,7 @@ def blocked_pool(
     reason: str,
     outliers: Mapping[str, str],
     deepen: frozenset[str] = frozenset(),
-    latency_cuts: Mapping[str, int] = _NO_CUTS,
+    latency_cuts: Mapping[str, int] = NO_CUTS,
 ) -> PoolAdvice:
     """A pool the model may not drive: only the outlier findings remain."""
     servers = {
