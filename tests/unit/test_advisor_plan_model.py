@@ -495,6 +495,28 @@ def test_a_server_failing_thirty_percent_of_enough_requests_is_an_outlier() -> N
     assert found["c"] == "outlier: error rate 30% (pool median 0%)"
 
 
+def test_the_guard_says_which_findings_are_for_errors_and_which_for_latency() -> None:
+    """Catches the two kinds confused: an overloaded pool stands its latency findings
+    down and keeps its error ones, so a failing server reported as merely slow would
+    get its traffic back in overload, and a slow one reported as failing would not."""
+    rows = [("a", 0.02, 0.0), ("b", 0.02, 0.0), ("c", 0.02, 0.3), ("d", 0.10, 0.0)]
+    frames = feature_frame(  # two intervals: a latency cut needs two slow ones
+        [
+            {"time": BASE_TIME + timedelta(seconds=t), "server": s, "requests": 100}
+            | {"latency": latency, "error_rate": errors}
+            for t in (0, 10)
+            for s, latency, errors in rows
+        ]
+    )
+    findings = outlier_findings(busy_observation({"app": []}), "app", frames, RULES)
+    assert sorted(findings.found) == ["c", "d"]
+    assert findings.errors == {"c"}
+    assert set(findings.cuts) == {"d"}
+    advice = blocked_pool("app", "no model", *findings)
+    assert advice.servers["c"].failing
+    assert not advice.servers["d"].failing
+
+
 @pytest.mark.parametrize("bad", ["latency", "errors"])
 def test_no_outlier_is_found_among_fewer_than_three_servers(bad: str) -> None:
     lat, err = (0.10, 0.0) if bad == "latency" else (0.02, 0.3)
@@ -559,7 +581,7 @@ def test_a_latency_cut_outlives_the_history_window_it_began_in() -> None:
     reasons = []
     for tick in range(len(times)):
         span = frames[frames["time"].isin(times[max(0, tick - window + 1) : tick + 1])]
-        found, _, cuts = outlier_findings(obs, "app", span, RULES, cuts)
+        found, _, cuts, *_ = outlier_findings(obs, "app", span, RULES, cuts)
         flagged.append("c" in found)
         reasons.append(found.get("c", ""))
     cut_at = ratios.index(4.0) + 1  # persistent: the second slow interval
@@ -616,14 +638,14 @@ def intervals(*frames: pd.DataFrame) -> pd.DataFrame:
 def test_a_server_still_failing_in_the_newest_interval_has_its_cut_deepened() -> None:
     healthy = [("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0)]
     failing = intervals(latest([*healthy, ("c", 100, 0.02, 0.3)]))
-    found, deepen, _ = outlier_findings(busy_observation({"app": []}), "app", failing, RULES)
+    found, deepen, *_ = outlier_findings(busy_observation({"app": []}), "app", failing, RULES)
     assert found.keys() == {"c"}
     assert deepen == {"c"}
     # Failing one interval ago, clean now: still flagged (held), no deeper cut.
     recovering = intervals(
         latest([*healthy, ("c", 100, 0.02, 0.3)]), latest([*healthy, ("c", 100, 0.02, 0.0)])
     )
-    found, deepen, _ = outlier_findings(busy_observation({"app": []}), "app", recovering, RULES)
+    found, deepen, *_ = outlier_findings(busy_observation({"app": []}), "app", recovering, RULES)
     assert found.keys() == {"c"}
     assert deepen == frozenset()
 
@@ -642,7 +664,7 @@ def test_a_slow_server_has_its_cut_deepened_only_while_its_latency_climbs(
 ) -> None:
     healthy = [("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0)]
     frames = [latest([*healthy, ("c", 100, lat, 0.0)]) for lat in latencies]
-    found, deepen, _ = outlier_findings(
+    found, deepen, *_ = outlier_findings(
         busy_observation({"app": []}), "app", intervals(*frames), RULES
     )
     assert found.keys() == {"c"}
@@ -656,7 +678,7 @@ def test_no_cut_deepens_when_the_whole_pool_climbs() -> None:
             [("a", 100, rising, 0.0), ("b", 100, rising, 0.0), ("c", 100, 5 * rising, 0.0)]
         )
 
-    found, deepen, _ = outlier_findings(
+    found, deepen, *_ = outlier_findings(
         busy_observation({"app": []}), "app", intervals(step(0), step(1), step(2)), RULES
     )
     assert found.keys() == {"c"}
@@ -670,7 +692,7 @@ def test_at_most_a_tenth_of_the_pool_deepens_for_latency_the_worst_first() -> No
         slow = [(f"s{i}", 100, (0.1 + 0.02 * i) * 1.2**k, 0.0) for i in range(4)]
         return latest([*steady, *slow])
 
-    found, deepen, _ = outlier_findings(
+    found, deepen, *_ = outlier_findings(
         busy_observation({"app": []}), "app", intervals(step(0), step(1), step(2)), RULES
     )
     # 20 servers: two, the slowest, are flagged for latency at all (a tenth of the
@@ -754,7 +776,7 @@ def test_a_latency_that_fell_then_rose_is_not_climbing() -> None:
     ``rose(values[0], values[1])`` made ``rose(values[0], values[2])``."""
     healthy = [("a", 100, 0.02, 0.0), ("b", 100, 0.02, 0.0)]
     frames = [latest([*healthy, ("c", 100, lat, 0.0)]) for lat in (0.10, 0.06, 0.30)]
-    found, deepen, _ = outlier_findings(
+    found, deepen, *_ = outlier_findings(
         busy_observation({"app": []}), "app", intervals(*frames), RULES
     )
     assert found.keys() == {"c"}

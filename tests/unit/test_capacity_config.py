@@ -15,19 +15,24 @@ import pytest
 from tests.unit.test_capacity_rung import (
     CAPACITY,
     EVEN,
+    OUTLIER,
+    POOL,
     Fleet,
     capacity_view,
     on_rung,
+    planned,
     pool_at,
 )
 from tests.unit.test_config import base, problems_of
 from tests.unit.test_tick import make_agent
+from veloflux.agent.ladder import Ladder
 from veloflux.agent.ports import TickResult
 from veloflux.config.load import validate_config
 from veloflux.config.schema import Config
 from veloflux.daemon.metrics import AgentMetrics
 from veloflux.decide.capacity_rung import RungSettings, controller_settings
 from veloflux.decide.planner import plan_weights
+from veloflux.domain.advice import Advice, PoolAdvice, ServerAdvice
 from veloflux.domain.observation import Observation
 from veloflux.errors import ConfigError
 from veloflux.util.events import Events
@@ -143,6 +148,45 @@ def test_the_agent_counts_one_pool_overload_when_it_begins_and_not_while_it_last
     assert flagged == [9, 10, 11, 12, 13, 19, 20, 21, 22]
     assert counts == [0] * 9 + [1] * 10 + [2] * 4
     assert modes[8] == modes[15] == "capacity"  # the rung ran between the overloads
+
+
+def test_an_overloaded_pool_stands_its_latency_cuts_down_and_keeps_its_error_cuts() -> None:
+    """Catches a latency cut acted on in overload. When a pool queues, its smallest
+    servers are its slowest, by the pool's fault: cutting them, or refusing to raise
+    them back to static weights, piles their load onto servers with no room either
+    (the simulator's overload-ramp with round robin timed out more than static weights
+    did). A failing server stays cut in overload, and outside it a latency cut stays."""
+    slow = "outlier: latency 400 ms (pool median 40 ms)"
+    servers = {
+        "small": ServerAdvice("small", outlier=slow),
+        "mid": ServerAdvice("mid", outlier=OUTLIER, deepen=True, failing=True),
+    }
+    advice = Advice(
+        None, {POOL: PoolAdvice(POOL, 0.0, "no model", servers, latency_cuts={"small": 0})}
+    )
+    ladder = Ladder(AGENT_CONFIG, Events(), None)
+    calm: dict[str, Any] = {"busy": 0.5}
+    overloaded: dict[str, Any] = {"busy": 1.0, "growth": 0.3}
+    readings = script(Fleet(CAPACITY, None), (8, calm), (5, overloaded))
+    joined = [ladder.join(advice, now, AGENT_CONFIG.policy).pools[POOL] for now in readings]
+    before, during = joined[7], joined[-1]
+    assert before.capacity is not None
+    assert not before.capacity.overload
+    assert during.capacity is not None
+    assert during.capacity.overload
+    assert before.servers["small"].outlier == slow
+    assert dict(before.latency_cuts) == {"small": 0}
+    assert during.servers["small"].outlier == ""
+    assert not during.latency_cuts
+    assert during.servers["mid"].outlier == OUTLIER
+    assert during.servers["mid"].deepen
+    # Planned in overload: the slow server climbs back toward its static weight (10),
+    # the failing one is cut below it.
+    now = pool_at({"small": 5, "mid": 10, "big": 10})
+    weights = planned(plan_weights(now, AGENT_CONFIG.policy, Advice(None, {POOL: during})))
+    assert weights["small"] > 5
+    assert weights["mid"] < 10
+    assert weights["big"] == 10
 
 
 # --- the metric -----------------------------------------------------------------------------

@@ -109,8 +109,11 @@ class Ladder:
     ) -> PoolAdvice:
         """The pool's advice with its capacity view and, on the capacity rung, this
         tick's weight probes (``decide/probes.py``), whether or not a model exists:
-        the first model learns from them."""
+        the first model learns from them. An overloaded pool's latency findings stand
+        down (``PoolAdvice.without_latency_findings``): overload holds static weights."""
         before = self._last_probes.pop(pool.pool, {})
+        if view is not None and view.overload:
+            return replace(pool.without_latency_findings(), capacity=view)
         if view is None or not on_capacity_rung(observation, pool.pool, policy, view):
             return replace(pool, capacity=view)
         probe = probe_factors(pool.pool, view, observation.taken_at, self._probes)

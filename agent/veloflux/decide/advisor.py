@@ -147,9 +147,11 @@ def _pool_advice(
             hold = f"predicted gain {gain:.0%} < {settings.min_gain:.0%}"
         for i, share in zip(confident.tolist(), wanted, strict=True):
             shares[i] = share
-    found, deepen, cuts = outliers
+    found, deepen, cuts, errors = outliers
     servers = {
-        name: ServerAdvice(name, value, parts, share, found.get(name, ""), name in deepen)
+        name: ServerAdvice(
+            name, value, parts, share, found.get(name, ""), name in deepen, name in errors
+        )
         for name, value, parts, share in zip(
             now["server"].tolist(),
             confidence.value.tolist(),

@@ -41,11 +41,13 @@ class OutlierFindings(NamedTuple):
     """What the outlier guard found in one pool: each outlier with its reason, those
     whose cut must deepen, and the servers under a latency cut at the newest interval
     with how many clean intervals each has had since (the next tick carries them on:
-    a cut must outlive the history window it began in)."""
+    a cut must outlive the history window it began in), and the servers found failing
+    requests (the rest were found slow: a finding an overloaded pool stands down)."""
 
     found: Mapping[str, str]
     deepen: frozenset[str] = frozenset()
     cuts: Mapping[str, int] = NO_CUTS
+    errors: frozenset[str] = frozenset()
 
 
 def outlier_findings(
@@ -100,6 +102,7 @@ def outlier_findings(
             findings.setdefault(server, (f"{reason}{_ago(age, 'released after clean ones')}", age))
         if age == 0:
             failing = set(errors)
+    erring = frozenset(findings)  # the error findings, before the latency ones join
     held = f"released below {_release(rules):.1f}x the median"
     latency, cuts = _latency_flagged(columns, times, busy, rules, cuts_before)
     for server, (reason, age) in latency.items():
@@ -108,7 +111,7 @@ def outlier_findings(
     found = {server: reason for server, (reason, _) in findings.items()}
     slow = [s for s, (_, age) in latency.items() if age == 0 and s not in failing]
     deepen = frozenset(failing | _overloaded(columns, times, recent, busy, slow))
-    return OutlierFindings(found, deepen, MappingProxyType(cuts))
+    return OutlierFindings(found, deepen, MappingProxyType(cuts), erring)
 
 
 def _ago(age: int, release: str) -> str:

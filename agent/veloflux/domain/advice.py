@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -31,6 +31,9 @@ class ServerAdvice(NamedTuple):
     # The newest interval shows the fault its cut has not cured: cut below its current
     # weight again (see ``veloflux.decide.outlier_guard.outlier_findings``).
     deepen: bool = False
+    # The finding includes failed requests (a fault of the server's own); without it,
+    # the server was found slow, which in an overloaded pool is the pool's fault.
+    failing: bool = False
 
 
 class ServerCapacity(NamedTuple):
@@ -142,6 +145,21 @@ class PoolAdvice:
     # had since: the next tick's outlier guard carries them on.
     latency_cuts: Mapping[str, int] = field(default_factory=dict)
 
+    def without_latency_findings(self) -> PoolAdvice:
+        """The advice with the outlier guard's latency findings and carried cuts
+        dropped, its error findings kept: what an overloaded pool acts on.
+
+        In an overloaded pool every server queues, and the smallest stand out slowest;
+        their latency is the pool's fault, not theirs, and a cut would move load onto
+        servers that have no room for it either (overload mode holds static weights).
+        A server that fails requests is cut in overload too.
+        """
+        servers = {
+            name: s if s.failing or not s.outlier else s._replace(outlier="", deepen=False)
+            for name, s in self.servers.items()
+        }
+        return replace(self, servers=servers, latency_cuts=NO_CUTS)
+
 
 def blocked_pool(
     pool: str,
@@ -149,10 +167,12 @@ def blocked_pool(
     outliers: Mapping[str, str],
     deepen: frozenset[str] = frozenset(),
     latency_cuts: Mapping[str, int] = NO_CUTS,
+    errors: frozenset[str] = frozenset(),
 ) -> PoolAdvice:
-    """A pool the model may not drive: only the outlier findings remain."""
+    """A pool the model may not drive: only the outlier findings remain (``errors``:
+    those for failed requests)."""
     servers = {
-        name: ServerAdvice(name, outlier=why, deepen=name in deepen)
+        name: ServerAdvice(name, outlier=why, deepen=name in deepen, failing=name in errors)
         for name, why in outliers.items()
     }
     return PoolAdvice(pool, 0.0, reason, servers, latency_cuts=latency_cuts)
