@@ -24,7 +24,12 @@ examined on every interval the run recorded after that history:
   response matches what the probes did, 0 one with none. (Over moves the agent and
   the dispatchers *reacted* with, this slope measures the reaction, not the model:
   a server slows, gets less, and rate and latency move against each other.) The
-  interval in brackets is a bootstrap 90% interval over the probed rows.
+  interval in brackets is a bootstrap 90% interval over the probed rows;
+- **what the probes moved**: over every probe move of the run, before and after
+  that model's history ended, the server's request rate and latency changes per
+  unit of the probe's weight step (the same ratios on the probe's sign), and the
+  mean utilization: a dispatcher that amplifies a weight step, or a response that
+  changed between the windows, shows here.
 
 The targets (issue: under 10% flat, utilization among the top three features, slope
 within 0.5-1.5) are reported as met or not; the figures are what was measured, with
@@ -107,7 +112,13 @@ def examine(strategy: VelofluxStrategy) -> dict[str, Any]:
     rise = curves.latency_p90[:, 2] / curves.latency_p90[:, 0] - 1.0
     flat = float(np.mean(rise < FLAT))
 
-    usable = _probe_signs(strategy, rows)
+    # The probe schedule orders a pool's servers by name over the rows it is given:
+    # recomputed on the filtered rows alone (a server missing for a while), it would
+    # not be the schedule the agent ran. So the moves come from the whole journal.
+    moved = _probe_signs(strategy, features)
+    before = (moved["time"] <= end).to_numpy()
+    known = moved["request_rate"].to_numpy(dtype=float)
+    usable = moved[~before & np.isfinite(known) & (known > 0)]
     slope, low, high = math.nan, math.nan, math.nan
     if len(usable) >= 10:
         now = usable["request_rate"].to_numpy(dtype=float)
@@ -147,7 +158,36 @@ def examine(strategy: VelofluxStrategy) -> dict[str, Any]:
         "probes": len(usable),
         "slope": slope,
         "slope_interval": [low, high],
+        "probes_moved": _what_probes_moved(moved, before),
     }
+
+
+def _what_probes_moved(moved: Any, before: Any) -> dict[str, Any]:
+    """Over every probe move of the run, before and after the examined model's
+    history ended: how far the server's request rate moved per unit of the probe's
+    weight step, and its latency (log changes; instrumental-variable ratios on the
+    probe's sign, as the calibration slope is), and the mean utilization."""
+    import numpy as np
+
+    from veloflux.model.features import LOAD_FEATURE, LOAD_STEP
+
+    z = moved["probe"].to_numpy(dtype=float)
+    step = moved[LOAD_STEP].to_numpy(dtype=float)
+    rate = np.log(moved[LOAD_FEATURE].to_numpy(dtype=float) / moved["request_rate"].to_numpy())
+    latency = np.log(moved["target_latency"].to_numpy(dtype=float) / moved["latency"].to_numpy())
+    utilization = moved[f"prom_{UTILIZATION_FEATURE}"].to_numpy(dtype=float)
+    known = np.isfinite(rate) & np.isfinite(latency)
+    out: dict[str, Any] = {}
+    for name, side in (("before", before), ("after", ~before)):
+        part = side & known
+        zs = z[part]
+        out[name] = {
+            "moves": int(part.sum()),
+            "rate_per_weight": _ratio(zs * rate[part], zs * step[part]),
+            "latency_per_weight": _ratio(zs * latency[part], zs * step[part]),
+            "utilization": float(np.nanmean(utilization[part])) if part.any() else math.nan,
+        }
+    return out
 
 
 BOOTSTRAP = 400
@@ -264,8 +304,38 @@ def render(results: list[dict[str, Any]], shown: str) -> str:
                 ),
                 rows,
             ),
+            "",
+            "What the probes moved, over every probe move of the run, before / after "
+            "the examined model's history ended (log changes per unit of the probe's "
+            "log weight step, as ratios on the probe's sign):",
+            "",
+            *table(
+                (
+                    "scenario",
+                    "probe moves",
+                    "request rate per weight step",
+                    "latency per weight step",
+                    "mean utilization",
+                ),
+                [_moved_row(r) for r in results if r.get("probes_moved")],
+            ),
             MARK_END,
         ]
+    )
+
+
+def _moved_row(r: dict[str, Any]) -> tuple[str, ...]:
+    def pair(key: str, form: str) -> str:
+        values = [r["probes_moved"][side][key] for side in ("before", "after")]
+        return " / ".join("n/a" if math.isnan(v) else format(v, form) for v in values)
+
+    moves = " / ".join(str(r["probes_moved"][side]["moves"]) for side in ("before", "after"))
+    return (
+        r["scenario"],
+        moves,
+        pair("rate_per_weight", ".2f"),
+        pair("latency_per_weight", ".2f"),
+        pair("utilization", ".2f"),
     )
 
 
