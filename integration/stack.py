@@ -149,7 +149,7 @@ class LocalStack:
         if self.prometheus is None:
             raise StackError("the stack runs no Prometheus: LocalStack(..., prometheus=True)")
         query = (
-            'rate(veloflux_demo_busy_seconds_total{job="backends"}[4s])'
+            'irate(veloflux_demo_busy_seconds_total{job="backends"}[3s])'
             ' / veloflux_demo_concurrency_limit{job="backends"}'
         )
         return {
