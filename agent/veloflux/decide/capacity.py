@@ -14,7 +14,9 @@ downward (one interval far below, or two clearly below) and slowly upward (sever
 intervals above in a row), as peak-EWMA is quick to believe bad news and slow to
 believe good. After a change the window restarts from the intervals that showed it,
 and the estimate is given no confidence for a blackout of a few intervals (after a
-fall, the new, lower figure may still lower the weight until it is confident); data
+fall, the new, lower figure may still lower the weight until it is confident). The
+run's first interval, which straddles the change, leaves the window as soon as the
+intervals after it can carry the estimate alone; data
 older than ``max_age_seconds`` expires. Idle intervals say nothing about capacity and
 are skipped.
 """
@@ -95,6 +97,9 @@ class _Series:
     blackout: int = 0  # intervals still to pass before the estimate is trusted
     changes: int = 0
     fell_last: bool = False  # the last change found was downward
+    # The first interval of the run that showed the last change: the change began
+    # somewhere inside it, so part of it ran at the old speed.
+    straddle: Interval | None = None
 
 
 class CapacityEstimator:
@@ -125,6 +130,7 @@ class CapacityEstimator:
             series.blackout = s.blackout_intervals
             series.changes += 1
             series.fell_last = run is series.fell
+            series.straddle = run[0]
             series.below = series.above = 0.0
             series.fell, series.rose = [], []
             return
@@ -137,11 +143,17 @@ class CapacityEstimator:
         if series is None or not series.intervals:
             return CapacityEstimate(None, None, 0.0, 0, "no busy interval yet")
         window = list(series.intervals)
+        needed = s.min_intervals if series.changes == 0 else s.min_intervals_after_change
+        if series.straddle is not None and window[0] is series.straddle and len(window) > needed:
+            # A change's first interval is part old speed: in a ratio of sums it held a
+            # fallen server's figure 20-40% high for ten intervals and more (a real
+            # HAProxy whose server slowed fourfold). It counts only until the intervals
+            # after it are enough to be confident without it.
+            window = window[1:]
         capacity, stderr = ratio_of_sums(window)
         n = len(window)
         if now - window[-1].at > s.max_age_seconds:
             return CapacityEstimate(capacity, stderr, 0.0, n, "expired: no recent busy interval")
-        needed = s.min_intervals if series.changes == 0 else s.min_intervals_after_change
         relative = stderr / capacity if capacity > 0 and stderr is not None else math.inf
         confidence = max(0.0, min(1.0, 1.0 - relative / s.max_relative_error))
         if series.blackout == 0 and n >= needed and confidence > 0:
