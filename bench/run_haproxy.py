@@ -26,6 +26,7 @@ Each phase's p99 and error rate are reported as a ratio to ``leastconn`` alone i
 same phase, all measured in one invocation.
 
     .venv/bin/python bench/run_haproxy.py [--write] [--warmup 90] [--phase 40]
+        [--only ALGORITHM:WEIGHTS ...] [--trace] [--agent-set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -150,14 +151,26 @@ def with_utilization(stack: LocalStack, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def veloflux(stack: LocalStack, workdir: Path) -> Iterator[Callable[[], dict[str, Any]]]:
-    """The daemon in this process; the callable trains from its journal (the normal
-    training path and gate) and says what came of it."""
+def veloflux(
+    stack: LocalStack, workdir: Path, overrides: dict[str, Any]
+) -> Iterator[Callable[[], dict[str, Any]]]:
+    """The daemon in this process, its config with ``overrides`` (dotted key: value)
+    on top; the callable trains from its journal (the normal training path and gate)
+    and says what came of it."""
     path = agent_config(stack, workdir, INTERVAL_S)
     text = path.read_text().replace("ai:\n", "ai:\n  min_training_rows: 100\n", 1)
     path.write_text(text)
     if stack.prometheus is not None:
         with_utilization(stack, path)
+    if overrides:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for dotted, value in overrides.items():
+            *parents, key = dotted.split(".")
+            section = data
+            for name in parents:
+                section = section.setdefault(name, {})
+            section[key] = value
+        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     with running_daemon(path):
 
         def train() -> dict[str, Any]:
@@ -212,7 +225,13 @@ def weight_trace(audit: Path, started: dict[str, float]) -> list[list[Any]]:
 
 
 def one_run(
-    algorithm: str, strategy: str, warmup_s: float, phase_s: float, workdir: Path, seed: int
+    algorithm: str,
+    strategy: str,
+    warmup_s: float,
+    phase_s: float,
+    workdir: Path,
+    seed: int,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     rate = LOAD * CAPACITY
     prometheus = strategy == "veloflux"
@@ -230,7 +249,7 @@ def one_run(
         elif strategy == "heuristic":
             on.enter_context(heuristic(stack))
         elif strategy.startswith("veloflux"):
-            train = on.enter_context(veloflux(stack, workdir))
+            train = on.enter_context(veloflux(stack, workdir, overrides or {}))
         run_phase(stack, rate, warmup_s, seed)
         if train is not None:
             training = train()
@@ -277,7 +296,23 @@ def main() -> None:
     parser.add_argument(
         "--trace", action="store_true", help="print each VeloFlux run's weight writes by phase"
     )
+    parser.add_argument(
+        "--agent-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set an agent config key for the VeloFlux runs (e.g. policy.max_step_ratio=1.0; "
+        "the value is YAML); repeatable; not with --write",
+    )
     opts = parser.parse_args()
+    overrides: dict[str, Any] = {}
+    for item in opts.agent_set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--agent-set wants KEY=VALUE, not {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    if overrides and opts.write:
+        parser.error("--write measures the shipped config (no --agent-set)")
     chosen: tuple[tuple[str, str], ...] = RUNS
     if opts.only:
         wanted = [tuple(item.split(":", 1)) for item in opts.only]
@@ -292,7 +327,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="veloflux-bench-real-") as tmp:
         for i, (algorithm, strategy) in enumerate(chosen):
             workdir = Path(tmp) / f"run{i}"
-            run = one_run(algorithm, strategy, opts.warmup, opts.phase, workdir, opts.seed)
+            run = one_run(
+                algorithm, strategy, opts.warmup, opts.phase, workdir, opts.seed, overrides
+            )
             runs.append(run)
             print(json.dumps(run), flush=True)
     report = {

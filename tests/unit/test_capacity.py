@@ -249,8 +249,7 @@ def test_a_changes_first_interval_leaves_the_window_once_the_rest_can_carry_it(
 ) -> None:
     """Catches the interval that straddles a change kept in the new window: part of it
     ran at the old speed, and in a ratio of sums it pulls the new figure toward the old
-    one for as long as the window holds it (on a real HAProxy whose server slowed
-    fourfold, 20-40% high for ten intervals)."""
+    one for as long as the window holds it."""
     old, new = (100.0, 25.0) if direction == "fall" else (25.0, 100.0)
     rng = random.Random(7)
     estimator = CapacityEstimator(CapacitySettings(blackout_intervals=1))

@@ -145,10 +145,10 @@ class CapacityEstimator:
         window = list(series.intervals)
         needed = s.min_intervals if series.changes == 0 else s.min_intervals_after_change
         if series.straddle is not None and window[0] is series.straddle and len(window) > needed:
-            # A change's first interval is part old speed: in a ratio of sums it held a
-            # fallen server's figure 20-40% high for ten intervals and more (a real
-            # HAProxy whose server slowed fourfold). It counts only until the intervals
-            # after it are enough to be confident without it.
+            # A change's first interval ran partly at the old speed and, in a ratio of
+            # sums, pulls the new figure toward the old one. It counts only until the
+            # intervals after it are enough to be confident without it; it stays in
+            # the window the change test reads, as every interval does.
             window = window[1:]
         capacity, stderr = ratio_of_sums(window)
         n = len(window)
