@@ -9,16 +9,19 @@ examined on every interval the run recorded after that history:
 - **flat curves**: the share of (server, interval) rows whose predicted p90 latency
   rises by less than 1% from half to one and a half times the server's current rate
   (the optimizer can only rank servers along a flat curve, never weigh load);
-- **feature gain**: the rank of the utilization feature by total gain in the load
-  response's booster (``model/load_response.py``: utilization is its one input, so 1
-  whenever the model has one) and among the q90 latency booster's features, the
-  rank the target is judged on (the response's says nothing);
+- **feature gain**: the rank of the utilization feature by total gain among the q90
+  latency booster's features (the load response, ``model/load_response.py``, reads
+  utilization alone: its fitted scale is shown instead);
 - **calibration slope**: on the agent's weight probes (``decide/probes.py``, the
   schedule recomputed from the journal's times), the latency change the probes
   caused over the change the model predicts for them: sum(z x measured) / sum(z x
-  predicted), z the sign of the probe's load change (its start or its end, where
-  the probe ran), measured the change of log latency from the interval to the next,
-  predicted the model's p50 at the row's load step against its p50 at no step. The
+  predicted), z the sign of the schedule's load change (a probe's start or its end,
+  run or not: ``model/features.py``'s ``probe_moves`` says why; the moves counted
+  are those that ran), measured the change of log latency from the interval to the next
+  less the change of log service time (utilization over request rate: what a drift
+  of the server's own speed moved, not the load; the slope on the raw latency change
+  is shown beside it), predicted the model's p50 at the row's load step against its
+  p50 at no step. The
   probe's timing is drawn by a schedule no latency moved, so
   whatever else changed latency averages out of both sums: 1 is a model whose load
   response matches what the probes did, 0 one with none. (Over moves the agent and
@@ -26,8 +29,8 @@ examined on every interval the run recorded after that history:
   a server slows, gets less, and rate and latency move against each other.) The
   interval in brackets is a bootstrap 90% interval over the probed rows;
 - **what the probes moved**: over every probe move of the run, before and after
-  that model's history ended, the server's request rate and latency changes per
-  unit of the probe's weight step (the same ratios on the probe's sign), and the
+  that model's history ended, the server's request rate, latency and service time
+  changes per unit of the probe's weight step (the same ratios on the probe's sign), and the
   mean utilization: a dispatcher that amplifies a weight step, or a response that
   changed between the windows, shows here.
 
@@ -88,6 +91,7 @@ def examine(strategy: VelofluxStrategy) -> dict[str, Any]:
 
     from veloflux.history.rates import derive_rates
     from veloflux.model.features import LOAD_STEP, build_features
+    from veloflux.model.load_response import IN_FLIGHT, measured_change
     from veloflux.model.predict import Predictor
 
     registry, journal = strategy.registry, strategy.journal
@@ -120,7 +124,8 @@ def examine(strategy: VelofluxStrategy) -> dict[str, Any]:
     known = moved["request_rate"].to_numpy(dtype=float)
     usable = moved[~before & np.isfinite(known) & (known > 0)]
     slope, low, high = math.nan, math.nan, math.nan
-    if len(usable) >= 10:
+    raw, raw_low, raw_high = math.nan, math.nan, math.nan
+    if usable["ran"].sum() >= 10:
         now = usable["request_rate"].to_numpy(dtype=float)
         step = usable[LOAD_STEP].to_numpy(dtype=float)
         # A curve's rates must rise along it (it is rearranged to never fall): the pair
@@ -128,18 +133,15 @@ def examine(strategy: VelofluxStrategy) -> dict[str, Any]:
         pair = np.sort(np.column_stack([now, now * np.exp(step)]), axis=1)
         at = predictor.curves(usable, pair, with_median=True).latency_p50
         predicted = np.sign(step) * np.log(at[:, 1] / at[:, 0])
-        measured = np.log(usable["target_latency"].to_numpy() / usable["latency"].to_numpy())
         z = usable["probe"].to_numpy(dtype=float)
-        slope = _ratio(z * measured, z * predicted)
-        draws = np.random.default_rng(1).integers(0, len(z), (BOOTSTRAP, len(z)))
-        spread = [_ratio((z * measured)[d], (z * predicted)[d]) for d in draws]
-        low, high = (float(q) for q in np.nanquantile(spread, [0.05, 0.95]))
+        queueing = measured_change(usable, predictor.load.feature if predictor.load else IN_FLIGHT)
+        latency = measured_change(usable, IN_FLIGHT)  # the raw change of log latency
+        slope, low, high = _slope(z, queueing, predicted)
+        raw, raw_low, raw_high = _slope(z, latency, predicted)
 
     gains = predictor.feature_gains("q90")
     order = sorted(gains, key=lambda name: -gains[name])
     utilization = f"prom_{UTILIZATION_FEATURE}"
-    response = predictor.feature_gains("load")
-    response_order = sorted(response, key=lambda name: -response[name])
     return {
         "trained": True,
         "promoted": newest.status in (CURRENT, RETIRED),  # retired: promoted, since replaced
@@ -152,12 +154,11 @@ def examine(strategy: VelofluxStrategy) -> dict[str, Any]:
         "load_rank": order.index(LOAD_STEP) + 1 if LOAD_STEP in order else None,
         "top3": order[:3],
         "load_response": newest.metadata.get("load_response"),
-        "load_utilization_rank": (
-            response_order.index(utilization) + 1 if utilization in response_order else None
-        ),
-        "probes": len(usable),
+        "probes": int(usable["ran"].sum()),
         "slope": slope,
         "slope_interval": [low, high],
+        "raw_slope": raw,
+        "raw_slope_interval": [raw_low, raw_high],
         "probes_moved": _what_probes_moved(moved, before),
     }
 
@@ -165,26 +166,31 @@ def examine(strategy: VelofluxStrategy) -> dict[str, Any]:
 def _what_probes_moved(moved: Any, before: Any) -> dict[str, Any]:
     """Over every probe move of the run, before and after the examined model's
     history ended: how far the server's request rate moved per unit of the probe's
-    weight step, and its latency (log changes; instrumental-variable ratios on the
-    probe's sign, as the calibration slope is), and the mean utilization."""
+    weight step, its latency, and its service time (utilization over request rate; log
+    changes, instrumental-variable ratios on the probe's sign, as the calibration slope
+    is), and the mean utilization."""
     import numpy as np
 
     from veloflux.model.features import LOAD_FEATURE, LOAD_STEP
+    from veloflux.model.load_response import IN_FLIGHT, measured_change
 
     z = moved["probe"].to_numpy(dtype=float)
     step = moved[LOAD_STEP].to_numpy(dtype=float)
     rate = np.log(moved[LOAD_FEATURE].to_numpy(dtype=float) / moved["request_rate"].to_numpy())
     latency = np.log(moved["target_latency"].to_numpy(dtype=float) / moved["latency"].to_numpy())
-    utilization = moved[f"prom_{UTILIZATION_FEATURE}"].to_numpy(dtype=float)
-    known = np.isfinite(rate) & np.isfinite(latency)
+    column = f"prom_{UTILIZATION_FEATURE}"
+    utilization = moved[column].to_numpy(dtype=float)
+    service = measured_change(moved, IN_FLIGHT) - measured_change(moved, column)
+    known = np.isfinite(rate) & np.isfinite(latency) & np.isfinite(service)
     out: dict[str, Any] = {}
     for name, side in (("before", before), ("after", ~before)):
         part = side & known
         zs = z[part]
         out[name] = {
-            "moves": int(part.sum()),
+            "moves": int((part & moved["ran"].to_numpy(dtype=bool)).sum()),
             "rate_per_weight": _ratio(zs * rate[part], zs * step[part]),
             "latency_per_weight": _ratio(zs * latency[part], zs * step[part]),
+            "service_per_weight": _ratio(zs * service[part], zs * step[part]),
             "utilization": float(np.nanmean(utilization[part])) if part.any() else math.nan,
         }
     return out
@@ -193,16 +199,28 @@ def _what_probes_moved(moved: Any, before: Any) -> dict[str, Any]:
 BOOTSTRAP = 400
 
 
+def _slope(z: Any, measured: Any, predicted: Any) -> tuple[float, float, float]:
+    """sum(z x measured) / sum(z x predicted), and its bootstrap 90% interval."""
+    import numpy as np
+
+    known = np.isfinite(measured) & np.isfinite(predicted)
+    z, measured, predicted = z[known], measured[known], predicted[known]
+    draws = np.random.default_rng(1).integers(0, len(z), (BOOTSTRAP, len(z)))
+    spread = [_ratio((z * measured)[d], (z * predicted)[d]) for d in draws]
+    low, high = (float(q) for q in np.nanquantile(spread, [0.05, 0.95]))
+    return _ratio(z * measured, z * predicted), low, high
+
+
 def _ratio(numerator: Any, denominator: Any) -> float:
     total = float(denominator.sum())
     return float(numerator.sum()) / total if total != 0 else math.nan
 
 
 def _probe_signs(strategy: VelofluxStrategy, rows: Any) -> Any:
-    """The rows of ``rows`` at which a probe that ran changed a server's load (a
+    """The rows of ``rows`` at which the probe schedule changed a server's load (a
     probe's start or its end), with the change's sign as ``probe`` (+1: the load went
-    up into the next interval): ``model/features.py``'s ``probe_moves``, on the
-    agent's schedule (``ai.probe_*``)."""
+    up into the next interval) and whether it ran: ``model/features.py``'s
+    ``probe_moves``, on the agent's schedule (``ai.probe_*``)."""
     from veloflux.domain.probe_schedule import ProbeSettings
     from veloflux.model.features import probe_moves
 
@@ -260,22 +278,26 @@ def render(results: list[dict[str, Any]], shown: str) -> str:
     rows = []
     for r in results:
         if not r.get("trained"):
-            rows.append((r["scenario"], "no model trained", "", "", "", ""))
+            rows.append((r["scenario"], "no model trained", "", "", "", "", "", ""))
             continue
-        low, high = r["slope_interval"]
-        slope = "n/a" if math.isnan(r["slope"]) else f"{r['slope']:.2f} [{low:.2f}, {high:.2f}]"
         in_band = not math.isnan(r["slope"]) and 0.5 <= r["slope"] <= 1.5
         response = r.get("load_response") or {}
-        ranks = (r.get("load_utilization_rank"), r["utilization_rank"])
+        scale = response.get("scale")
+        fitted = (
+            f"{scale:.3f} x pressure ({response['features'][0]})" if scale is not None else "none"
+        )
+        rank = r["utilization_rank"]
         rows.append(
             (
                 r["scenario"],
                 f"{r['flat_share']:.0%} ({_met(r['flat_share'] < 0.1)})",
                 f"{r['median_rise']:+.1%}",
-                f"{ranks[0] or '-'} / {ranks[1] or '-'} ({_met((ranks[1] or 99) <= 3)})",
-                f"{slope} over {r['probes']} probe moves ({_met(in_band)})",
-                f"{'yes' if r['promoted'] else 'no'} ({response.get('moves', 0)} probe moves "
-                f"to learn from); {r['gate']}",
+                f"{rank or '-'} ({_met((rank or 99) <= 3)})",
+                f"{fitted}, {response.get('moves', 0)} probe moves",
+                f"{_interval(r['slope'], r['slope_interval'])} over {r['probes']} probe moves "
+                f"({_met(in_band)})",
+                _interval(r.get("raw_slope", math.nan), r.get("raw_slope_interval", [0, 0])),
+                f"{'yes' if r['promoted'] else 'no'}; {r['gate']}",
             )
         )
     return "\n".join(
@@ -286,9 +308,10 @@ def render(results: list[dict[str, Any]], shown: str) -> str:
             f"`{DISPATCHER}`, seed 1; the newest model the agent trained on history that "
             "ended by the middle of the measured period, promoted or not, judged on the "
             "intervals after that history). Targets: under 10% of curves flat, the "
-            "utilization feature among the q90 latency booster's three largest by gain "
-            "(the load response's rank is shown beside it: 1 by construction), a "
-            "calibration slope within 0.5-1.5 (on the weight probes).",
+            "utilization feature among the q90 latency booster's three largest by gain, "
+            "a calibration slope within 0.5-1.5 (on the weight probes; judged on the "
+            "latency change less the service time's, the part a load step can cause, and "
+            "shown on the raw latency change beside it).",
             "",
             MARK_BEGIN,
             f"Measured on {describe(machine())}. Command: `{shown}`.",
@@ -298,8 +321,10 @@ def render(results: list[dict[str, Any]], shown: str) -> str:
                     "scenario",
                     "flat curves",
                     "median rise 0.5x-1.5x",
-                    "utilization's rank: load response / q90",
+                    "utilization's rank in q90",
+                    "load response: elasticity",
                     "calibration slope [90%]",
+                    "on raw latency [90%]",
                     "promoted; the gate's reason",
                 ),
                 rows,
@@ -315,6 +340,7 @@ def render(results: list[dict[str, Any]], shown: str) -> str:
                     "probe moves",
                     "request rate per weight step",
                     "latency per weight step",
+                    "service time per weight step",
                     "mean utilization",
                 ),
                 [_moved_row(r) for r in results if r.get("probes_moved")],
@@ -322,6 +348,11 @@ def render(results: list[dict[str, Any]], shown: str) -> str:
             MARK_END,
         ]
     )
+
+
+def _interval(value: float, interval: list[float]) -> str:
+    low, high = interval
+    return "n/a" if math.isnan(value) else f"{value:.2f} [{low:.2f}, {high:.2f}]"
 
 
 def _moved_row(r: dict[str, Any]) -> tuple[str, ...]:
@@ -335,6 +366,7 @@ def _moved_row(r: dict[str, Any]) -> tuple[str, ...]:
         moves,
         pair("rate_per_weight", ".2f"),
         pair("latency_per_weight", ".2f"),
+        pair("service_per_weight", ".2f"),
         pair("utilization", ".2f"),
     )
 

@@ -13,7 +13,11 @@ interval). The schedule is a clock, so whatever else moved latency meanwhile (a
 dispatcher's reaction, a slow-down) is as likely under either sign and averages out
 of both sums. 1: the model's response matches what the probes did; 0: none; a
 negative or missing denominator: the model predicts no rise, or a fall, with load.
-Only probes that ran count (``features.probe_moves``).
+Every scheduled change counts, run or not (``features.probe_moves`` says why); the
+moves it rests on are those that ran. The measured change is the one
+the load response learns from (``load_response.measured_change``): with a utilization
+signal, the latency change less the service time's, which takes out a drift of the
+server's own speed that no load step caused.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ import numpy as np
 import pandas as pd
 
 from veloflux.domain.probe_schedule import ProbeSettings
-from veloflux.model.features import LOAD_FEATURE, LOAD_STEP, TARGET_LATENCY, probe_moves
-from veloflux.model.load_response import predict_elasticity
+from veloflux.model.features import LOAD_FEATURE, LOAD_STEP, probe_moves
+from veloflux.model.load_response import IN_FLIGHT, measured_change
 from veloflux.model.train import TrainedModel, feature_matrix
 
 # The band a promoted model's calibration slope must fall in, and how many probe
@@ -66,17 +70,18 @@ def load_calibration(
     if probes.size <= 0 or rows.empty:
         return LoadCalibration(None, 0)
     moved = probe_moves(rows, probes)
-    if moved.empty:
+    ran = int(moved["ran"].sum())
+    if ran == 0:
         return LoadCalibration(None, 0)
     predicted = predicted_change(model, moved)
-    measured = np.log(moved[TARGET_LATENCY].to_numpy(dtype=float))
-    measured -= np.log(moved["latency"].to_numpy(dtype=float))
-    sign = moved["probe"].to_numpy(dtype=float)
-    denominator = float(np.sum(sign * predicted))
+    measured = measured_change(moved, model.load.feature if model.load else IN_FLIGHT)
+    known = np.isfinite(predicted) & np.isfinite(measured)
+    sign = moved["probe"].to_numpy(dtype=float)[known]
+    denominator = float(np.sum(sign * predicted[known]))
     if not denominator > 0:
-        return LoadCalibration(None, len(moved))
-    slope = float(np.sum(sign * measured)) / denominator
-    return LoadCalibration(slope if math.isfinite(slope) else None, len(moved))
+        return LoadCalibration(None, ran)
+    slope = float(np.sum(sign * measured[known])) / denominator
+    return LoadCalibration(slope if math.isfinite(slope) else None, ran)
 
 
 def predicted_change(model: TrainedModel, rows: pd.DataFrame) -> np.ndarray:
@@ -85,7 +90,7 @@ def predicted_change(model: TrainedModel, rows: pd.DataFrame) -> np.ndarray:
     the optimizer's counterfactual sets them."""
     step = rows[LOAD_STEP].to_numpy(dtype=float)
     if model.load is not None:
-        response: np.ndarray = predict_elasticity(model.load, model.load_features, rows) * step
+        response: np.ndarray = model.load.elasticity(rows) * step
         return response
     rate = rows["request_rate"].to_numpy(dtype=float)
     x = feature_matrix(rows, model.features)

@@ -61,6 +61,13 @@ EXTRA = ("requests",)
 _TREND_WINDOW = 3
 TARGETS = (TARGET_LATENCY, TARGET_ERROR_RATE, TARGET_REQUESTS)
 COLUMNS = (*KEYS, *EXTRA, *FEATURES, *TARGETS)
+NEXT_PREFIX = "next_"
+
+
+def next_of(column: str) -> str:
+    """The column holding an operator-defined feature's value over the next interval
+    (the load response reads the next interval's utilization: ``model/load_response.py``)."""
+    return NEXT_PREFIX + column
 
 
 def checked_features(names: Sequence[object], version: str) -> tuple[str, ...]:
@@ -98,7 +105,7 @@ def build_features(rates: pd.DataFrame) -> pd.DataFrame:
     tick; integer codes and one sort avoid that.
     """
     external = external_columns(rates)
-    columns_out = (*KEYS, *EXTRA, *FEATURES, *external, *TARGETS)
+    columns_out = (*KEYS, *EXTRA, *FEATURES, *external, *TARGETS, *map(next_of, external))
     if rates.empty:
         return pd.DataFrame(columns=list(columns_out))
     order, series, pool_codes = series_order(rates, with_pools=True)
@@ -122,6 +129,7 @@ def build_features(rates: pd.DataFrame) -> pd.DataFrame:
             (TARGET_LATENCY, "interval_response_time"),
             (TARGET_ERROR_RATE, "error_rate"),
             (TARGET_REQUESTS, "requests"),
+            *((next_of(column), column) for column in external),
         )
     }
     step = _weight_step(floats("weight"), up, series, pool_codes, instants(rates)[order])[up]
@@ -316,17 +324,26 @@ def probe_changes(rows: pd.DataFrame, probes: ProbeSettings) -> np.ndarray:
 
 
 def probe_moves(rows: pd.DataFrame, probes: ProbeSettings) -> pd.DataFrame:
-    """The rows where a probe that ran changed the load, with the change's sign
-    (``probe``), and a measured latency on both sides. A probe ran when the row's
-    weight step has the schedule's sign and at least half its size: one the agent
-    left out (a server it was unsure of) moved nothing."""
+    """The rows where the probe schedule changed the load, with the change's sign
+    (``probe``), whether the probe ran (``ran``), and a measured latency on both sides.
+
+    Every scheduled change is kept, run or not, and estimates built on these rows are
+    ratios on the sign (instrumental-variable estimates, as an intention-to-treat
+    trial is read): a probe the agent left out moves nothing and only adds noise. To
+    keep only the probes that ran would select on the weight step, which holds the
+    controller's move at the same tick as well: a server that had just slowed is cut
+    by the controller too, so its probe's start counts, and its speed, drifting back,
+    then lowers its latency: the simulator's drift scenarios measured the probes
+    "lowering" latency that way. ``ran`` (the row's weight step has the schedule's sign
+    and at least half its size) counts the moves an estimate rests on.
+    """
     change = probe_changes(rows, probes)
     step = rows[LOAD_STEP].to_numpy(dtype=float)
     ran = (np.sign(step) == change) & (np.abs(step) >= 0.5 * probes.size)
     latency = rows["latency"].to_numpy(dtype=float)
     target = rows[TARGET_LATENCY].to_numpy(dtype=float)
-    usable = (change != 0) & ran & (latency > 0) & (target > 0)
-    moved: pd.DataFrame = rows[usable].assign(probe=change[usable])
+    usable = (change != 0) & np.isfinite(step) & (latency > 0) & (target > 0)
+    moved: pd.DataFrame = rows[usable].assign(probe=change[usable], ran=ran[usable])
     return moved
 
 

@@ -41,8 +41,7 @@ from veloflux.model.features import (
     baseline_log_latency,
     checked_features,
 )
-from veloflux.model.load_response import BOOSTER as LOAD_BOOSTER
-from veloflux.model.load_response import predict_elasticity
+from veloflux.model.load_response import LoadResponse
 from veloflux.model.registry import LoadedModel
 from veloflux.model.train import (
     LATENCY_TARGET,
@@ -113,13 +112,7 @@ class Predictor:
         self._q10, self._q50, self._q90 = (_booster(loaded, quantile_name(a)) for a in QUANTILES)
         self._errors = _booster(loaded, "errors")
         # The load response learned from the weight probes, when the model has one.
-        response = meta.get("load_response") or {}
-        self._load_features = tuple(str(f) for f in response.get("features", ()))
-        self._load = (
-            _booster(loaded, LOAD_BOOSTER)
-            if self._load_features and LOAD_BOOSTER in loaded.boosters
-            else None
-        )
+        self.load = LoadResponse.from_metadata(meta.get("load_response"))
         self._offset = float(meta["conformal_offset"])
         ood = meta["ood"]
         present = ood.get("features", FEATURES)
@@ -147,10 +140,6 @@ class Predictor:
         ``errors``): which features the trees actually split on (diagnostics)."""
         chosen = {"q10": self._q10, "q50": self._q50, "q90": self._q90, "errors": self._errors}
         names = self.features
-        if booster == "load":
-            if self._load is None:
-                return {}
-            chosen["load"], names = self._load, self._load_features
         scores = chosen[booster].get_score(importance_type="total_gain")
         gains = dict.fromkeys(names, 0.0)
         for key, value in scores.items():
@@ -194,11 +183,11 @@ class Predictor:
             step = np.where(known, np.log(candidate / np.where(known, current, 1.0)), np.nan)
         x[:, self.features.index(LOAD_STEP)] = step
         base = np.repeat(_baselines(rows), g - skip)
-        if self._load is not None:
+        if self.load is not None:
             # The latency boosters at the status quo, the probes' load response on top.
             x[:, self.features.index(LOAD_FEATURE)] = np.where(known, current, candidate)
             x[:, self.features.index(LOAD_STEP)] = 0.0
-            elasticity = predict_elasticity(self._load, self._load_features, rows)
+            elasticity = self.load.elasticity(rows)
             base = base + np.repeat(elasticity, g - skip) * np.nan_to_num(step)
 
         def curve(values: np.ndarray) -> np.ndarray:

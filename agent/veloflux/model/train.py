@@ -41,8 +41,7 @@ from veloflux.model.features import (
     probed_steps,
     training_rows,
 )
-from veloflux.model.load_response import BOOSTER as LOAD_BOOSTER
-from veloflux.model.load_response import fit_load_response
+from veloflux.model.load_response import LoadResponse, fit_load_response
 
 QUANTILES = (0.1, 0.5, 0.9)
 # What the latency boosters predict; a model that says otherwise is refused.
@@ -132,16 +131,13 @@ class TrainedModel:
     errors: xgb.Booster
     metadata: dict[str, Any] = field(default_factory=dict)
     features: tuple[str, ...] = FEATURES  # the boosters' input columns, in order
-    # The load response learned from the weight probes (``model/load_response.py``),
-    # and its input columns; None: too few probes, the latency boosters' own.
-    load: xgb.Booster | None = None
-    load_features: tuple[str, ...] = ()
+    # The load response learned from the weight probes (``model/load_response.py``);
+    # None: too few probes, the latency boosters' own. Kept in the metadata.
+    load: LoadResponse | None = None
 
     def booster_bytes(self) -> dict[str, bytes]:
         named = {quantile_name(a): b for a, b in zip(QUANTILES, self.latency, strict=True)}
         named["errors"] = self.errors
-        if self.load is not None:
-            named[LOAD_BOOSTER] = self.load
         return {name: bytes(b.save_raw("ubj")) for name, b in named.items()}
 
 
@@ -270,18 +266,18 @@ def train_model(
         settings,
     )
     report("load response", 0.8)
-    probes, column = settings.probes(), settings.utilization_column
-    fitted = fit_load_response(
-        split.train, split.valid, probes, column, settings.seed, settings.nthread
+    # Fitted on the training and validation windows (it needs no early stopping), the
+    # newest it may see: the calibration and test windows judge it (``pipeline.gate``).
+    load = fit_load_response(
+        pd.concat([split.train, split.valid]), settings.probes(), settings.utilization_column
     )
-    load, load_features, moves = fitted if fitted is not None else (None, (), 0)
     report("calibration", 0.85)
-    model = TrainedModel(latency, errors, {}, used, load, load_features)
+    model = TrainedModel(latency, errors, {}, used, load)
     metadata = _metadata(model, split, rows, settings)
-    metadata["load_response"] = {"features": list(load_features), "moves": moves}
+    metadata["load_response"] = load.metadata() if load else {"features": [], "moves": 0}
     metadata["duration_seconds"] = round(time.perf_counter() - started, 3)
     report("done", 1.0)
-    return TrainedModel(latency, errors, metadata, used, load, load_features), split
+    return TrainedModel(latency, errors, metadata, used, load), split
 
 
 def _weights(rows: pd.DataFrame) -> np.ndarray:
