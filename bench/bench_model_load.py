@@ -188,6 +188,7 @@ def _what_probes_moved(moved: Any, before: Any) -> dict[str, Any]:
         zs = z[part]
         out[name] = {
             "moves": int((part & moved["ran"].to_numpy(dtype=bool)).sum()),
+            "scheduled": int(part.sum()),
             "rate_per_weight": _ratio(zs * rate[part], zs * step[part]),
             "latency_per_weight": _ratio(zs * latency[part], zs * step[part]),
             "service_per_weight": _ratio(zs * service[part], zs * step[part]),
@@ -357,7 +358,11 @@ def _interval(value: float, interval: list[float]) -> str:
 
 def _moved_row(r: dict[str, Any]) -> tuple[str, ...]:
     def pair(key: str, form: str) -> str:
-        values = [r["probes_moved"][side][key] for side in ("before", "after")]
+        # With under 10 probes that ran, or fewer than half the scheduled moves, the
+        # ratios over every scheduled move are noise (the probes moved almost nothing).
+        sides = [r["probes_moved"][side] for side in ("before", "after")]
+        strong = [s["moves"] >= max(10, s.get("scheduled", 0) / 2) for s in sides]
+        values = [s[key] if ok else math.nan for s, ok in zip(sides, strong, strict=True)]
         return " / ".join("n/a" if math.isnan(v) else format(v, form) for v in values)
 
     moves = " / ".join(str(r["probes_moved"][side]["moves"]) for side in ("before", "after"))
