@@ -31,7 +31,12 @@ from veloflux.agent.ladder import Ladder
 from veloflux.config.load import validate_config
 from veloflux.config.schema import AISection, OutlierSection
 from veloflux.decide.advisor import AdvisorSettings, advise
-from veloflux.decide.capacity_rung import OVERLOAD_HYSTERESIS, CapacityRung, RungSettings
+from veloflux.decide.capacity_rung import (
+    MAX_HEALTHY_UTILIZATION,
+    OVERLOAD_HYSTERESIS,
+    CapacityRung,
+    RungSettings,
+)
 from veloflux.decide.planner import max_step, plan_weights
 from veloflux.decide.tilt import headroom_bound
 from veloflux.decide.utilization import Work, interval_work
@@ -457,6 +462,31 @@ def test_a_server_that_fails_thirty_percent_loses_health_the_others_keep_it() ->
     assert mid.health == pytest.approx((1 - mid.error_rate) ** 6)
     assert mid.health < 0.25
     assert view.servers["small"].health == view.servers["big"].health == 1.0
+
+
+def test_a_health_cut_stops_where_the_others_headroom_ends() -> None:
+    """Catches a cut that moves a failing server's load onto servers with no room for
+    it: at 85% busy, (1 - 0.3)^6 would put the healthy servers past their capacity, so
+    the cut is softened until they run at MAX_HEALTHY_UTILIZATION, still a cut, and the
+    reason says so; at 50% busy the full cut stands."""
+    fleet, the_rung = Fleet(CAPACITY, None), rung()
+    run(fleet, the_rung, 10, busy=0.85)
+    view = run(fleet, the_rung, 4, busy=0.85, fail={"mid": 0.3})
+    mid = view.servers["mid"]
+    full = (1 - mid.error_rate) ** 6
+    assert mid.health_limited
+    assert full < mid.health < 1.0
+    carried = sum((c.capacity or 0.0) * c.health for c in view.servers.values())
+    assert (view.offered_rps or 0.0) / carried == pytest.approx(MAX_HEALTHY_UTILIZATION, abs=0.01)
+    plan = plan_weights(pool_at(EVEN), policy(), on_rung(view))
+    reason = next(s.reason for s in plan.servers() if s.server == "mid")
+    assert "cut only as far as the others' headroom allows" in reason
+
+    fleet, the_rung = Fleet(CAPACITY, None), rung()
+    run(fleet, the_rung, 10, busy=0.5)
+    calm = run(fleet, the_rung, 4, busy=0.5, fail={"mid": 0.3}).servers["mid"]
+    assert not calm.health_limited
+    assert calm.health == pytest.approx((1 - calm.error_rate) ** 6)
 
 
 def test_health_comes_back_after_three_clean_intervals_and_not_before() -> None:

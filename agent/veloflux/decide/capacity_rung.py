@@ -8,7 +8,8 @@ server's errors and each pool's offered load. Health discounts a server by its r
 error ratio (over the window, or the newest interval's when that is clearly higher),
 ``(1 - errors)^exponent``, so that a server failing requests fast (which
 frees its slots and, under least-connections, draws more traffic) is given less: the
-outlier guard's error cut, as a continuous factor. Overload compares the load offered
+outlier guard's error cut, as a continuous factor, but never so deep that the load it
+moves puts the other servers past ``MAX_HEALTHY_UTILIZATION``. Overload compares the load offered
 to the pool with its estimated capacity, with hysteresis so that a pool hovering at
 the threshold does not flap between splitting and holding.
 """
@@ -35,6 +36,9 @@ RECENT_INTERVALS = 3
 DRAIN_INTERVALS = 3
 # However deep the backlog, a server keeps this share of its capacity's traffic.
 MIN_DRAIN = 0.1
+# A health cut moves a failing server's load onto the others: never past this
+# utilization of theirs.
+MAX_HEALTHY_UTILIZATION = 0.9
 # Overload ends only once the offered load is this far below the threshold.
 OVERLOAD_HYSTERESIS = 0.07
 # Persistence is measured over this many recent intervals per server, and trusted
@@ -199,6 +203,7 @@ class CapacityRung:
             servers, observation, pool, self._settings.drain_seconds, state.backlogs
         )
         offered, total, overload = self._overload(state, observation, pool, servers)
+        servers = _within_headroom(servers, observation, pool, offered)
         return PoolCapacity(servers, offered, total, overload)
 
     def _overload(
@@ -315,6 +320,45 @@ def _with_drain(
         if excess > 0:
             factor = max(MIN_DRAIN, 1.0 - excess / drain_seconds)
             out[name] = out[name]._replace(backlog_seconds=excess, drain=factor)
+    return out
+
+
+def _within_headroom(
+    servers: dict[str, ServerCapacity], observation: Observation, pool: str, offered: float | None
+) -> dict[str, ServerCapacity]:
+    """Health factors softened as far as the other servers' headroom needs.
+
+    Weights proportional to capacity x health put every healthy server at utilization
+    offered / sum(capacity x health). In a busy pool a deep cut of a failing server
+    would push that toward 1, where every request the healthy servers carry waits in
+    a queue that grows as 1 / (1 - u), to spare the failing server's share its errors
+    (on real HAProxy's gray phase under round robin, the cut server's load went to two
+    servers near their capacity while a third's recovery was not yet trusted). So each
+    cut health h becomes h^beta, beta the largest in [0, 1] that keeps the healthy
+    servers at ``MAX_HEALTHY_UTILIZATION`` (0: no cut at all, when even that is past
+    it). Judged only with every serving server's estimate, as overload is.
+    """
+    serving = [r.server for r in observation.servers_of(pool) if r.state == "UP" and not r.backup]
+    known = [servers[s] for s in serving if s in servers and servers[s].capacity]
+    if not offered or not serving or len(known) < len(serving):
+        return servers
+    if all(c.health >= 1.0 for c in known):
+        return servers
+
+    def peak(beta: float) -> float:
+        return offered / sum((c.capacity or 0.0) * float(c.health**beta) for c in known)
+
+    if peak(1.0) <= MAX_HEALTHY_UTILIZATION:
+        return servers
+    low, high = 0.0, 1.0
+    if peak(0.0) < MAX_HEALTHY_UTILIZATION:
+        for _ in range(30):  # peak rises with beta: the largest beta within the bound
+            middle = (low + high) / 2
+            low, high = (middle, high) if peak(middle) <= MAX_HEALTHY_UTILIZATION else (low, middle)
+    out = dict(servers)
+    for c in known:
+        if c.health < 1.0:
+            out[c.server] = c._replace(health=float(c.health**low), health_limited=True)
     return out
 
 

@@ -45,7 +45,8 @@ def probe_factors(
     for name, factor in plan.items():
         estimate = capacity.servers[name]
         steady = estimate.confidence > 0 and not estimate.fell and estimate.capacity
-        steady = steady and estimate.health >= 0.995 and estimate.drain >= 0.995
+        steady = steady and estimate.health >= 0.995 and not estimate.health_limited
+        steady = steady and estimate.drain >= 0.995
         if steady:
             out[name] = factor
     return out

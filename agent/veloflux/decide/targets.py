@@ -149,8 +149,9 @@ def capacity_targets(
         if c.fell:
             weight = min(weight, r.origin or weight)
         text = f"capacity {c.capacity:.1f} req/s ±{c.relative_error:.0%}"
-        if c.health < 0.995:
-            text += f" x health {c.health:.2f} (errors {c.error_rate:.1%})"
+        if c.health < 0.995 or c.health_limited:
+            text += f" x health {c.health:.2f} (errors {c.error_rate:.1%}"
+            text += ", cut only as far as the others' headroom allows)" if c.health_limited else ")"
         if c.drain < 0.995:
             text += f" x drain {c.drain:.2f} (backlog {c.backlog_seconds:.1f} s)"
         if tilt.get(r.server):

@@ -43,7 +43,8 @@ class ServerCapacity(NamedTuple):
     the first busy interval); ``confidence`` is 0 while the estimate warms up, after a
     change (a blackout) or when it expires, and ``reason`` says which. ``fell`` marks an
     estimate in the blackout after a downward change: not yet trusted to raise a weight,
-    but enough to lower one. ``health`` (0..1) discounts a server that fails requests.
+    but enough to lower one. ``health`` (0..1) discounts a server that fails requests,
+    no further than the other servers' headroom allows (``health_limited``).
     """
 
     server: str
@@ -61,6 +62,9 @@ class ServerCapacity(NamedTuple):
     # the pool's median), and the factor that drains it (1: nothing to drain).
     backlog_seconds: float = 0.0
     drain: float = 1.0
+    # Whether ``health`` was softened because a full cut would push the others past
+    # their headroom (``capacity_rung.MAX_HEALTHY_UTILIZATION``).
+    health_limited: bool = False
 
 
 @dataclass(frozen=True)
