@@ -489,6 +489,34 @@ def test_a_health_cut_stops_where_the_others_headroom_ends() -> None:
     assert calm.health == pytest.approx((1 - calm.error_rate) ** 6)
 
 
+def test_the_headroom_is_judged_on_the_load_the_estimated_servers_carry() -> None:
+    """Catches a limit that gives up, or counts the whole pool's load, while a server
+    has no estimate (its busy share missing, or a rise not yet trusted): that server
+    keeps its weight and its share of the load (a seventh here, by weight), and the
+    other two must not be pushed past MAX_HEALTHY_UTILIZATION by the third's cut."""
+    fleet, the_rung = Fleet(CAPACITY, None), rung()
+    fleet.weights = {"small": 5, "mid": 10, "big": 20}  # as the busy shares split the load
+
+    def without_small(reading: Observation) -> Observation:
+        assert reading.external is not None
+        name, shares = reading.external.values[0]
+        blind = tuple(
+            math.nan if s == "small" else v for s, v in zip(CAPACITY, shares, strict=True)
+        )
+        return replace(reading, external=replace(reading.external, values=((name, blind),)))
+
+    for k in range(14):
+        fail = {"mid": 0.3} if k >= 10 else None
+        view = the_rung.update(without_small(fleet.tick(busy=0.85, fail=fail)))[POOL]
+    assert view.servers["small"].capacity is None
+    mid, big = view.servers["mid"], view.servers["big"]
+    assert mid.health_limited
+    assert (1 - mid.error_rate) ** 6 < mid.health < 1.0
+    load = (view.offered_rps or 0.0) * 30 / 35
+    carried = (mid.capacity or 0.0) * mid.health + (big.capacity or 0.0) * big.health
+    assert load / carried == pytest.approx(MAX_HEALTHY_UTILIZATION, abs=0.01)
+
+
 def test_health_comes_back_after_three_clean_intervals_and_not_before() -> None:
     """Catches a health window longer or shorter than RECENT_INTERVALS (3)."""
     fleet, the_rung = Fleet(CAPACITY, 5), rung()

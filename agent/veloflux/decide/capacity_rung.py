@@ -329,24 +329,28 @@ def _within_headroom(
     """Health factors softened as far as the other servers' headroom needs.
 
     Weights proportional to capacity x health put every healthy server at utilization
-    offered / sum(capacity x health). In a busy pool a deep cut of a failing server
-    would push that toward 1, where every request the healthy servers carry waits in
-    a queue that grows as 1 / (1 - u), to spare the failing server's share its errors
-    (on real HAProxy's gray phase under round robin, the cut server's load went to two
-    servers near their capacity while a third's recovery was not yet trusted). So each
-    cut health h becomes h^beta, beta the largest in [0, 1] that keeps the healthy
-    servers at ``MAX_HEALTHY_UTILIZATION`` (0: no cut at all, when even that is past
-    it). Judged only with every serving server's estimate, as overload is.
+    load / sum(capacity x health), the load being what the servers with an estimate
+    carry (a server without one keeps its weight, and so its share of the pool's
+    load). In a busy pool a deep cut of a failing server would push that toward 1,
+    where every request the healthy servers carry waits in a queue that grows as
+    1 / (1 - u), to spare the failing server's share its errors (on real HAProxy's
+    gray phase under round robin, the cut server's load went to a server near its
+    capacity while another's recovery was not yet trusted). So each cut health h
+    becomes h^beta, beta the largest in [0, 1] that keeps the healthy servers at
+    ``MAX_HEALTHY_UTILIZATION`` (0: no cut at all, when even that is past it).
     """
-    serving = [r.server for r in observation.servers_of(pool) if r.state == "UP" and not r.backup]
-    known = [servers[s] for s in serving if s in servers and servers[s].capacity]
-    if not offered or not serving or len(known) < len(serving):
+    rows = [r for r in observation.servers_of(pool) if r.state == "UP" and not r.backup]
+    known = [servers[r.server] for r in rows if r.server in servers and servers[r.server].capacity]
+    if not offered or not known or all(c.health >= 1.0 for c in known):
         return servers
-    if all(c.health >= 1.0 for c in known):
+    weights = {r.server: r.weight if math.isfinite(r.weight) else math.nan for r in rows}
+    total = sum(weights.values())
+    if not total > 0:  # weights unknown (NaN) or all 0: the load's split is unknown
         return servers
+    load = offered * sum(weights[c.server] for c in known) / total
 
     def peak(beta: float) -> float:
-        return offered / sum((c.capacity or 0.0) * float(c.health**beta) for c in known)
+        return load / sum((c.capacity or 0.0) * float(c.health**beta) for c in known)
 
     if peak(1.0) <= MAX_HEALTHY_UTILIZATION:
         return servers
