@@ -466,18 +466,21 @@ def test_a_server_that_fails_thirty_percent_loses_health_the_others_keep_it() ->
 
 def test_a_health_cut_stops_where_the_others_headroom_ends() -> None:
     """Catches a cut that moves a failing server's load onto servers with no room for
-    it: at 85% busy, (1 - 0.3)^6 would put the healthy servers past their capacity, so
-    the cut is softened until they run at MAX_HEALTHY_UTILIZATION, still a cut, and the
-    reason says so; at 50% busy the full cut stands."""
+    it, or a headroom judged without the failed requests (moved off the failing
+    server they are work for the others): at 80% busy, (1 - 0.3)^6 would put the
+    healthy servers past their capacity, so the cut is softened until the pool's
+    demand (every request, 80% of the capacity) puts them at MAX_HEALTHY_UTILIZATION,
+    still a cut, and the reason says so; at 50% busy the full cut stands."""
     fleet, the_rung = Fleet(CAPACITY, None), rung()
-    run(fleet, the_rung, 10, busy=0.85)
-    view = run(fleet, the_rung, 4, busy=0.85, fail={"mid": 0.3})
+    run(fleet, the_rung, 10, busy=0.8)
+    view = run(fleet, the_rung, 4, busy=0.8, fail={"mid": 0.3})
     mid = view.servers["mid"]
     full = (1 - mid.error_rate) ** 6
     assert mid.health_limited
     assert full < mid.health < 1.0
     carried = sum((c.capacity or 0.0) * c.health for c in view.servers.values())
-    assert (view.offered_rps or 0.0) / carried == pytest.approx(MAX_HEALTHY_UTILIZATION, abs=0.01)
+    demand = 0.8 * sum(CAPACITY.values())
+    assert demand / carried == pytest.approx(MAX_HEALTHY_UTILIZATION, abs=0.01)
     plan = plan_weights(pool_at(EVEN), policy(), on_rung(view))
     reason = next(s.reason for s in plan.servers() if s.server == "mid")
     assert "cut only as far as the others' headroom allows" in reason
@@ -507,12 +510,12 @@ def test_the_headroom_is_judged_on_the_load_the_estimated_servers_carry() -> Non
 
     for k in range(14):
         fail = {"mid": 0.3} if k >= 10 else None
-        view = the_rung.update(without_small(fleet.tick(busy=0.85, fail=fail)))[POOL]
+        view = the_rung.update(without_small(fleet.tick(busy=0.8, fail=fail)))[POOL]
     assert view.servers["small"].capacity is None
     mid, big = view.servers["mid"], view.servers["big"]
     assert mid.health_limited
     assert (1 - mid.error_rate) ** 6 < mid.health < 1.0
-    load = (view.offered_rps or 0.0) * 30 / 35
+    load = 0.8 * sum(CAPACITY.values()) * 30 / 35
     carried = (mid.capacity or 0.0) * mid.health + (big.capacity or 0.0) * big.health
     assert load / carried == pytest.approx(MAX_HEALTHY_UTILIZATION, abs=0.01)
 

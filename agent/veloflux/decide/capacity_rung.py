@@ -88,6 +88,11 @@ class _Pool:
     offered: deque[tuple[float, float]] = field(
         default_factory=lambda: deque(maxlen=RECENT_INTERVALS)
     )
+    # The pool's failed requests over the same intervals: the headroom limit counts
+    # them as load (moved off a failing server, they become work for the others).
+    failed: deque[tuple[float, float]] = field(
+        default_factory=lambda: deque(maxlen=RECENT_INTERVALS)
+    )
     # Each server's recent deviations of an interval's ratio from its estimate (relative).
     deviations: dict[str, deque[float]] = field(
         default_factory=lambda: defaultdict(lambda: deque(maxlen=PERSISTENCE_INTERVALS))
@@ -174,6 +179,7 @@ class CapacityRung:
         persistence = _persistence(state.deviations.values())
         if work:
             state.offered.append((sum(w.offered for w in work.values()), _seconds(work)))
+            state.failed.append((sum(w.errors for w in work.values()), _seconds(work)))
         servers = {}
         for row in observation.servers_of(pool):
             estimate = estimates[row.server]
@@ -203,7 +209,10 @@ class CapacityRung:
             servers, observation, pool, self._settings.drain_seconds, state.backlogs
         )
         offered, total, overload = self._overload(state, observation, pool, servers)
-        servers = _within_headroom(servers, observation, pool, offered)
+        seconds = sum(s for _, s in state.failed)
+        failed = sum(f for f, _ in state.failed) / seconds if seconds > 0 else 0.0
+        demand = offered + failed if offered is not None else None
+        servers = _within_headroom(servers, observation, pool, demand)
         return PoolCapacity(servers, offered, total, overload)
 
     def _overload(
@@ -324,30 +333,31 @@ def _with_drain(
 
 
 def _within_headroom(
-    servers: dict[str, ServerCapacity], observation: Observation, pool: str, offered: float | None
+    servers: dict[str, ServerCapacity], observation: Observation, pool: str, demand: float | None
 ) -> dict[str, ServerCapacity]:
     """Health factors softened as far as the other servers' headroom needs.
 
     Weights proportional to capacity x health put every healthy server at utilization
-    load / sum(capacity x health), the load being what the servers with an estimate
-    carry (a server without one keeps its weight, and so its share of the pool's
-    load). In a busy pool a deep cut of a failing server would push that toward 1,
-    where every request the healthy servers carry waits in a queue that grows as
-    1 / (1 - u), to spare the failing server's share its errors (on real HAProxy's
-    gray phase under round robin, the cut server's load went to a server near its
-    capacity while another's recovery was not yet trusted). So each cut health h
+    load / sum(capacity x health), the load being the share of the pool's ``demand``
+    (requests/s offered, failed ones included: moved off a failing server they are work
+    for the others) that the servers with an estimate carry (a server without one keeps
+    its weight, and so its share). In a busy pool a deep cut of a failing server would
+    push that toward 1, where every request the healthy servers carry waits in a queue
+    that grows as 1 / (1 - u), to spare the failing server's share its errors (on real
+    HAProxy's gray phase under round robin, the cut server's load went to a server near
+    its capacity while another's recovery was not yet trusted). So each cut health h
     becomes h^beta, beta the largest in [0, 1] that keeps the healthy servers at
     ``MAX_HEALTHY_UTILIZATION`` (0: no cut at all, when even that is past it).
     """
     rows = [r for r in observation.servers_of(pool) if r.state == "UP" and not r.backup]
     known = [servers[r.server] for r in rows if r.server in servers and servers[r.server].capacity]
-    if not offered or not known or all(c.health >= 1.0 for c in known):
+    if not demand or not known or all(c.health >= 1.0 for c in known):
         return servers
     weights = {r.server: r.weight if math.isfinite(r.weight) else math.nan for r in rows}
     total = sum(weights.values())
     if not total > 0:  # weights unknown (NaN) or all 0: the load's split is unknown
         return servers
-    load = offered * sum(weights[c.server] for c in known) / total
+    load = demand * sum(weights[c.server] for c in known) / total
 
     def peak(beta: float) -> float:
         return load / sum((c.capacity or 0.0) * float(c.health**beta) for c in known)
