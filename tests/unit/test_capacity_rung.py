@@ -38,6 +38,7 @@ from veloflux.decide.capacity_rung import (
     RungSettings,
 )
 from veloflux.decide.planner import max_step, plan_weights
+from veloflux.decide.targets import MAX_TAKEN_UTILIZATION
 from veloflux.decide.tilt import headroom_bound
 from veloflux.decide.utilization import Work, interval_work
 from veloflux.domain.advice import Advice, PoolAdvice, PoolCapacity, ServerAdvice, ServerCapacity
@@ -660,6 +661,34 @@ def test_a_failing_server_gets_capacity_times_health() -> None:
     weights = planned(plan_weights(pool_at(EVEN), policy(), on_rung(view)))
     assert weights["mid"] < 100 < weights["small"]
     assert weights["small"] == weights["big"]
+
+
+def test_a_cut_keeps_what_the_others_cannot_take_this_tick() -> None:
+    """Catches a cut that moves a failing server's load faster than the others can be
+    raised to take it: "rising" (capacity 130) is still at 30 and may go up only by
+    the step limit, so at a demand of 340 req/s the big server would carry the cut's
+    load near its capacity. The failing server keeps what the others, at the weights
+    they can reach this tick, need (it is still cut, and the reason says why); at 200
+    req/s its cut is not held back."""
+    current = {"big": 190, "rising": 30, "failing": 110, "small": 70}
+    capacities = {"big": 200.0, "rising": 130.0, "failing": 130.0, "small": 70.0}
+    failing = ServerCapacity("failing", 130.0, 0.0, 1.0, 0.1, "", False, 0.32, 130.0)
+
+    def plan_at(demand: float) -> tuple[dict[str, int], str]:
+        view = replace(capacity_view(capacities, failing=failing), demand_rps=demand)
+        plan = plan_weights(pool_at(current), policy(), on_rung(view))
+        reason = next(s.reason for s in plan.servers() if s.server == "failing")
+        return planned(plan), reason
+
+    busy, reason = plan_at(340.0)
+    total = sum(busy.values())
+    for name in ("big", "rising", "small"):
+        assert 340.0 * busy[name] / total / capacities[name] <= MAX_TAKEN_UTILIZATION + 0.01
+    assert busy["failing"] < current["failing"]
+    assert "the others cannot take its load this tick" in reason
+    calm, reason = plan_at(200.0)
+    assert calm["failing"] < busy["failing"]
+    assert "cannot take" not in reason
 
 
 def test_a_server_whose_capacity_fell_is_lowered_but_never_raised() -> None:

@@ -213,7 +213,7 @@ class CapacityRung:
         failed = sum(f for f, _ in state.failed) / seconds if seconds > 0 else 0.0
         demand = offered + failed if offered is not None else None
         servers = _within_headroom(servers, observation, pool, demand)
-        return PoolCapacity(servers, offered, total, overload)
+        return PoolCapacity(servers, offered, total, overload, demand)
 
     def _overload(
         self,

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from veloflux.config.schema import PolicySection
 from veloflux.decide.controller import ControllerSettings, Target, desired_weights
-from veloflux.domain.advice import PoolAdvice, PoolCapacity
+from veloflux.domain.advice import PoolAdvice, PoolCapacity, ServerCapacity
 from veloflux.domain.weightplan import NO_PARTS, ServerPlan
 
 
@@ -142,6 +142,8 @@ def capacity_targets(
     }
     desired = desired_weights(current, wanted, controller, total=float(budget))
     desired = {s: w * math.exp(probe.get(s, 0.0)) for s, w in desired.items()}
+    kept = headroom_floors(rows, known, desired, capacity.demand_rps, policy)
+    desired = {s: max(w, kept.get(s, 0.0)) for s, w in desired.items()}
     floor = math.ceil(max(desired.values(), default=0) / policy.max_weight_ratio)
     for r in driven:
         c = known[r.server]
@@ -152,6 +154,8 @@ def capacity_targets(
         if c.health < 0.995 or c.health_limited:
             text += f" x health {c.health:.2f} (errors {c.error_rate:.1%}"
             text += ", cut only as far as the others' headroom allows)" if c.health_limited else ")"
+        if r.server in kept and weight <= math.ceil(kept[r.server]):
+            text += " (kept: the others cannot take its load this tick)"
         if c.drain < 0.995:
             text += f" x drain {c.drain:.2f} (backlog {c.backlog_seconds:.1f} s)"
         if tilt.get(r.server):
@@ -162,6 +166,59 @@ def capacity_targets(
             text += f" ({c.reason}: lowered only)"
         targets[r.server] = (weight, True, text)
     return targets
+
+
+# A failing server's cut moves its load onto the others at the weights they have now;
+# never past this utilization of theirs (``capacity_rung.MAX_HEALTHY_UTILIZATION`` bounds
+# the cut at the weights the controller converges to).
+MAX_TAKEN_UTILIZATION = 0.9
+
+
+def headroom_floors(
+    rows: list[Row],
+    known: Mapping[str, ServerCapacity],
+    desired: Mapping[str, float],
+    demand: float | None,
+    policy: PolicySection,
+) -> dict[str, float]:
+    """The least weight each failing server keeps this tick, so that the others, at
+    the weights they can reach this tick (their desired weight, within the step limit),
+    are not given more than ``MAX_TAKEN_UTILIZATION`` of their capacity.
+
+    The controller cuts a failing server at once, but raises the others only as fast as
+    its gain and the step limit allow, and a server whose recovery is not yet trusted
+    not at all: on real HAProxy's gray phase under round robin the cut's load went to
+    the one big server, near its capacity, for the few seconds the recovering one took
+    to be raised. Load splits in proportion to weight, so server i runs at demand x
+    w_i / (W x c_i) of a total weight W: the failing servers keep, between them (in
+    proportion to their weights now), what W needs for the busiest of the others to
+    stay within the bound; never more than they have now. A server the rung has no
+    estimate for keeps its weight, and counts in W.
+    """
+    failing = {s for s, c in known.items() if c.health < 1.0}
+    if not demand or not failing:
+        return {}
+    reach: dict[str, float] = {}
+    for r in rows:
+        now = float(r.origin or 0)
+        if r.server in failing or now <= 0:
+            continue
+        step = max(1.0, math.floor(now * policy.max_step_ratio))
+        reach[r.server] = min(now + step, max(now - step, desired.get(r.server, now)))
+    need = max(
+        (
+            demand * w / (MAX_TAKEN_UTILIZATION * (known[s].capacity or 0.0))
+            for s, w in reach.items()
+            if s in known and known[s].capacity
+        ),
+        default=0.0,
+    )
+    short = need - sum(reach.values())
+    origins = {s: float(r.origin or 0) for r in rows if (s := r.server) in failing}
+    total = sum(origins.values())
+    if short <= 0 or total <= 0:
+        return {}
+    return {s: min(origin, short * origin / total) for s, origin in origins.items()}
 
 
 def static_targets(

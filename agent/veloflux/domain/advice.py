@@ -77,6 +77,9 @@ class PoolCapacity:
     offered_rps: float | None = None
     capacity_rps: float | None = None
     overload: str = ""
+    # Every request offered, failed ones included (req/s): what the servers must carry
+    # once a failing server's share moves onto them.
+    demand_rps: float | None = None
 
     def confident(self) -> list[str]:
         """The servers whose estimates the rung may act on."""
