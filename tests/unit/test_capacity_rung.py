@@ -38,7 +38,7 @@ from veloflux.decide.capacity_rung import (
     RungSettings,
 )
 from veloflux.decide.planner import max_step, plan_weights
-from veloflux.decide.targets import MAX_TAKEN_UTILIZATION
+from veloflux.decide.targets import MAX_TAKEN_UTILIZATION, Row, headroom_limits
 from veloflux.decide.tilt import headroom_bound
 from veloflux.decide.utilization import Work, interval_work
 from veloflux.domain.advice import Advice, PoolAdvice, PoolCapacity, ServerAdvice, ServerCapacity
@@ -689,6 +689,26 @@ def test_a_cut_keeps_what_the_others_cannot_take_this_tick() -> None:
     calm, reason = plan_at(200.0)
     assert calm["failing"] < busy["failing"]
     assert "cannot take" not in reason
+
+
+def test_while_a_server_fails_the_others_are_raised_only_to_their_headroom() -> None:
+    """Catches a controller that raises a big server toward its larger share, while
+    another is cut for errors, past what it can serve: "big" may reach 230 this tick,
+    which at 320 req/s over the weights then planned is past 90% of its 200 req/s; it
+    stops where it reaches the bound, never below its weight now."""
+    current = {"big": 187, "rising": 29, "failing": 124, "small": 65}
+    rows = [Row(f"app/{n}", "app", n, "UP", False, w, 10, "") for n, w in current.items()]
+    known = {
+        n: ServerCapacity(n, c, 0.0, 1.0, 0.1 if n == "failing" else 1.0)
+        for n, c in {"big": 200.0, "rising": 37.0, "failing": 131.0, "small": 68.0}.items()
+    }
+    desired = {"big": 230.0, "rising": 36.0, "failing": 62.0, "small": 60.0}
+    floors, caps = headroom_limits(rows, known, desired, 320.0, policy())
+    planned_total = caps["big"] + 36.0 + max(62.0, floors.get("failing", 0.0)) + 60.0
+    assert current["big"] <= caps["big"] < desired["big"]
+    assert 320.0 * caps["big"] / planned_total / 200.0 <= MAX_TAKEN_UTILIZATION + 0.02
+    floors, caps = headroom_limits(rows, known, desired, 200.0, policy())
+    assert caps == {}
 
 
 def test_a_server_whose_capacity_fell_is_lowered_but_never_raised() -> None:

@@ -142,8 +142,12 @@ def capacity_targets(
     }
     desired = desired_weights(current, wanted, controller, total=float(budget))
     desired = {s: w * math.exp(probe.get(s, 0.0)) for s, w in desired.items()}
-    kept = headroom_floors(rows, known, desired, capacity.demand_rps, policy)
-    desired = {s: max(w, kept.get(s, 0.0)) for s, w in desired.items()}
+    floors, caps = headroom_limits(rows, known, desired, capacity.demand_rps, policy)
+    kept = {s for s, w in floors.items() if w > desired.get(s, w)}
+    capped = {s for s, w in caps.items() if w < desired.get(s, w)}
+    desired = {
+        s: min(max(w, floors.get(s, 0.0)), caps.get(s, math.inf)) for s, w in desired.items()
+    }
     floor = math.ceil(max(desired.values(), default=0) / policy.max_weight_ratio)
     for r in driven:
         c = known[r.server]
@@ -154,8 +158,10 @@ def capacity_targets(
         if c.health < 0.995 or c.health_limited:
             text += f" x health {c.health:.2f} (errors {c.error_rate:.1%}"
             text += ", cut only as far as the others' headroom allows)" if c.health_limited else ")"
-        if r.server in kept and weight <= math.ceil(kept[r.server]):
+        if r.server in kept:
             text += " (kept: the others cannot take its load this tick)"
+        if r.server in capped:
+            text += " (raised only to 90% of its capacity while a server fails)"
         if c.drain < 0.995:
             text += f" x drain {c.drain:.2f} (backlog {c.backlog_seconds:.1f} s)"
         if tilt.get(r.server):
@@ -174,51 +180,63 @@ def capacity_targets(
 MAX_TAKEN_UTILIZATION = 0.9
 
 
-def headroom_floors(
+def headroom_limits(
     rows: list[Row],
     known: Mapping[str, ServerCapacity],
     desired: Mapping[str, float],
     demand: float | None,
     policy: PolicySection,
-) -> dict[str, float]:
-    """The least weight each failing server keeps this tick, so that the others, at
-    the weights they can reach this tick (their desired weight, within the step limit),
-    are not given more than ``MAX_TAKEN_UTILIZATION`` of their capacity.
+) -> tuple[dict[str, float], dict[str, float]]:
+    """While a server fails: the least weight it keeps this tick, and the most the
+    others may be raised to, so that none of them is given more than
+    ``MAX_TAKEN_UTILIZATION`` of its capacity.
 
     The controller cuts a failing server at once, but raises the others only as fast as
     its gain and the step limit allow, and a server whose recovery is not yet trusted
     not at all: on real HAProxy's gray phase under round robin the cut's load went to
-    the one big server, near its capacity, for the few seconds the recovering one took
-    to be raised. Load splits in proportion to weight, so server i runs at demand x
-    w_i / (W x c_i) of a total weight W: the failing servers keep, between them (in
-    proportion to their weights now), what W needs for the busiest of the others to
-    stay within the bound; never more than they have now. A server the rung has no
-    estimate for keeps its weight, and counts in W.
+    the one big server, raised toward its larger share and near its capacity, for the
+    few seconds the recovering one took to be raised. Load splits in proportion to
+    weight, so server i runs at demand x w_i / (W x c_i) of a total weight W. So a
+    server being raised stops where that reaches the bound (never below its weight
+    now), and the failing servers keep, between them (in proportion to their weights
+    now), what W then needs for the busiest of the others to stay within it; never
+    more than they have now. A server the rung has no estimate for keeps its weight,
+    and counts in W. Returns (floors of the failing servers, caps of the others).
     """
     failing = {s for s, c in known.items() if c.health < 1.0}
     if not demand or not failing:
-        return {}
+        return {}, {}
     reach: dict[str, float] = {}
+    origins: dict[str, float] = {}
     for r in rows:
-        now = float(r.origin or 0)
-        if r.server in failing or now <= 0:
-            continue
+        now = origins[r.server] = float(r.origin or 0)
         step = max(1.0, math.floor(now * policy.max_step_ratio))
         reach[r.server] = min(now + step, max(now - step, desired.get(r.server, now)))
+    total = sum(reach.values())
+    caps: dict[str, float] = {}
+    for name, weight in reach.items():
+        c = known.get(name)
+        if name in failing or c is None or not c.capacity or weight <= origins[name]:
+            continue
+        bound = MAX_TAKEN_UTILIZATION * c.capacity * total / demand
+        if weight > bound:
+            caps[name] = reach[name] = max(origins[name], bound)
+    others = {name: w for name, w in reach.items() if name not in failing and w > 0}
     need = max(
         (
             demand * w / (MAX_TAKEN_UTILIZATION * (known[s].capacity or 0.0))
-            for s, w in reach.items()
+            for s, w in others.items()
             if s in known and known[s].capacity
         ),
         default=0.0,
     )
-    short = need - sum(reach.values())
-    origins = {s: float(r.origin or 0) for r in rows if (s := r.server) in failing}
-    total = sum(origins.values())
-    if short <= 0 or total <= 0:
-        return {}
-    return {s: min(origin, short * origin / total) for s, origin in origins.items()}
+    short = need - sum(others.values())
+    failing_now = {s: origins[s] for s in failing if s in origins}
+    held = sum(failing_now.values())
+    if short <= 0 or held <= 0:
+        return {}, caps
+    floors = {s: min(now, short * now / held) for s, now in failing_now.items()}
+    return floors, caps
 
 
 def static_targets(
