@@ -38,7 +38,7 @@ from veloflux.decide.capacity_rung import (
     RungSettings,
 )
 from veloflux.decide.planner import max_step, plan_weights
-from veloflux.decide.targets import MAX_TAKEN_UTILIZATION, Row, headroom_limits
+from veloflux.decide.targets import Row, headroom_limits
 from veloflux.decide.tilt import headroom_bound
 from veloflux.decide.utilization import Work, interval_work
 from veloflux.domain.advice import Advice, PoolAdvice, PoolCapacity, ServerAdvice, ServerCapacity
@@ -683,7 +683,7 @@ def test_a_cut_keeps_what_the_others_cannot_take_this_tick() -> None:
     busy, reason = plan_at(340.0)
     total = sum(busy.values())
     for name in ("big", "rising", "small"):
-        assert 340.0 * busy[name] / total / capacities[name] <= MAX_TAKEN_UTILIZATION + 0.01
+        assert 340.0 * busy[name] / total / capacities[name] <= MAX_HEALTHY_UTILIZATION + 0.01
     assert busy["failing"] < current["failing"]
     assert "the others cannot take its load this tick" in reason
     calm, reason = plan_at(200.0)
@@ -706,7 +706,7 @@ def test_while_a_server_fails_the_others_are_raised_only_to_their_headroom() -> 
     floors, caps = headroom_limits(rows, known, desired, 320.0, policy())
     planned_total = caps["big"] + 36.0 + max(62.0, floors.get("failing", 0.0)) + 60.0
     assert current["big"] <= caps["big"] < desired["big"]
-    assert 320.0 * caps["big"] / planned_total / 200.0 <= MAX_TAKEN_UTILIZATION + 0.02
+    assert 320.0 * caps["big"] / planned_total / 200.0 <= MAX_HEALTHY_UTILIZATION + 0.02
     floors, caps = headroom_limits(rows, known, desired, 200.0, policy())
     assert caps == {}
 

@@ -9,9 +9,9 @@ error ratio (over the window, or the newest interval's when that is clearly high
 ``(1 - errors)^exponent``, so that a server failing requests fast (which
 frees its slots and, under least-connections, draws more traffic) is given less: the
 outlier guard's error cut, as a continuous factor, but never so deep that the load it
-moves puts the other servers past ``MAX_HEALTHY_UTILIZATION``. Overload compares the load offered
-to the pool with its estimated capacity, with hysteresis so that a pool hovering at
-the threshold does not flap between splitting and holding.
+moves puts the other servers past ``MAX_HEALTHY_UTILIZATION``. Overload compares the
+load offered to the pool with its estimated capacity, with hysteresis so that a pool
+hovering at the threshold does not flap between splitting and holding.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ DRAIN_INTERVALS = 3
 # However deep the backlog, a server keeps this share of its capacity's traffic.
 MIN_DRAIN = 0.1
 # A health cut moves a failing server's load onto the others: never past this
-# utilization of theirs.
+# utilization of theirs (here at the weights the controller converges to;
+# ``targets.headroom_limits`` on the way there).
 MAX_HEALTHY_UTILIZATION = 0.9
 # Overload ends only once the offered load is this far below the threshold.
 OVERLOAD_HYSTERESIS = 0.07
@@ -353,9 +354,9 @@ def _within_headroom(
     known = [servers[r.server] for r in rows if r.server in servers and servers[r.server].capacity]
     if not demand or not known or all(c.health >= 1.0 for c in known):
         return servers
-    weights = {r.server: r.weight if math.isfinite(r.weight) else math.nan for r in rows}
+    weights = {r.server: r.weight for r in rows}
     total = sum(weights.values())
-    if not total > 0:  # weights unknown (NaN) or all 0: the load's split is unknown
+    if not (math.isfinite(total) and total > 0):  # a weight unknown, or all 0
         return servers
     load = demand * sum(weights[c.server] for c in known) / total
 

@@ -15,6 +15,7 @@ from collections.abc import Collection, Mapping
 from typing import NamedTuple
 
 from veloflux.config.schema import PolicySection
+from veloflux.decide.capacity_rung import MAX_HEALTHY_UTILIZATION
 from veloflux.decide.controller import ControllerSettings, Target, desired_weights
 from veloflux.domain.advice import PoolAdvice, PoolCapacity, ServerCapacity
 from veloflux.domain.weightplan import NO_PARTS, ServerPlan
@@ -161,7 +162,10 @@ def capacity_targets(
         if r.server in kept:
             text += " (kept: the others cannot take its load this tick)"
         if r.server in capped:
-            text += " (raised only to 90% of its capacity while a server fails)"
+            text += (
+                f" (raised only to {MAX_HEALTHY_UTILIZATION:.0%} of its capacity"
+                " while a server fails)"
+            )
         if c.drain < 0.995:
             text += f" x drain {c.drain:.2f} (backlog {c.backlog_seconds:.1f} s)"
         if tilt.get(r.server):
@@ -174,12 +178,6 @@ def capacity_targets(
     return targets
 
 
-# A failing server's cut moves its load onto the others at the weights they have now;
-# never past this utilization of theirs (``capacity_rung.MAX_HEALTHY_UTILIZATION`` bounds
-# the cut at the weights the controller converges to).
-MAX_TAKEN_UTILIZATION = 0.9
-
-
 def headroom_limits(
     rows: list[Row],
     known: Mapping[str, ServerCapacity],
@@ -189,7 +187,8 @@ def headroom_limits(
 ) -> tuple[dict[str, float], dict[str, float]]:
     """While a server fails: the least weight it keeps this tick, and the most the
     others may be raised to, so that none of them is given more than
-    ``MAX_TAKEN_UTILIZATION`` of its capacity.
+    ``MAX_HEALTHY_UTILIZATION`` of its capacity (the bound the rung's health factor keeps
+    at the weights the controller converges to; this one holds on the way there).
 
     The controller cuts a failing server at once, but raises the others only as fast as
     its gain and the step limit allow, and a server whose recovery is not yet trusted
@@ -218,13 +217,13 @@ def headroom_limits(
         c = known.get(name)
         if name in failing or c is None or not c.capacity or weight <= origins[name]:
             continue
-        bound = MAX_TAKEN_UTILIZATION * c.capacity * total / demand
+        bound = MAX_HEALTHY_UTILIZATION * c.capacity * total / demand
         if weight > bound:
             caps[name] = reach[name] = max(origins[name], bound)
     others = {name: w for name, w in reach.items() if name not in failing and w > 0}
     need = max(
         (
-            demand * w / (MAX_TAKEN_UTILIZATION * (known[s].capacity or 0.0))
+            demand * w / (MAX_HEALTHY_UTILIZATION * (known[s].capacity or 0.0))
             for s, w in others.items()
             if s in known and known[s].capacity
         ),

@@ -27,7 +27,7 @@ moves its latency by far more than a 10% probe does, and which probes run depend
 it (a server whose estimate just fell is left alone), so the raw latency change is
 noisy and can be biased; the service time's change takes the drift out (in the
 simulator's drift scenarios the calibration slope's 90% intervals narrowed four- to
-fivefold: docs/benchmarks.md).
+sixfold: docs/benchmarks.md).
 Without utilization (a proxy-only agent) the pressure is the mean number of requests
 in the server, rate x latency (Little's law), and the raw latency change is used.
 
