@@ -40,7 +40,7 @@ from veloflux.decide.capacity_rung import (
 from veloflux.decide.planner import max_step, plan_weights
 from veloflux.decide.targets import Row, headroom_limits
 from veloflux.decide.tilt import headroom_bound
-from veloflux.decide.utilization import Work, interval_work
+from veloflux.decide.utilization import Work, interval_work, saturated
 from veloflux.domain.advice import Advice, PoolAdvice, PoolCapacity, ServerAdvice, ServerCapacity
 from veloflux.domain.observation import (
     COLUMN_NAMES,
@@ -290,6 +290,33 @@ def test_interval_work_counts_completions_errors_offered_and_busy_time() -> None
         busy_seconds=work.busy_seconds,
         seconds=10.0,
     )
+
+
+def test_a_backlog_that_grows_reads_as_a_saturated_interval() -> None:
+    """Catches a saturated server's busy share taken from a lagging signal: in flight up
+    from 3 to 64 over the interval means it served all it could, so it was busy all
+    10 s, whatever the scraped share (still 0.4, from before it slowed) says."""
+    work = work_of(counters(), {**LATER, "sessions": 60.0})
+    assert work is not None
+    assert work.saturated
+    assert work.busy_seconds == pytest.approx(INTERVAL)
+    assert work.offered == pytest.approx(55.0 + 64.0 - 3.0)
+
+
+def test_a_stable_servers_swing_is_not_saturation() -> None:
+    """Catches a saturation test that reads a busy server's ordinary swing as a
+    backlog: in flight at two instants of a single-slot server at utilization 0.9
+    (geometric, mean 9: the widest a stable server's queue is) is flagged in under
+    1% of intervals, while a server four times slower than its load (in flight up by
+    40 in a second from a mean of 2.4) is flagged."""
+    rng = np.random.default_rng(7)
+    u = 0.9
+    draws = rng.geometric(1.0 - u, size=(20_000, 2)) - 1.0  # P(n) = (1 - u) u^n
+    flagged = sum(saturated(a, b, expected=u / (1.0 - u)) for a, b in draws)
+    assert flagged / len(draws) < 0.01
+    assert saturated(3.0, 43.0, expected=2.4)
+    assert not saturated(3.0, 9.0, expected=2.4)  # a rise of six: ordinary
+    assert not saturated(math.nan, 60.0)
 
 
 def test_a_busy_share_above_one_is_clipped_to_the_whole_interval() -> None:
@@ -935,6 +962,20 @@ def test_a_pinned_confident_server_does_not_let_the_model_bypass_its_tilt_bound(
 # --- backlog drain and the tilt's headroom ---------------------------------------------
 
 
+def test_a_fall_behind_a_lagging_signal_is_read_at_saturation_throughput() -> None:
+    """Catches a fall read through a busy share that lags it: the small server slows
+    to 12.5/s, serves that for the whole interval while 100 requests pile up, and its
+    scraped share still says 0.5, which puts its capacity at 25/s. A backlog that grew
+    says it was busy throughout: the rung takes its capacity to what it completed."""
+    fleet, the_rung = Fleet(CAPACITY, seed=None), rung()
+    run(fleet, the_rung, 10, busy=0.5)
+    fleet.capacity["small"] = 25.0  # at share 0.5: 12.5 completions a second
+    fleet.queues["small"] = 100.0
+    small = the_rung.update(fleet.tick(busy=0.5))[POOL].servers["small"]
+    assert small.capacity is not None
+    assert small.capacity == pytest.approx(12.5, rel=0.1)
+
+
 def test_a_backlog_that_persists_is_drained_and_a_flicker_is_not() -> None:
     """A server holding more work than the pool's typical, at two ticks running, is
     given less than its capacity (``drain`` < 1); one tick's queue is noise."""
@@ -944,7 +985,11 @@ def test_a_backlog_that_persists_is_drained_and_a_flicker_is_not() -> None:
     once = the_rung.update(fleet.tick(busy=0.5))[POOL].servers["small"]
     assert once.drain == 1.0
     twice = the_rung.update(fleet.tick(busy=0.5))[POOL].servers["small"]
-    assert twice.backlog_seconds == pytest.approx(4.0, rel=0.1)
+    # A queue that rose by 200 in one interval was a saturated one: the capacity the
+    # backlog is measured in is what the server completed then (below its 50/s).
+    assert twice.capacity is not None
+    assert twice.capacity < 50.0
+    assert twice.backlog_seconds == pytest.approx(200.0 / twice.capacity, rel=0.1)
     assert 0.1 <= twice.drain < 1.0
     others = the_rung.update(fleet.tick(busy=0.5))[POOL].servers
     assert others["big"].drain == 1.0

@@ -15,6 +15,13 @@ mean number in service over an interval is its requests x their mean response ti
 moving average) and its busy share is that over ``maxconn``. Capacity is then
 ``maxconn / Tr``: a server that slows down shows it at once, with no agent on it.
 
+Whatever the signal, a server whose backlog grew over the interval by more than chance
+was saturated: it served all it could, so it was busy the whole interval and its
+completions are its capacity (saturation throughput). That reading comes from the
+proxy's own counters at the tick, where a busy share scraped by Prometheus arrives
+a scrape late and, averaged over the moments before a fall, reads the server as
+faster than it has become.
+
 A row that cannot be trusted (a problem, a state other than UP, a counter that went
 back after a reload, a missing value) gives no interval: a gap is better than a lie.
 """
@@ -29,6 +36,10 @@ from veloflux.history.ema import EMA_SAMPLES, interval_mean
 
 # HAProxy shows its moving averages of time in whole milliseconds.
 _SHOWN_RESOLUTION_SECONDS = 0.001
+# A backlog grew by more than chance when the rise of what is in flight passes this
+# many standard deviations of a stable server's (see ``saturated``), and this count.
+SATURATION_SIGMAS = 3.0
+MIN_SATURATION_GROWTH = 5.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,7 @@ class Work:
     busy_seconds: float | None
     seconds: float
     resolution: float = 0.0  # of busy_seconds, relative (see capacity.Interval)
+    saturated: bool = False  # its backlog grew by more than chance (``saturated``)
 
 
 def has_limit(row: ServerRow) -> bool:
@@ -99,6 +111,38 @@ def _in_flight(row: ServerRow) -> float:
     return sessions + queue
 
 
+def saturated(before: float, after: float, expected: float = math.nan) -> bool:
+    """Whether a server's in flight rising from ``before`` to ``after`` over one
+    interval shows a backlog growing, not a stable server's ordinary fluctuation.
+
+    In flight at two instants an interval apart is, for a server keeping up, two
+    nearly independent draws of a queue's length, whose spread grows with its mean: a
+    single-slot queue's length is geometric, standard deviation about sqrt(m (1 + m))
+    at mean m, the widest a server's can be. The mean is what Little's law
+    ``expected`` (the interval's rate x the proxy's mean time per request) or the
+    earlier reading, whichever is higher: a low earlier reading by chance must not
+    make an ordinary rise look like a backlog. The rise counts when it passes
+    ``SATURATION_SIGMAS`` of the spread of a difference of two draws (padded by one
+    request, so that an idle server's is not zero) and ``MIN_SATURATION_GROWTH``.
+    At utilization 0.9 on one slot, the widest case, that flags about one interval
+    in two hundred; the server was then busy nearly all of it anyway, so the reading
+    is off by its small idle share at most.
+    """
+    if not (math.isfinite(before) and math.isfinite(after)):
+        return False
+    mean = max(before, expected if math.isfinite(expected) else 0.0, 0.0)
+    spread = math.sqrt(2.0 * (mean + 1.0) * (mean + 2.0))
+    growth = after - before
+    return growth >= MIN_SATURATION_GROWTH and growth > SATURATION_SIGMAS * spread
+
+
+def _expected_in_flight(row: ServerRow, requests: float, seconds: float) -> float:
+    """Little's law: the interval's request rate x the proxy's mean time per request
+    (queue included where it shows it), NaN where it shows none."""
+    each = row.total_time if math.isfinite(row.total_time) else row.response_time
+    return requests / seconds * each if math.isfinite(each) and each >= 0 else math.nan
+
+
 def utilization_column(feature: str | None) -> str | None:
     """The Observation's column for a configured utilization feature."""
     return EXTERNAL_PREFIX + feature if feature else None
@@ -139,6 +183,8 @@ def interval_work(
         completions = max(0.0, requests - failed)
         errors = failed + (refused or 0.0)
         offered = max(0.0, completions + _in_flight(row) - _in_flight(old))
+        expected = _expected_in_flight(row, requests, seconds)
+        full = saturated(_in_flight(old), _in_flight(row), expected)
         busy = None
         if shares is not None:
             share = shares[i]
@@ -146,6 +192,15 @@ def interval_work(
                 busy = min(share, 1.0) * seconds
         elif has_limit(row) and requests > 0:
             limited.append((old, row, requests))
-        out[(row.pool, row.server)] = Work(completions, errors, offered, busy, seconds)
+        out[(row.pool, row.server)] = Work(
+            completions, errors, offered, busy, seconds, saturated=full
+        )
     _with_little_busy(out, limited)
-    return out
+    return {key: _busy_if_saturated(w) for key, w in out.items()}
+
+
+def _busy_if_saturated(work: Work) -> Work:
+    """A saturated server was busy the whole interval, whatever its signal read."""
+    if not work.saturated:
+        return work
+    return replace(work, busy_seconds=work.seconds, resolution=0.0)
