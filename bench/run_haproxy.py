@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import platform
 import shlex
 import sys
@@ -351,6 +352,58 @@ def main() -> None:
         replace_section(render_section(report), HEADING, MARK_BEGIN, MARK_END, DOC)
 
 
+def exceeded(t_ms: float, mix: list[tuple[float, float]]) -> float:
+    """The share of requests whose service time alone passes ``t_ms`` when a share
+    ``f`` of them is served in an exponential time of mean ``m`` ms, for each (f, m)."""
+    return sum(f * math.exp(-t_ms / m) for f, m in mix)
+
+
+def p99_of(mix: list[tuple[float, float]]) -> float:
+    """The p99 (ms) of the service time alone over ``mix`` (see ``exceeded``)."""
+    low, high = 0.0, 100.0 * max(m for _, m in mix)
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if exceeded(middle, mix) > 0.01 else (low, middle)
+    return high
+
+
+def largest_share(t_ms: float, slow_ms: float, fast_ms: float) -> float:
+    """The largest share of requests a server of mean ``slow_ms`` may serve for the
+    service time alone to keep the p99 at ``t_ms`` when the rest take ``fast_ms``."""
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        fine = exceeded(t_ms, [(middle, slow_ms), (1 - middle, fast_ms)]) <= 0.01
+        low, high = (middle, high) if fine else (low, middle)
+    return low
+
+
+def floors(base: dict[str, Any]) -> str:
+    """What the service time alone allows, against ``leastconn``'s p99 in this run.
+
+    Every request's service time is exponential, whatever the dispatcher, so no
+    weights can bring a phase's p99 below the p99 of the service times it draws: in
+    the steady phase all servers draw from one distribution and that floor is the
+    same for every split; in the slow phase it depends on the share s2 is sent.
+    """
+    steady, slow = base["phases"]["steady"]["p99_ms"], base["phases"]["slow"]["p99_ms"]
+    floor = p99_of([(1.0, MEAN_MS)])
+    share = (SERVERS[1].concurrency / (MEAN_MS * 4)) / sum(
+        (s.concurrency / MEAN_MS) if s.name != "s2" else s.concurrency / (MEAN_MS * 4)
+        for s in SERVERS
+    )
+    fair = p99_of([(share, MEAN_MS * 4), (1 - share, MEAN_MS)])
+    most = largest_share(0.5 * slow, MEAN_MS * 4, MEAN_MS)
+    return (
+        f"What the service time alone allows (exponential, mean {MEAN_MS:g} ms; s2's "
+        f"{MEAN_MS * 4:g} ms in the slow phase; no queueing at all): a p99 of "
+        f"{floor:.0f} ms in the steady phase, {floor / steady:.2f}x of `leastconn`'s "
+        f"{steady:.0f} ms here, for every split of the load; in the slow phase "
+        f"{fair:.0f} ms ({fair / slow:.2f}x) when s2 is sent its share of the capacity "
+        f"({share:.1%}), and 0.5x needs s2 sent at most {most:.1%} of the requests."
+    )
+
+
 def render_section(report: dict[str, Any]) -> str:
     base = next(r for r in report["runs"] if r["algorithm"] == "leastconn"
                 and r["strategy"] == "static-equal")  # fmt: skip
@@ -387,6 +440,8 @@ def render_section(report: dict[str, Any]) -> str:
             f"`{report['command']}` ({report['wall_seconds']:.0f} s in all).",
             "",
             *table(("algorithm", "weights", *PHASES, "model; weight writes by mode"), rows),
+            "",
+            floors(base),
             MARK_END,
         ]
     )
