@@ -971,9 +971,16 @@ def test_a_fall_behind_a_lagging_signal_is_read_at_saturation_throughput() -> No
     run(fleet, the_rung, 10, busy=0.5)
     fleet.capacity["small"] = 25.0  # at share 0.5: 12.5 completions a second
     fleet.queues["small"] = 100.0
-    small = the_rung.update(fleet.tick(busy=0.5))[POOL].servers["small"]
+    view = the_rung.update(fleet.tick(busy=0.5))[POOL]
+    small = view.servers["small"]
     assert small.capacity is not None
     assert small.capacity == pytest.approx(12.5, rel=0.1)
+    # The operator is told why the figure fell so far at once.
+    assert small.saturated
+    plan = plan_weights(pool_at({"small": 50, "mid": 100, "big": 150}), policy(), on_rung(view))
+    reason = next(s.reason for s in the_pool(plan).servers if s.server == "small")
+    assert "saturated" in reason
+    assert not any(view.servers[n].saturated for n in ("mid", "big"))
 
 
 def test_a_backlog_that_persists_is_drained_and_a_flicker_is_not() -> None:

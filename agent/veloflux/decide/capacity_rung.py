@@ -205,6 +205,7 @@ class CapacityRung:
                 estimate.fell,
                 error_rate,
                 estimate.capacity,
+                saturated=row.server in work and work[row.server].saturated,
             )
         servers = _with_drain(
             servers, observation, pool, self._settings.drain_seconds, state.backlogs

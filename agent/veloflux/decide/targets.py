@@ -156,6 +156,8 @@ def capacity_targets(
         if c.fell:
             weight = min(weight, r.origin or weight)
         text = f"capacity {c.capacity:.1f} req/s ±{c.relative_error:.0%}"
+        if c.saturated:
+            text += " (saturated: its backlog grew, so its completions are its capacity)"
         if c.health < 0.995 or c.health_limited:
             text += f" x health {c.health:.2f} (errors {c.error_rate:.1%}"
             text += ", cut only as far as the others' headroom allows)" if c.health_limited else ")"

@@ -65,6 +65,9 @@ class ServerCapacity(NamedTuple):
     # Whether ``health`` was softened because a full cut would push the others past
     # their headroom (``capacity_rung.MAX_HEALTHY_UTILIZATION``).
     health_limited: bool = False
+    # Whether this tick's interval was saturated (its backlog grew by more than chance:
+    # ``utilization.saturated``), so read as busy throughout, whatever the signal said.
+    saturated: bool = False
 
 
 @dataclass(frozen=True)
