@@ -558,6 +558,45 @@ def slow_c(*ratios: float) -> pd.DataFrame:
     return intervals(*(latest([*healthy, ("c", 100, 0.02 * r, 0.0)]) for r in ratios))
 
 
+def backlog_of_c(in_flight_of_c: Sequence[float], ratios: Sequence[float]) -> pd.DataFrame:
+    """Intervals at 100 requests/s where ``c`` runs at ``ratios`` of its peers' 20 ms
+    and ends each holding ``in_flight_of_c`` requests (its peers hold 2); HAProxy's
+    moving average still says 20 ms for all (the slowdown has not moved it yet)."""
+    frames = []
+    for held, ratio in zip(in_flight_of_c, ratios, strict=True):
+        frames.append(
+            feature_frame(
+                [
+                    {"time": BASE_TIME, "server": s, "requests": 100, "error_rate": 0.0}
+                    | {"latency": latency, "sessions": n, "queue": 0.0}
+                    | {"request_rate": 100.0, "latency_ema": 0.02}
+                    for s, latency, n in (
+                        ("a", 0.02, 2.0),
+                        ("b", 0.02, 2.0),
+                        ("c", 0.02 * ratio, held),
+                    )
+                ]
+            )
+        )
+    return intervals(*frames)
+
+
+def test_a_slow_server_whose_backlog_grows_is_cut_at_its_first_slow_interval() -> None:
+    """Catches a guard that waits for a second slow interval while the server's queue
+    grows by the tick (the demo's s3, sent 100 requests/s where it serves 67): slow
+    and in flight up from 2 to 35 in one interval is two signals agreeing. The same
+    slow interval with in flight flat is a flicker until it repeats."""
+    obs = busy_observation({"app": []})
+    growing = find_outliers(obs, "app", backlog_of_c([2.0, 35.0], [1.0, 4.0]), RULES)
+    assert list(growing) == ["c"]
+    assert growing["c"].endswith("its backlog growing")
+    flat = find_outliers(obs, "app", backlog_of_c([2.0, 3.0], [1.0, 4.0]), RULES)
+    assert flat == {}
+    # A backlog growing on a server that is not slow is not an outlier by itself.
+    fast = find_outliers(obs, "app", backlog_of_c([2.0, 35.0], [1.0, 1.0]), RULES)
+    assert fast == {}
+
+
 def test_a_latency_cut_holds_while_the_server_stays_above_the_release_bar() -> None:
     """Cut at 4x; drained by its cut it runs at 2.5x, under the 3x threshold but over
     the 2x release bar, for longer than the guard's memory: still cut, never flapping."""

@@ -40,7 +40,7 @@ from veloflux.decide.capacity_rung import (
 from veloflux.decide.planner import max_step, plan_weights
 from veloflux.decide.targets import Row, headroom_limits
 from veloflux.decide.tilt import headroom_bound
-from veloflux.decide.utilization import Work, interval_work, saturated
+from veloflux.decide.utilization import Work, backlog_grew, interval_work, saturated
 from veloflux.domain.advice import Advice, PoolAdvice, PoolCapacity, ServerAdvice, ServerCapacity
 from veloflux.domain.observation import (
     COLUMN_NAMES,
@@ -317,6 +317,12 @@ def test_a_stable_servers_swing_is_not_saturation() -> None:
     assert saturated(3.0, 43.0, expected=2.4)
     assert not saturated(3.0, 9.0, expected=2.4)  # a rise of six: ordinary
     assert not saturated(math.nan, 60.0)
+    # The guard's array form agrees with it reading for reading, NaN included.
+    before = np.array([*draws[:500, 0], 3.0, math.nan, 3.0])
+    after = np.array([*draws[:500, 1], 43.0, 60.0, math.nan])
+    expected = np.array([*[u / (1.0 - u)] * 500, 2.4, math.nan, 2.4])
+    scalar = [saturated(a, b, e) for a, b, e in zip(before, after, expected, strict=True)]
+    assert backlog_grew(before, after, expected).tolist() == scalar
 
 
 def test_a_busy_share_above_one_is_clipped_to_the_whole_interval() -> None:

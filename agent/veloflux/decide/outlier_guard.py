@@ -20,6 +20,7 @@ import pandas as pd
 
 from veloflux.config.schema import OutlierSection
 from veloflux.decide.outliers import latency_outliers, moving_average_outliers
+from veloflux.decide.utilization import backlog_grew
 from veloflux.domain.advice import NO_CUTS
 from veloflux.domain.observation import Observation
 from veloflux.history.frames import instants
@@ -90,6 +91,7 @@ def outlier_findings(
         features["server"].to_numpy(dtype=object),
         features["error_rate"].to_numpy(dtype=float, na_value=np.nan),
         features["latency"].to_numpy(dtype=float, na_value=np.nan),
+        _backlog_grew(features, times),
     )
     # Errors cut at once, judged on the last few intervals: a failing server must lose
     # its traffic. Latency cuts as ``_latency_flagged`` says. The newest finding of
@@ -112,6 +114,29 @@ def outlier_findings(
     slow = [s for s, (_, age) in latency.items() if age == 0 and s not in failing]
     deepen = frozenset(failing | _overloaded(columns, times, recent, busy, slow))
     return OutlierFindings(found, deepen, MappingProxyType(cuts), erring)
+
+
+def _backlog_grew(features: pd.DataFrame, times: np.ndarray) -> np.ndarray:
+    """Per row, whether the server's requests in flight (sessions and queue at the
+    interval's end) rose since its previous row by more than a stable server's swing
+    (``utilization.backlog_grew``), the expected level by Little's law from HAProxy's
+    moving average of response time, which the slowdown behind the backlog has barely
+    moved yet (the interval's own mean latency already holds the backlog's wait and
+    would raise the bar it is judged by)."""
+
+    def column(name: str) -> np.ndarray:
+        if name not in features.columns:
+            return np.full(len(features), np.nan)
+        return features[name].to_numpy(dtype=float, na_value=np.nan)
+
+    in_flight = column("sessions") + np.nan_to_num(column("queue"), nan=0.0)
+    frame = pd.DataFrame(
+        {"server": features["server"].to_numpy(dtype=object), "time": times, "n": in_flight}
+    )
+    ordered = frame.sort_values(["server", "time"], kind="stable")
+    before = ordered.groupby("server", sort=False)["n"].shift(1).sort_index().to_numpy(float)
+    expected = column("request_rate") * column("latency_ema")
+    return backlog_grew(before, in_flight, expected)
 
 
 def _ago(age: int, release: str) -> str:
@@ -139,7 +164,10 @@ def _latency_flagged(
     slow (``latency_ratio`` x the median) in ``LATENCY_PERSISTENCE`` of the last
     ``OUTLIER_MEMORY_INTERVALS`` intervals: a server whose speed flickers faster than
     the tick is slow in one interval and fine in the next, and cutting it then only
-    moves load onto whichever server flickers slow next. A cut ends after
+    moves load onto whichever server flickers slow next. One slow interval is enough
+    when the server's backlog grew in it by more than chance (``_backlog_grew``): two
+    signals that agree, where the persistence rule waits for one to repeat, and a
+    server sent more than it can serve builds its queue every tick it is not cut. A cut ends after
     ``OUTLIER_MEMORY_INTERVALS`` clean intervals in a row, clean meaning below
     ``RELEASE_SHARE`` of the threshold, so that a server steadily near the threshold
     keeps one cut instead of flapping around it. The previous tick's cuts join the
@@ -163,6 +191,8 @@ def _latency_flagged(
             zip(columns.servers[rows].tolist(), columns.latencies[rows].tolist(), strict=True)
         )
         slow = latency_outliers(pairs, rules)
+        growing = set(columns.servers[rows[columns.backlog_grew[rows]]].tolist())
+        slow = {s: f"{r}, its backlog growing" if s in growing else r for s, r in slow.items()}
         elevated = latency_outliers(pairs, rules, release) if clean else {}
         for server in list(clean):
             if server in elevated:
@@ -177,7 +207,7 @@ def _latency_flagged(
             runs = slow_runs.setdefault(server, [])
             runs.append(position)
             recent = [p for p in runs if p > position - OUTLIER_MEMORY_INTERVALS]
-            if len(recent) >= persistent:
+            if len(recent) >= persistent or server in growing:
                 clean[server] = 0
     flagged = {}
     for server in clean:
@@ -255,6 +285,7 @@ class _OutlierColumns:
     servers: np.ndarray
     error_rates: np.ndarray
     latencies: np.ndarray
+    backlog_grew: np.ndarray  # per row: in flight rose by more than chance (a backlog)
 
 
 def _error_outliers_at(
