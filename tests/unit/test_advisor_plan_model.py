@@ -30,9 +30,10 @@ from tests.unit.learning_factories import (
 )
 from veloflux.config.schema import AISection, OutlierSection, PolicySection
 from veloflux.decide.advisor import AdvisorSettings, advise
+from veloflux.decide.controller import max_step
 from veloflux.decide.outlier_guard import OUTLIER_MEMORY_INTERVALS, outlier_findings
 from veloflux.decide.outliers import MIN_POOL_SIZE, latency_outliers, moving_average_outliers
-from veloflux.decide.planner import max_step, plan_weights
+from veloflux.decide.planner import plan_weights
 from veloflux.domain.advice import Advice, PoolAdvice, ServerAdvice, blocked_pool
 from veloflux.domain.observation import Observation
 from veloflux.domain.weightplan import PoolPlan, ServerPlan, WeightPlan

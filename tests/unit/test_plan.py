@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from tests.unit.factories import TAKEN_AT, Pool, Server, frozen, observation, policy
 from veloflux.config.schema import PolicySection
-from veloflux.decide.planner import bounded_weight, max_step, plan_revert, plan_weights, step_toward
+from veloflux.decide.controller import max_step
+from veloflux.decide.planner import bounded_weight, plan_revert, plan_weights, step_toward
 from veloflux.domain.advice import Advice, PoolAdvice
 from veloflux.domain.observation import COLUMN_NAMES, Observation
 from veloflux.domain.weightplan import ServerPlan, WeightPlan

@@ -19,6 +19,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 
+def max_step(current: int, max_step_ratio: float) -> int:
+    """Largest change of one weight in one tick: a ratio of it, at least 1 (the
+    planner's step limit, which the controller's output and the headroom limits
+    both run into)."""
+    return max(1, math.floor(current * max_step_ratio))
+
+
 @dataclass(frozen=True)
 class ControllerSettings:
     """The gain (0 < gain <= 1) and the deadband, in standard errors of the target."""

@@ -24,7 +24,7 @@ import math
 from collections.abc import Mapping
 
 from veloflux.config.schema import PolicySection
-from veloflux.decide.controller import ControllerSettings
+from veloflux.decide.controller import ControllerSettings, max_step
 from veloflux.decide.targets import (
     Row,
     capacity_confidence,
@@ -42,11 +42,6 @@ from veloflux.util.names import server_key
 DEFAULT_CONTROLLER = ControllerSettings()
 
 # --- rules -----------------------------------------------------------------------------
-
-
-def max_step(current: int, max_step_ratio: float) -> int:
-    """Largest change of one weight in one tick: a ratio of it, at least 1."""
-    return max(1, math.floor(current * max_step_ratio))
 
 
 def step_toward(current: int, target: int, max_step_ratio: float) -> int:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from veloflux.config.schema import PolicySection
 from veloflux.decide.capacity_rung import MAX_HEALTHY_UTILIZATION
-from veloflux.decide.controller import ControllerSettings, Target, desired_weights
+from veloflux.decide.controller import ControllerSettings, Target, desired_weights, max_step
 from veloflux.domain.advice import PoolAdvice, PoolCapacity, ServerCapacity
 from veloflux.domain.weightplan import NO_PARTS, ServerPlan
 
@@ -211,7 +211,7 @@ def headroom_limits(
     origins: dict[str, float] = {}
     for r in rows:
         now = origins[r.server] = float(r.origin or 0)
-        step = max(1.0, math.floor(now * policy.max_step_ratio))
+        step = max_step(r.origin or 0, policy.max_step_ratio)
         reach[r.server] = min(now + step, max(now - step, desired.get(r.server, now)))
     total = sum(reach.values())
     caps: dict[str, float] = {}

@@ -39,7 +39,7 @@ from veloflux.history.ema import EMA_SAMPLES, interval_mean
 # HAProxy shows its moving averages of time in whole milliseconds.
 _SHOWN_RESOLUTION_SECONDS = 0.001
 # A backlog grew by more than chance when the rise of what is in flight passes this
-# many standard deviations of a stable server's (see ``saturated``), and this count.
+# many standard deviations of a stable server's (see ``backlog_grew``), and this count.
 SATURATION_SIGMAS = 3.0
 MIN_SATURATION_GROWTH = 5.0
 
@@ -57,7 +57,7 @@ class Work:
     busy_seconds: float | None
     seconds: float
     resolution: float = 0.0  # of busy_seconds, relative (see capacity.Interval)
-    saturated: bool = False  # its backlog grew by more than chance (``saturated``)
+    saturated: bool = False  # its backlog grew by more than chance (``backlog_grew``)
 
 
 def has_limit(row: ServerRow) -> bool:
@@ -113,35 +113,25 @@ def _in_flight(row: ServerRow) -> float:
     return sessions + queue
 
 
-def saturated(before: float, after: float, expected: float = math.nan) -> bool:
-    """Whether a server's in flight rising from ``before`` to ``after`` over one
-    interval shows a backlog growing, not a stable server's ordinary fluctuation.
+def backlog_grew(before: np.ndarray, after: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Per reading: whether a server's in flight rising from ``before`` to ``after``
+    over one interval shows a backlog growing, not a stable server's ordinary
+    fluctuation (False where either is NaN). One test for every row at once: the
+    capacity rung's tick and the outlier guard's history both read a whole pool.
 
     In flight at two instants an interval apart is, for a server keeping up, two
     nearly independent draws of a queue's length, whose spread grows with its mean: a
     single-slot queue's length is geometric, standard deviation about sqrt(m (1 + m))
     at mean m, the widest a server's can be. The mean is what Little's law
-    ``expected`` (the interval's rate x the proxy's mean time per request) or the
-    earlier reading, whichever is higher: a low earlier reading by chance must not
-    make an ordinary rise look like a backlog. The rise counts when it passes
-    ``SATURATION_SIGMAS`` of the spread of a difference of two draws (padded by one
-    request, so that an idle server's is not zero) and ``MIN_SATURATION_GROWTH``.
-    At utilization 0.9 on one slot, the widest case, that flags about one interval
-    in two hundred; the server was then busy nearly all of it anyway, so the reading
-    is off by its small idle share at most.
+    ``expected`` (the interval's rate x the proxy's mean time per request; NaN where
+    unknown) or the earlier reading says, whichever is higher: a low earlier reading
+    by chance must not make an ordinary rise look like a backlog. The rise counts when
+    it passes ``SATURATION_SIGMAS`` of the spread of a difference of two draws (padded
+    by one request, so that an idle server's is not zero) and
+    ``MIN_SATURATION_GROWTH``. At utilization 0.9 on one slot, the widest case, that
+    flags about one interval in two hundred; the server was then busy nearly all of it
+    anyway, so the reading is off by its small idle share at most.
     """
-    if not (math.isfinite(before) and math.isfinite(after)):
-        return False
-    mean = max(before, expected if math.isfinite(expected) else 0.0, 0.0)
-    spread = math.sqrt(2.0 * (mean + 1.0) * (mean + 2.0))
-    growth = after - before
-    return growth >= MIN_SATURATION_GROWTH and growth > SATURATION_SIGMAS * spread
-
-
-def backlog_grew(before: np.ndarray, after: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    """``saturated`` for arrays of readings: one test for a pool's every row at once
-    (the outlier guard's history), where a loop would cost a thousand servers' pool a
-    thousand calls per interval. NaN before or after: False."""
     with np.errstate(invalid="ignore"):
         mean = np.fmax(np.fmax(before, np.nan_to_num(expected, nan=0.0)), 0.0)
         spread = np.sqrt(2.0 * (mean + 1.0) * (mean + 2.0))
@@ -185,6 +175,7 @@ def interval_work(
     shares = _utilizations(current, utilization)
     out: dict[tuple[str, str], Work] = {}
     limited: list[tuple[ServerRow, ServerRow, float]] = []
+    growth: list[tuple[float, float, float]] = []  # in flight before, after, expected
     for i, row in enumerate(current.rows):
         old = before.get((row.pool, row.server))
         if old is None or row.problem or old.problem or row.state != "UP" or old.state != "UP":
@@ -196,9 +187,9 @@ def interval_work(
             continue
         completions = max(0.0, requests - failed)
         errors = failed + (refused or 0.0)
-        offered = max(0.0, completions + _in_flight(row) - _in_flight(old))
-        expected = _expected_in_flight(row, requests, seconds)
-        full = saturated(_in_flight(old), _in_flight(row), expected)
+        was, now = _in_flight(old), _in_flight(row)
+        offered = max(0.0, completions + now - was)
+        growth.append((was, now, _expected_in_flight(row, requests, seconds)))
         busy = None
         if shares is not None:
             share = shares[i]
@@ -206,15 +197,14 @@ def interval_work(
                 busy = min(share, 1.0) * seconds
         elif has_limit(row) and requests > 0:
             limited.append((old, row, requests))
-        out[(row.pool, row.server)] = Work(
-            completions, errors, offered, busy, seconds, saturated=full
-        )
+        out[(row.pool, row.server)] = Work(completions, errors, offered, busy, seconds)
     _with_little_busy(out, limited)
-    return {key: _busy_if_saturated(w) for key, w in out.items()}
-
-
-def _busy_if_saturated(work: Work) -> Work:
-    """A saturated server was busy the whole interval, whatever its signal read."""
-    if not work.saturated:
-        return work
-    return replace(work, busy_seconds=work.seconds, resolution=0.0)
+    if not out:
+        return out
+    earlier, later, expected = np.array(growth, dtype=float).T
+    grew = backlog_grew(earlier, later, expected)
+    # A saturated server was busy the whole interval, whatever its signal read.
+    for key, full in zip(list(out), grew.tolist(), strict=True):
+        if full:
+            out[key] = replace(out[key], busy_seconds=seconds, resolution=0.0, saturated=True)
+    return out

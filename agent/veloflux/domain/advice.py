@@ -66,7 +66,7 @@ class ServerCapacity(NamedTuple):
     # their headroom (``capacity_rung.MAX_HEALTHY_UTILIZATION``).
     health_limited: bool = False
     # Whether this tick's interval was saturated (its backlog grew by more than chance:
-    # ``utilization.saturated``), so read as busy throughout, whatever the signal said.
+    # ``utilization.backlog_grew``), so read as busy throughout, whatever the signal said.
     saturated: bool = False
 
 
