@@ -7,6 +7,8 @@ HAProxy's weights are read straight from its socket, never through VeloFlux.
 
 from __future__ import annotations
 
+import getpass
+import json
 import shutil
 import subprocess
 import sys
@@ -153,3 +155,87 @@ def test_no_daemon_means_exit_2(tmp_path: Path) -> None:
     result = run_cli("status", "-c", config)
     assert result.code == 2
     assert "veloflux-agent run" in result.stderr
+
+
+def test_revert_pauses_the_daemon_so_the_static_weights_stay(
+    daemon: tuple[LocalStack, Path, subprocess.Popen[str]],
+) -> None:
+    """#18 (1): before, `revert` wrote static weights and the daemon put its pin back
+    within one tick. Now it pauses the daemon first; three ticks later every server is
+    still at its static weight, and the audit log tells who did what, in order."""
+    stack, config, _ = daemon
+    socket_path = stack.admin_socket
+    wait_until(lambda: run_cli("status", "-c", config).json()["ready"], "readiness", 10)
+    assert run_cli("override", "set", "-c", config, "app/s2", "7").code == 0
+    wait_until(lambda: weights(socket_path, KEYS)["app/s2"] == 7, "the pin in HAProxy", 10)
+
+    fights = run_cli("apply", "-c", config)
+    assert fights.code == 2, fights.stderr
+    assert "--force" in fights.stderr
+    assert "pause" in fights.stderr
+
+    reverted = run_cli("revert", "-c", config, "--reason", "incident 7", "--output", "json")
+    assert reverted.code == 0, reverted.stderr
+    assert "paused the daemon" in reverted.stderr
+    assert weights(socket_path, KEYS) == dict.fromkeys(KEYS, 100)
+    wait_turns(metrics_reader(config), 3, "ticks after the revert")
+    assert weights(socket_path, KEYS) == dict.fromkeys(KEYS, 100)
+    status = run_cli("status", "-c", config).json()
+    assert status["paused"] is True
+    assert status["pause_reason"] == "revert: incident 7"
+
+    # Beside a paused daemon, apply no longer fights anyone.
+    assert run_cli("apply", "-c", config).code == 0
+    assert run_cli("resume", "-c", config).code == 0
+    wait_until(lambda: weights(socket_path, KEYS)["app/s2"] == 7, "the pin after resume", 10)
+
+    audit = [
+        json.loads(line)
+        for line in (stack.workdir / "audit.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    # s2's story (the paused daemon's `apply` may or may not move a weight: left out).
+    story = [
+        (e["action"], e["actor"])
+        for e in audit
+        if e.get("server") in (None, "s2", "app/s2") and e["action"] != "apply"
+    ]
+    user = f"cli:{getpass.getuser()}"
+    # The daemon's first write of the pin, the operator's steps, the daemon's rewrite.
+    assert story[0] == ("override_set", user)
+    assert story[1] == ("tick", "veloflux")
+    assert story[2:5] == [("pause", user), ("revert", user), ("resume", user)]
+    assert story[-1] == ("tick", "veloflux")
+    revert_line = next(e for e in audit if e["action"] == "revert" and e["server"] == "s2")
+    assert (revert_line["old"], revert_line["new"]) == (7, 100)
+    assert revert_line["operator_reason"] == "incident 7"
+    pause_line = next(e for e in audit if e["action"] == "pause")
+    assert pause_line["reason"] == "revert: incident 7"
+    assert pause_line["token"].startswith("sha256:")
+
+
+def test_revert_beside_a_daemon_it_cannot_pause_refuses_unless_forced(
+    daemon: tuple[LocalStack, Path, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    """A daemon that answers but cannot be paused (this config has no token): exit 2
+    with what to do, nothing written; ``--force`` writes and warns."""
+    stack, config, _ = daemon
+    socket_path = stack.admin_socket
+    wait_until(lambda: run_cli("status", "-c", config).json()["ready"], "readiness", 10)
+    assert run_cli("override", "set", "-c", config, "app/s1", "5").code == 0
+    wait_until(lambda: weights(socket_path, KEYS)["app/s1"] == 5, "the pin in HAProxy", 10)
+    tokenless = tmp_path / "tokenless.yaml"
+    tokenless.write_text(
+        "\n".join(line for line in config.read_text().splitlines() if "token_file" not in line)
+    )
+
+    refused = run_cli("revert", "-c", tokenless)
+    assert refused.code == 2
+    assert "api.token_file" in refused.stderr
+    assert "--force" in refused.stderr
+    assert weights(socket_path, KEYS)["app/s1"] == 5
+
+    forced = run_cli("revert", "-c", tokenless, "--force")
+    assert forced.code == 0, forced.stderr
+    assert "will put its own weights back" in forced.stderr
+    assert run_cli("status", "-c", config).json()["paused"] is False

@@ -19,8 +19,9 @@ import pytest
 
 from veloflux import __version__
 from veloflux.daemon.api.client import ApiClient, ApiRefused, ApiUnreachable
-from veloflux.daemon.api.fields import read_token, reason_field, ttl_field
+from veloflux.daemon.api.fields import read_token, reason_field, token_fingerprint, ttl_field
 from veloflux.daemon.api.server import ApiServer
+from veloflux.daemon.audit import Actor
 from veloflux.errors import ConfigError, ControlRefused
 from veloflux.util.events import Events
 
@@ -57,19 +58,24 @@ class FakeControls:
         self.pinned: dict[str, dict[str, Any]] = {}
         self.paused: str | None = None
         self.calls: list[tuple[str, Any]] = []
+        self.actors: list[Actor] = []
 
     def overrides(self) -> list[dict[str, Any]]:
         return list(self.pinned.values())
 
-    def set_override(self, server: str, weight: int, ttl_seconds: float | None) -> dict[str, Any]:
+    def set_override(
+        self, server: str, weight: int, ttl_seconds: float | None, actor: Actor
+    ) -> dict[str, Any]:
         self.calls.append(("set", (server, weight, ttl_seconds)))
+        self.actors.append(actor)
         if server == "web/ghost":
             raise ControlRefused("no server web/ghost in any pool", 404)
         self.pinned[server] = {"server": server, "weight": weight, "ttl_seconds": ttl_seconds}
         return self.pinned[server]
 
-    def clear_overrides(self, server: str | None) -> list[str]:
+    def clear_overrides(self, server: str | None, actor: Actor) -> list[str]:
         self.calls.append(("clear", server))
+        self.actors.append(actor)
         if server is not None and server not in self.pinned:
             raise ControlRefused(f"no override for {server}", 404)
         cleared = [server] if server is not None else sorted(self.pinned)
@@ -77,13 +83,15 @@ class FakeControls:
             del self.pinned[key]
         return cleared
 
-    def pause(self, reason: str) -> dict[str, Any]:
+    def pause(self, reason: str, actor: Actor) -> dict[str, Any]:
         self.calls.append(("pause", reason))
+        self.actors.append(actor)
         self.paused = reason
         return {"paused": True, "reason": reason}
 
-    def resume(self) -> dict[str, Any]:
+    def resume(self, actor: Actor) -> dict[str, Any]:
         self.calls.append(("resume", None))
+        self.actors.append(actor)
         self.paused = None
         return {"paused": False}
 
@@ -247,6 +255,22 @@ def test_clear_one_and_clear_all(api: Harness) -> None:
     assert client.clear_overrides("web/a") == ["web/a"]
     assert client.clear_overrides(None) == ["api/c", "web/b"]
     assert api.controls.pinned == {}
+
+
+def test_a_change_names_the_actor_the_client_gave_and_the_token_that_let_it_in(
+    api: Harness,
+) -> None:
+    """Kills: the actor header ignored, or the token written instead of its fingerprint."""
+    named = ApiClient(api.host, api.port, TOKEN, HANG_GUARD_SECONDS, actor="cli:alice")
+    named.pause("incident 9")
+    api.client().resume()
+    fingerprint = token_fingerprint(TOKEN)
+    assert fingerprint.startswith("sha256:")
+    assert TOKEN not in fingerprint
+    assert api.controls.actors == [Actor("cli:alice", fingerprint), Actor("api", fingerprint)]
+    status, _, body = api.raw("POST", "/api/v1/resume", headers={"X-VeloFlux-Actor": "x" * 65})
+    assert status == 400
+    assert b"X-VeloFlux-Actor" in body
 
 
 def test_pause_and_resume(api: Harness) -> None:

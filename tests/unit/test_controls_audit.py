@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from tests.unit.factories import TAKEN_AT, Pool, Server, observation, policy
-from veloflux.daemon.audit import AuditLog, entries
+from veloflux.daemon.audit import Actor, AuditLog, entries
 from veloflux.daemon.controls import OperatorControls
 from veloflux.decide.planner import plan_weights
 from veloflux.domain.weightplan import ApplyReport, WeightPlan, WriteResult
@@ -170,3 +171,55 @@ def test_a_failed_audit_append_is_counted_and_the_agent_goes_on(tmp_path: Path) 
     plan, report = _plan_and_report()
     assert log.record(plan, report) == 0
     assert events.count("audit_write_failed") == 1
+
+
+def test_operator_actions_and_weight_writes_name_their_actor(tmp_path: Path) -> None:
+    """Kills: an action line without its actor, token or reason; a weight line that
+    does not say which path wrote it."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, Events(), max_bytes=1 << 20, backups=1, clock=lambda: TAKEN_AT)
+    plan, report = _plan_and_report()
+    operator = Actor("cli:alice", token="sha256:0123abcd")
+    assert log.action("pause", operator, "incident 42", was_paused=False) == 1
+    assert log.record(plan, report, action="revert", actor=Actor("cli:alice"),
+                      operator_reason="incident 42") == 1  # fmt: skip
+    assert log.record(plan, report) == 1
+    pause, revert, tick = (json.loads(line) for line in path.read_text().splitlines())
+    assert pause == {
+        "time": TAKEN_AT.isoformat(), "action": "pause", "actor": "cli:alice",
+        "token": "sha256:0123abcd", "reason": "incident 42", "was_paused": False,
+    }  # fmt: skip
+    assert (revert["action"], revert["actor"], revert["operator_reason"]) == (
+        "revert",
+        "cli:alice",
+        "incident 42",
+    )
+    assert "token" not in revert
+    assert (tick["action"], tick["actor"]) == ("tick", "veloflux")
+    assert "operator_reason" not in tick
+
+
+def test_two_writers_appending_to_one_log_never_split_a_line(tmp_path: Path) -> None:
+    """The daemon and a `revert` from a shell share the file (two instances stand in
+    for the two processes; the lock is on the directory, not the instance). Kills: an
+    unlocked rotation dropping or splitting lines."""
+    path = tmp_path / "audit.jsonl"
+    daemon = AuditLog(path, Events(), max_bytes=2000, backups=50)
+    shell = AuditLog(path, Events(), max_bytes=2000, backups=50)
+    threads = [
+        threading.Thread(
+            target=lambda log=log, name=name: [
+                log.action("pause", Actor(name), f"line {i}") for i in range(100)
+            ]
+        )
+        for log, name in ((daemon, "veloflux"), (shell, "cli:bob"))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines = [json.loads(line) for p in tmp_path.iterdir() for line in p.read_text().splitlines()]
+    assert len(lines) == 200
+    assert sorted((e["actor"], e["reason"]) for e in lines) == sorted(
+        (name, f"line {i}") for name in ("veloflux", "cli:bob") for i in range(100)
+    )

@@ -30,6 +30,7 @@ from veloflux.agent.ports import TickResult
 from veloflux.config.load import validate_config
 from veloflux.config.schema import Config
 from veloflux.daemon.api.server import ApiServer
+from veloflux.daemon.audit import Actor, AuditLog
 from veloflux.daemon.controls import OperatorControls
 from veloflux.daemon.metrics import AgentMetrics
 from veloflux.daemon.state import DaemonOps
@@ -153,6 +154,7 @@ class Wired:
 
 
 Build = Callable[..., Wired]
+OPERATOR = Actor("cli:test")
 
 
 @pytest.fixture
@@ -166,8 +168,16 @@ def build(tmp_path: Path, clock: ManualClock) -> Build:
         driver.shared_events = events
         metrics = AgentMetrics(__version__, events)
         controls = OperatorControls(cfg.api.state_path, lambda: FINISHED_AT, events)
+        audit = AuditLog(tmp_path / "audit.jsonl", events, 1 << 20, 2)
         ops = DaemonOps(
-            cfg, driver, controls, metrics, lambda: FINISHED_AT, clock.monotonic, clock.time
+            cfg,
+            driver,
+            controls,
+            metrics,
+            lambda: FINISHED_AT,
+            audit,
+            monotonic=clock.monotonic,
+            epoch=clock.time,
         )
         return Wired(ops, driver, events, metrics)
 
@@ -266,10 +276,10 @@ def test_a_pause_ticks_without_writing_and_pins_reach_the_driver(build: Build) -
     """Kills: ``write=True`` regardless of the pause, or pins not handed to the tick."""
     wired = build("20s")
     wired.ops.tick()
-    wired.ops.set_override("web/w1", 3, None)
-    wired.ops.pause("deploying")
+    wired.ops.set_override("web/w1", 3, None, OPERATOR)
+    wired.ops.pause("deploying", OPERATOR)
     wired.ops.tick()
-    wired.ops.resume()
+    wired.ops.resume(OPERATOR)
     wired.ops.tick()
     assert wired.driver.calls == [
         (True, {}, True),
@@ -282,12 +292,12 @@ def test_a_pin_needs_an_observed_server_of_a_managed_pool(build: Build) -> None:
     """Kills: ``_check_known`` skipped (a pin on a server the proxy does not have)."""
     wired = build("20s")
     with pytest.raises(ControlRefused) as early:
-        wired.ops.set_override("web/w1", 3, None)
+        wired.ops.set_override("web/w1", 3, None, OPERATOR)
     assert early.value.status == 409
     wired.ops.tick()
     for server, status in [("web/ghost", 404), ("api/w1", 404), ("legacy/l1", 409)]:
         with pytest.raises(ControlRefused) as refused:
-            wired.ops.set_override(server, 3, None)
+            wired.ops.set_override(server, 3, None, OPERATOR)
         assert refused.value.status == status
     assert wired.ops.overrides() == []
 
@@ -377,8 +387,8 @@ def test_status_after_a_tick_shows_its_plan_and_the_operators_state(build: Build
     the pause and pins not shown."""
     wired = build("20s")
     wired.ops.tick()
-    wired.ops.set_override("web/w2", 0, None)
-    wired.ops.pause("deploying")
+    wired.ops.set_override("web/w2", 0, None, OPERATOR)
+    wired.ops.pause("deploying", OPERATOR)
     status = wired.ops.status()
     assert set(status) == STATUS_KEYS
     assert status["last_tick"] == {

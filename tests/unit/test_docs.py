@@ -1,4 +1,4 @@
-"""docs/architecture.md must stay true to the code it describes."""
+"""docs/architecture.md and docs/upgrading.md must stay true to the code they describe."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import tomllib
 from pathlib import Path
 
 from veloflux.domain.observation import COLUMNS
+from veloflux.history.journal import SCHEMA_VERSION
+from veloflux.model.registry import FORMAT
 
 ROOT = Path(__file__).resolve().parents[2]
 ARCHITECTURE = (ROOT / "docs" / "architecture.md").read_text()
@@ -58,3 +60,13 @@ def test_the_package_table_is_the_import_contract_and_the_tree() -> None:
 def test_every_package_says_its_job_in_its_docstring() -> None:
     for init in PACKAGE.glob("*/__init__.py"):
         assert init.read_text().startswith('"""'), f"{init.parent.name} has no docstring"
+
+
+def test_the_upgrade_notes_name_the_journal_schema_and_model_format_this_version_reads() -> None:
+    """An operator decides whether to copy the journal from these numbers: a schema bump
+    or a registry format change without its line in docs/upgrading.md fails here."""
+    upgrading = (ROOT / "docs" / "upgrading.md").read_text()
+    assert f"**schema {SCHEMA_VERSION}**" in upgrading
+    for version in range(1, SCHEMA_VERSION + 1):
+        assert f"\n| {version} | " in upgrading, f"docs/upgrading.md lacks schema {version}'s row"
+    assert f'`"format": {FORMAT}`' in upgrading

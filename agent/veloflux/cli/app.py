@@ -40,11 +40,21 @@ config_option = click.option(
 output_option = click.option(
     "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
+# The levels ``logging`` knows by name. A click choice (any case) turns a typo such as
+# ``--log-level LOUD`` into a usage error naming the valid ones, where logging's own
+# check raised a ValueError that surfaced as a traceback.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="veloflux-agent")
-@click.option("--log-level", default="WARNING", show_default=True, envvar="VELOFLUX_LOG_LEVEL")
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+    envvar="VELOFLUX_LOG_LEVEL",
+)
 def main(log_level: str) -> None:
     """VeloFlux: learns and sets HAProxy and Envoy backend weights, safely."""
     logging.basicConfig(
@@ -68,7 +78,11 @@ def run_once(
     config_path: str | None, write: bool, action: Callable[[Driver], TickResult]
 ) -> TickResult:
     """Load, wire, run one action; map the error taxonomy onto exit codes."""
-    config = load(config_path)
+    return run_loaded(load(config_path), write, action)
+
+
+def run_loaded(config: Config, write: bool, action: Callable[[Driver], TickResult]) -> TickResult:
+    """``run_once`` for a config already loaded."""
     agent = build_agent(config, Events(), write=write)
     try:
         return action(agent)

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from veloflux.agent.ports import TickResult
 from veloflux.cli.app import (
     EXIT_CONFIG,
     EXIT_PROXY,
@@ -15,10 +16,14 @@ from veloflux.cli.app import (
     fail,
     load,
     output_option,
+    run_loaded,
     run_once,
     seen,
 )
+from veloflux.cli.daemon_guard import pause_for_revert, refuse_to_fight
 from veloflux.cli.render import print_plan
+from veloflux.config.schema import Config
+from veloflux.daemon.audit import Actor, AuditLog, cli_actor
 from veloflux.util.durations import parse_duration
 from veloflux.util.events import Events
 
@@ -41,12 +46,29 @@ def dry_run(config_path: str | None, output: str) -> None:
     exit_if_a_proxy_failed(result)
 
 
+force_option = click.option(
+    "--force",
+    is_flag=True,
+    help="write even beside a running daemon that cannot be paused "
+    "(it puts its own weights back at its next tick)",
+)
+
+
 @click.command("apply")
 @config_option
 @output_option
-def apply(config_path: str | None, output: str) -> None:
-    """One observe-plan-act tick with writes, verified by read-back."""
-    result = run_once(config_path, True, lambda agent: agent.tick(write=True))
+@force_option
+def apply(config_path: str | None, output: str, force: bool) -> None:
+    """One observe-plan-act tick with writes, verified by read-back.
+
+    Refuses (exit 2) while a daemon on api.listen is running and not paused: it would
+    undo the write at its next tick.
+    """
+    config = load(config_path)
+    actor = cli_actor()
+    refuse_to_fight(config, actor, force)
+    result = run_loaded(config, True, lambda agent: agent.tick(write=True))
+    _audit(config, result, "apply", actor, "")
     print_plan(result.plan, output, "apply: weights", result.report, **seen(result))
     exit_if_a_proxy_failed(result)
     if result.report is not None and result.report.failures:
@@ -56,13 +78,37 @@ def apply(config_path: str | None, output: str) -> None:
 @click.command("revert")
 @config_option
 @output_option
-def revert(config_path: str | None, output: str) -> None:
-    """Set every managed server back to its static weight at once."""
-    result = run_once(config_path, True, lambda agent: agent.revert())
+@force_option
+@click.option("--reason", default="reverted from the command line", show_default=True)
+def revert(config_path: str | None, output: str, force: bool, reason: str) -> None:
+    """Set every managed server back to its static weight at once.
+
+    A daemon running on api.listen is paused first (with api.token_file), so that the
+    static weights stay; `veloflux-agent resume` hands the weights back to it.
+    """
+    config = load(config_path)
+    actor = cli_actor()
+    pause_for_revert(config, actor, f"revert: {reason}", force)
+    result = run_loaded(config, True, lambda agent: agent.revert())
+    _audit(config, result, "revert", actor, reason)
     print_plan(result.plan, output, "revert: static weights", result.report)
     exit_if_a_proxy_failed(result)
     if result.report is not None and result.report.failures:
         sys.exit(EXIT_PROXY)
+
+
+def _audit(config: Config, result: TickResult, action: str, actor: Actor, reason: str) -> None:
+    """The weights this command wrote, in the same audit log as the daemon's."""
+    if result.report is None or not result.report.applied:
+        return
+    events = Events()
+    ai = config.ai
+    log = AuditLog(ai.audit_log, events, ai.audit_max_bytes, ai.audit_backups)
+    written = log.record(
+        result.plan, result.report, action=action, actor=actor, operator_reason=reason
+    )
+    if not written:
+        click.echo(f"warning: could not append to the audit log {ai.audit_log}", err=True)
 
 
 @click.command("record")

@@ -23,6 +23,12 @@ from veloflux.errors import ModelUnavailable
 from veloflux.model.registry import ModelEntry
 from veloflux.util.events import Events
 
+# What ``model list`` prints when no version is kept: training needs a journal first.
+NO_MODEL_HINT = (
+    "no model yet in {model_dir}: run `veloflux-agent train` "
+    "(needs history: `veloflux-agent record`)"
+)
+
 
 @click.command("train")
 @config_option
@@ -30,7 +36,8 @@ from veloflux.util.events import Events
 @click.option(
     "--from-prometheus",
     is_flag=True,
-    help="train on Prometheus's history of HAProxy's exporter (and the features)",
+    help="train on Prometheus's history of HAProxy's exporter (and the features); "
+    "Envoy clusters train from the journal only",
 )
 @click.option("--since", default=None, help="with --from-prometheus: how far back [default: 7d]")
 @click.option("--step", default=None, help="with --from-prometheus: sample spacing [default: 15s]")
@@ -108,6 +115,8 @@ def model_list(config_path: str | None, output: str) -> None:
     entries = open_registry(config, Events()).entries()
     if output == "json":
         click.echo(json.dumps([_entry_json(e) for e in entries], indent=2))
+    elif not entries:  # JSON stays [], which a script reads as "none" as it is
+        click.echo(NO_MODEL_HINT.format(model_dir=config.ai.model_dir))
     else:
         make_console().print(models_table(entries))
 

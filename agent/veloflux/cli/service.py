@@ -25,7 +25,12 @@ if TYPE_CHECKING:
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
 @click.option(
-    "--log-level", "level", default="INFO", show_default=True, envvar="VELOFLUX_LOG_LEVEL"
+    "--log-level",
+    "level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    envvar="VELOFLUX_LOG_LEVEL",
 )
 def run(config_path: str | None, log_format: Literal["text", "json"], level: str) -> None:
     """The daemon: tick every interval, retrain on schedule, serve the HTTP API."""
@@ -44,13 +49,14 @@ def run(config_path: str | None, log_format: Literal["text", "json"], level: str
 def _client(config_path: str | None) -> ApiClient:
     from veloflux.daemon.api.client import ApiClient
     from veloflux.daemon.api.fields import read_token
+    from veloflux.daemon.audit import cli_actor
 
     config = load(config_path)
     try:
         token = read_token(config.api.token_file)
     except ConfigError as exc:
         fail(EXIT_CONFIG, exc.render())
-    return ApiClient(config.api.host, config.api.port, token)
+    return ApiClient(config.api.host, config.api.port, token, actor=cli_actor().name)
 
 
 def _call(action: Callable[[], object]) -> object:

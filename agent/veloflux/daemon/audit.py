@@ -1,18 +1,32 @@
-"""The audit log: one JSON line for every weight VeloFlux changed, kept by size.
+"""The audit log: one JSON line for every weight VeloFlux changed and every operator
+action, with who did it, kept by size.
 
 When traffic shifted at 03:12, an SRE wants to know which weight moved, from what to
-what, in which mode, how sure the model was and why, without replaying the agent.
-Lines are appended only after the proxy confirmed the write (read-back), so the log
-never claims a change that did not happen. The file rotates at ``max_bytes`` into
-``audit.jsonl.1`` ... ``.N``; a failed append (a full disk) is counted and logged and
+what, who or what moved it (the daemon, ``apply`` or ``revert`` from a shell, an
+operator through the API), in which mode, how sure the model was and why, without
+replaying the agent. Weight lines are appended only after the proxy confirmed the
+write (read-back), so the log never claims a change that did not happen; operator
+actions (pause, resume, pins, model promotion) are appended once they took effect.
+
+Several processes append to one file (the daemon, and a ``revert`` run from a shell
+during an incident), so each append holds an advisory lock (on its directory) across
+the size check, the rotation and the write: lines are never interleaved and a file is
+never rotated under another writer. The file rotates at ``max_bytes`` into
+``audit.jsonl.1`` ... ``.N``. A failed append (a full disk) is counted and logged and
 the agent goes on, since losing an audit line is better than holding every weight.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import getpass
 import json
 import os
 import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,33 +34,116 @@ from veloflux.domain.weightplan import ApplyReport, ServerPlan, WeightPlan
 from veloflux.util.events import Events
 
 
-class AuditLog:
-    """Append-only JSON lines with size rotation; safe to call from any thread."""
+@dataclass(frozen=True)
+class Actor:
+    """Who acted: ``veloflux`` (the daemon), ``cli:<unix user>`` (a command run from a
+    shell), or whoever an API client says it is, with the fingerprint of the token that
+    let it in. The token is the authentication; the name is what the client claims."""
 
-    def __init__(self, path: Path, events: Events, max_bytes: int, backups: int) -> None:
+    name: str
+    token: str = ""  # "sha256:" and the first 8 hex digits of the token's hash
+
+    def fields(self) -> dict[str, str]:
+        return {"actor": self.name} | ({"token": self.token} if self.token else {})
+
+
+DAEMON = Actor("veloflux")
+
+
+def cli_actor() -> Actor:
+    """The unix user who ran this command (the uid when it has no name)."""
+    try:
+        return Actor(f"cli:{getpass.getuser()}")
+    except (KeyError, OSError):
+        return Actor(f"cli:uid {os.getuid()}")
+
+
+class AuditLog:
+    """Append-only JSON lines with size rotation; safe from any thread or process."""
+
+    def __init__(
+        self,
+        path: Path,
+        events: Events,
+        max_bytes: int,
+        backups: int,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self._path = path
         self._events = events
         self._max_bytes = max_bytes
         self._backups = backups
+        self._clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.Lock()
 
-    def record(self, plan: WeightPlan, report: ApplyReport) -> int:
-        """Append a line per confirmed write of ``report``; return how many were written."""
-        lines = [json.dumps(entry, separators=(",", ":")) + "\n" for entry in entries(plan, report)]
-        if not lines:
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def record(
+        self,
+        plan: WeightPlan,
+        report: ApplyReport,
+        *,
+        action: str = "tick",
+        actor: Actor = DAEMON,
+        operator_reason: str = "",
+    ) -> int:
+        """Append a line per confirmed write of ``report``; return how many were written.
+
+        ``action`` says which path wrote (``tick``, ``apply``, ``revert``, ``on_exit``);
+        ``operator_reason`` is the operator's, kept beside the plan's own per server.
+        """
+        lines = [
+            {**entry, "action": action, **actor.fields()}
+            | ({"operator_reason": operator_reason} if operator_reason else {})
+            for entry in entries(plan, report)
+        ]
+        return self._append(lines)
+
+    def action(self, action: str, actor: Actor, reason: str = "", **fields: Any) -> int:
+        """Append one operator action (``pause``, ``override_set``, ``model_promote``...):
+        its time, who, why, and what it changed (``fields``: server, old, new...)."""
+        entry: dict[str, Any] = {
+            "time": self._clock().isoformat(),
+            "action": action,
+            **actor.fields(),
+            "reason": reason,
+            **fields,
+        }
+        return self._append([entry])
+
+    def _append(self, entries_: Sequence[Mapping[str, Any]]) -> int:
+        if not entries_:
             return 0
-        data = "".join(lines).encode()
+        data = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries_).encode()
         with self._lock:
             try:
                 self._path.parent.mkdir(parents=True, exist_ok=True)
-                if self._size() + len(data) > self._max_bytes:
-                    self._rotate()
-                with self._path.open("ab") as handle:
-                    handle.write(data)
+                with self._locked():
+                    if self._size() + len(data) > self._max_bytes:
+                        self._rotate()
+                    # O_APPEND: one write lands whole at the end, whoever else appends.
+                    fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                    try:
+                        os.write(fd, data)
+                    finally:
+                        os.close(fd)
             except OSError as exc:
                 self._events.record("audit_write_failed", f"{self._path}: {exc}")
                 return 0
-        return len(lines)
+        return len(entries_)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An advisory lock on the log's directory (not on the file, which rotation
+        renames under a writer that holds it), so no extra file sits beside the log."""
+        fd = os.open(self._path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def _size(self) -> int:
         try:

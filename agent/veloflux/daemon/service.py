@@ -78,7 +78,6 @@ class Daemon:
         self.events = Events()
         self.metrics = AgentMetrics(__version__, self.events)
         self._controls = OperatorControls(config.api.state_path, options.clock, self.events)
-        self._audit = _audit_log(config, self.events)
         self._tick_lock = threading.Lock()
         self._heap = HeapSettler()
         self._generation = 0  # counts adopted configurations: a new agent, a new heap
@@ -90,6 +89,8 @@ class Daemon:
             controls=self._controls,
             metrics=self.metrics,
             clock=options.clock,
+            audit=_audit_log(config, self.events),
+            quiesce=self._quiesce,
         )
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
@@ -161,6 +162,12 @@ class Daemon:
             self._api.stop()
         _log.info("stopped")
 
+    def _quiesce(self) -> None:
+        """Wait (a bounded time) for a tick in progress to end: called after a pause, so
+        that when the API answers, no tick that began before it can still write."""
+        if self._tick_lock.acquire(timeout=max(5.0, 2 * self._config.interval_seconds)):
+            self._tick_lock.release()
+
     def _install_signal_handlers(self) -> None:
         def stop(signum: int, _frame: FrameType | None) -> None:
             _log.info("signal %s: stopping after the current tick", signal.Signals(signum).name)
@@ -218,7 +225,7 @@ class Daemon:
                 self._tick_failed("error", exc, started)
             else:
                 if result.report is not None:
-                    self._audit.record(result.plan, result.report)
+                    self.ops.audit.record(result.plan, result.report)
                 self._heap.settle((self._generation, result.plan.model_version))
 
     def _tick_failed(self, reason: str, exc: BaseException, started: float) -> None:
@@ -250,12 +257,12 @@ class Daemon:
             return False
         with self._tick_lock:
             agent = self._options.agent_factory(config, self.events)
-            self.ops.adopt(config, agent)
+            audit_changed = _audit_settings(config) != _audit_settings(self._config)
+            audit = _audit_log(config, self.events) if audit_changed else None
+            self.ops.adopt(config, agent, audit)
             self._generation += 1
             if config.api != self._config.api:
                 _log.warning("api.* changes take effect at the next restart")
-            if config.ai.audit_log != self._config.ai.audit_log:
-                self._audit = _audit_log(config, self.events)
             self._config = config
             self._schedule()
         self.metrics.config_reloaded(True, time.time())
@@ -269,12 +276,17 @@ class Daemon:
             self.events.record("exit_revert_failed", str(exc))
             return
         if result.report is not None:
-            self._audit.record(result.plan, result.report)
+            self.ops.audit.record(result.plan, result.report, action="on_exit")
+
+
+def _audit_settings(config: Config) -> tuple[Path, int, int]:
+    ai = config.ai
+    return ai.audit_log, ai.audit_max_bytes, ai.audit_backups
 
 
 def _audit_log(config: Config, events: Events) -> AuditLog:
-    ai = config.ai
-    return AuditLog(ai.audit_log, events, ai.audit_max_bytes, ai.audit_backups)
+    path, max_bytes, backups = _audit_settings(config)
+    return AuditLog(path, events, max_bytes, backups)
 
 
 def _training_trigger(config: Config) -> BaseTrigger:

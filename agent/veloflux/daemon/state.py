@@ -20,6 +20,7 @@ from veloflux.agent.build import proxy_address, proxy_kinds
 from veloflux.agent.learn import NoHistory
 from veloflux.agent.ports import Driver, TickResult
 from veloflux.config.schema import Config
+from veloflux.daemon.audit import DAEMON, Actor, AuditLog
 from veloflux.daemon.controls import OperatorControls
 from veloflux.daemon.metrics import AgentMetrics
 from veloflux.daemon.training_job import Trainer, TrainingCancelled, TrainingRun
@@ -39,10 +40,15 @@ class DaemonOps:
         controls: OperatorControls,
         metrics: AgentMetrics,
         clock: Callable[[], datetime],
+        audit: AuditLog,
         monotonic: Callable[[], float] = time.monotonic,
         epoch: Callable[[], float] = time.time,
+        quiesce: Callable[[], None] = lambda: None,
     ) -> None:
         self._config = config
+        self.audit = audit
+        # Returns once no tick is writing: a pause has taken effect when it answers.
+        self._quiesce = quiesce
         # Liveness and durations read ``monotonic``; metric timestamps read ``epoch``:
         # both injected, so a test can move time by hand.
         self._monotonic = monotonic
@@ -92,10 +98,12 @@ class DaemonOps:
     def revert(self) -> TickResult:
         return self._agent.revert()
 
-    def adopt(self, config: Config, agent: Driver) -> None:
+    def adopt(self, config: Config, agent: Driver, audit: AuditLog | None = None) -> None:
         """A reloaded config and the agent built from it (called between ticks)."""
         self._agent.close()
         self._config, self._agent = config, agent
+        if audit is not None:
+            self.audit = audit
 
     def close(self) -> None:
         self._agent.close()
@@ -121,6 +129,10 @@ class DaemonOps:
             report = result
             outcome = "promoted" if result["promoted"] else "not_promoted"
             message = f"model {result['version']}: {result['reason']}"
+            if result["promoted"]:
+                self.audit.action(
+                    "model_promote", DAEMON, str(result["reason"]), model_version=result["version"]
+                )
         run = TrainingRun(outcome, self._clock(), self._monotonic() - started, message, report)
         self._training = run
         self._metrics.training_finished(outcome, run.duration_seconds, self._epoch())
@@ -209,25 +221,51 @@ class DaemonOps:
     def overrides(self) -> list[dict[str, Any]]:
         return [o.to_json() for o in self._controls.snapshot().overrides.values()]
 
-    def set_override(self, server: str, weight: int, ttl_seconds: float | None) -> dict[str, Any]:
+    def set_override(
+        self, server: str, weight: int, ttl_seconds: float | None, actor: Actor
+    ) -> dict[str, Any]:
         self._check_known(server)
+        before = self._controls.snapshot().overrides.get(server)
         override = self._controls.set_override(server, weight, ttl_seconds)
-        _log.info("override set: %s = %d (ttl %s)", server, weight, ttl_seconds)
+        _log.info("override set: %s = %d (ttl %s) by %s", server, weight, ttl_seconds, actor.name)
+        self.audit.action(
+            "override_set",
+            actor,
+            f"pinned at {weight}" + (f" for {ttl_seconds:g}s" if ttl_seconds else ""),
+            server=server,
+            old=before.weight if before else None,
+            new=weight,
+            expires_at=override.to_json()["expires_at"],
+        )
         return override.to_json()
 
-    def clear_overrides(self, server: str | None) -> list[str]:
+    def clear_overrides(self, server: str | None, actor: Actor) -> list[str]:
+        before = self._controls.snapshot().overrides
         cleared = self._controls.clear_overrides(server)
-        _log.info("overrides cleared: %s", ", ".join(cleared) or "none")
+        _log.info("overrides cleared by %s: %s", actor.name, ", ".join(cleared) or "none")
+        for key in cleared:
+            self.audit.action(
+                "override_clear", actor, "pin cleared", server=key, old=before[key].weight
+            )
         return cleared
 
-    def pause(self, reason: str) -> dict[str, Any]:
+    def pause(self, reason: str, actor: Actor) -> dict[str, Any]:
+        was = self._controls.snapshot()
         state = self._controls.pause(reason)
-        _log.warning("paused: %s (weights are held until resume)", state.pause_reason)
+        _log.warning(
+            "paused by %s: %s (weights are held until resume)", actor.name, state.pause_reason
+        )
+        self.audit.action("pause", actor, state.pause_reason, was_paused=was.paused)
+        self._quiesce()  # a tick that began before the pause has ended: nothing more is written
         return {"paused": True, "reason": state.pause_reason}
 
-    def resume(self) -> dict[str, Any]:
+    def resume(self, actor: Actor) -> dict[str, Any]:
+        was = self._controls.snapshot()
         self._controls.resume()
-        _log.info("resumed")
+        _log.info("resumed by %s", actor.name)
+        self.audit.action(
+            "resume", actor, "writes resumed", was_paused=was.paused, pause_reason=was.pause_reason
+        )
         return {"paused": False}
 
     def _check_known(self, server: str) -> None:

@@ -14,6 +14,7 @@ import urllib.request
 from typing import Any
 from urllib.parse import quote
 
+from veloflux.daemon.api.fields import ACTOR_HEADER
 from veloflux.errors import VelofluxError
 
 # An agent listening on every address is still reached through loopback.
@@ -42,11 +43,17 @@ class ApiClient:
     """One method per operator command; each is a single HTTP request."""
 
     def __init__(
-        self, host: str, port: int, token: str | None, timeout_seconds: float = 5.0
+        self,
+        host: str,
+        port: int,
+        token: str | None,
+        timeout_seconds: float = 5.0,
+        actor: str | None = None,
     ) -> None:
         host = _WILDCARD_TO_LOOPBACK.get(host, host)
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._token = token
+        self._actor = actor  # who the daemon's audit log names for this client's changes
         self._timeout_seconds = timeout_seconds
         # Loopback traffic must never be sent to an http_proxy from the environment.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -84,6 +91,8 @@ class ApiClient:
             request.add_header("Content-Type", "application/json")
         if self._token is not None:
             request.add_header("Authorization", f"Bearer {self._token}")
+        if self._actor is not None:
+            request.add_header(ACTOR_HEADER, self._actor)
         try:
             with self._opener.open(request, timeout=self._timeout_seconds) as response:
                 raw = response.read()

@@ -8,6 +8,7 @@ place.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from veloflux.util.names import parse_server_key, server_key
 MAX_WEIGHT = HAPROXY_MAX_WEIGHT
 DEFAULT_PAUSE_REASON = "paused through the API"
 _MAX_REASON_CHARS = 500
+# Who the client says it is, for the audit log: ``veloflux-agent`` sends ``cli:<user>``.
+ACTOR_HEADER = "X-VeloFlux-Actor"
+_MAX_ACTOR_CHARS = 64
 
 
 def read_token(path: Path | None) -> str | None:
@@ -36,6 +40,11 @@ def read_token(path: Path | None) -> str | None:
     if not (token.isascii() and token.isprintable()) or " " in token:
         raise _token_problem(f"{path}: the token must be one word of printable ASCII")
     return token
+
+
+def token_fingerprint(token: str) -> str:
+    """Which token let a request in, for the audit log, without writing the token."""
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:8]
 
 
 def _token_problem(message: str) -> ConfigError:
@@ -103,3 +112,13 @@ def reason_field(value: object) -> str:
     if not isinstance(value, str) or not value.isprintable() or len(value) > _MAX_REASON_CHARS:
         raise bad(f"reason: must be one line of printable text, at most {_MAX_REASON_CHARS} chars")
     return value.strip() or DEFAULT_PAUSE_REASON
+
+
+def actor_field(value: str | None) -> str:
+    """The client's name for itself (``ACTOR_HEADER``), or ``api`` when it gives none."""
+    if value is None or not value.strip():
+        return "api"
+    value = value.strip()
+    if not (value.isascii() and value.isprintable()) or len(value) > _MAX_ACTOR_CHARS:
+        raise bad(f"{ACTOR_HEADER}: must be printable ASCII, at most {_MAX_ACTOR_CHARS} chars")
+    return value

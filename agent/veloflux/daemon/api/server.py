@@ -31,14 +31,18 @@ from urllib.parse import unquote
 
 from veloflux import __version__
 from veloflux.daemon.api.fields import (
+    ACTOR_HEADER,
     Refused,
+    actor_field,
     bad,
     reason_field,
     reject_unknown,
     server_field,
+    token_fingerprint,
     ttl_field,
     weight_field,
 )
+from veloflux.daemon.audit import Actor
 from veloflux.errors import ConfigError, ConfigProblem, ControlRefused
 from veloflux.util.events import Events
 
@@ -59,15 +63,16 @@ class StatusPort(Protocol):
 
 
 class ControlPort(Protocol):
-    """What operators may change; any method may raise ``ControlRefused``."""
+    """What operators may change; any method may raise ``ControlRefused``. Every change
+    names its ``actor``, for the audit log."""
 
     def overrides(self) -> list[dict[str, Any]]: ...
     def set_override(
-        self, server: str, weight: int, ttl_seconds: float | None
+        self, server: str, weight: int, ttl_seconds: float | None, actor: Actor
     ) -> dict[str, Any]: ...
-    def clear_overrides(self, server: str | None) -> list[str]: ...
-    def pause(self, reason: str) -> dict[str, Any]: ...
-    def resume(self) -> dict[str, Any]: ...
+    def clear_overrides(self, server: str | None, actor: Actor) -> list[str]: ...
+    def pause(self, reason: str, actor: Actor) -> dict[str, Any]: ...
+    def resume(self, actor: Actor) -> dict[str, Any]: ...
 
 
 MetricsText = Callable[[], tuple[bytes, str]]
@@ -130,6 +135,7 @@ class _Api:
     ) -> None:
         self._status, self._controls, self._metrics_text = status, controls, metrics
         self._events, self._token, self._max_body_bytes = events, token, max_body_bytes
+        self._token_id = token_fingerprint(token) if token else ""
         self._routes: dict[str, dict[str, _Endpoint]] = {
             "/": {"GET": self._index},
             "/metrics": {"GET": self._metrics},
@@ -139,7 +145,7 @@ class _Api:
             OVERRIDES_PATH: {
                 "GET": lambda _: _json_reply(200, {"overrides": self._controls.overrides()}),
                 "POST": self._set_override,
-                "DELETE": lambda _: self._cleared(None),
+                "DELETE": lambda request: self._cleared(request, None),
             },
             "/api/v1/pause": {"POST": self._pause},
             "/api/v1/resume": {"POST": self._resume},
@@ -196,6 +202,11 @@ class _Api:
             challenge = (("WWW-Authenticate", "Bearer"),)
             raise Refused(401, "missing or wrong bearer token", "unauthorized", challenge)
 
+    def _actor(self, request: _Request) -> Actor:
+        """Who asks: the name the client gives (``veloflux-agent`` sends ``cli:<user>``),
+        else ``api``, with the fingerprint of the token that let it in."""
+        return Actor(actor_field(request.headers.get(ACTOR_HEADER)), self._token_id)
+
     def _json_object(self, request: _Request, *, required: bool) -> dict[str, Any]:
         length = self._content_length(request, required=required)
         if length == 0:
@@ -250,22 +261,26 @@ class _Api:
         key = server_field(body.get("server"))
         weight = weight_field(body.get("weight"))
         ttl_seconds = ttl_field(body.get("ttl"))
-        return _json_reply(200, self._controls.set_override(key, weight, ttl_seconds))
+        actor = self._actor(request)
+        return _json_reply(200, self._controls.set_override(key, weight, ttl_seconds, actor))
 
     def _clear_one(self, request: _Request) -> _Reply:
-        return self._cleared(server_field(unquote(request.path[len(OVERRIDES_PATH) + 1 :])))
+        key = server_field(unquote(request.path[len(OVERRIDES_PATH) + 1 :]))
+        return self._cleared(request, key)
 
-    def _cleared(self, key: str | None) -> _Reply:
-        return _json_reply(200, {"cleared": self._controls.clear_overrides(key)})
+    def _cleared(self, request: _Request, key: str | None) -> _Reply:
+        cleared = self._controls.clear_overrides(key, self._actor(request))
+        return _json_reply(200, {"cleared": cleared})
 
     def _pause(self, request: _Request) -> _Reply:
         body = self._json_object(request, required=False)
         reject_unknown(body, {"reason"})
-        return _json_reply(200, self._controls.pause(reason_field(body.get("reason"))))
+        reason = reason_field(body.get("reason"))
+        return _json_reply(200, self._controls.pause(reason, self._actor(request)))
 
     def _resume(self, request: _Request) -> _Reply:
         reject_unknown(self._json_object(request, required=False), set())
-        return _json_reply(200, self._controls.resume())
+        return _json_reply(200, self._controls.resume(self._actor(request)))
 
 
 # --- sockets ---------------------------------------------------------------------------
