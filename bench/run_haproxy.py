@@ -201,8 +201,10 @@ def writes_by_mode(audit: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     if audit.exists():
         for line in audit.read_text(encoding="utf-8").splitlines():
-            mode = json.loads(line).get("mode", "unknown")
-            counts[mode] = counts.get(mode, 0) + 1
+            entry = json.loads(line)
+            if "server" in entry and "new" in entry:  # a weight, not an operator action
+                mode = entry.get("mode", "unknown")
+                counts[mode] = counts.get(mode, 0) + 1
     return counts
 
 
@@ -216,6 +218,8 @@ def weight_trace(audit: Path, started: dict[str, float]) -> list[list[Any]]:
     order = sorted(started.items(), key=lambda item: item[1])
     for line in audit.read_text(encoding="utf-8").splitlines():
         entry = json.loads(line)
+        if "server" not in entry or "new" not in entry:  # a model promotion, not a weight
+            continue
         at = datetime.fromisoformat(entry["time"]).timestamp()
         phase = [(name, began) for name, began in order if began <= at]
         if phase:

@@ -31,6 +31,7 @@ from veloflux.daemon.training_job import Trainer
 
 T = TypeVar("T")
 TOKEN = "test-token-7f3a9c"
+WEIGHT_ACTIONS = frozenset({"tick", "apply", "revert", "on_exit"})
 Address = tuple[str, int]
 
 
@@ -81,11 +82,14 @@ class AgentFiles:
     def token(self) -> Path:
         return self.root / "token"
 
-    def audit_entries(self) -> list[dict[str, Any]]:
+    def audit_entries(self, actions: bool = False) -> list[dict[str, Any]]:
+        """The weight writes of the audit log, or with ``actions`` every line (the
+        operator's pauses, pins and model promotions too)."""
         if not self.audit.exists():
             return []
         lines = self.audit.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        entries = [json.loads(line) for line in lines if line.strip()]
+        return [e for e in entries if actions or e.get("action") in WEIGHT_ACTIONS]
 
 
 def agent_config(

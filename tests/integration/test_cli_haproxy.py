@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.haproxy_proc import HAProxyProcess
+from integration.haproxy_proc import HAProxyProcess, free_port
 from tests.conftest import write_config
 from tests.integration.helpers import run_cli, set_weights, weights
 from veloflux.haproxy.runtime import RuntimeAPI
@@ -169,6 +169,33 @@ def test_unknown_backend_in_allow_list_exits_1_naming_it(
     assert result.code == 1
     assert "haproxy.backends: backend 'nope' does not exist" in result.stderr
     assert weights(haproxy.admin_socket, APP)["app/s1"] == 10
+
+
+def test_a_server_name_the_proxy_lacks_is_a_config_error_for_every_command(
+    haproxy: HAProxyProcess, tmp_path: Path
+) -> None:
+    """#18 (4): before, ``app/S1`` (a typo of s1) and ``app/s9`` passed dry-run with exit
+    0 and nothing on stderr while the operator believed s1 pinned. Now dry-run, apply
+    and the daemon refuse with exit 1, naming each key; nothing is written."""
+    config = write_config(
+        tmp_path / "v.yaml",
+        haproxy.admin_socket,
+        "policy:\n  overrides: {app/S1: 5}\n  static_weights: {app/s9: 10, app/s2: 20}\n"
+        f"api:\n  listen: 127.0.0.1:{free_port()}\n  state_path: {tmp_path}/operator.json\n",
+    )
+    for command in ("dry-run", "apply"):
+        result = run_cli(command, "-c", config)
+        assert result.code == 1, (command, result.stderr)
+        assert "policy.overrides.app/S1: no server 'S1' in 'app'" in result.stderr
+        assert "policy.static_weights.app/s9: no server 's9'" in result.stderr
+        assert "app/s2" not in result.stderr
+    assert weights(haproxy.admin_socket, APP)["app/s1"] == 10
+    daemon = run_cli("run", "-c", config, timeout=60)
+    assert daemon.code == 1, daemon.stderr
+    assert "policy.overrides.app/S1" in daemon.stderr
+    assert weights(haproxy.admin_socket, APP) == {
+        "app/s1": 10, "app/s2": 20, "app/s3": 30, "app/s4": 40,
+    }  # fmt: skip
 
 
 def test_allow_list_limits_the_plan(haproxy: HAProxyProcess, tmp_path: Path) -> None:

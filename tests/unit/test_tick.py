@@ -199,7 +199,10 @@ def test_weights_of_hold_and_unmanaged_pools_are_not_remembered_for_restore(
         observation([Pool("web", [Server("w1", 20, 20)])]),
         proxy=dataclasses.replace(PROXY, pid=PROXY.pid + 1),
     )
-    agent, _ = make_agent(then, now)
+    w1_only = CONFIG.model_copy(
+        update={"policy": CONFIG.policy.model_copy(update={"static_weights": {"web/w1": 4}})}
+    )
+    agent, _ = make_agent(then, now, config=w1_only)
     before = agent.tick(write=True)
     assert [p.mode for p in before.plan.pools] == [mode]
     assert planned(before, "w1").planned_weight == 7

@@ -185,7 +185,7 @@ def _driver(
     journal, the registry and the writer."""
     registry = open_registry(config, events) if config.ai.enabled else None
 
-    def agent(view: Config, log_summary: bool) -> Agent:
+    def agent(view: Config, alone: bool) -> Agent:
         return Agent(
             view,
             build_source(view, events),
@@ -195,7 +195,8 @@ def _driver(
             journal=journal,
             registry=registry,
             recorder=recorder,
-            log_summary=log_summary,
+            log_summary=alone,  # a fleet logs one line for all its proxies
+            alone=alone,
         )
 
     kinds = proxy_kinds(config)

@@ -113,4 +113,5 @@ def combined(
         duration_seconds=duration_seconds,
         proxy_reloaded=any(r.proxy_reloaded for r in results),
         failures=failures,
+        config_problems=tuple(p for r in results for p in r.config_problems),
     )

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from veloflux.domain.observation import Observation
 from veloflux.domain.weightplan import ApplyReport, WeightPlan
+from veloflux.errors import ConfigProblem
 from veloflux.model.registry import Registry
 from veloflux.util.events import Events
 
@@ -50,6 +51,8 @@ class TickResult:
     proxy_reloaded: bool = False  # a new proxy process since the previous tick
     # Proxies skipped in this tick while others were driven (several proxies only).
     failures: tuple[ProxyFailure, ...] = ()
+    # Config names the proxies do not have (``agent/names.py``; the daemon's ticks).
+    config_problems: tuple[ConfigProblem, ...] = ()
 
 
 class Driver(Protocol):

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from veloflux.agent.ladder import Ladder
+from veloflux.agent.names import unknown_names
 from veloflux.agent.ports import Sink, Source, TickResult
 from veloflux.agent.steps import UNTIMED, Steps
 from veloflux.config.schema import Config
@@ -71,6 +72,7 @@ class Agent:
         recorder: BackgroundRecorder | None = None,
         log_summary: bool = True,
         steps: Steps = UNTIMED,
+        alone: bool = True,
     ) -> None:
         self._config = config
         self._steps = steps
@@ -79,6 +81,13 @@ class Agent:
         self._sink = sink
         self._events = events
         self._strict_pools = strict_pools
+        # Config names this proxy lacks (``agent/names.py``): at the last tick, and
+        # which were already counted, so a standing typo is one event, not one a tick.
+        # ``alone``: no other proxy of a fleet could hold a pool this one lacks.
+        self._alone = alone
+        self._unknown_names: tuple[ConfigProblem, ...] = ()
+        self._observed = False
+        self._reported_names: frozenset[str] = frozenset()
         self._journal = journal
         self._registry = registry
         self._recorder = recorder
@@ -216,7 +225,12 @@ class Agent:
 
     def _observe(self) -> Observation:
         observation = self._source.observe()
-        if self._strict_pools and observation.missing_pools:
+        unknown = unknown_names(self._config, observation, self._alone)
+        first, self._observed = not self._observed, True
+        if unknown and first and not self._strict_pools:
+            # The daemon's first look at the proxy: a typo stops it before any write.
+            raise ConfigError(unknown)
+        if self._strict_pools and (observation.missing_pools or unknown):
             path, proxy = (
                 ("envoy.clusters", "Envoy")
                 if self._config.envoy
@@ -231,7 +245,13 @@ class Agent:
                     )
                     for name in observation.missing_pools
                 ]
+                + unknown
             )
+        self._unknown_names = tuple(unknown)
+        for problem in unknown:
+            if problem.path not in self._reported_names:
+                self._events.record("config_name_unknown", f"{problem.path}: {problem.message}")
+        self._reported_names = frozenset(p.path for p in unknown)
         return observation
 
     def tick(
@@ -315,7 +335,14 @@ class Agent:
         started: float,
         reloaded: bool = False,
     ) -> TickResult:
-        result = TickResult(observation, plan, report, time.perf_counter() - started, reloaded)
+        result = TickResult(
+            observation,
+            plan,
+            report,
+            time.perf_counter() - started,
+            reloaded,
+            config_problems=self._unknown_names,
+        )
         if self._log_summary:
             _log.info(summary_line(result))
         return result

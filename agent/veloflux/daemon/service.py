@@ -83,6 +83,8 @@ class Daemon:
         self._generation = 0  # counts adopted configurations: a new agent, a new heap
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._ticked = False  # a tick has succeeded since start
+        self._exit_code = 0
         self.ops = DaemonOps(
             config=config,
             agent=options.agent_factory(config, self.events),
@@ -141,7 +143,7 @@ class Daemon:
                 self._reload.clear()
                 self.reload_config()
         self.shutdown()
-        return 0
+        return self._exit_code
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -155,7 +157,7 @@ class Daemon:
         self.ops.stop_training()
         self._scheduler.shutdown(wait=False)
         with self._tick_lock:  # waits for a running tick to finish
-            if self._config.policy.on_exit == "static":
+            if self._config.policy.on_exit == "static" and self._exit_code == 0:
                 self._revert_on_exit()
             self.ops.close()
         if self._api is not None:
@@ -220,10 +222,15 @@ class Daemon:
                 self._tick_failed("sink", exc, started)
             except ConfigError as exc:
                 self._tick_failed("config", exc, started)
+                if not self._ticked:  # the config names what the proxy lacks: do not start
+                    _log.error("refusing to run: %s", exc.render())
+                    self._exit_code = 1
+                    self._stop.set()
             except Exception as exc:  # one bad tick must never stop the agent
                 _log.exception("tick failed unexpectedly")
                 self._tick_failed("error", exc, started)
             else:
+                self._ticked = True
                 if result.report is not None:
                     self.ops.audit.record(result.plan, result.report)
                 self._heap.settle((self._generation, result.plan.model_version))
