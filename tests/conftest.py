@@ -70,11 +70,12 @@ def haproxy(start_haproxy: StartHAProxy) -> HAProxyProcess:
 def write_config(path: Path, socket: str, extra: str = "", ai: str = "") -> Path:
     """A minimal veloflux.yaml for one HAProxy socket, plus ``extra`` YAML appended.
 
-    History and models live beside the file, never in the machine's /var/lib.
+    History, models and the audit log live beside the file, never in the machine's /var/lib.
     """
     state = path.parent / f"{path.stem}-state"
     path.write_text(
         f"interval: 10s\nhaproxy:\n  socket: {socket}\n  timeout: 2s\n{extra}"
-        f"\nai:\n  history_path: {state}/history.sqlite\n  model_dir: {state}/models\n{ai}"
+        f"\nai:\n  history_path: {state}/history.sqlite\n  model_dir: {state}/models\n"
+        f"  audit_log: {state}/audit.jsonl\n{ai}"
     )
     return path

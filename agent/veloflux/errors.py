@@ -30,15 +30,24 @@ class ConfigProblem:
 class ConfigError(VelofluxError):
     """The configuration is invalid; carries every problem, not just the first."""
 
-    def __init__(self, problems: Sequence[ConfigProblem], source: str = "") -> None:
+    def __init__(
+        self,
+        problems: Sequence[ConfigProblem],
+        source: str = "",
+        warnings: Sequence[ConfigProblem] = (),
+    ) -> None:
         self.problems = tuple(problems)
         self.source = source
+        self.warnings = tuple(warnings)  # found in the same run, shown after the problems
         super().__init__(self.render())
 
     def render(self) -> str:
         where = f" in {self.source}" if self.source else ""
         lines = [f"{len(self.problems)} configuration problem(s){where}:"]
         lines += [f"  {p}" for p in self.problems]
+        if self.warnings:
+            lines.append(f"and {len(self.warnings)} warning(s):")
+            lines += [f"  {w}" for w in self.warnings]
         return "\n".join(lines)
 
 

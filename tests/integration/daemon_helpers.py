@@ -26,12 +26,12 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from veloflux.config.load import load_config
+from veloflux.daemon.audit import WEIGHT_ACTIONS
 from veloflux.daemon.service import Daemon, DaemonOptions
 from veloflux.daemon.training_job import Trainer
 
 T = TypeVar("T")
 TOKEN = "test-token-7f3a9c"
-WEIGHT_ACTIONS = frozenset({"tick", "apply", "revert", "on_exit"})
 Address = tuple[str, int]
 
 

@@ -53,6 +53,7 @@ def both(haproxy: HAProxyProcess, envoy: EnvoyProcess, path: Path) -> Path:
         "        - {address: 127.0.0.1, port: 18081, weight: 1}\n"
         "        - {address: 127.0.0.1, port: 18082, weight: 4}\n"
         f"ai:\n  history_path: {state}/history.sqlite\n  model_dir: {state}/models\n"
+        f"  audit_log: {state}/audit.jsonl\n"
         "policy:\n  max_step_ratio: 10\n  static_weights: {web/w1: 30}\n",
         encoding="utf-8",
     )
@@ -129,7 +130,12 @@ def test_the_daemon_drives_both_and_holds_only_the_proxy_that_goes_away(
         web.admin_socket,
         files,
         haproxy={"backends": ["web"]},
-        policy={"max_step_ratio": 10, "static_weights": {"web/w1": 30}},
+        # A weight moved by hand must go back at once here: no hold (the old behaviour).
+        policy={
+            "max_step_ratio": 10,
+            "static_weights": {"web/w1": 30},
+            "external_change_hold": "0s",
+        },
     )
     with EnvoyProcess(tmp_path / "envoy", {"app": ENDPOINTS}) as envoy:
         data["envoy"] = {

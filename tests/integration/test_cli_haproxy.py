@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,53 @@ def test_config_path_from_environment(haproxy: HAProxyProcess, tmp_path: Path) -
     result = run_cli("dry-run", "--output", "json", env=env)
     assert result.code == 0, result.stderr
     assert result.json()["pools"][0]["backend"] == "app"
+
+
+def test_record_says_how_many_samples_carried_traffic(
+    haproxy: HAProxyProcess, tmp_path: Path
+) -> None:
+    """#18 (9): before, an idle proxy gave "recorded 15 samples" and `train` then found
+    0 usable rows. Now record says none carried traffic, and what to do."""
+    config = write_config(tmp_path / "v.yaml", haproxy.admin_socket).read_text()
+    path = tmp_path / "fast.yaml"
+    path.write_text(config.replace("interval: 10s", "interval: 500ms").replace("2s", "400ms"))
+    result = run_cli("record", "-c", path, "--duration", "1s")
+    assert result.code == 0, result.stderr
+    recorded = int(result.stdout.split("recorded ")[1].split()[0])
+    assert recorded >= 8  # at least two observations of the proxy's eight servers
+    assert "0 of them with traffic" in result.stdout
+    assert "no request reached the servers" in result.stderr
+
+
+def test_check_config_prints_every_problem_and_warning_of_a_broken_file_in_one_run(
+    tmp_path: Path,
+) -> None:
+    """#18 (5): one broken file took three runs (schema, then cross-field, then names)
+    and passed configs that `run` then refused. Now one run names all of them."""
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "interval: 10s\n"
+        "haproxy:\n  socket: unix:///run/haproxy/admin.sock\n  timeout: 30s\n"
+        "  backends: app\n  consistent_hash_backends: [sticky]\n  colour: blue\n"
+        "ai:\n  keep_models: many\n  history_retention: 1h\n"
+        "policy:\n  overrides: {cache/c1: 3}\n  min_weight: 50\n  max_weight: 10\n"
+        "  stale_after: 5s\n  on_exit: maybe\n"
+        f"api:\n  token_file: {tmp_path / 'no-token'}\n"
+    )
+    env = {**os.environ, "VELOFLUX_POLCY__MAX_STEP_RATIO": "0.3"}
+    result = run_cli("check-config", "-c", config, env=env)
+    assert result.code == 1
+    for expected in (
+        "haproxy.colour: unknown key",  # the schema
+        "ai.keep_models: must be a whole number",
+        "policy.on_exit: must be 'keep' or 'static'",
+        "haproxy.backends: must be a list of backend names",
+        "policy: min_weight (50) is above max_weight (10)",  # across fields
+        "policy.stale_after: 5s is shorter than interval (10s)",
+        "api.token_file: cannot read",
+        "VELOFLUX_POLCY__MAX_STEP_RATIO: 'polcy' is not a config section",  # names
+        "haproxy.timeout: 30s is longer than interval (10s)",  # warnings
+        "ai.history_retention: 1h is shorter than the time between retrainings",
+    ):
+        assert expected in result.stderr, expected
+    assert result.stderr.count("error:") == 1  # printed once

@@ -42,7 +42,7 @@ from tests.integration.daemon_helpers import (
     write_config,
 )
 from tests.integration.helpers import run_cli, set_weights, weights
-from tests.unit.learning_factories import FAST, synthetic_observation, synthetic_raw
+from tests.unit.learning_factories import FAST, WEAK, synthetic_observation, synthetic_raw
 from veloflux.agent.build import open_registry
 from veloflux.config.schema import Config
 from veloflux.daemon.api.client import ApiClient, ApiRefused
@@ -58,8 +58,6 @@ pytestmark = pytest.mark.integration
 
 APP = ["app/s1", "app/s2", "app/s3", "app/s4"]
 CONFIGURED = {"app/s1": 10, "app/s2": 20, "app/s3": 30, "app/s4": 40}
-# Learns something, but less than FAST: stumps, a few rounds (see test_training_gate).
-WEAK = TrainSettings(max_depth=1, max_rounds=5, learning_rate=0.3, min_rows=50, nthread=1)
 STALE_REASON = "no recent history (stale observations)"
 RESTORED = "restored after a proxy reload reset it to"
 
@@ -202,7 +200,12 @@ def test_source_failing_holds_weights_then_static_after_stale_after(
     config = _config(
         haproxy.admin_socket,
         files,
-        policy={"static_weights": {"app/s1": 40}, "stale_after": "2s"},
+        # No hold for weights moved by hand: the move below tests staleness, not that.
+        policy={
+            "static_weights": {"app/s1": 40},
+            "stale_after": "2s",
+            "external_change_hold": "0s",
+        },
     )
     with running_daemon(config, trainer=_trainer(synthetic_history, FAST)) as daemon:
         read = _reader(daemon)
@@ -405,7 +408,10 @@ def test_full_disk_for_the_history_file_is_counted_and_weights_still_written(
 ) -> None:
     port = free_port()
     config = _config(
-        haproxy.admin_socket, files, listen=f"127.0.0.1:{port}", policy={"max_step_ratio": 5}
+        haproxy.admin_socket,
+        files,
+        listen=f"127.0.0.1:{port}",
+        policy={"max_step_ratio": 5, "external_change_hold": "0s"},  # moved back at once
     )
     prefix, cause = _full_disk_prefix(files.history.parent)
     with DaemonProcess(config, port, tmp_path / "daemon.log", prefix) as daemon:

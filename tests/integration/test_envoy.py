@@ -402,7 +402,8 @@ def envoy_config(envoy: EnvoyProcess, path: Path, statics: tuple[int, int]) -> P
     path.write_text(
         f"interval: 1s\nenvoy:\n  admin: {envoy.admin_url}\n  eds_dir: {envoy.eds_dir}\n"
         f"  confirm_timeout: 5s\n  clusters:\n    - name: app\n      endpoints: [{endpoints}]\n"
-        "ai:\n  enabled: false\npolicy:\n  max_step_ratio: 10\n",
+        f"ai:\n  enabled: false\n  audit_log: {path.parent / 'audit.jsonl'}\n"
+        "policy:\n  max_step_ratio: 10\n",
         encoding="utf-8",
     )
     return path

@@ -84,6 +84,19 @@ def test_record_train_dry_run_uses_the_model_and_falls_back_without_it(tmp_path:
             for server in pool["servers"]:
                 assert set(server["confidence_parts"]) == {"width", "realized", "ood", "freshness"}
 
+            # #18 (6): once recording stops, the journal goes stale. Before, the README's
+            # own workflow (record, train, dry-run) then showed every pool in fallback
+            # ("no recent history"); now the preview observes twice and uses the model.
+            recording.terminate()
+            recording.wait(timeout=30)
+            strict = tmp_path / "strict.yaml"
+            strict.write_text(config.read_text().replace("stale_after: 1m", "stale_after: 2s"))
+            time.sleep(3.0)  # older than stale_after: 2s
+            preview = run_cli("dry-run", "-c", strict, "--output", "json")
+            assert preview.code == 0, preview.stderr
+            assert "observing twice, 1s apart" in preview.stderr
+            assert preview.json()["pools"][0]["mode"] == "model", preview.json()["pools"][0]
+
             # A model file changed after VeloFlux wrote it is refused: fallback, not a crash.
             version = (stack.workdir / "models" / "current").read_text().strip()
             booster = stack.workdir / "models" / "versions" / version / "latency_q90.ubj"

@@ -27,6 +27,8 @@ from veloflux.model.train import TrainedModel, TrainSettings, train_model
 
 # Small, fast, deterministic: enough to learn the synthetic pool's load curve.
 FAST = TrainSettings(max_rounds=30, min_rows=50, nthread=1)
+# Learns something, but less than FAST: stumps, a few rounds (see test_training_gate).
+WEAK = TrainSettings(max_depth=1, max_rounds=5, learning_rate=0.3, min_rows=50, nthread=1)
 SYNTHETIC = SyntheticPool(servers=6, intervals=300, seed=3)
 BASE_TIME = datetime(2025, 3, 4, 12, 0, 0, tzinfo=UTC)
 INTERVAL = timedelta(seconds=10)

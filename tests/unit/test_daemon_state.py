@@ -50,6 +50,7 @@ STATUS_KEYS = {
     "paused",
     "pause_reason",
     "overrides",
+    "external_holds",
     "last_tick",
     "sources",
     "model",
@@ -62,7 +63,7 @@ def config(tmp_path: Path, interval: str) -> Config:
     return validate_config(
         {
             "interval": interval,
-            "haproxy": {"socket": SOCKET, "backends": ["web"]},
+            "haproxy": {"socket": SOCKET, "timeout": "1s", "backends": ["web"]},
             "ai": {"enabled": False},
             "api": {"state_path": str(tmp_path / "operator.json")},
         }
@@ -115,6 +116,15 @@ class FakeDriver:
         if self.fail_with is not None:
             raise self.fail_with
         return self.result
+
+    def seed_written(self, weights: Mapping[str, int]) -> None:
+        raise AssertionError("the daemon never seeds its agent: it wrote the weights itself")
+
+    def stale_history(self) -> float | None:
+        raise AssertionError("only one-shot commands sample for themselves")
+
+    def sample(self) -> None:
+        raise AssertionError("only one-shot commands sample for themselves")
 
     def revert(self) -> TickResult:
         return self.result

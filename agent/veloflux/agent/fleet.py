@@ -59,6 +59,18 @@ class Fleet:
     def revert(self) -> TickResult:
         return self._each(lambda agent: agent.revert())
 
+    def stale_history(self) -> float | None:
+        ages = [a for a in (agent.stale_history() for agent in self._agents.values()) if a]
+        return max(ages) if ages else None
+
+    def sample(self) -> None:
+        for agent in self._agents.values():
+            agent.sample()
+
+    def seed_written(self, weights: Mapping[str, int]) -> None:
+        for agent in self._agents.values():
+            agent.seed_written(weights)
+
     def close(self) -> None:
         """Close every agent (the shared journal and writer close once; closing again
         is a no-op)."""
@@ -114,4 +126,6 @@ def combined(
         proxy_reloaded=any(r.proxy_reloaded for r in results),
         failures=failures,
         config_problems=tuple(p for r in results for p in r.config_problems),
+        external_changes=tuple(c for r in results for c in r.external_changes),
+        external_holds=tuple(c for r in results for c in r.external_holds),
     )

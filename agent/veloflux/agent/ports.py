@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from veloflux.agent.external import ExternalChange
 from veloflux.domain.observation import Observation
 from veloflux.domain.weightplan import ApplyReport, WeightPlan
 from veloflux.errors import ConfigProblem
@@ -53,6 +54,9 @@ class TickResult:
     failures: tuple[ProxyFailure, ...] = ()
     # Config names the proxies do not have (``agent/names.py``; the daemon's ticks).
     config_problems: tuple[ConfigProblem, ...] = ()
+    # Weights set outside VeloFlux: new at this tick, and every hold in force.
+    external_changes: tuple[ExternalChange, ...] = ()
+    external_holds: tuple[ExternalChange, ...] = ()
 
 
 class Driver(Protocol):
@@ -72,5 +76,11 @@ class Driver(Protocol):
     ) -> TickResult: ...
 
     def revert(self) -> TickResult: ...
+
+    def seed_written(self, weights: Mapping[str, int]) -> None: ...
+
+    def stale_history(self) -> float | None: ...
+
+    def sample(self) -> None: ...
 
     def close(self) -> None: ...

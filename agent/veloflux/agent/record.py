@@ -21,10 +21,13 @@ from veloflux.util.events import Events
 
 @dataclass(frozen=True)
 class RecordReport:
-    """What a recording added, and how large the journal now is."""
+    """What a recording added, and how large the journal now is. ``with_traffic``
+    counts the samples whose server served requests since the sample before it: what
+    ``train`` can learn from (an idle proxy records samples that teach nothing)."""
 
     samples: int
     journal_rows: int
+    with_traffic: int = 0
 
 
 def record(
@@ -43,16 +46,25 @@ def record(
         raise NoHistory(f"ai.history_path: cannot open {config.ai.history_path} (see the log)")
     sources = build_sources(config, events)
     deadline = clock() + seconds
-    samples = 0
+    samples = with_traffic = 0
+    requests: dict[tuple[str, str], float] = {}  # each server's counter at its last sample
     with journal:
         while True:
             started = clock()
             for source in sources:
                 try:
-                    samples += journal.append(source.observe())
+                    observation = source.observe()
+                    samples += journal.append(observation)
                 except SourceUnavailable as exc:
                     skipped(exc)
+                    continue
+                for row in observation.rows:
+                    key = (row.pool, row.server)
+                    before = requests.get(key)
+                    if before is not None and row.requests_total > before:
+                        with_traffic += 1
+                    requests[key] = row.requests_total
             if started + config.interval_seconds > deadline:
                 break
             sleep(max(0.0, started + config.interval_seconds - clock()))
-        return RecordReport(samples, journal.count())
+        return RecordReport(samples, journal.count(), with_traffic)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Mapping
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from veloflux.agent.external import ExternalChange, ExternalChanges, name_holds
 from veloflux.agent.ladder import Ladder
 from veloflux.agent.names import unknown_names
 from veloflux.agent.ports import Sink, Source, TickResult
@@ -96,6 +99,8 @@ class Agent:
         # weights VeloFlux set, to put back if a reload resets them.
         self._proxy: ProxyIdentity | None = None
         self._set_weights: dict[str, int] = {}
+        self._external = ExternalChanges(config.policy.external_change_hold_seconds)
+        self._seeded = False  # a one-shot command was told what VeloFlux last wrote
         self._window: RecentWindow | None = None
         # The outlier guard's latency cuts at the last tick, per pool, carried on so a
         # cut outlives the history window it began in.
@@ -278,8 +283,13 @@ class Agent:
                 f"restoring {len(self._set_weights)} weight(s) VeloFlux had set",
             )
         policy = self._config.policy
-        if overrides:
-            policy = policy.model_copy(update={"overrides": {**policy.overrides, **overrides}})
+        changes = self._external_changes(observation, write, reloaded)
+        operator = {**policy.overrides, **(overrides or {})}
+        held = self._external.holds()
+        holds = {c.server: c for c in held if c.server not in operator}
+        pins = {**{key: c.found for key, c in holds.items()}, **operator}
+        if pins != policy.overrides:
+            policy = policy.model_copy(update={"overrides": pins})
         restore = self._set_weights if reloaded and write else None
         with self._steps.step("frame"):
             samples = self._samples(observation)
@@ -288,6 +298,7 @@ class Agent:
             advice = self._ladder.join(advice, observation, policy)
         with self._steps.step("plan"):
             plan = plan_weights(observation, policy, advice, restore, self._controller)
+            plan = name_holds(plan, holds)
         report = None
         if write:
             with self._steps.step("apply"):
@@ -297,10 +308,61 @@ class Agent:
         if recording:
             self._remember_samples(samples)
         result = self._finish(observation, plan, report, started, reloaded)
+        result = replace(result, external_changes=tuple(changes), external_holds=held)
         if recording:
             with self._steps.step("record"):
                 self._record(observation, samples)
         return result
+
+    def _external_changes(
+        self, observation: Observation, write: bool, reloaded: bool
+    ) -> list[ExternalChange]:
+        """Weights set outside VeloFlux since its last write (``agent/external.py``),
+        each an event; a tick that writes nothing makes what it found the baseline."""
+        if not write and not self._seeded:
+            self._external.forget()
+            self._set_weights = {}
+            return []
+        if reloaded:  # the restart reset the weights itself: restored below, not held
+            return []
+        changes = self._external.find(observation, self._set_weights, observation.taken_at)
+        for change in changes:
+            self._events.record("external_change", f"{change.server}: {change.reason()}")
+        return changes
+
+    def stale_history(self) -> float | None:
+        """How old the journal's newest sample is (inf: none) when it is too old for the
+        model to be asked (``policy.stale_after``); None when it is fresh enough, or
+        when there is no model to ask (the plan falls back either way)."""
+        if self._journal is None or not self._config.ai.enabled:
+            return None
+        if self._current_version() is None:
+            return None
+        from veloflux.history.journal import HistoryError
+
+        try:
+            span = self._journal.span()
+        except HistoryError:
+            return None
+        age = math.inf if span is None else (datetime.now(UTC) - span[1]).total_seconds()
+        return age if age > self._config.stale_after_seconds else None
+
+    def sample(self) -> None:
+        """One observation into the recent window only (not the journal, no plan): a
+        one-shot command whose journal is stale takes two, an interval apart, so that
+        the model has a fresh interval to judge (``stale_history``)."""
+        observation = self._observe()
+        samples = self._samples(observation)
+        if samples is None:
+            return
+        self._recent_features(observation, samples)  # opens the window, reads the journal
+        self._remember_samples(samples)
+
+    def seed_written(self, weights: Mapping[str, int]) -> None:
+        """What VeloFlux last wrote, for a one-shot command (from the audit log): its
+        one tick then finds and holds external changes as the daemon would."""
+        self._set_weights = dict(weights)
+        self._seeded = True
 
     def _remember(self, plan: WeightPlan, report: ApplyReport) -> None:
         """The weights in effect after a write tick, for restoring after a reload.

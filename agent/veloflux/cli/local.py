@@ -3,11 +3,13 @@ config, preview a plan, apply or revert one tick, record history."""
 
 from __future__ import annotations
 
+import math
 import sys
+import time
 
 import click
 
-from veloflux.agent.ports import TickResult
+from veloflux.agent.ports import Driver, TickResult
 from veloflux.cli.app import (
     EXIT_CONFIG,
     EXIT_PROXY,
@@ -17,23 +19,30 @@ from veloflux.cli.app import (
     load,
     output_option,
     run_loaded,
-    run_once,
     seen,
 )
 from veloflux.cli.daemon_guard import pause_for_revert, refuse_to_fight
 from veloflux.cli.render import print_plan
+from veloflux.config.load import load_config_checked, resolve_config_path
 from veloflux.config.schema import Config
-from veloflux.daemon.audit import Actor, AuditLog, cli_actor
-from veloflux.util.durations import parse_duration
+from veloflux.daemon.audit import Actor, cli_actor, last_written, open_audit
+from veloflux.errors import ConfigError
+from veloflux.util.durations import format_duration, parse_duration
 from veloflux.util.events import Events
 
 
 @click.command("check-config")
 @config_option
 def check_config(config_path: str | None) -> None:
-    """Validate the config without opening any connection."""
-    load(config_path)
-    click.echo("OK")
+    """Validate the config without opening any connection: every problem (exit 1) and
+    every warning (printed; exit 0 when they are all there is) in one run."""
+    try:
+        _, warnings = load_config_checked(resolve_config_path(config_path))
+    except ConfigError as exc:
+        fail(EXIT_CONFIG, exc.render())
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"OK, with {len(warnings)} warning(s)" if warnings else "OK")
 
 
 @click.command("dry-run")
@@ -41,7 +50,8 @@ def check_config(config_path: str | None) -> None:
 @output_option
 def dry_run(config_path: str | None, output: str) -> None:
     """Observe and plan; print what would be written, write nothing."""
-    result = run_once(config_path, False, lambda agent: agent.tick(write=False))
+    config = load(config_path)
+    result = run_loaded(config, False, lambda agent: _seeded(agent, config).tick(write=False))
     print_plan(result.plan, output, "dry-run: planned weights (nothing written)", **seen(result))
     exit_if_a_proxy_failed(result)
 
@@ -67,7 +77,7 @@ def apply(config_path: str | None, output: str, force: bool) -> None:
     config = load(config_path)
     actor = cli_actor()
     refuse_to_fight(config, actor, force)
-    result = run_loaded(config, True, lambda agent: agent.tick(write=True))
+    result = run_loaded(config, True, lambda agent: _seeded(agent, config).tick(write=True))
     _audit(config, result, "apply", actor, "")
     print_plan(result.plan, output, "apply: weights", result.report, **seen(result))
     exit_if_a_proxy_failed(result)
@@ -97,18 +107,37 @@ def revert(config_path: str | None, output: str, force: bool, reason: str) -> No
         sys.exit(EXIT_PROXY)
 
 
+def _seeded(agent: Driver, config: Config) -> Driver:
+    """The agent told what VeloFlux last wrote (the audit log), so that its one tick
+    holds a weight set outside VeloFlux as the daemon would; and, when the journal is
+    too old for the model (right after ``record`` then ``train``), given a fresh
+    interval of its own: two observations one ``interval`` apart, announced."""
+    agent.seed_written(last_written(config.ai.audit_log))
+    age = agent.stale_history()
+    if age is not None:
+        old = "is empty" if math.isinf(age) else f"is {format_duration(age)} old"
+        click.echo(
+            f"the journal's newest sample {old} (policy.stale_after is "
+            f"{format_duration(config.stale_after_seconds)}): observing twice, "
+            f"{format_duration(config.interval_seconds)} apart, so the model has a fresh "
+            "interval to judge",
+            err=True,
+        )
+        agent.sample()
+        time.sleep(config.interval_seconds)
+    return agent
+
+
 def _audit(config: Config, result: TickResult, action: str, actor: Actor, reason: str) -> None:
     """The weights this command wrote, in the same audit log as the daemon's."""
     if result.report is None or not result.report.applied:
         return
-    events = Events()
-    ai = config.ai
-    log = AuditLog(ai.audit_log, events, ai.audit_max_bytes, ai.audit_backups)
+    log = open_audit(config.ai, Events())
     written = log.record(
         result.plan, result.report, action=action, actor=actor, operator_reason=reason
     )
     if not written:
-        click.echo(f"warning: could not append to the audit log {ai.audit_log}", err=True)
+        click.echo(f"warning: could not append to the audit log {log.path}", err=True)
 
 
 @click.command("record")
@@ -134,9 +163,15 @@ def record(config_path: str | None, duration: str) -> None:
     except NoHistory as exc:
         fail(EXIT_CONFIG, str(exc))
     click.echo(
-        f"recorded {report.samples} samples into {config.ai.history_path} "
-        f"({report.journal_rows} in the journal)"
+        f"recorded {report.samples} samples into {config.ai.history_path}, "
+        f"{report.with_traffic} of them with traffic ({report.journal_rows} in the journal)"
     )
+    if report.samples and not report.with_traffic:
+        click.echo(
+            "warning: no request reached the servers while recording: `train` learns only "
+            "from intervals with traffic; record again while the proxy serves requests",
+            err=True,
+        )
 
 
 COMMANDS = (check_config, dry_run, apply, revert, record)

@@ -19,8 +19,10 @@ from veloflux.cli.app import (
     progress_bar,
 )
 from veloflux.cli.render import make_console, models_table, training_table
+from veloflux.config.schema import Config
+from veloflux.daemon.audit import cli_actor, open_audit
 from veloflux.errors import ModelUnavailable
-from veloflux.model.registry import ModelEntry
+from veloflux.model.registry import ModelEntry, Registry
 from veloflux.util.events import Events
 
 # What ``model list`` prints when no version is kept: training needs a journal first.
@@ -95,6 +97,10 @@ def train(
         fail(EXIT_CONFIG, f"ai.model_dir: {exc}")
     except PrometheusError as exc:
         fail(EXIT_PROXY, str(exc))
+    if result.promoted:
+        open_audit(config.ai, events).action(
+            "model_promote", cli_actor(), result.reason, model_version=result.entry.version
+        )
     if output == "json":
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
@@ -103,7 +109,7 @@ def train(
 
 @click.group("model")
 def model() -> None:
-    """Inspect the model registry."""
+    """Inspect the model registry; promote a version or roll back to the previous one."""
 
 
 @model.command("list")
@@ -134,6 +140,62 @@ def model_show(config_path: str | None, version: str | None) -> None:
         fail(EXIT_CONFIG, str(exc))
     meta = {k: v for k, v in loaded.metadata.items() if k != "ood"}
     click.echo(json.dumps(meta, indent=2, default=str))
+
+
+@model.command("promote")
+@config_option
+@click.argument("version")
+@click.option("--force", is_flag=True, help="promote even if the gate refuses it")
+@click.option("--reason", default="promoted by hand", show_default=True)
+def model_promote(config_path: str | None, version: str, force: bool, reason: str) -> None:
+    """Make VERSION the current model, through the gate on the figures it recorded
+    (against the naive baseline and the weight probes); a running daemon uses it from
+    its next tick. Exit 1 when the gate refuses (--force promotes anyway)."""
+    from veloflux.model.pipeline import stored_gate
+
+    config = load(config_path)
+    registry = open_registry(config, Events())
+    entry = next((e for e in registry.entries() if e.version == version), None)
+    if entry is None:
+        known = ", ".join(e.version for e in registry.entries()[:5]) or "none"
+        fail(EXIT_CONFIG, f"no model {version} in {config.ai.model_dir} (newest: {known})")
+    if entry.status == "current":
+        click.echo(f"{version} is already the current model")
+        return
+    passed, verdict = stored_gate(entry.metadata)
+    if not passed and not force:
+        fail(EXIT_CONFIG, f"the gate refuses {version}: {verdict} (--force promotes anyway)")
+    forced = "" if passed else f" (forced past the gate: {verdict})"
+    _switch(config, registry, version, "model_promote", f"{reason}{forced}")
+
+
+@model.command("rollback")
+@config_option
+@click.option("--reason", default="rolled back by hand", show_default=True)
+def model_rollback(config_path: str | None, reason: str) -> None:
+    """Make the model that was current before the last promotion current again (no
+    gate: it was trusted before); a running daemon uses it from its next tick."""
+    config = load(config_path)
+    registry = open_registry(config, Events())
+    previous = registry.previous_version()
+    if previous is None:
+        fail(EXIT_CONFIG, f"no earlier current model to roll back to in {config.ai.model_dir}")
+    if all(e.version != previous for e in registry.entries()):
+        fail(EXIT_CONFIG, f"the previous current model {previous} is no longer kept (pruned)")
+    _switch(config, registry, previous, "model_rollback", reason)
+
+
+def _switch(config: Config, registry: Registry, version: str, action: str, reason: str) -> None:
+    """Promote ``version``, audited with who did it, and say so."""
+    old = registry.current_version()
+    try:
+        registry.promote(version, f"{reason} ({cli_actor().name})")
+    except ModelUnavailable as exc:
+        fail(EXIT_CONFIG, f"cannot make {version} current: {exc}")
+    open_audit(config.ai, Events()).action(
+        action, cli_actor(), reason, old=old, new=version, model_version=version
+    )
+    click.echo(f"current model: {version} (was {old or 'none'})")
 
 
 def _entry_json(entry: ModelEntry) -> dict[str, object]:

@@ -1,5 +1,7 @@
 """Loading the config: YAML (duplicate keys refused), ``VELOFLUX_A__B`` environment
-overrides, and every validation problem reported with its YAML path."""
+overrides, and every validation problem reported with its YAML path, all in one run:
+the schema's (``config/schema.py``), the cross-field checks' (``config/checks.py``)
+and the environment's."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from veloflux.config.checks import WARNINGS, run_checks, unknown_section
 from veloflux.config.schema import Config
 from veloflux.errors import ConfigError, ConfigProblem
 
@@ -19,6 +22,8 @@ ENV_PREFIX = "VELOFLUX_"
 
 DEFAULT_CONFIG_PATH = "veloflux.yaml"
 
+# pydantic's error types in plain words ("must be a list", not "Input should be a
+# valid tuple"); any other type keeps pydantic's message.
 _MESSAGES = {
     "greater_than": "must be > {gt}",
     "greater_than_equal": "must be >= {ge}",
@@ -26,6 +31,30 @@ _MESSAGES = {
     "less_than_equal": "must be <= {le}",
     "extra_forbidden": "unknown key (check the spelling)",
     "missing": "required",
+    "tuple_type": "must be a list",
+    "list_type": "must be a list",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be a string",
+    "dict_type": "must be a mapping of keys to values",
+    "model_type": "must be a mapping of keys to values",
+    "model_attributes_type": "must be a mapping of keys to values",
+    "path_type": "must be a path",
+    "literal_error": "must be {expected}",
+}
+
+# What a list at a key of this name holds, for "must be a list of ...".
+_LIST_OF = {
+    "backends": "backend names",
+    "consistent_hash_backends": "backend names",
+    "clusters": "clusters",
+    "endpoints": "endpoints",
 }
 
 _LOCATED = re.compile(r"^([\w.:/-]+): (.*)$", re.DOTALL)
@@ -39,6 +68,9 @@ def _problem_from(error: Mapping[str, Any], env_paths: Mapping[str, str]) -> Con
             k: f"{v:g}" if isinstance(v, float) else v for k, v in (error.get("ctx") or {}).items()
         }
         message = template.format(**ctx)
+        items = _LIST_OF.get(str(error["loc"][-1])) if error["loc"] else None
+        if error["type"] in ("tuple_type", "list_type") and items:
+            message += f" of {items}"
     else:
         message = str(error["msg"]).removeprefix("Value error, ")
     located = _LOCATED.match(message)
@@ -50,21 +82,30 @@ def _problem_from(error: Mapping[str, Any], env_paths: Mapping[str, str]) -> Con
     return ConfigProblem(path, message)
 
 
-def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Nested overrides from ``VELOFLUX_A__B=value`` variables, and where each came from.
+def _env_overrides(
+    environ: Mapping[str, str],
+) -> tuple[dict[str, Any], dict[str, str], list[ConfigProblem]]:
+    """Nested overrides from ``VELOFLUX_A__B=value`` variables, where each came from, and
+    the variables that look like overrides of a section that does not exist.
 
     Only variables whose first segment names a top-level key are overrides, so that
-    ``VELOFLUX_CONFIG`` (the file path) and CLI flag variables are left alone.
+    ``VELOFLUX_CONFIG`` (the file path) and CLI flag variables are left alone. One with
+    ``__`` whose first segment names nothing (``VELOFLUX_POLCY__MAX_STEP_RATIO``) is a
+    misspelt override, a problem: a typo silently ignored is a safety rule silently off.
+    Conflicting overrides raise at once, with those: the merged mapping is ambiguous.
     """
     top_level = {field.alias or name for name, field in Config.model_fields.items()}
     overrides: dict[str, Any] = {}
     origins: dict[str, str] = {}
     conflicts: list[ConfigProblem] = []
+    unknown: list[ConfigProblem] = []
     for var, raw in sorted(environ.items()):
         if not var.startswith(ENV_PREFIX):
             continue
         parts = [p.lower() for p in var[len(ENV_PREFIX) :].split("__")]
         if parts[0] not in top_level:
+            if len(parts) > 1:
+                unknown.append(unknown_section(var, parts[0]))
             continue
         try:
             value = yaml.safe_load(raw)
@@ -87,8 +128,8 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str
             node[parts[-1]] = value
             origins[".".join(parts)] = var
     if conflicts:
-        raise ConfigError(conflicts, "the environment")
-    return overrides, origins
+        raise ConfigError(conflicts + unknown, "the environment")
+    return overrides, origins, unknown
 
 
 def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,17 +190,52 @@ def resolve_config_path(explicit: str | None, environ: Mapping[str, str] | None 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read, merge environment overrides, validate; raise ``ConfigError`` with every problem."""
+    return load_config_checked(path, environ)[0]
+
+
+def load_config_checked(
+    path: Path, environ: Mapping[str, str] | None = None
+) -> tuple[Config, list[ConfigProblem]]:
+    """``load_config``, and the warnings: what works but is probably not meant
+    (``config/checks.py`` ``WARNINGS``), for ``check-config`` and the daemon's start."""
     data = _read_yaml(path)
-    overrides, origins = _env_overrides(os.environ if environ is None else environ)
-    return validate_config(_merge(data, overrides), source=str(path), env_paths=origins)
+    overrides, origins, unknown = _env_overrides(os.environ if environ is None else environ)
+    merged = _merge(data, overrides)
+    try:
+        config = validate_config(merged, source=str(path), env_paths=origins)
+    except ConfigError as exc:
+        raise ConfigError([*unknown, *exc.problems], exc.source, exc.warnings) from None
+    warnings = [_from_env(w, origins) for w in run_checks(merged, [], WARNINGS)]
+    if unknown:
+        raise ConfigError(unknown, str(path), warnings)
+    return config, warnings
 
 
 def validate_config(
     data: Mapping[str, Any], source: str = "", env_paths: Mapping[str, str] | None = None
 ) -> Config:
-    """Validate an already-parsed mapping; raise ``ConfigError`` listing every problem."""
+    """Validate an already-parsed mapping; raise ``ConfigError`` listing every problem:
+    the schema's and, on whatever parsed, the cross-field checks', each once."""
+    env = env_paths or {}
+    config: Config | None = None
+    errors: list[Any] = []
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
-        problems = [_problem_from(err, env_paths or {}) for err in exc.errors()]
-        raise ConfigError(problems, source) from None
+        errors = list(exc.errors())
+    problems = [_problem_from(err, env) for err in errors]
+    if isinstance(data, Mapping):
+        checked = run_checks(data, [err["loc"] for err in errors])
+        problems += [_from_env(problem, env) for problem in checked]
+    if problems:
+        locs = [err["loc"] for err in errors]
+        warnings = run_checks(data, locs, WARNINGS) if isinstance(data, Mapping) else []
+        warnings = [_from_env(w, env) for w in warnings]
+        raise ConfigError(list(dict.fromkeys(problems)), source, warnings)
+    assert config is not None  # no problem: the schema took it
+    return config
+
+
+def _from_env(problem: ConfigProblem, env_paths: Mapping[str, str]) -> ConfigProblem:
+    env = env_paths.get(problem.path)
+    return ConfigProblem(problem.path, f"{problem.message} (from ${env})") if env else problem

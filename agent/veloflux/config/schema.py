@@ -3,6 +3,11 @@
 Field names in Python carry their units (``interval_seconds``); the YAML keys are the
 public contract (``interval: 10s``) and are kept as aliases. Unknown keys are errors,
 because a typo silently ignored is a safety rule silently off.
+
+Each field is checked here on its own; what spans fields or sections (weight bounds in
+order, weights naming managed pools, one proxy at least, timings that fit together) is
+checked in ``config/checks.py``, so that one run reports it along with every problem of
+the fields. Build a ``Config`` through ``config.load.validate_config``, which runs both.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from veloflux.config.fields import (
     FeatureName,
@@ -148,14 +153,12 @@ class PolicySection(Section):
     on_exit: Literal["keep", "static"] = Field(
         default="keep", description="what the daemon leaves behind when it stops"
     )
-
-    @model_validator(mode="after")
-    def _bounds_ordered(self) -> PolicySection:
-        if self.min_weight > self.max_weight:
-            raise ValueError(
-                f"min_weight ({self.min_weight}) is above max_weight ({self.max_weight})"
-            )
-        return self
+    external_change_hold_seconds: Seconds = Field(
+        default=900.0,
+        alias="external_change_hold",
+        ge=0,
+        description="hold a weight set outside VeloFlux this long (0s: step it back at once)",
+    )
 
 
 class CapacitySection(Section):
@@ -218,15 +221,6 @@ class EnvoyClusterSection(Section):
         check_name("cluster", value)
         return value
 
-    @model_validator(mode="after")
-    def _distinct_endpoints(self) -> EnvoyClusterSection:
-        if not self.endpoints:
-            raise ValueError(f"cluster {self.name}: no endpoint listed")
-        names = [e.name for e in self.endpoints]
-        if len(set(names)) != len(names):
-            raise ValueError(f"cluster {self.name} lists an endpoint twice")
-        return self
-
 
 class EnvoySection(Section):
     """Where Envoy's admin API is, where it watches for EDS files, and which clusters."""
@@ -258,15 +252,6 @@ class EnvoySection(Section):
             raise ValueError("must be http://HOST:PORT (Envoy's admin API)")
         parse_listen_address(value.removeprefix("http://").rstrip("/"))
         return value
-
-    @model_validator(mode="after")
-    def _distinct_clusters(self) -> EnvoySection:
-        if not self.clusters:
-            raise ValueError("envoy.clusters: name at least one cluster")
-        names = [c.name for c in self.clusters]
-        if len(set(names)) != len(names):
-            raise ValueError("envoy.clusters lists a cluster twice")
-        return self
 
 
 class ServerLabelsSection(Section):
@@ -325,14 +310,6 @@ class PrometheusSection(Section):
                 raise ValueError(f"header {name}: a value cannot contain a line break")
         return value
 
-    @model_validator(mode="after")
-    def _some_feature(self) -> PrometheusSection:
-        if not self.features and not self.default_features:
-            raise ValueError(
-                "prometheus.features: name at least one feature, or keep default_features on"
-            )
-        return self
-
 
 class APISection(Section):
     """The daemon's HTTP API: metrics, health, status and the operator controls."""
@@ -379,71 +356,3 @@ class Config(Section):
         """How old observations may be before the model stops trusting them."""
         explicit = self.policy.stale_after_seconds
         return explicit if explicit is not None else 3 * self.interval_seconds
-
-    @model_validator(mode="after")
-    def _a_proxy(self) -> Config:
-        """At least one proxy; with both, one namespace of pool names across them."""
-        if self.haproxy is None and self.envoy is None:
-            raise ValueError("haproxy: required (or envoy): which proxy should VeloFlux drive?")
-        if self.haproxy is None or self.envoy is None:
-            return self
-        # Overrides, static weights, metrics and history name a pool by its name alone.
-        if self.haproxy.backends is None:
-            raise ValueError(
-                "haproxy.backends: required when envoy is set too: list the HAProxy "
-                "backends to manage, so that no pool name is claimed by both proxies"
-            )
-        clusters = {c.name for c in self.envoy.clusters}
-        shared = [name for name in self.haproxy.backends if name in clusters]
-        if shared:
-            raise ValueError(
-                f"envoy.clusters: {', '.join(map(repr, shared))} is also in haproxy.backends; "
-                "a pool name must be unique across the proxies"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _utilization_is_a_feature(self) -> Config:
-        """The capacity rung reads its utilization signal as a Prometheus feature."""
-        name = self.capacity.utilization_feature
-        if name is None:
-            return self
-        if self.prometheus is None:
-            raise ValueError(
-                f"capacity.utilization_feature: {name!r} is read from Prometheus; "
-                "configure prometheus.features with it"
-            )
-        known = set(self.prometheus.features)
-        if self.prometheus.default_features:  # the built-ins of the proxies configured
-            kinds = [k for k, on in (("haproxy", self.haproxy), ("envoy", self.envoy)) if on]
-            known |= {f.name for kind in kinds for f in promql.DEFAULTS[kind]}
-        if name not in known:
-            raise ValueError(
-                f"capacity.utilization_feature: {name!r} is not in prometheus.features"
-                + (f" ({', '.join(sorted(known))})" if known else "")
-            )
-        return self
-
-    def _managed_pools(self) -> tuple[str, ...] | None:
-        """Every pool name this config manages; None for "all of HAProxy's backends"."""
-        if self.haproxy is not None and self.haproxy.backends is None:
-            return None
-        names = list(self.haproxy.backends or ()) if self.haproxy else []
-        names += [c.name for c in self.envoy.clusters] if self.envoy else []
-        return tuple(names)
-
-    @model_validator(mode="after")
-    def _weights_name_managed_backends(self) -> Config:
-        allowed = self._managed_pools()
-        sections = (("haproxy.backends", self.haproxy), ("envoy.clusters", self.envoy))
-        where = " or ".join(name for name, section in sections if section is not None)
-        if allowed is None:
-            return self
-        for section in ("static_weights", "overrides"):
-            for key in getattr(self.policy, section):
-                backend = key.partition("/")[0]
-                if backend not in allowed:
-                    raise ValueError(
-                        f"policy.{section}.{key}: backend {backend!r} is not in {where}"
-                    )
-        return self

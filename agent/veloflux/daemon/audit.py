@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from veloflux.config.schema import AISection
 from veloflux.domain.weightplan import ApplyReport, ServerPlan, WeightPlan
 from veloflux.util.events import Events
 
@@ -48,6 +49,7 @@ class Actor:
 
 
 DAEMON = Actor("veloflux")
+EXTERNAL = Actor("external")  # a weight changed by someone, or something, outside VeloFlux
 
 
 def cli_actor() -> Actor:
@@ -159,6 +161,37 @@ class AuditLog:
                 os.replace(older, self._path.with_name(f"{self._path.name}.{n + 1}"))
         if self._path.exists():
             os.replace(self._path, self._path.with_name(f"{self._path.name}.1"))
+
+
+def open_audit(ai: AISection, events: Events) -> AuditLog:
+    """The audit log the config names (``ai.audit_log`` and its rotation)."""
+    return AuditLog(ai.audit_log, events, ai.audit_max_bytes, ai.audit_backups)
+
+
+WEIGHT_ACTIONS = frozenset({"tick", "apply", "revert", "on_exit"})
+
+
+def last_written(path: Path) -> dict[str, int]:
+    """The weight VeloFlux last wrote to each ``BACKEND/SERVER``, from the audit log
+    (the current file): what a one-shot command compares the proxy with to find
+    weights set outside VeloFlux. An unreadable log, or a line that is not one of
+    VeloFlux's weight writes, adds nothing."""
+    written: dict[str, int] = {}
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return written
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict) or entry.get("action", "tick") not in WEIGHT_ACTIONS:
+            continue
+        backend, server, new = entry.get("backend"), entry.get("server"), entry.get("new")
+        if isinstance(backend, str) and isinstance(server, str) and type(new) is int:
+            written[f"{backend}/{server}"] = new
+    return written
 
 
 def entries(plan: WeightPlan, report: ApplyReport) -> list[dict[str, Any]]:

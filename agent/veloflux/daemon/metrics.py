@@ -272,6 +272,14 @@ class AgentMetrics:
         self._proxy_reloads = self._counter(
             "proxy_reloads", "Proxy restarts or reloads seen (runtime weights reset)."
         )
+        self._external_changes = self._counter(
+            "external_changes",
+            "Weights found changed outside VeloFlux since it last wrote them.",
+            "backend",
+        )
+        self._external_holds = self._gauge(
+            "external_holds", "Servers held at a weight set outside VeloFlux (policy hold)."
+        )
 
     def _define_other_metrics(self) -> None:
         self._trainings = self._counter("trainings", "Training runs, by outcome.", "outcome")
@@ -330,6 +338,12 @@ class AgentMetrics:
 
     def proxy_reload_detected(self) -> None:
         self._proxy_reloads.inc()
+
+    def external_changes(self, backends: list[str], holds: int) -> None:
+        """The external changes new at this tick (one backend each) and the holds in force."""
+        for backend in backends:
+            self._external_changes.labels(backend).inc()
+        self._external_holds.set(holds)
 
     def training_finished(
         self, outcome: str, duration_seconds: float, finished_at_epoch: float

@@ -39,11 +39,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 from veloflux import __version__
 from veloflux.agent.build import build_daemon_agent, utc_now
 from veloflux.agent.ports import Driver
-from veloflux.config.load import load_config
+from veloflux.config.load import load_config, load_config_checked
 from veloflux.config.schema import Config
 from veloflux.daemon.api.fields import read_token
 from veloflux.daemon.api.server import ApiServer
-from veloflux.daemon.audit import AuditLog
+from veloflux.daemon.audit import AuditLog, open_audit
 from veloflux.daemon.controls import OperatorControls
 from veloflux.daemon.metrics import AgentMetrics
 from veloflux.daemon.state import DaemonOps
@@ -292,8 +292,7 @@ def _audit_settings(config: Config) -> tuple[Path, int, int]:
 
 
 def _audit_log(config: Config, events: Events) -> AuditLog:
-    path, max_bytes, backups = _audit_settings(config)
-    return AuditLog(path, events, max_bytes, backups)
+    return open_audit(config.ai, events)
 
 
 def _training_trigger(config: Config) -> BaseTrigger:
@@ -312,5 +311,7 @@ def _training_text(config: Config) -> str:
 
 def run_daemon(config_path: Path) -> int:
     """Entry point of ``veloflux-agent run``: raises ``ConfigError`` before starting."""
-    config = load_config(config_path)
+    config, warnings = load_config_checked(config_path)
+    for warning in warnings:
+        _log.warning("config: %s", warning)
     return Daemon(config, DaemonOptions(config_path)).run()

@@ -20,7 +20,7 @@ from veloflux.agent.build import proxy_address, proxy_kinds
 from veloflux.agent.learn import NoHistory
 from veloflux.agent.ports import Driver, TickResult
 from veloflux.config.schema import Config
-from veloflux.daemon.audit import DAEMON, Actor, AuditLog
+from veloflux.daemon.audit import DAEMON, EXTERNAL, Actor, AuditLog
 from veloflux.daemon.controls import OperatorControls
 from veloflux.daemon.metrics import AgentMetrics
 from veloflux.daemon.training_job import Trainer, TrainingCancelled, TrainingRun
@@ -86,7 +86,26 @@ class DaemonOps:
         self._metrics.model_loaded(result.plan.model_version)
         if result.proxy_reloaded:
             self._metrics.proxy_reload_detected()
+        self._external(result)
         return result
+
+    def _external(self, result: TickResult) -> None:
+        """Weights set outside VeloFlux: counted, audited (the actor is unknown), held."""
+        changes = result.external_changes
+        self._metrics.external_changes(
+            [c.server.partition("/")[0] for c in changes], len(result.external_holds)
+        )
+        for change in changes:
+            _log.warning("external change: %s: %s", change.server, change.reason())
+            self.audit.action(
+                "external_change",
+                EXTERNAL,
+                change.reason(),
+                server=change.server,
+                old=change.written,
+                new=change.found,
+                held_until=change.to_json()["held_until"],
+            )
 
     def tick_failed(self, reason: str, message: str, duration_seconds: float) -> None:
         self._last_error = f"{reason}: {message}"
@@ -168,6 +187,7 @@ class DaemonOps:
             "paused": state.paused,
             "pause_reason": state.pause_reason,
             "overrides": [o.to_json() for o in state.overrides.values()],
+            "external_holds": [c.to_json() for c in last.external_holds] if last else [],
             "last_tick": {
                 "at": last.plan.generated_at.isoformat() if last else None,
                 "duration_seconds": round(last.duration_seconds, 4) if last else None,

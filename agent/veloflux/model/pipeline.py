@@ -112,6 +112,21 @@ def gate(
     return promoted, reason
 
 
+def stored_gate(metadata: Mapping[str, Any]) -> tuple[bool, str]:
+    """The gate on what a version recorded when it was trained, for promoting it by
+    hand (``model promote``): its forecast against the naive baseline and its load
+    response against the probes. The comparison with the current model is left out:
+    it needs the candidate's test window, which is not kept."""
+    metrics = metadata.get("metrics")
+    if not isinstance(metrics, Mapping) or metrics.get("mae_p50_seconds") is None:
+        return False, "it recorded no figures to judge it by"
+    stored = metadata.get("load_calibration")
+    calibration = None
+    if isinstance(stored, Mapping):
+        calibration = LoadCalibration(stored.get("slope"), int(stored.get("moves") or 0))
+    return gate(metrics, None, None, calibration)
+
+
 def _forecast_gate(
     metrics: Mapping[str, float | None],
     current_version: str | None,

@@ -143,6 +143,8 @@ class Registry:
         """Make ``version`` current (rolling back is promoting an older one); verify it first."""
         self._verified_or_refused(version)
         old = self._current_or_none()
+        if old is not None and old != version:  # what `model rollback` goes back to
+            self._replace(self._root / "previous", f"{old}\n".encode())
         self._replace(self._root / "current", f"{version}\n".encode())
         if old is not None and old != version:
             with contextlib.suppress(ModelUnavailable):  # a broken old record must not block
@@ -193,6 +195,14 @@ class Registry:
             return None
         except OSError as exc:
             raise ModelUnavailable(f"cannot read {path}: {exc}") from exc
+
+    def previous_version(self) -> str | None:
+        """The version that was current before the last promotion (None: none was)."""
+        try:
+            text = (self._root / "previous").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+        return text.strip() or None
 
     def entries(self) -> list[ModelEntry]:
         """Every stored version, newest first; a broken one is listed as such, never raised."""
