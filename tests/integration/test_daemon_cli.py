@@ -239,3 +239,21 @@ def test_revert_beside_a_daemon_it_cannot_pause_refuses_unless_forced(
     assert forced.code == 0, forced.stderr
     assert "will put its own weights back" in forced.stderr
     assert run_cli("status", "-c", config).json()["paused"] is False
+
+
+def test_status_prints_a_table_for_people_and_json_for_scripts(
+    daemon: tuple[LocalStack, Path, subprocess.Popen[str]],
+) -> None:
+    """#18 (9): `status` printed only raw JSON. Piped it still does (scripts read it);
+    `--output table` (the default at a terminal) reads at a glance."""
+    _, config, _ = daemon
+    wait_until(lambda: run_cli("status", "-c", config).json()["ready"], "readiness", 10)
+    assert run_cli("pause", "-c", config, "--reason", "change 7").code == 0
+    table = run_cli("status", "-c", config, "--output", "table")
+    assert table.code == 0, table.stderr
+    for text in ("VeloFlux agent", "paused: change 7", "last attempt", "source haproxy"):
+        assert text in table.stdout, text
+    assert all(s in table.stdout for s in ("s1", "s2", "s3"))
+    piped = run_cli("status", "-c", config)
+    assert piped.json()["pause_reason"] == "change 7"
+    assert piped.json()["last_attempt"]["ok"] is True

@@ -19,6 +19,7 @@ import pytest
 from integration.haproxy_proc import HAProxyProcess, free_port
 from tests.integration.daemon_helpers import (
     AgentFiles,
+    DaemonProcess,
     agent_config,
     api_address,
     request,
@@ -154,3 +155,48 @@ def test_a_scripted_incident_leaves_the_whole_story_in_the_audit_log(
     rollback = next(e for e in lines if e["action"] == "model_rollback")
     assert (rollback["old"], rollback["new"]) == (second, first)
     assert next(e for e in lines if e["action"] == "pause")["reason"] == "incident 42"
+
+
+def test_json_logs_carry_the_ticks_figures_and_one_line_per_failed_tick(
+    haproxy: HAProxyProcess, tmp_path: Path
+) -> None:
+    """#18 (8): with `--log-format json` the figures were packed into `message`, and a
+    failed tick logged three WARNING lines (the source's event, the tick's event, the
+    tick). Now a tick line has its figures as fields, and a failed tick one line."""
+    files = AgentFiles(tmp_path)
+    port = free_port()
+    config = write_config(
+        files,
+        agent_config(
+            haproxy.admin_socket,
+            files,
+            listen=f"127.0.0.1:{port}",
+            haproxy={"timeout": "400ms"},
+        ),
+    )
+    with DaemonProcess(config, port, tmp_path / "daemon.log") as daemon:
+        daemon.wait_ready()
+        ticks = wait_until(
+            lambda: [r for r in daemon.records() if r.get("event") == "tick"], "a tick line"
+        )
+        tick = ticks[0]
+        assert tick["pools"] == {"fallback": 1, "unmanaged": 2}
+        assert (tick["servers"], tick["paused"], tick["dry_run"]) == (8, False, False)
+        assert {"written", "failed", "lowest_confidence", "model", "duration_ms"} <= set(tick)
+        haproxy.kill()
+        failed = wait_until(
+            lambda: [r for r in daemon.records() if r.get("event") == "tick_failed"][3:],
+            "four failed ticks",
+        )
+        assert failed[0]["reason"] == "source"
+        since = daemon.records()
+        first = next(i for i, r in enumerate(since) if r.get("event") == "tick_failed")
+        warnings = [r for r in since[first:] if r.get("level") == "warning"]
+        assert warnings, "the failed ticks are logged"
+        assert all(r.get("event") == "tick_failed" for r in warnings), warnings[:4]
+        # #18 (7): /status's last_tick mixed the last good tick's time with the later
+        # failure's error; last_attempt and last_success say them apart.
+        status = daemon.get("/status").json()
+        assert status["last_attempt"]["ok"] is False
+        assert status["last_attempt"]["error"].startswith("source: ")
+        assert status["last_success"]["at"] < status["last_attempt"]["at"]

@@ -51,6 +51,8 @@ STATUS_KEYS = {
     "pause_reason",
     "overrides",
     "external_holds",
+    "last_attempt",
+    "last_success",
     "last_tick",
     "sources",
     "model",
@@ -277,6 +279,15 @@ def test_a_later_failed_tick_keeps_the_daemon_ready_and_marks_the_source_down(
     status = wired.ops.status()
     assert status["sources"] == {"haproxy": {"up": False, "address": SOCKET}}
     assert status["last_tick"]["error"] == "source: socket gone"
+    # #18 (7): last_tick mixes the good tick's time with the later failure's error;
+    # last_attempt and last_success say them apart.
+    assert status["last_attempt"] == {
+        "at": FINISHED_AT.isoformat(),
+        "duration_seconds": 0.1,
+        "ok": False,
+        "error": "source: socket gone",
+    }
+    assert status["last_success"] == {"at": TAKEN_AT.isoformat(), "duration_seconds": 0.25}
 
 
 # --- ticks and the operator's controls --------------------------------------------------

@@ -313,7 +313,7 @@ def test_render_never_fails_while_ticks_run_in_another_thread() -> None:
 def test_the_tick_line_says_whether_prometheus_answered() -> None:
     from dataclasses import replace
 
-    from veloflux.agent.tick import summary_line
+    from veloflux.agent.summary import summary_line
     from veloflux.domain.observation import ExternalFeatures
 
     result = tick([Pool("app", [Server("a")])])

@@ -9,6 +9,8 @@ Each test's docstring names a one-line break in ``agent/tick.py`` it catches.
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -19,7 +21,8 @@ from tests.unit.factories import PROXY, Pool, Server, observation
 from tests.unit.test_fleet import RecordingSink, StubSource
 from veloflux.agent.ports import TickResult
 from veloflux.agent.steps import UNTIMED, Steps, StepTimes
-from veloflux.agent.tick import Agent, summary_line
+from veloflux.agent.summary import summary_line
+from veloflux.agent.tick import Agent
 from veloflux.config.load import validate_config
 from veloflux.config.schema import Config
 from veloflux.domain.observation import Observation
@@ -27,6 +30,7 @@ from veloflux.domain.weightplan import ApplyReport, ServerPlan, WeightPlan
 from veloflux.errors import ConfigError
 from veloflux.history.journal import Journal
 from veloflux.util.events import Events
+from veloflux.util.logs import JsonFormatter
 from veloflux.util.names import server_key
 
 # No model and no history: every pool in fallback, moving toward its static weight by
@@ -393,3 +397,40 @@ def test_the_summary_line_of_a_dry_run_counts_planned_changes() -> None:
     assert "pools[fallback=1 unmanaged=1]" in line
     assert "planned_changes=2 (dry-run)" in line
     assert "written=" not in line
+
+
+def test_a_paused_daemons_tick_line_says_paused_not_dry_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """#18 (9): a paused daemon's line said ``(dry-run)``. A tick that records without
+    writing is the paused daemon's."""
+    agent = Agent(CONFIG, StubSource(MIXED), ReportingSink(), Events())
+    with caplog.at_level(logging.INFO, logger="veloflux.tick"):
+        agent.tick(write=False, record=True)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "veloflux.tick"]
+    assert "planned_changes=2 (paused)" in line
+
+
+def test_the_json_log_line_carries_the_ticks_figures_as_fields() -> None:
+    """#18 (8): with ``--log-format json`` the figures were packed into ``message``."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())  # what --log-format json installs
+    logger = logging.getLogger("veloflux.tick")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        sink = ReportingSink(failing={"web/w2"})
+        Agent(CONFIG, StubSource(MIXED), sink, Events()).tick(write=True)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    (entry,) = [e for e in map(json.loads, stream.getvalue().splitlines()) if e.get("event")]
+    assert entry["logger"] == "veloflux.tick"
+    assert entry["message"].startswith("tick pools[fallback=1 unmanaged=1]")
+    assert entry["pools"] == {"fallback": 1, "unmanaged": 1}
+    assert (entry["servers"], entry["written"], entry["failed"]) == (3, 1, 1)
+    assert (entry["paused"], entry["dry_run"]) == (False, False)
+    assert entry["lowest_confidence"] == 0.0
+    assert entry["model"] is None
+    assert isinstance(entry["duration_ms"], float)

@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable, Mapping
 
 from veloflux.agent.ports import ProxyFailure, TickResult
-from veloflux.agent.tick import Agent, summary_line
+from veloflux.agent.summary import log_summary
+from veloflux.agent.tick import Agent
 from veloflux.domain.observation import Observation
 from veloflux.domain.weightplan import ApplyReport, WeightPlan
 from veloflux.errors import SinkRejected, SourceUnavailable
@@ -54,7 +55,8 @@ class Fleet:
         record: bool | None = None,
     ) -> TickResult:
         """Each proxy's tick (see ``Agent.tick``), as one result."""
-        return self._each(lambda agent: agent.tick(write, overrides, record))
+        paused = not write and bool(record)  # record without write: a paused daemon
+        return self._each(lambda agent: agent.tick(write, overrides, record), paused)
 
     def revert(self) -> TickResult:
         return self._each(lambda agent: agent.revert())
@@ -77,7 +79,7 @@ class Fleet:
         for agent in self._agents.values():
             agent.close()
 
-    def _each(self, step: Callable[[Agent], TickResult]) -> TickResult:
+    def _each(self, step: Callable[[Agent], TickResult], paused: bool = False) -> TickResult:
         started = time.perf_counter()
         results: list[TickResult] = []
         failures: list[ProxyFailure] = []
@@ -99,7 +101,7 @@ class Fleet:
                 proxy=failure.proxy,
             )
         result = combined(results, tuple(failures), time.perf_counter() - started)
-        _log.info(summary_line(result))
+        log_summary(result, paused)
         return result
 
 

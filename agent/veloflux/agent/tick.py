@@ -8,10 +8,8 @@ code production runs, whichever proxy the adapters speak to.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -22,6 +20,7 @@ from veloflux.agent.ladder import Ladder
 from veloflux.agent.names import unknown_names
 from veloflux.agent.ports import Sink, Source, TickResult
 from veloflux.agent.steps import UNTIMED, Steps
+from veloflux.agent.summary import log_summary
 from veloflux.config.schema import Config
 from veloflux.decide.capacity_rung import controller_settings
 from veloflux.decide.outliers import moving_average_outliers
@@ -42,7 +41,6 @@ if TYPE_CHECKING:
     from veloflux.history.window import RecentWindow
     from veloflux.model.predict import Predictor
 
-_log = logging.getLogger("veloflux.tick")
 
 # How much journal history a tick reads. The realized-error part of confidence judges
 # the last 3 intervals; each of their features needs a 3-interval trend, and each rate
@@ -79,7 +77,7 @@ class Agent:
     ) -> None:
         self._config = config
         self._steps = steps
-        self._log_summary = log_summary
+        self._log_summary = log_summary  # the flag; ``log_summary()`` below writes the line
         self._source = source
         self._sink = sink
         self._events = events
@@ -309,6 +307,8 @@ class Agent:
             self._remember_samples(samples)
         result = self._finish(observation, plan, report, started, reloaded)
         result = replace(result, external_changes=tuple(changes), external_holds=held)
+        if self._log_summary:  # record without write: a paused daemon
+            log_summary(result, paused=not write and bool(record))
         if recording:
             with self._steps.step("record"):
                 self._record(observation, samples)
@@ -387,7 +387,10 @@ class Agent:
         observation = self._observe()
         plan = plan_revert(observation, self._config.policy)
         report = self._sink.apply(plan, observation.proxy.level)
-        return self._finish(observation, plan, report, started)
+        result = self._finish(observation, plan, report, started)
+        if self._log_summary:
+            log_summary(result)
+        return result
 
     def _finish(
         self,
@@ -405,8 +408,6 @@ class Agent:
             reloaded,
             config_problems=self._unknown_names,
         )
-        if self._log_summary:
-            _log.info(summary_line(result))
         return result
 
 
@@ -420,29 +421,3 @@ def _fallback_advice(observation: Observation, config: Config, reason: str) -> A
         for pool in observation.pools
     }
     return Advice(None, pools)
-
-
-def summary_line(result: TickResult) -> str:
-    """The one log line per tick: modes, changes, lowest confidence, duration."""
-    modes = Counter(p.mode for p in result.plan.pools)
-    mode_text = " ".join(f"{mode}={n}" for mode, n in sorted(modes.items())) or "no pools"
-    planned = len(result.plan.changes())
-    if result.report is None:
-        acted = f"planned_changes={planned} (dry-run)"
-    else:
-        acted = f"written={len(result.report.applied)} failed={len(result.report.failures)}"
-    servers = sum(len(p.servers) for p in result.plan.pools)
-    driven = [p.confidence for p in result.plan.pools if p.mode in DRIVEN_MODES]
-    lowest = f"{min(driven):.2f}" if driven else "-"
-    reload_text = " proxy_reloaded" if result.proxy_reloaded else ""
-    failed = ",".join(f"{f.proxy}({f.reason})" for f in result.failures)
-    failed_text = f" proxies_failed={failed}" if failed else ""
-    external = result.observation.external
-    features_text = ""  # Prometheus features: read, or down (degraded mode)
-    if external is not None:
-        features_text = f" {external.source}={'down' if external.error else 'up'}"
-    return (
-        f"tick pools[{mode_text}] servers={servers} {acted} lowest_confidence={lowest} "
-        f"model={result.plan.model_version or '-'}{reload_text}{failed_text}{features_text} "
-        f"duration_ms={result.duration_seconds * 1000:.1f}"
-    )

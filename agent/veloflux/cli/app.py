@@ -2,7 +2,8 @@
 exit-code contract.
 
 Exit codes: 0 success, 1 configuration error (or, for ``train``, not enough history;
-for the operator commands, a request the daemon refused), 2 the proxy (or, for the
+for the operator commands, a request the daemon refused; for ``check-config --online``,
+a name the proxies lack or a socket below level admin), 2 the proxy (or, for the
 operator commands, the daemon's API) could not be reached or refused a write.
 """
 

@@ -9,6 +9,7 @@ import time
 
 import click
 
+from veloflux.agent.online import check_online
 from veloflux.agent.ports import Driver, TickResult
 from veloflux.cli.app import (
     EXIT_CONFIG,
@@ -33,16 +34,37 @@ from veloflux.util.events import Events
 
 @click.command("check-config")
 @config_option
-def check_config(config_path: str | None) -> None:
+@click.option(
+    "--online",
+    is_flag=True,
+    help="also read every configured proxy (read-only): its backends, clusters and "
+    "policy names exist, HAProxy's socket is at level admin (exit 2: a proxy unreachable)",
+)
+def check_config(config_path: str | None, online: bool) -> None:
     """Validate the config without opening any connection: every problem (exit 1) and
-    every warning (printed; exit 0 when they are all there is) in one run."""
+    every warning (printed; exit 0 when they are all there is) in one run.
+
+    With --online, a valid file is then checked against the proxies it names, read-only:
+    every problem with its path (exit 1; exit 2 when a proxy could not be read at all).
+    Nothing is written, to a proxy, the journal or the audit log.
+    """
+    path = resolve_config_path(config_path)
     try:
-        _, warnings = load_config_checked(resolve_config_path(config_path))
+        config, warnings = load_config_checked(path)
     except ConfigError as exc:
         fail(EXIT_CONFIG, exc.render())
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
-    click.echo(f"OK, with {len(warnings)} warning(s)" if warnings else "OK")
+    verdict = f"OK, with {len(warnings)} warning(s)" if warnings else "OK"
+    if online:
+        found = check_online(config)
+        for warning in found.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        if found.problems:
+            code = EXIT_PROXY if found.unreachable else EXIT_CONFIG
+            fail(code, ConfigError(found.problems, f"{path}, read online").render())
+        verdict += f" (online: {', '.join(found.reached)})"
+    click.echo(verdict)
 
 
 @click.command("dry-run")

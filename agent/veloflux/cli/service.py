@@ -79,12 +79,18 @@ def override() -> None:
 @override.command("set")
 @config_option
 @click.argument("server", metavar="BACKEND/SERVER")
-@click.argument("weight", type=click.IntRange(0, HAPROXY_MAX_WEIGHT))
+@click.argument("weight", metavar=f"WEIGHT (0..{HAPROXY_MAX_WEIGHT})")
 @click.option("--ttl", default=None, help="expire after this long, e.g. 30m, 1h")
-def override_set(config_path: str | None, server: str, weight: int, ttl: str | None) -> None:
-    """Pin BACKEND/SERVER at WEIGHT (applied at the next tick, exactly, until cleared)."""
+def override_set(config_path: str | None, server: str, weight: str, ttl: str | None) -> None:
+    """Pin BACKEND/SERVER at WEIGHT (applied at the next tick, exactly, until cleared).
+
+    A weight out of range is refused with exit 1, as the daemon refuses one (a bad
+    request), not with click's usage error."""
+    if not (weight.isascii() and weight.isdigit()) or int(weight) > HAPROXY_MAX_WEIGHT:
+        fail(EXIT_CONFIG, f"WEIGHT: {weight!r} is not a whole number in 0..{HAPROXY_MAX_WEIGHT}")
     client = _client(config_path)
-    click.echo(json.dumps(_call(lambda: client.set_override(server, weight, ttl)), indent=2))
+    pinned = _call(lambda: client.set_override(server, int(weight), ttl))
+    click.echo(json.dumps(pinned, indent=2))
 
 
 @override.command("clear")
@@ -116,10 +122,26 @@ def resume(config_path: str | None) -> None:
 
 @click.command("status")
 @config_option
-def status(config_path: str | None) -> None:
-    """The running daemon's status: plan, model, last training, pins, pause."""
+@click.option(
+    "--output",
+    type=click.Choice(["table", "json"]),
+    default=None,
+    help="default: table at a terminal, JSON when piped (what scripts read)",
+)
+def status(config_path: str | None, output: str | None) -> None:
+    """The running daemon's status: state, sources, model, pins, holds and the plan."""
+    from veloflux.cli.render import make_console
+
     client = _client(config_path)
-    click.echo(json.dumps(_call(client.status), indent=2))
+    answer = _call(client.status)
+    console = make_console()
+    if (output or ("table" if console.is_terminal else "json")) == "json":
+        click.echo(json.dumps(answer, indent=2))
+        return
+    from veloflux.cli.status_view import status_view
+
+    assert isinstance(answer, dict)
+    console.print(status_view(answer))
 
 
 COMMANDS = (run, override, pause, resume, status)

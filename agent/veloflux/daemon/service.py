@@ -51,6 +51,7 @@ from veloflux.daemon.training_job import Trainer, TrainingRun, train_in_child
 from veloflux.errors import ConfigError, SinkRejected, SourceUnavailable
 from veloflux.util.events import Events
 from veloflux.util.heap import HeapSettler
+from veloflux.util.logs import FIELDS
 
 _log = logging.getLogger("veloflux.daemon")
 AgentFactory = Callable[[Config, Events], Driver]
@@ -238,9 +239,20 @@ class Daemon:
     def _tick_failed(self, reason: str, exc: BaseException, started: float) -> None:
         elapsed = time.perf_counter() - started
         self.ops.tick_failed(reason, str(exc), elapsed)
-        self.events.record(f"tick_failed_{reason}", str(exc))
+        # Counted as an event, logged once: this line is the failed tick's only one.
+        self.events.record(f"tick_failed_{reason}", str(exc), level=logging.DEBUG)
+        fields = {
+            "event": "tick_failed",
+            "reason": reason,
+            "error": str(exc),
+            "duration_ms": round(elapsed * 1000, 1),
+        }
         _log.warning(
-            "tick failed (%s): %s; weights held duration_ms=%.1f", reason, exc, elapsed * 1000
+            "tick failed (%s): %s; weights held duration_ms=%.1f",
+            reason,
+            exc,
+            elapsed * 1000,
+            extra={FIELDS: fields},
         )
 
     def train(self) -> TrainingRun:

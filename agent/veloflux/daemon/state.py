@@ -62,6 +62,9 @@ class DaemonOps:
         self._heartbeat = self._monotonic()
         self._last: TickResult | None = None
         self._last_error = ""
+        # The newest tick, good or failed: `last_attempt` on the status page, apart from
+        # `last_success` (the newest good one), which `last_tick` used to mix.
+        self._attempt: dict[str, Any] | None = None
         self._training: TrainingRun | None = None
         self._stopping = threading.Event()
 
@@ -76,6 +79,12 @@ class DaemonOps:
         finally:
             self._heartbeat = self._monotonic()
         self._last, self._last_error = result, ""
+        self._attempt = {
+            "at": result.plan.generated_at.isoformat(),
+            "duration_seconds": round(result.duration_seconds, 4),
+            "ok": True,
+            "error": "",
+        }
         failed = {f.proxy for f in result.failures if f.reason == "source"}
         for proxy in proxy_kinds(self._config):
             self._metrics.source_up(proxy, proxy not in failed)
@@ -109,6 +118,12 @@ class DaemonOps:
 
     def tick_failed(self, reason: str, message: str, duration_seconds: float) -> None:
         self._last_error = f"{reason}: {message}"
+        self._attempt = {
+            "at": self._clock().isoformat(),
+            "duration_seconds": round(duration_seconds, 4),
+            "ok": False,
+            "error": self._last_error,
+        }
         if reason == "source":  # with several proxies: every one of them failed
             for proxy in proxy_kinds(self._config):
                 self._metrics.source_up(proxy, False)
@@ -188,11 +203,18 @@ class DaemonOps:
             "pause_reason": state.pause_reason,
             "overrides": [o.to_json() for o in state.overrides.values()],
             "external_holds": [c.to_json() for c in last.external_holds] if last else [],
-            "last_tick": {
+            "last_tick": {  # kept for scripts that read it: last_success + last error
                 "at": last.plan.generated_at.isoformat() if last else None,
                 "duration_seconds": round(last.duration_seconds, 4) if last else None,
                 "error": self._last_error,
             },
+            "last_attempt": self._attempt,
+            "last_success": {
+                "at": last.plan.generated_at.isoformat(),
+                "duration_seconds": round(last.duration_seconds, 4),
+            }
+            if last
+            else None,
             "sources": {
                 proxy: {
                     "up": self._source_up(proxy),

@@ -20,6 +20,7 @@ weights can still be planned from the endpoints' state and counters.
 
 from __future__ import annotations
 
+import logging
 import math
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -73,17 +74,19 @@ class EnvoySource:
 
     def observe(self) -> Observation:
         """One reading; raises ``SourceUnavailable`` if Envoy cannot be read at all."""
+        # Each failure is counted here and logged at DEBUG: the error raised carries the
+        # message, and the one who catches it (the tick line, the CLI) says it once.
         try:
             info = parse_uptime(self._admin.get_json("/server_info"))
             statuses = parse_clusters(self._admin.get_json("/clusters?format=json"))
         except EnvoyNotJson as exc:
-            self._events.record("source_malformed", str(exc), source="envoy")
+            self._events.record("source_malformed", str(exc), source="envoy", level=logging.DEBUG)
             raise SourceUnavailable(str(exc)) from exc
         except EnvoyAdminError as exc:
-            self._events.record("source_unavailable", str(exc), source="envoy")
+            self._events.record("source_unavailable", str(exc), source="envoy", level=logging.DEBUG)
             raise SourceUnavailable(str(exc)) from exc
         except EnvoyFormatError as exc:
-            self._events.record("source_malformed", str(exc), source="envoy")
+            self._events.record("source_malformed", str(exc), source="envoy", level=logging.DEBUG)
             raise SourceUnavailable(f"Envoy admin at {self._admin.address}: {exc}") from exc
         taken_at = self._clock()
         uptime, epoch = info

@@ -8,6 +8,7 @@ state that separates an operator's MAINT/DRAIN from a failed health check.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -135,11 +136,15 @@ class HAProxySource:
             info = parse_info(info_text)
             rows = parse_stat_columns(stat_text, _STAT_COLUMNS)
             states = parse_servers_state(state_text)
+        # Counted here, logged at DEBUG: the error raised carries the message, and the
+        # one who catches it (the daemon's tick line, the CLI's error) says it once.
         except RuntimeAPIError as exc:
-            self._events.record("source_unavailable", str(exc), source="haproxy")
+            self._events.record(
+                "source_unavailable", str(exc), source="haproxy", level=logging.DEBUG
+            )
             raise SourceUnavailable(f"HAProxy runtime API {exc}") from exc
         except StatsFormatError as exc:
-            self._events.record("source_malformed", str(exc), source="haproxy")
+            self._events.record("source_malformed", str(exc), source="haproxy", level=logging.DEBUG)
             raise SourceUnavailable(f"HAProxy at {self._api.address}: {exc}") from exc
         return self._build(taken_at, info, level.strip(), rows, states)
 
