@@ -17,7 +17,6 @@ whether a config's names are right, and its absence only degrades a tick.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,7 +25,7 @@ from veloflux.agent.names import unknown_names
 from veloflux.config.schema import Config
 from veloflux.domain.observation import Observation
 from veloflux.errors import ConfigProblem, SourceUnavailable
-from veloflux.util.events import Events
+from veloflux.util.events import Events, quiet_events
 
 # Where each proxy's problems are located in the YAML: its address, and its pool list.
 _ADDRESS = {"haproxy": "haproxy.socket", "envoy": "envoy.admin"}
@@ -43,14 +42,6 @@ class OnlineCheck:
     unreachable: bool
     reached: tuple[str, ...]
     warnings: tuple[ConfigProblem, ...] = ()
-
-
-def quiet_events() -> Events:
-    """Events counted but not logged: the sources' events (an unknown backend, a proxy
-    down) say what the problems say, and the check should say each thing once."""
-    logger = logging.Logger("veloflux.online")  # not in the logging tree: no propagation
-    logger.addHandler(logging.NullHandler())
-    return Events(logger)
 
 
 def check_online(config: Config, events: Events | None = None) -> OnlineCheck:

@@ -4,7 +4,11 @@ exit-code contract.
 Exit codes: 0 success, 1 configuration error (or, for ``train``, not enough history;
 for the operator commands, a request the daemon refused; for ``check-config --online``,
 a name the proxies lack or a socket below level admin), 2 the proxy (or, for the
-operator commands, the daemon's API) could not be reached or refused a write.
+operator commands, the daemon's API) could not be reached or refused a write (for
+``record``, when no observation could be taken at all). A flag or value the command
+line itself cannot take (an unknown flag, ``--output xml``, ``--since 0s``) is click's
+usage error, exit 2, naming the flag. No bad input from a user ends in a traceback:
+``tests/integration/test_cli_bad_input.py`` drives every command with it.
 """
 
 from __future__ import annotations
@@ -112,9 +116,12 @@ def duration_option(value: str | None, flag: str) -> float | None:
     if value is None:
         return None
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint=flag) from None
+    if seconds <= 0:
+        raise click.BadParameter(f"{value!r} must be longer than zero", param_hint=flag)
+    return seconds
 
 
 @contextlib.contextmanager

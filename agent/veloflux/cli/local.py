@@ -15,6 +15,7 @@ from veloflux.cli.app import (
     EXIT_CONFIG,
     EXIT_PROXY,
     config_option,
+    duration_option,
     exit_if_a_proxy_failed,
     fail,
     load,
@@ -28,8 +29,8 @@ from veloflux.config.load import load_config_checked, resolve_config_path
 from veloflux.config.schema import Config
 from veloflux.daemon.audit import Actor, cli_actor, last_written, open_audit
 from veloflux.errors import ConfigError
-from veloflux.util.durations import format_duration, parse_duration
-from veloflux.util.events import Events
+from veloflux.util.durations import format_duration
+from veloflux.util.events import Events, quiet_events
 
 
 @click.command("check-config")
@@ -170,20 +171,21 @@ def record(config_path: str | None, duration: str) -> None:
     from veloflux.agent.learn import NoHistory
     from veloflux.agent.record import record as record_for
 
+    seconds = duration_option(duration, "--duration")
+    assert seconds is not None
     config = load(config_path)
+    skips: list[str] = []
+
+    def skipped(exc: Exception) -> None:
+        skips.append(str(exc))
+        click.echo(f"skipped one observation: {exc}", err=True)
+
     try:
-        seconds = parse_duration(duration)
-    except ValueError as exc:
-        fail(EXIT_CONFIG, f"--duration: {exc}")
-    try:
-        report = record_for(
-            config,
-            Events(),
-            seconds,
-            skipped=lambda exc: click.echo(f"skipped one observation: {exc}", err=True),
-        )
+        report = record_for(config, quiet_events(), seconds, skipped=skipped)
     except NoHistory as exc:
         fail(EXIT_CONFIG, str(exc))
+    if not report.samples and skips:  # the proxy never answered: nothing was recorded
+        fail(EXIT_PROXY, f"nothing recorded: {skips[-1]}")
     click.echo(
         f"recorded {report.samples} samples into {config.ai.history_path}, "
         f"{report.with_traffic} of them with traffic ({report.journal_rows} in the journal)"

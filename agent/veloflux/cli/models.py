@@ -23,7 +23,7 @@ from veloflux.config.schema import Config
 from veloflux.daemon.audit import cli_actor, open_audit
 from veloflux.errors import ModelUnavailable
 from veloflux.model.registry import ModelEntry, Registry
-from veloflux.util.events import Events
+from veloflux.util.events import Events, quiet_events
 
 # What ``model list`` prints when no version is kept: training needs a journal first.
 NO_MODEL_HINT = (
@@ -58,7 +58,7 @@ def train(
     from veloflux.prometheus.history import PullReport
 
     since_s, step_s = duration_option(since, "--since"), duration_option(step, "--step")
-    if not from_prometheus and (since_s or step_s):
+    if not from_prometheus and (since is not None or step is not None):
         raise click.UsageError("--since and --step go with --from-prometheus")
     config = load(config_path)
     events = Events()
@@ -81,8 +81,8 @@ def train(
                     config,
                     events,
                     settings,
-                    since_s or learn.PROMETHEUS_SINCE_SECONDS,
-                    step_s or learn.PROMETHEUS_STEP_SECONDS,
+                    learn.PROMETHEUS_SINCE_SECONDS if since_s is None else since_s,
+                    learn.PROMETHEUS_STEP_SECONDS if step_s is None else step_s,
                     progress,
                     pulled,
                 )
@@ -118,6 +118,8 @@ def model() -> None:
 def model_list(config_path: str | None, output: str) -> None:
     """Every kept model version, newest first, with its status and figures."""
     config = load(config_path)
+    if config.ai.model_dir.exists() and not config.ai.model_dir.is_dir():
+        fail(EXIT_CONFIG, f"ai.model_dir: {config.ai.model_dir} is a file, not a directory")
     entries = open_registry(config, Events()).entries()
     if output == "json":
         click.echo(json.dumps([_entry_json(e) for e in entries], indent=2))
@@ -133,7 +135,7 @@ def model_list(config_path: str | None, output: str) -> None:
 def model_show(config_path: str | None, version: str | None) -> None:
     """One version's metadata (default: the current model)."""
     config = load(config_path)
-    registry = open_registry(config, Events())
+    registry = open_registry(config, quiet_events())  # the error below says it once
     try:
         loaded = registry.load(version)
     except ModelUnavailable as exc:

@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Literal
 
 import click
 
-from veloflux.cli.app import EXIT_CONFIG, EXIT_PROXY, config_option, fail, load
+from veloflux.cli.app import (
+    EXIT_CONFIG,
+    EXIT_PROXY,
+    config_option,
+    duration_option,
+    fail,
+    load,
+)
 from veloflux.config.load import resolve_config_path
 from veloflux.errors import ConfigError
 from veloflux.haproxy.runtime import HAPROXY_MAX_WEIGHT
@@ -76,7 +83,7 @@ def override() -> None:
     """Pin a server's weight in the running daemon, or clear pins."""
 
 
-@override.command("set")
+@override.command("set", context_settings={"ignore_unknown_options": True})
 @config_option
 @click.argument("server", metavar="BACKEND/SERVER")
 @click.argument("weight", metavar=f"WEIGHT (0..{HAPROXY_MAX_WEIGHT})")
@@ -88,6 +95,7 @@ def override_set(config_path: str | None, server: str, weight: str, ttl: str | N
     request), not with click's usage error."""
     if not (weight.isascii() and weight.isdigit()) or int(weight) > HAPROXY_MAX_WEIGHT:
         fail(EXIT_CONFIG, f"WEIGHT: {weight!r} is not a whole number in 0..{HAPROXY_MAX_WEIGHT}")
+    duration_option(ttl, "--ttl")  # checked here, not first by the daemon
     client = _client(config_path)
     pinned = _call(lambda: client.set_override(server, int(weight), ttl))
     click.echo(json.dumps(pinned, indent=2))

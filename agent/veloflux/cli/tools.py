@@ -42,10 +42,16 @@ def simulate(scenario_path: str, dispatcher: str, strategy: str, seeds: int, out
     from veloflux.sim.run import make_strategy, run_cell
     from veloflux.sim.scenario import load_scenario
 
+    for flag, check in (
+        ("--dispatcher", lambda: make_dispatcher(dispatcher, [0], random.Random(0))),
+        ("--strategy", lambda: make_strategy(strategy)),
+    ):
+        try:
+            check()  # refuses an unknown name, before the file is read
+        except ValueError as exc:
+            fail(EXIT_CONFIG, f"{flag}: {exc}")  # exit 1, as simulate has always said
     try:
         scenario = load_scenario(Path(scenario_path))
-        make_dispatcher(dispatcher, [0], random.Random(0))  # refuses an unknown name
-        make_strategy(strategy)
     except ConfigError as exc:
         fail(EXIT_CONFIG, exc.render())
     except ValueError as exc:

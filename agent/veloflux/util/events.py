@@ -48,3 +48,11 @@ class Events:
         """Every (kind, labels) seen so far and its count: what ``/metrics`` exports."""
         with self._lock:
             return dict(self._counts)
+
+
+def quiet_events() -> Events:
+    """Events counted but not logged, for a command that reports what went wrong
+    itself (its error on stderr): the same thing is then said once, not twice."""
+    logger = logging.Logger("veloflux.quiet")  # not in the logging tree: no propagation
+    logger.addHandler(logging.NullHandler())
+    return Events(logger)
