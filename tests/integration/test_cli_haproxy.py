@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -283,3 +284,15 @@ def test_check_config_prints_every_problem_and_warning_of_a_broken_file_in_one_r
     ):
         assert expected in result.stderr, expected
     assert result.stderr.count("error:") == 1  # printed once
+
+
+def test_every_command_takes_the_same_log_options(haproxy: HAProxyProcess, tmp_path: Path) -> None:
+    """#18 (8): only `run` had `--log-format`; the group now gives it to every command,
+    with the tick's figures as fields."""
+    config = write_config(tmp_path / "v.yaml", haproxy.admin_socket)
+    result = run_cli("--log-format", "json", "--log-level", "info", "dry-run", "-c", config)
+    assert result.code == 0, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    (tick,) = [line for line in lines if line.get("event") == "tick"]
+    assert (tick["dry_run"], tick["servers"], tick["written"]) == (True, 8, None)
+    assert tick["message"].startswith("tick pools[")

@@ -14,7 +14,6 @@ usage error, exit 2, naming the flag. No bad input from a user ends in a traceba
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -29,6 +28,7 @@ from veloflux.config.schema import Config
 from veloflux.errors import ConfigError, SinkRejected, SourceUnavailable
 from veloflux.util.durations import parse_duration
 from veloflux.util.events import Events
+from veloflux.util.logs import LOG_FORMATS, LogFormat, configure_logging
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -60,11 +60,17 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
     show_default=True,
     envvar="VELOFLUX_LOG_LEVEL",
 )
-def main(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    envvar="VELOFLUX_LOG_FORMAT",
+    help="json: one JSON object per line, for every command",
+)
+def main(log_level: str, log_format: LogFormat) -> None:
     """VeloFlux: learns and sets HAProxy and Envoy backend weights, safely."""
-    logging.basicConfig(
-        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
-    )
+    configure_logging(log_level, log_format)
 
 
 def fail(code: int, message: str) -> NoReturn:

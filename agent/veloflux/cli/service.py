@@ -29,7 +29,10 @@ if TYPE_CHECKING:
 @click.command("run")
 @config_option
 @click.option(
-    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="default: the command group's (--log-format before `run`, or $VELOFLUX_LOG_FORMAT)",
 )
 @click.option(
     "--log-level",
@@ -39,12 +42,13 @@ if TYPE_CHECKING:
     show_default=True,
     envvar="VELOFLUX_LOG_LEVEL",
 )
-def run(config_path: str | None, log_format: Literal["text", "json"], level: str) -> None:
+def run(config_path: str | None, log_format: Literal["text", "json"] | None, level: str) -> None:
     """The daemon: tick every interval, retrain on schedule, serve the HTTP API."""
     from veloflux.daemon.service import run_daemon
     from veloflux.util.logs import configure_logging
 
-    configure_logging(level, log_format)
+    inherited = click.get_current_context().find_root().params.get("log_format", "text")
+    configure_logging(level, log_format or inherited)
     try:
         sys.exit(run_daemon(resolve_config_path(config_path)))
     except ConfigError as exc:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import IO, Literal
 
 LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 _TEXT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
