@@ -273,11 +273,23 @@ def test_strict_pools_stop_the_tick_before_the_sink_when_a_configured_pool_is_mi
 
 
 def test_without_strict_pools_a_missing_pool_does_not_stop_the_others_being_written() -> None:
-    """The daemon's way. Catches ``if self._strict_pools and ...`` losing its first
+    """The daemon's way, once it has started: a pool a reload removed is counted and the
+    others are written. Catches ``if self._strict_pools and ...`` losing its first
     operand (every missing pool would stop the daemon)."""
-    agent, sink = make_agent(dataclasses.replace(AT_20, missing_pools=("api",)))
+    agent, sink = make_agent(AT_10, dataclasses.replace(AT_20, missing_pools=("api",)))
+    agent.tick(write=True)
     result = agent.tick(write=True)
-    assert sink.plans == [result.plan]
+    assert sink.plans[-1] == result.plan
+
+
+def test_the_daemons_first_observation_refuses_a_missing_pool() -> None:
+    """#18 (4): the daemon treats a configured pool the proxy lacks as a config error at
+    start (exit 1, named), as dry-run and apply do, before writing anything."""
+    agent, sink = make_agent(dataclasses.replace(AT_20, missing_pools=("api",)))
+    with pytest.raises(ConfigError) as caught:
+        agent.tick(write=True)
+    assert [p.path for p in caught.value.problems] == ["haproxy.backends"]
+    assert sink.plans == []
 
 
 # --- recording -------------------------------------------------------------------------

@@ -163,8 +163,9 @@ def build_agent(config: Config, events: Events, write: bool, strict_pools: bool 
 
 def build_daemon_agent(config: Config, events: Events) -> Driver:
     """The daemon's driver: it records history on a writer thread, and a backend missing
-    from HAProxy is counted and skipped rather than fatal (the other pools still need
-    managing)."""
+    from HAProxy after its first observation (a reload removed it) is counted and
+    skipped rather than fatal (the other pools still need managing); at the first, a
+    name the proxy lacks is a config error, as for the one-shot commands."""
     journal = open_journal(config, events, create=True)
     recorder = None
     if journal is not None:

@@ -53,7 +53,8 @@ class Agent:
 
     With ``strict_pools`` a pool named in the config but absent from the proxy stops
     the tick before anything is written (the one-shot commands want that: the config is
-    wrong). The daemon instead counts the event and keeps managing the other pools.
+    wrong). The daemon does the same at its first observation, and after it counts the
+    event and keeps managing the other pools (a reload may remove a pool or a server).
     The journal and the model registry are optional: without them every pool is in
     fallback, and the outlier guard judges on HAProxy's moving averages alone. With a
     ``recorder`` (the daemon's), appends to the journal happen on its writer thread.
@@ -230,10 +231,10 @@ class Agent:
         observation = self._source.observe()
         unknown = unknown_names(self._config, observation, self._alone)
         first, self._observed = not self._observed, True
-        if unknown and first and not self._strict_pools:
-            # The daemon's first look at the proxy: a typo stops it before any write.
-            raise ConfigError(unknown)
-        if self._strict_pools and (observation.missing_pools or unknown):
+        # The daemon's first look at the proxy is strict too: a typo in a name stops it
+        # before any write; later, a pool or server a reload removed is counted and the
+        # other pools go on.
+        if (self._strict_pools or first) and (observation.missing_pools or unknown):
             path, proxy = (
                 ("envoy.clusters", "Envoy")
                 if self._config.envoy
