@@ -5,13 +5,15 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS   := haproxy prometheus
+# docker-compose: only `docker-compose config`, offline (no container engine runs here).
+DEBS   := haproxy prometheus docker-compose
 
-.PHONY: help deps debs venv lint test test-unit test-integration demo bench mutation clean
+.PHONY: help deps debs venv lint test test-unit test-integration demo stack bench mutation clean
 
 help:
 	@echo "make demo   - set up, then run the agent against the local HAProxy stack"
 	@echo "make test   - set up, then lint and run the whole test suite"
+	@echo "make stack  - set up, then run the compose stack natively (no container engine)"
 	@echo "make bench  - set up, then run the benchmarks (writes docs/benchmarks.md figures)"
 	@echo "make mutation - set up, then mutation-test the safety rules (slow; not part of make test)"
 
@@ -53,6 +55,10 @@ test-integration: deps
 
 demo: deps
 	$(BIN)/python -m integration.demo
+
+# The compose stack's programs on this machine, from the compose stack's own files.
+stack: deps
+	$(BIN)/python -m integration.compose_native
 
 bench: deps
 	$(BIN)/python bench/bench_haproxy_1000.py --write

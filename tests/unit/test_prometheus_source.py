@@ -373,3 +373,17 @@ def test_every_query_refused_is_prometheus_down_too() -> None:
     assert external.error == "Prometheus refused (HTTP Status Code 503)"
     assert all(same(v, [NAN] * 5) for v in values.values())
     assert events.count("source_unavailable", source="prometheus", reason="http_error") == 1
+
+
+def test_series_instance_map_gives_to_another_proxys_pool_are_not_unmatched() -> None:
+    """With two proxies, each proxy's agent reads every series: one that instance_map
+    places in the other proxy's pool is that proxy's, not a series nobody can place.
+    Kills: every such series counted unmatched (a warning on every tick of a fleet)."""
+    feature = FeatureQuery("cpu", "node_cpu")
+    script = {"node_cpu": [series(0.3, instance="10.0.0.5:9100")]}
+    values, external, events, _ = read([feature], script, {"10.0.0.5:9100": "web/w1"})
+    assert same(values["cpu"], [NAN] * 5)
+    assert external.problems == ()
+    assert events.count("prometheus_unmatched", feature="cpu") == 0
+    _, external, events, _ = read([feature], script, {"10.0.0.5:9100": "app/s9"})
+    assert "none of them names a server here" in external.problems[0]  # a pool of ours

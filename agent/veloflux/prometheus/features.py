@@ -145,7 +145,10 @@ class PrometheusFeatures:
                     feature, s.labels, self._instances, call.pool, call.server
                 )
                 if not rows:
-                    unmatched += 1
+                    # A series instance_map gives to a pool this proxy lacks is another
+                    # proxy's (two proxies, one agent): not a series nobody can place.
+                    mapped = self._instances.get(s.labels.get("instance", ""))
+                    unmatched += mapped is None or index.has_pool(mapped[0])
                     continue
                 value = s.value
                 if not math.isfinite(value):
@@ -222,6 +225,9 @@ class ServerIndex:
 
     def name(self, row: int) -> str:
         return self._names[row]
+
+    def has_pool(self, pool: str) -> bool:
+        return pool in self._pool_rows
 
     def _pool_of(self, feature: FeatureQuery, label: str) -> str | None:
         spelled = self._spelled.get(feature.pool_names)

@@ -1,0 +1,1 @@
+"""Grafana for the VeloFlux stack: the dashboard generator and its provisioning."""
