@@ -137,9 +137,9 @@ def test_the_stack_from_the_compose_files_steers_both_proxies_away_from_a_slow_b
     request = urllib.request.Request(f"{stack.backend_url(8083)}/-/config", slow, method="PUT")
     with urllib.request.urlopen(request, timeout=5) as reply:
         assert reply.status == 200
-    wait_for(lambda: weights(socket, SERVERS)["app/s3"] <= 60, "HAProxy's s3 below 60", timeout=40)
+    wait_for(lambda: weights(socket, SERVERS)["app/s3"] <= 60, "HAProxy's s3 below 60", timeout=60)
     wait_for(
-        lambda: _envoy_weights(stack)[slow_envoy_port] <= 60, "Envoy's s3 below 60", timeout=40
+        lambda: _envoy_weights(stack)[slow_envoy_port] <= 60, "Envoy's s3 below 60", timeout=60
     )
     # The others took its share (each moves by probes of 10% too: their sum, not each).
     healthy = weights(socket, SERVERS)
@@ -148,8 +148,17 @@ def test_the_stack_from_the_compose_files_steers_both_proxies_away_from_a_slow_b
     ticks = _query(stack, 'veloflux_ticks_total{job="veloflux"}')
     assert ticks
     assert float(ticks[0]["value"][1]) > 0
-    modes = _query(stack, 'veloflux_pool_mode{mode="capacity"} == 1')
-    assert {m["metric"]["backend"] for m in modes} >= {"app", "app-envoy"}
+    wait_for(
+        lambda: (
+            {
+                m["metric"]["backend"]
+                for m in _query(stack, 'veloflux_pool_mode{mode="capacity"} == 1')
+            }
+            >= {"app", "app-envoy"}
+        ),
+        "both pools on the capacity rung in Prometheus",
+        timeout=30,
+    )
 
 
 @pytest.mark.timeout(360)  # a training (1 min) and the alert's `for: 2m`, bounded
