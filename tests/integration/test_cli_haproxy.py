@@ -169,14 +169,14 @@ def test_unknown_backend_in_allow_list_exits_1_naming_it(
     )
     result = run_cli("apply", "-c", config)
     assert result.code == 1
-    assert "haproxy.backends: backend 'nope' does not exist" in result.stderr
+    assert "haproxy.backends.1: backend 'nope' does not exist" in result.stderr
     assert weights(haproxy.admin_socket, APP)["app/s1"] == 10
     # #18 (4): the daemon, too, refuses to start on it (it used to skip the backend).
     listen = f"api:\n  listen: 127.0.0.1:{free_port()}\n  state_path: {tmp_path}/op.json\n"
     config.write_text(config.read_text() + listen)
     daemon = run_cli("run", "-c", config, timeout=60)
     assert daemon.code == 1, daemon.stderr
-    assert "haproxy.backends: backend 'nope' does not exist" in daemon.stderr
+    assert "haproxy.backends.1: backend 'nope' does not exist" in daemon.stderr
     assert weights(haproxy.admin_socket, APP)["app/s1"] == 10
 
 

@@ -439,7 +439,7 @@ def test_a_cluster_envoy_does_not_know_is_a_config_error(
     config.write_text(config.read_text().replace("- name: app", "- name: nope"))
     result = run_cli("dry-run", "-c", config)
     assert result.code == 1
-    assert "envoy.clusters: cluster 'nope' does not exist in Envoy" in result.stderr
+    assert "envoy.clusters.0: cluster 'nope' does not exist in Envoy" in result.stderr
 
 
 def test_an_unreachable_envoy_exits_2(tmp_path: Path) -> None:

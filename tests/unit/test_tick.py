@@ -249,11 +249,34 @@ def test_overrides_given_to_a_tick_pin_the_weight_for_that_tick_only() -> None:
 # --- pools missing from the proxy ------------------------------------------------------
 
 
+# The configs above with a second pool, ``api``, that the proxy lacks.
+WITH_API = validate_config(
+    {
+        "haproxy": {"socket": "unix:///haproxy.sock", "backends": ["web", "api"]},
+        "ai": {"enabled": False},
+        "policy": {"static_weights": {"web/w1": 4, "web/w2": 4}},
+    }
+)
+ENVOY_WITH_API = validate_config(
+    {
+        "envoy": {
+            "admin": "http://127.0.0.1:9901",
+            "eds_dir": "/tmp/eds",
+            "clusters": [
+                {"name": "web", "endpoints": [{"address": "127.0.0.1", "port": 8081}]},
+                {"name": "api", "endpoints": [{"address": "127.0.0.1", "port": 8082}]},
+            ],
+        },
+        "ai": {"enabled": False},
+    }
+)
+
+
 @pytest.mark.parametrize(
     ("config", "path", "named"),
     [
-        (CONFIG, "haproxy.backends", "backend 'api' does not exist in HAProxy"),
-        (ENVOY_CONFIG, "envoy.clusters", "cluster 'api' does not exist in Envoy"),
+        (WITH_API, "haproxy.backends.1", "backend 'api' does not exist in HAProxy"),
+        (ENVOY_WITH_API, "envoy.clusters.1", "cluster 'api' does not exist in Envoy"),
     ],
     ids=["haproxy", "envoy"],
 )
@@ -276,7 +299,8 @@ def test_without_strict_pools_a_missing_pool_does_not_stop_the_others_being_writ
     """The daemon's way, once it has started: a pool a reload removed is counted and the
     others are written. Catches ``if self._strict_pools and ...`` losing its first
     operand (every missing pool would stop the daemon)."""
-    agent, sink = make_agent(AT_10, dataclasses.replace(AT_20, missing_pools=("api",)))
+    missing = dataclasses.replace(AT_20, missing_pools=("api",))
+    agent, sink = make_agent(AT_10, missing, config=WITH_API)
     agent.tick(write=True)
     result = agent.tick(write=True)
     assert sink.plans[-1] == result.plan
@@ -285,10 +309,10 @@ def test_without_strict_pools_a_missing_pool_does_not_stop_the_others_being_writ
 def test_the_daemons_first_observation_refuses_a_missing_pool() -> None:
     """#18 (4): the daemon treats a configured pool the proxy lacks as a config error at
     start (exit 1, named), as dry-run and apply do, before writing anything."""
-    agent, sink = make_agent(dataclasses.replace(AT_20, missing_pools=("api",)))
+    agent, sink = make_agent(dataclasses.replace(AT_20, missing_pools=("api",)), config=WITH_API)
     with pytest.raises(ConfigError) as caught:
         agent.tick(write=True)
-    assert [p.path for p in caught.value.problems] == ["haproxy.backends"]
+    assert [p.path for p in caught.value.problems] == ["haproxy.backends.1"]
     assert sink.plans == []
 
 

@@ -80,10 +80,6 @@ class ExternalChanges:
                 self._holds[key] = change
         return found
 
-    def pins(self) -> dict[str, int]:
-        """The held weights, as pins for the planner (under the operator's own)."""
-        return {key: change.found for key, change in self._holds.items()}
-
     def holds(self) -> tuple[ExternalChange, ...]:
         return tuple(self._holds.values())
 

@@ -5,14 +5,15 @@ An operator who writes ``policy.overrides: {app/S1: 5}`` believes s1 is pinned; 
 planner only ever looks up the servers the proxy has, so the key would match nothing
 and nobody would hear of it. Only the proxy knows its servers, so this is checked
 against an observation, by every command that takes one: ``dry-run`` and ``apply``
-refuse with exit 1 naming each key, as for an unknown backend, and the daemon refuses
-to start on its first observation (later, a server removed by a proxy reload is
-counted and logged: the other pools still need managing).
+refuse with exit 1 naming each key, as for an unknown backend (``missing_pools``: a
+listed backend or cluster the proxy lacks), and the daemon refuses to start on its
+first observation (later, a server removed by a proxy reload is counted and logged:
+the other pools still need managing). ``check-config --online`` reports the same.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from veloflux.config.schema import Config
 from veloflux.domain.observation import Observation
@@ -20,6 +21,10 @@ from veloflux.errors import ConfigProblem, UnsafeName
 from veloflux.util.names import parse_server_key
 
 _KEYED = ("overrides", "static_weights")
+_POOLS = {
+    "haproxy": ("haproxy.backends", "HAProxy", "backend"),
+    "envoy": ("envoy.clusters", "Envoy", "cluster"),
+}
 _SHOWN = 8  # servers listed in a message: enough to spot the typo, short enough to read
 
 
@@ -33,6 +38,8 @@ def unknown_names(
     then a key whose backend is absent is unknown too; in a fleet that pool may be
     another proxy's, whose own agent checks it.
     """
+    if not (config.policy.overrides or config.policy.static_weights):
+        return []  # the common case: nothing to look up, every tick
     servers: dict[str, set[str]] = {p.name: set() for p in observation.pools}
     for row in observation.rows:
         servers.setdefault(row.pool, set()).add(row.server)
@@ -63,6 +70,26 @@ def unknown_names(
                     )
                 )
     return problems
+
+
+def missing_pools(config: Config, kind: str, observation: Observation) -> list[ConfigProblem]:
+    """One problem per pool the config lists for the proxy of ``kind`` (``haproxy``:
+    ``haproxy.backends``, ``envoy``: ``envoy.clusters``, located by its index) that
+    this observation of it does not have."""
+    path, proxy, pool = _POOLS[kind]
+    listed: Sequence[str]
+    if kind == "haproxy":
+        listed = (config.haproxy.backends or ()) if config.haproxy else ()
+    else:
+        listed = [c.name for c in config.envoy.clusters] if config.envoy else []
+    missing = set(observation.missing_pools)
+    return [
+        ConfigProblem(
+            f"{path}.{i}", f"{pool} {name!r} does not exist in {proxy} at {_where(observation)}"
+        )
+        for i, name in enumerate(listed)
+        if name in missing
+    ]
 
 
 def _where(observation: Observation) -> str:

@@ -17,19 +17,17 @@ whether a config's names are right, and its absence only degrades a tick.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from veloflux.agent.build import build_source, proxy_address, proxy_kinds, proxy_view
-from veloflux.agent.names import unknown_names
+from veloflux.agent.names import missing_pools, unknown_names
 from veloflux.config.schema import Config
 from veloflux.domain.observation import Observation
 from veloflux.errors import ConfigProblem, SourceUnavailable
 from veloflux.util.events import Events, quiet_events
 
-# Where each proxy's problems are located in the YAML: its address, and its pool list.
+# Where a proxy's address is in the YAML: the place of its access problems.
 _ADDRESS = {"haproxy": "haproxy.socket", "envoy": "envoy.admin"}
-_NAMED = {"haproxy": ("HAProxy", "backend"), "envoy": ("Envoy", "cluster")}
 
 
 @dataclass(frozen=True)
@@ -65,32 +63,11 @@ def check_online(config: Config, events: Events | None = None) -> OnlineCheck:
                 problems.append(ConfigProblem(_ADDRESS[kind], _level_message(observation)))
             elif level != "admin":
                 warnings.append(ConfigProblem(_ADDRESS[kind], _unknown_level(observation)))
-        problems += _missing_pools(config, kind, observation)
+        problems += missing_pools(config, kind, observation)
         # With both proxies, a key of the other's pool is that proxy's to check (as in
         # the tick); the schema has already refused a key of neither proxy's pools.
         problems += unknown_names(config, observation, every_pool_here=len(kinds) == 1)
     return OnlineCheck(tuple(problems), len(reached) < len(kinds), tuple(reached), tuple(warnings))
-
-
-def _missing_pools(config: Config, kind: str, observation: Observation) -> list[ConfigProblem]:
-    """A listed backend (cluster) the proxy lacks, at its index in the list."""
-    listed: Sequence[str]
-    if kind == "haproxy":
-        listed = (config.haproxy.backends or ()) if config.haproxy else ()
-        path = "haproxy.backends"
-    else:
-        listed = [c.name for c in config.envoy.clusters] if config.envoy else []
-        path = "envoy.clusters"
-    proxy, pool = _NAMED[kind]
-    missing = set(observation.missing_pools)
-    return [
-        ConfigProblem(
-            f"{path}.{i}",
-            f"{pool} {name!r} does not exist in {proxy} at {observation.proxy.address}",
-        )
-        for i, name in enumerate(listed)
-        if name in missing
-    ]
 
 
 def _level_message(observation: Observation) -> str:

@@ -44,7 +44,10 @@ def summary_fields(result: TickResult, paused: bool = False) -> dict[str, object
 
 def summary_line(result: TickResult, paused: bool = False) -> str:
     """The one log line per tick: modes, changes, lowest confidence, duration."""
-    f = summary_fields(result, paused)
+    return _line(result, paused, summary_fields(result, paused))
+
+
+def _line(result: TickResult, paused: bool, f: dict[str, object]) -> str:
     modes = f["pools"]
     assert isinstance(modes, dict)
     mode_text = " ".join(f"{mode}={n}" for mode, n in modes.items()) or "no pools"
@@ -54,8 +57,9 @@ def summary_line(result: TickResult, paused: bool = False) -> str:
         acted = f"written={f['written']} failed={f['failed']}"
     lowest = "-" if f["lowest_confidence"] is None else f"{f['lowest_confidence']:.2f}"
     reload_text = " proxy_reloaded" if result.proxy_reloaded else ""
-    failed = ",".join(f"{x.proxy}({x.reason})" for x in result.failures)
-    failed_text = f" proxies_failed={failed}" if failed else ""
+    failed = f["proxies_failed"]
+    assert isinstance(failed, list)
+    failed_text = f" proxies_failed={','.join(failed)}" if failed else ""
     external = result.observation.external
     features_text = ""  # Prometheus features: read, or down (degraded mode)
     if external is not None:
@@ -70,4 +74,5 @@ def summary_line(result: TickResult, paused: bool = False) -> str:
 
 def log_summary(result: TickResult, paused: bool = False) -> None:
     """The tick's one line: text, with its figures as fields for ``--log-format json``."""
-    _log.info(summary_line(result, paused), extra={FIELDS: summary_fields(result, paused)})
+    fields = summary_fields(result, paused)
+    _log.info(_line(result, paused, fields), extra={FIELDS: fields})

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from veloflux.agent.external import ExternalChange, ExternalChanges, name_holds
 from veloflux.agent.ladder import Ladder
-from veloflux.agent.names import unknown_names
+from veloflux.agent.names import missing_pools, unknown_names
 from veloflux.agent.ports import Sink, Source, TickResult
 from veloflux.agent.steps import UNTIMED, Steps
 from veloflux.agent.summary import log_summary
@@ -235,22 +235,8 @@ class Agent:
         # before any write; later, a pool or server a reload removed is counted and the
         # other pools go on.
         if (self._strict_pools or first) and (observation.missing_pools or unknown):
-            path, proxy = (
-                ("envoy.clusters", "Envoy")
-                if self._config.envoy
-                else ("haproxy.backends", "HAProxy")
-            )
-            raise ConfigError(
-                [
-                    ConfigProblem(
-                        path,
-                        f"{'cluster' if self._config.envoy else 'backend'} {name!r} does not "
-                        f"exist in {proxy} at {observation.proxy.address}",
-                    )
-                    for name in observation.missing_pools
-                ]
-                + unknown
-            )
+            kind = "envoy" if self._config.envoy else "haproxy"
+            raise ConfigError(missing_pools(self._config, kind, observation) + unknown)
         self._unknown_names = tuple(unknown)
         for problem in unknown:
             if problem.path not in self._reported_names:
@@ -401,15 +387,10 @@ class Agent:
         started: float,
         reloaded: bool = False,
     ) -> TickResult:
-        result = TickResult(
-            observation,
-            plan,
-            report,
-            time.perf_counter() - started,
-            reloaded,
-            config_problems=self._unknown_names,
+        duration = time.perf_counter() - started
+        return TickResult(
+            observation, plan, report, duration, reloaded, config_problems=self._unknown_names
         )
-        return result
 
 
 def _fallback_advice(observation: Observation, config: Config, reason: str) -> Advice:

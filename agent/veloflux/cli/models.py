@@ -22,7 +22,7 @@ from veloflux.cli.render import make_console, models_table, training_table
 from veloflux.config.schema import Config
 from veloflux.daemon.audit import cli_actor, open_audit
 from veloflux.errors import ModelUnavailable
-from veloflux.model.registry import ModelEntry, Registry
+from veloflux.model.registry import CURRENT, ModelEntry, Registry
 from veloflux.util.events import Events, quiet_events
 
 # What ``model list`` prints when no version is kept: training needs a journal first.
@@ -161,7 +161,7 @@ def model_promote(config_path: str | None, version: str, force: bool, reason: st
     if entry is None:
         known = ", ".join(e.version for e in registry.entries()[:5]) or "none"
         fail(EXIT_CONFIG, f"no model {version} in {config.ai.model_dir} (newest: {known})")
-    if entry.status == "current":
+    if entry.status == CURRENT:
         click.echo(f"{version} is already the current model")
         return
     passed, verdict = stored_gate(entry.metadata)

@@ -348,16 +348,22 @@ def _token_file_readable(view: View) -> Iterable[ConfigProblem]:
 
 def token_file_problem(path: Path) -> str | None:
     """Why ``path`` cannot hold the API's bearer token, or None if it can."""
+    return read_token_file(path)[1] or None
+
+
+def read_token_file(path: Path) -> tuple[str, str]:
+    """The bearer token in ``path`` and "", or "" and why it holds none: the one rule,
+    for ``check-config`` here and for the daemon's API (``daemon/api/fields.py``)."""
     try:
         token = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
-        return f"cannot read {path}: {reason}"
+        return "", f"cannot read {path}: {reason}"
     if not token:
-        return f"{path} is empty"
+        return "", f"{path} is empty"
     if not (token.isascii() and token.isprintable()) or " " in token:
-        return f"{path}: the token must be one word of printable ASCII"
-    return None
+        return "", f"{path}: the token must be one word of printable ASCII"
+    return token, ""
 
 
 # --- the environment ---------------------------------------------------------------------

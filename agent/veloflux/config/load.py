@@ -205,10 +205,9 @@ def load_config_checked(
     overrides, origins, unknown = _env_overrides(os.environ if environ is None else environ)
     merged = _merge(data, overrides)
     try:
-        config = validate_config(merged, source=str(path), env_paths=origins)
+        config, warnings = _validated(merged, str(path), origins)
     except ConfigError as exc:
         raise ConfigError([*unknown, *exc.problems], exc.source, exc.warnings) from None
-    warnings = [_from_env(w, origins) for w in run_checks(merged, [], WARNINGS)]
     if unknown:
         raise ConfigError(unknown, str(path), warnings)
     return config, warnings
@@ -219,7 +218,14 @@ def validate_config(
 ) -> Config:
     """Validate an already-parsed mapping; raise ``ConfigError`` listing every problem:
     the schema's and, on whatever parsed, the cross-field checks', each once."""
-    env = env_paths or {}
+    return _validated(data, source, env_paths or {})[0]
+
+
+def _validated(
+    data: Mapping[str, Any], source: str, env: Mapping[str, str]
+) -> tuple[Config, list[ConfigProblem]]:
+    """The config and its warnings, or ``ConfigError`` with every problem (and the
+    warnings found in the same run)."""
     config: Config | None = None
     errors: list[Any] = []
     try:
@@ -227,16 +233,15 @@ def validate_config(
     except ValidationError as exc:
         errors = list(exc.errors())
     problems = [_problem_from(err, env) for err in errors]
+    warnings: list[ConfigProblem] = []
     if isinstance(data, Mapping):
-        checked = run_checks(data, [err["loc"] for err in errors])
-        problems += [_from_env(problem, env) for problem in checked]
-    if problems:
         locs = [err["loc"] for err in errors]
-        warnings = run_checks(data, locs, WARNINGS) if isinstance(data, Mapping) else []
-        warnings = [_from_env(w, env) for w in warnings]
+        problems += [_from_env(p, env) for p in run_checks(data, locs)]
+        warnings = [_from_env(w, env) for w in run_checks(data, locs, WARNINGS)]
+    if problems:
         raise ConfigError(list(dict.fromkeys(problems)), source, warnings)
     assert config is not None  # no problem: the schema took it
-    return config
+    return config, warnings
 
 
 def _from_env(problem: ConfigProblem, env_paths: Mapping[str, str]) -> ConfigProblem:

@@ -43,7 +43,7 @@ from veloflux.config.load import load_config, load_config_checked
 from veloflux.config.schema import Config
 from veloflux.daemon.api.fields import read_token
 from veloflux.daemon.api.server import ApiServer
-from veloflux.daemon.audit import AuditLog, open_audit
+from veloflux.daemon.audit import open_audit
 from veloflux.daemon.controls import OperatorControls
 from veloflux.daemon.metrics import AgentMetrics
 from veloflux.daemon.state import DaemonOps
@@ -92,7 +92,7 @@ class Daemon:
             controls=self._controls,
             metrics=self.metrics,
             clock=options.clock,
-            audit=_audit_log(config, self.events),
+            audit=open_audit(config.ai, self.events),
             quiesce=self._quiesce,
         )
         self._scheduler = BackgroundScheduler(
@@ -277,7 +277,7 @@ class Daemon:
         with self._tick_lock:
             agent = self._options.agent_factory(config, self.events)
             audit_changed = _audit_settings(config) != _audit_settings(self._config)
-            audit = _audit_log(config, self.events) if audit_changed else None
+            audit = open_audit(config.ai, self.events) if audit_changed else None
             self.ops.adopt(config, agent, audit)
             self._generation += 1
             if config.api != self._config.api:
@@ -301,10 +301,6 @@ class Daemon:
 def _audit_settings(config: Config) -> tuple[Path, int, int]:
     ai = config.ai
     return ai.audit_log, ai.audit_max_bytes, ai.audit_backups
-
-
-def _audit_log(config: Config, events: Events) -> AuditLog:
-    return open_audit(config.ai, events)
 
 
 def _training_trigger(config: Config) -> BaseTrigger:

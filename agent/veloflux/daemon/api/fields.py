@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from veloflux.config.checks import read_token_file
 from veloflux.errors import ConfigError, ConfigProblem, UnsafeName
 from veloflux.haproxy.runtime import HAPROXY_MAX_WEIGHT
 from veloflux.util.durations import parse_duration
@@ -30,25 +31,15 @@ def read_token(path: Path | None) -> str | None:
     """The bearer token from ``path``; None (write endpoints off) when no file is set."""
     if path is None:
         return None
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise _token_problem(f"cannot read {path}: {reason}") from None
-    if not token:
-        raise _token_problem(f"{path} is empty")
-    if not (token.isascii() and token.isprintable()) or " " in token:
-        raise _token_problem(f"{path}: the token must be one word of printable ASCII")
+    token, problem = read_token_file(path)
+    if problem:
+        raise ConfigError([ConfigProblem("api.token_file", problem)])
     return token
 
 
 def token_fingerprint(token: str) -> str:
     """Which token let a request in, for the audit log, without writing the token."""
     return "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:8]
-
-
-def _token_problem(message: str) -> ConfigError:
-    return ConfigError([ConfigProblem("api.token_file", message)])
 
 
 @dataclass(eq=False)
