@@ -250,24 +250,17 @@ def test_overrides_given_to_a_tick_pin_the_weight_for_that_tick_only() -> None:
 
 
 # The configs above with a second pool, ``api``, that the proxy lacks.
-WITH_API = validate_config(
-    {
-        "haproxy": {"socket": "unix:///haproxy.sock", "backends": ["web", "api"]},
-        "ai": {"enabled": False},
-        "policy": {"static_weights": {"web/w1": 4, "web/w2": 4}},
-    }
+assert CONFIG.haproxy is not None
+assert ENVOY_CONFIG.envoy is not None
+WITH_API = CONFIG.model_copy(
+    update={"haproxy": CONFIG.haproxy.model_copy(update={"backends": ("web", "api")})}
 )
-ENVOY_WITH_API = validate_config(
-    {
-        "envoy": {
-            "admin": "http://127.0.0.1:9901",
-            "eds_dir": "/tmp/eds",
-            "clusters": [
-                {"name": "web", "endpoints": [{"address": "127.0.0.1", "port": 8081}]},
-                {"name": "api", "endpoints": [{"address": "127.0.0.1", "port": 8082}]},
-            ],
-        },
-        "ai": {"enabled": False},
+_WEB = ENVOY_CONFIG.envoy.clusters[0]
+ENVOY_WITH_API = ENVOY_CONFIG.model_copy(
+    update={
+        "envoy": ENVOY_CONFIG.envoy.model_copy(
+            update={"clusters": (_WEB, _WEB.model_copy(update={"name": "api"}))}
+        )
     }
 )
 
