@@ -141,9 +141,9 @@ def test_the_stack_from_the_compose_files_steers_both_proxies_away_from_a_slow_b
     wait_for(
         lambda: _envoy_weights(stack)[slow_envoy_port] <= 60, "Envoy's s3 below 60", timeout=60
     )
-    # The others took its share (each moves by probes of 10% too: their sum, not each).
-    healthy = weights(socket, SERVERS)
-    assert healthy["app/s1"] + healthy["app/s2"] + healthy["app/s4"] > 300
+    # The healthy ones were not cut with it (a probe moves one by 10% at most).
+    now = weights(socket, SERVERS)
+    assert min(now["app/s1"], now["app/s2"], now["app/s4"]) >= 85 > now["app/s3"]
     # Prometheus scraped the agent, and the agent's pools are on the capacity rung.
     ticks = _query(stack, 'veloflux_ticks_total{job="veloflux"}')
     assert ticks
