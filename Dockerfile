@@ -22,11 +22,12 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels ${PIP_SOURCE} . "aiohttp>=3.9,<
 
 # --- the agent: the wheel installed, nothing else of the source tree -------------------------
 FROM ${PYTHON_IMAGE} AS agent-base
+# eds/ exists and is the agent's: a fresh named volume mounted there takes its owner.
 RUN groupadd --system --gid 10001 veloflux \
     && useradd --system --uid 10001 --gid veloflux --no-create-home \
        --home-dir /var/lib/veloflux --shell /usr/sbin/nologin veloflux \
-    && mkdir -p /var/lib/veloflux /etc/veloflux \
-    && chown veloflux:veloflux /var/lib/veloflux
+    && mkdir -p /var/lib/veloflux/eds /etc/veloflux \
+    && chown -R veloflux:veloflux /var/lib/veloflux
 COPY --from=wheels /wheels /tmp/wheels
 RUN pip install --no-cache-dir --no-index --find-links /tmp/wheels "veloflux==0.1.0" \
     && rm -rf /tmp/wheels

@@ -8,12 +8,13 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # docker-compose: only `docker-compose config`, offline (no container engine runs here).
 DEBS   := haproxy prometheus docker-compose
 
-.PHONY: help deps debs venv lint test test-unit test-integration demo stack bench mutation clean
+.PHONY: help deps debs venv lint test test-unit test-integration demo stack compose-check bench mutation clean
 
 help:
 	@echo "make demo   - set up, then run the agent against the local HAProxy stack"
 	@echo "make test   - set up, then lint and run the whole test suite"
 	@echo "make stack  - set up, then run the compose stack natively (no container engine)"
+	@echo "make compose-check - set up, then run the compose stack under podman (root; no registry)"
 	@echo "make bench  - set up, then run the benchmarks (writes docs/benchmarks.md figures)"
 	@echo "make mutation - set up, then mutation-test the safety rules (slow; not part of make test)"
 
@@ -59,6 +60,14 @@ demo: deps
 # The compose stack's programs on this machine, from the compose stack's own files.
 stack: deps
 	$(BIN)/python -m integration.compose_native
+
+# The compose file itself, in containers: images built offline (debootstrap bases, a host
+# wheelhouse), the stack up under podman-compose, a backend made slow, torn down.
+# integration/compose_check.py says how; it needs root (debootstrap, rootful podman).
+PODMAN_DEBS := podman runc debootstrap golang-github-containernetworking-plugin-dnsname
+compose-check: venv
+	@$(MAKE) --no-print-directory debs DEBS="$(DEBS) $(PODMAN_DEBS)"
+	$(SUDO) $(BIN)/python -m integration.compose_check
 
 bench: deps
 	$(BIN)/python bench/bench_haproxy_1000.py --write

@@ -98,6 +98,7 @@ class NativeStack:
             "agent:9477": f"127.0.0.1:{p.agent}",
             "prometheus:9090": f"127.0.0.1:{p.prometheus}",
             "/var/run/haproxy/admin.sock": str(self.socket),
+            "/var/lib/haproxy/admin.sock": str(self.socket),
             "/var/lib/veloflux/eds": str(self.eds_dir),
         }
 

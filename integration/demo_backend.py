@@ -226,11 +226,20 @@ class DemoBackend:
         return web.Response(body=self._ok_body, content_type="application/json", headers=headers)
 
 
-def loopback_bind_host(host: str) -> str:
-    """The address to bind; anything but loopback is refused, these are test fixtures."""
+WILDCARDS = frozenset({"0.0.0.0", "::"})
+
+
+def loopback_bind_host(host: str, *, in_container: bool = False) -> str:
+    """The address to bind; anything but loopback is refused, these are test fixtures.
+
+    ``in_container`` (``--in-container``, the compose stack's backends) also allows the
+    wildcard address: inside a container it means the container's own network only.
+    """
     bare = host.strip("[]")
     if bare == "localhost":
         return "127.0.0.1"
+    if in_container and bare in WILDCARDS:
+        return bare
     try:
         if ipaddress.ip_address(bare).is_loopback:
             return bare
@@ -238,6 +247,7 @@ def loopback_bind_host(host: str) -> str:
         pass
     raise BehaviourError(
         f"refusing to listen on {host!r}: demo backends bind loopback addresses only"
+        + ("" if in_container else " (0.0.0.0 with --in-container, inside a container)")
     )
 
 
@@ -260,12 +270,15 @@ class DemoBackends:
         self,
         specs: Sequence[tuple[str, int, BackendBehaviour]],
         shutdown_timeout_s: float = 1.0,
+        *,
+        in_container: bool = False,
     ) -> None:
         names = [behaviour.name for _, _, behaviour in specs]
         if len(set(names)) != len(names):
             raise BehaviourError(f"backend names must be unique, got {names}")
         self._specs = [
-            (loopback_bind_host(host), port, behaviour) for host, port, behaviour in specs
+            (loopback_bind_host(host, in_container=in_container), port, behaviour)
+            for host, port, behaviour in specs
         ]
         self._shutdown_timeout_s = shutdown_timeout_s
         self._runners: list[web.ServerRunner] = []
@@ -320,7 +333,9 @@ def _option_value(raw: str) -> object:
         return raw
 
 
-def parse_backend_spec(text: str) -> tuple[str, int, BackendBehaviour]:
+def parse_backend_spec(
+    text: str, *, in_container: bool = False
+) -> tuple[str, int, BackendBehaviour]:
     """Parse ``NAME=HOST:PORT[,key=value...]`` into (bind host, port, behaviour)."""
     head, *options = text.split(",")
     name, sep, address = head.partition("=")
@@ -335,7 +350,7 @@ def parse_backend_spec(text: str) -> tuple[str, int, BackendBehaviour]:
         target = patch.setdefault("service", {}) if key in _SERVICE_KEYS else patch
         target[key] = _option_value(raw)
     behaviour = BackendBehaviour(name=name).patched(patch)
-    return loopback_bind_host(host), int(port), behaviour
+    return loopback_bind_host(host, in_container=in_container), int(port), behaviour
 
 
 def write_ready_file(path: Path, ports: Mapping[str, int]) -> None:
@@ -346,13 +361,13 @@ def write_ready_file(path: Path, ports: Mapping[str, int]) -> None:
 
 
 async def _serve_until_signalled(
-    specs: list[tuple[str, int, BackendBehaviour]], ready_file: Path | None
+    specs: list[tuple[str, int, BackendBehaviour]], ready_file: Path | None, in_container: bool
 ) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with DemoBackends(specs) as demo:
+    async with DemoBackends(specs, in_container=in_container) as demo:
         if ready_file is not None:
             write_ready_file(ready_file, demo.ports)
         print(f"demo_backend: serving {demo.ports}", file=sys.stderr, flush=True)
@@ -377,14 +392,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         help="write {pid, backends: {NAME: PORT}} here once bound",
     )
+    parser.add_argument(
+        "--in-container",
+        action="store_true",
+        help="also allow binding 0.0.0.0 / :: (inside a container: its own network only)",
+    )
     args = parser.parse_args(argv)
+    inside = args.in_container
     try:
-        specs = [parse_backend_spec(text) for text in args.backend]
-        DemoBackends(specs)  # validates unique names before any socket is opened
+        specs = [parse_backend_spec(text, in_container=inside) for text in args.backend]
+        DemoBackends(specs, in_container=inside)  # unique names, before any socket opens
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        return asyncio.run(_serve_until_signalled(specs, args.ready_file))
+        return asyncio.run(_serve_until_signalled(specs, args.ready_file, inside))
     except OSError as exc:
         print(f"demo_backend: cannot listen: {exc}", file=sys.stderr)
         return 1

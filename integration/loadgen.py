@@ -17,6 +17,7 @@ import json
 import math
 import random
 import re
+import socket
 import sys
 import time
 from collections import Counter
@@ -41,19 +42,37 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS_SECONDS[match.group(2)]
 
 
-def require_loopback_url(url: str) -> None:
-    """Refuse anything but loopback: this tool must never load someone else's server."""
+def require_loopback_url(url: str, *, in_container: bool = False) -> None:
+    """Refuse anything but loopback: this tool must never load someone else's server.
+
+    ``in_container`` (the compose stack's load generators, ``--in-container``) also lets
+    a host whose every address is private (RFC 1918, IPv6 ULA) through: a compose
+    service name on the stack's own bridge network. A public address is always refused.
+    """
     parts = urlsplit(url)
     host = parts.hostname or ""
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
-    if parts.scheme not in ("http", "https") or not loopback:
-        raise ValueError(
-            f"refusing to send load to {url!r}: only http(s) URLs on loopback"
-            " (127.0.0.0/8, localhost, [::1]) are allowed"
-        )
+    if parts.scheme in ("http", "https") and (loopback or (in_container and _private(host))):
+        return
+    allowed = "loopback (127.0.0.0/8, localhost, [::1])"
+    if in_container:
+        allowed += " or private container-network addresses"
+    raise ValueError(
+        f"refusing to send load to {url!r}: only http(s) URLs on {allowed} are allowed"
+    )
+
+
+def _private(host: str) -> bool:
+    """Whether ``host`` resolves, and only to private, non-global addresses."""
+    try:
+        found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False
+    addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found}
+    return bool(addresses) and all(a.is_private and not a.is_global for a in addresses)
 
 
 def arrival_offsets(rate_rps: float, duration_s: float, seed: int) -> Iterator[float]:
@@ -200,9 +219,11 @@ def check_arguments(
     max_requests: int,
     max_in_flight: int,
     timeout_s: float,
+    *,
+    in_container: bool = False,
 ) -> None:
     """Fail before any request is sent, with a message naming the bad argument."""
-    require_loopback_url(url)
+    require_loopback_url(url, in_container=in_container)
     for name, value in (("rate_rps", rate_rps), ("duration_s", duration_s)):
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
@@ -221,10 +242,14 @@ async def run_load(
     timeout_s: float = 2.0,
     seed: int = 1,
     path: str = "/",
+    *,
+    in_container: bool = False,
 ) -> LoadResult:
     """Offer Poisson load to ``url`` until ``max_requests`` are sent or ``duration_s``
     has passed, then wait at most ``timeout_s`` for the requests still in flight."""
-    check_arguments(url, rate_rps, duration_s, max_requests, max_in_flight, timeout_s)
+    check_arguments(
+        url, rate_rps, duration_s, max_requests, max_in_flight, timeout_s, in_container=in_container
+    )
     target = _target_url(url, path)
     tally = _Tally()
     in_flight: set[asyncio.Task[None]] = set()
@@ -264,6 +289,8 @@ def run_load_sync(
     timeout_s: float = 2.0,
     seed: int = 1,
     path: str = "/",
+    *,
+    in_container: bool = False,
 ) -> LoadResult:
     """For callers without an event loop (benchmarks, scripts)."""
     return asyncio.run(
@@ -276,6 +303,7 @@ def run_load_sync(
             timeout_s,
             seed,
             path,
+            in_container=in_container,
         )
     )
 
@@ -301,6 +329,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--path", default="/", help="appended to the URL's path")
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
+    parser.add_argument(
+        "--in-container",
+        action="store_true",
+        help="also allow hosts on a private container network (a compose service name)",
+    )
     args = parser.parse_args(argv)
     try:
         check_arguments(
@@ -310,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.max_requests,
             args.max_in_flight,
             args.timeout,
+            in_container=args.in_container,
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -322,6 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.timeout,
         args.seed,
         args.path,
+        in_container=args.in_container,
     )
     text = json.dumps(result.to_json(), indent=2)
     print(text)

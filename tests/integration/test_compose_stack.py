@@ -86,6 +86,32 @@ def test_the_dockerfile_passes_hadolint_and_hadolint_bites(tmp_path: Path) -> No
     assert subprocess.run([binary, str(broken)], capture_output=True).returncode != 0
 
 
+def test_the_podman_layer_only_swaps_the_third_party_images_and_lints_clean() -> None:
+    """`make compose-check` runs the compose file users run: its layer may replace the
+    images no registry serves here and forbid pulls, and change nothing else."""
+    layer_file = INTEGRATION / "podman" / "compose.podman.yml"
+    layer = yaml.safe_load(layer_file.read_text(encoding="utf-8"))
+    assert set(layer) == {"services"}
+    services = compose_services()
+    for name, override in layer["services"].items():
+        assert name in services, f"the podman layer names unknown service {name}"
+        assert set(override) <= {"image", "pull_policy"}, (name, override)
+        assert override["pull_policy"] == "never"
+        if "image" in override:
+            assert override["image"].startswith("localhost/veloflux-standin/"), name
+    swapped = {name for name, override in layer["services"].items() if "image" in override}
+    assert swapped == {"haproxy", "envoy", "prometheus"}
+    merged = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE_FILE), "-f", str(layer_file), "config", "-q"],
+        capture_output=True, text=True, check=False, cwd=INTEGRATION, timeout=60,
+    )  # fmt: skip
+    assert merged.returncode == 0, merged.stderr
+    binary = shutil.which("hadolint") or str(ROOT / ".venv/bin/hadolint")
+    standins = INTEGRATION / "podman" / "Containerfile.standins"
+    linted = subprocess.run([binary, str(standins)], capture_output=True, text=True)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
 # --- the same files, run natively ---------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import aiohttp
 import numpy as np
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -453,6 +454,66 @@ def test_backend_spec_parsing_and_loopback_only() -> None:
     assert exit_info.value.code == 2
     with pytest.raises(ValueError, match="unique"):
         DemoBackends([*one("s1"), *one("s1")])
+
+
+def test_in_a_container_the_backends_may_bind_the_wildcard_and_nothing_else_wider() -> None:
+    # The compose stack's backends listen on 0.0.0.0 inside their container.
+    for spec, host in (("s1=0.0.0.0:8081", "0.0.0.0"), ("s1=[::]:8081", "::")):
+        assert parse_backend_spec(spec, in_container=True)[0] == host
+        with pytest.raises(ValueError, match="--in-container"):
+            parse_backend_spec(spec)
+    # A specific non-loopback address stays refused even there.
+    for bad in ("s1=10.1.2.3:80", "s1=172.28.0.10:8081"):
+        with pytest.raises(ValueError, match="loopback"):
+            parse_backend_spec(bad, in_container=True)
+    with pytest.raises(SystemExit) as exit_info:
+        demo_backend.main(["--in-container", "--backend", "s1=192.168.1.1:8080"])
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "url", ["http://10.0.0.1/", "http://172.28.0.10:8080/", "http://[fd00::1]/"]
+)
+def test_in_a_container_load_may_go_to_private_addresses(url: str) -> None:
+    require_loopback_url(url, in_container=True)
+    with pytest.raises(ValueError, match="loopback"):
+        require_loopback_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://8.8.8.8/",
+        "http://[2001:4860::8888]/",
+        "ftp://10.0.0.1/",
+        "http://no-such-host.invalid/",
+    ],
+)
+def test_in_a_container_load_never_goes_to_a_public_or_unknown_address(url: str) -> None:
+    with pytest.raises(ValueError, match="private container-network"):
+        run(run_load(url, 10, 1, 1, in_container=True))
+
+
+def test_the_compose_stack_runs_the_demo_programs_in_container_mode() -> None:
+    """Without the flag the compose stack's backends and load generators exit at once: the
+    native twin rewrites 0.0.0.0 and the hostnames, so only this can catch it."""
+    services = yaml.safe_load((REPO_ROOT / "integration/docker-compose.yml").read_text())[
+        "services"
+    ]
+    commands = {
+        name: service["command"].split()
+        for name, service in services.items()
+        if str(service.get("command", "")).startswith("integration.")
+    }
+    assert set(commands) == {"backends", "load-haproxy", "load-envoy"}
+    for name, argv in commands.items():
+        assert "--in-container" in argv, name
+    with pytest.raises(SystemExit) as exit_info:  # --help: the flags parse, nothing runs
+        demo_backend.main([*commands["backends"][1:], "--help"])
+    assert exit_info.value.code == 0
+    specs = [arg for arg in commands["backends"] if arg.startswith("s")]
+    ports = [parse_backend_spec(spec, in_container=True)[1] for spec in specs]
+    assert ports == [8081, 8082, 8083, 8084]
 
 
 def test_command_lines_end_to_end(tmp_path: Path) -> None:
