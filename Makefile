@@ -6,7 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # docker-compose: only `docker-compose config`, offline (no container engine runs here).
-DEBS   := haproxy prometheus docker-compose
+# chromium (and a font for its screenshots): the dashboard's browser test.
+DEBS   := haproxy prometheus docker-compose chromium fonts-dejavu-core
 
 .PHONY: help deps debs venv lint test test-unit test-integration demo stack compose-check bench mutation clean
 

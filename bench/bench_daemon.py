@@ -321,13 +321,13 @@ class Cadence:
         return timed(fn)
 
 
-def _tick_config(admin_socket: str, sizes: Sizes, workdir: Path, ai: bool = True) -> Config:
+def tick_config(admin_socket: str, interval_seconds: float, workdir: Path) -> Config:
+    """Figure 1's config (also ``bench/bench_dashboard.py``'s): the pool, state in ``workdir``."""
     return validate_config(
         {
-            "interval": f"{sizes.interval_seconds:g}s",
+            "interval": f"{interval_seconds:g}s",
             "haproxy": {"socket": admin_socket, "backends": [POOL]},
             "ai": {
-                "enabled": ai,
                 "history_path": str(workdir / "history.sqlite"),
                 "model_dir": str(workdir / "models"),
                 "audit_log": str(workdir / "audit.jsonl"),
@@ -509,7 +509,7 @@ def _profile(cadence: Cadence, fn: Callable[[], object], ticks: int, top: int = 
     return [line.rstrip() for line in out.getvalue().splitlines() if line.strip()]
 
 
-def _train(config: Config, events: Events) -> dict[str, Any]:
+def train_current(config: Config, events: Events) -> dict[str, Any]:
     """Train on the journal the record phase wrote, as ``veloflux-agent train`` does; a
     model the promotion gate keeps as a candidate is promoted anyway (said so): figure 1
     times the model's path, not the gate."""
@@ -575,7 +575,7 @@ def _tick_phases(config: Config, sizes: Sizes, load: Load) -> dict[str, Any]:
     settler.settle("no model")
     recorded += [ticks.run() for _ in range(sizes.record_ticks - 1)]
     _progress("figure 1: training on the recorded journal")
-    training = _train(config, events)
+    training = train_current(config, events)
     _progress(f"figure 1: {sizes.timed_ticks} timed ticks with the model")
     warm = [ticks.run()]
     settler.settle("model")
@@ -606,27 +606,35 @@ def _tick_phases(config: Config, sizes: Sizes, load: Load) -> dict[str, Any]:
     }
 
 
-def bench_tick(sizes: Sizes, workdir: Path) -> dict[str, Any]:
-    """Figure 1: the 1,000 HAProxy servers take turns pointing at four demo backends."""
+@contextlib.contextmanager
+def big_pool(servers: int, load_rps: float, workdir: Path) -> Iterator[tuple[HAProxyProcess, Load]]:
+    """Figure 1's rig (also ``bench/bench_dashboard.py``'s): a HAProxy backend of
+    ``servers`` servers taking turns pointing at four demo backends, under load."""
     with LocalStack(workdir / "backends", TICK_BACKENDS) as stack:
         ports = [stack.ports[s.name] for s in TICK_BACKENDS]
-        servers = tuple(
+        specs = tuple(
             ServerSpec(f"s{i + 1}", f"127.0.0.1:{ports[i % len(ports)]}", 100)
-            for i in range(sizes.servers)
+            for i in range(servers)
         )
         with (
-            HAProxyProcess(workdir / "haproxy", [BackendSpec(POOL, servers)]) as proxy,
-            Load(proxy.frontend_url, sizes.load_rps) as load,
+            HAProxyProcess(workdir / "haproxy", [BackendSpec(POOL, specs)]) as proxy,
+            Load(proxy.frontend_url, load_rps) as load,
         ):
-            config = _tick_config(proxy.admin_socket, sizes, workdir)
-            wall, rig = time.perf_counter(), _rig_cpu_seconds()
-            with warnings.catch_warnings():
-                # Predictor._ood divides by zero inside np.where for every row: harmless.
-                warnings.filterwarnings("ignore", "divide by zero", RuntimeWarning)
-                result = _tick_phases(config, sizes, load)
-            rig_share = (_rig_cpu_seconds() - rig) / (time.perf_counter() - wall)
-            result["rig_cpu_cores"] = round(rig_share, 2)
-            return result
+            yield proxy, load
+
+
+def bench_tick(sizes: Sizes, workdir: Path) -> dict[str, Any]:
+    """Figure 1: the 1,000 HAProxy servers take turns pointing at four demo backends."""
+    with big_pool(sizes.servers, sizes.load_rps, workdir) as (proxy, load):
+        config = tick_config(proxy.admin_socket, sizes.interval_seconds, workdir)
+        wall, rig = time.perf_counter(), _rig_cpu_seconds()
+        with warnings.catch_warnings():
+            # Predictor._ood divides by zero inside np.where for every row: harmless.
+            warnings.filterwarnings("ignore", "divide by zero", RuntimeWarning)
+            result = _tick_phases(config, sizes, load)
+        rig_share = (_rig_cpu_seconds() - rig) / (time.perf_counter() - wall)
+        result["rig_cpu_cores"] = round(rig_share, 2)
+        return result
 
 
 # --- figure 2: resident memory over a long run ----------------------------------------------

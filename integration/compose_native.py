@@ -18,6 +18,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Mapping
@@ -196,6 +197,26 @@ class NativeStack:
     @property
     def agent_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.agent}"
+
+    def load_both(
+        self, rate_rps: float, duration_s: float, max_requests: int
+    ) -> list[threading.Thread]:
+        """Open-loop load through HAProxy and Envoy at once, one thread each (daemon
+        threads, bounded in requests and time), started."""
+        from integration.loadgen import run_load_sync
+
+        threads = [
+            threading.Thread(
+                target=run_load_sync,
+                args=(f"http://127.0.0.1:{port}/", rate_rps, duration_s, max_requests),
+                kwargs={"seed": seed},
+                daemon=True,
+            )
+            for seed, port in enumerate((self.ports.haproxy, self.ports.envoy))
+        ]
+        for thread in threads:
+            thread.start()
+        return threads
 
     def backend_url(self, port: int) -> str:
         """The demo backend the compose stack serves on ``port`` (8081..8084)."""

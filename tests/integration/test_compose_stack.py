@@ -145,17 +145,7 @@ def _envoy_weights(stack: NativeStack) -> dict[int, int]:
 def test_the_stack_from_the_compose_files_steers_both_proxies_away_from_a_slow_backend(
     stack: NativeStack,
 ) -> None:
-    loads = [
-        threading.Thread(
-            target=run_load_sync,
-            args=(f"http://127.0.0.1:{port}/", 200.0, 70.0, 14000),
-            kwargs={"seed": seed},
-            daemon=True,
-        )
-        for seed, port in enumerate((stack.ports.haproxy, stack.ports.envoy))
-    ]
-    for load in loads:
-        load.start()
+    stack.load_both(200.0, 70.0, 14000)
     socket = f"unix://{stack.socket}"
     slow_envoy_port = stack.ports.backends[8083]
     time.sleep(10)  # a healthy while first: the capacity estimates have data

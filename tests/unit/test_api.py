@@ -11,7 +11,7 @@ import http.client
 import json
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ class FakeStatus:
         self.health: tuple[bool, str] = (True, "loop turned 1s ago")
         self.readiness: tuple[bool, str] = (True, "")
         self.fail_with: Exception | None = None
+        self.history_asked: list[tuple[int, list[str]]] = []
 
     def status(self) -> dict[str, Any]:
         if self.fail_with is not None:
@@ -49,6 +50,13 @@ class FakeStatus:
 
     def ready(self) -> tuple[bool, str]:
         return self.readiness
+
+    def history_json(self, since: int, pools: Sequence[str]) -> bytes:
+        self.history_asked.append((since, list(pools)))
+        return b'{"ticks": []}'
+
+    def audit_entries(self, limit: int) -> list[dict[str, Any]]:
+        return [{"action": "pause", "n": n} for n in range(limit)]
 
 
 class FakeControls:
@@ -214,6 +222,7 @@ def test_status_is_json_and_needs_no_token(api: Harness) -> None:
     assert api.client(token=None).status() == {
         "mode": "run",
         "pools": {"web": {"confidence": 0.9}},
+        "controls_enabled": True,  # the page offers its controls
     }
     status, response, _ = api.raw("GET", "/status?verbose=1", token=None)
     assert status == 200

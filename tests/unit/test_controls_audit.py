@@ -223,3 +223,25 @@ def test_two_writers_appending_to_one_log_never_split_a_line(tmp_path: Path) -> 
     assert sorted((e["actor"], e["reason"]) for e in lines) == sorted(
         (name, f"line {i}") for name in ("veloflux", "cli:bob") for i in range(100)
     )
+
+
+def test_the_audit_tail_is_newest_first_across_a_rotation_and_skips_garbage(
+    tmp_path: Path,
+) -> None:
+    """What the dashboard's audit table reads. Kills: oldest-first order, the entries
+    of ``.1`` lost right after a rotation, a torn or garbage line failing the request,
+    or a read unbounded by ``max_bytes``."""
+    log = AuditLog(tmp_path / "audit.jsonl", Events(), max_bytes=400, backups=2)
+    for n in range(8):
+        log.action("pause", Actor("ops"), f"reason {n}")
+    assert (tmp_path / "audit.jsonl.1").exists()  # it rotated on the way
+    with (tmp_path / "audit.jsonl").open("a") as file:
+        file.write("not json\n[1, 2]\n")
+    reasons = [e["reason"] for e in log.tail(5)]
+    assert reasons == ["reason 7", "reason 6", "reason 5", "reason 4", "reason 3"]
+    assert [e["reason"] for e in log.tail(2)] == ["reason 7", "reason 6"]
+    # Only the last 150 bytes of each file: the line cut by the seek is dropped.
+    small = log.tail(50, max_bytes=150)
+    assert 0 < len(small) < 8
+    assert small[0]["reason"] == "reason 7"
+    assert AuditLog(tmp_path / "none.jsonl", Events(), 400, 2).tail(5) == []

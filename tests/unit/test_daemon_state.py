@@ -16,8 +16,8 @@ from __future__ import annotations
 import http.client
 import json
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,10 @@ STATUS_KEYS = {
     "sources",
     "model",
     "last_training",
+    "recent_trainings",
     "plan",
+    "ticks",
+    "external_changes_total",
 }
 
 
@@ -422,6 +425,51 @@ def test_status_after_a_tick_shows_its_plan_and_the_operators_state(build: Build
     assert [o["server"] for o in status["overrides"]] == ["web/w2"]
 
 
+def test_ticks_good_and_failed_feed_the_dashboards_history_and_counts(build: Build) -> None:
+    """Kills: the timeline not fed by the daemon's ticks (the page would stay empty), a
+    failed tick missing from it or from the counts, or the pause not recorded."""
+    result = tick_result()  # planned 40 s before the failure, as the daemon's clock says
+    plan = replace(result.plan, generated_at=FINISHED_AT - timedelta(seconds=40))
+    wired = build("20s", FakeDriver(result=replace(result, plan=plan)))
+    wired.ops.tick()
+    wired.ops.pause("deploying", OPERATOR)
+    wired.ops.tick()
+    wired.ops.tick_failed("source", "socket gone", 1.5)
+    history = json.loads(wired.ops.history_json(0, []))
+    assert [(t["seq"], t["ok"], t["paused"]) for t in history["ticks"]] == [
+        (1, True, False),
+        (2, True, True),
+        (3, False, True),
+    ]
+    assert history["ticks"][0]["pools"]["web"]["servers"] == ["w1", "w2"]
+    assert history["ticks"][2]["error"] == "source: socket gone"
+    assert history["ticks"][2]["sources"] == {"haproxy": False}
+    assert wired.ops.status()["ticks"] == {
+        "ok": 2,
+        "failed": 1,
+        "failed_by_reason": {"source": 1},
+    }
+    assert [e["action"] for e in wired.ops.audit_entries(5)] == ["pause"]
+
+
+def test_recent_trainings_are_kept_newest_first_and_bounded(build: Build) -> None:
+    """Kills: only the last training shown (an operator could not see that the last
+    five were refused), oldest first, or an unbounded list."""
+    wired = build("20s")
+    outcomes = [report(n % 3 == 0) for n in range(12)]
+    for outcome in outcomes:
+        wired.ops.train(lambda *_, outcome=outcome: outcome)
+    recent = wired.ops.status()["recent_trainings"]
+    assert len(recent) == 10
+    assert [r["outcome"] for r in recent[:4]] == [
+        "not_promoted",  # n = 11
+        "not_promoted",
+        "promoted",  # n = 9
+        "not_promoted",
+    ]
+    assert recent[0] == wired.ops.status()["last_training"]
+
+
 # --- through the HTTP API ---------------------------------------------------------------
 
 
@@ -484,4 +532,4 @@ def test_the_api_serves_the_status_json_with_every_key(served: tuple[Wired, ApiS
     wired.ops.tick()
     status, body = get(server, "/status")
     assert status == 200
-    assert set(json.loads(body)) == STATUS_KEYS
+    assert set(json.loads(body)) == STATUS_KEYS | {"controls_enabled"}

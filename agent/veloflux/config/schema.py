@@ -323,6 +323,16 @@ class APISection(Section):
         description="operator overrides and pause, kept across restarts",
     )
     max_body_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+    history_window_seconds: Seconds = Field(
+        default=3600.0,
+        alias="history_window",
+        gt=0,
+        le=7 * 86400,
+        description="how far back the dashboard and /api/v1/history reach",
+    )
+    history_max_ticks: int = Field(
+        default=720, ge=2, le=100_000, description="the most ticks kept in memory for them"
+    )
 
     @field_validator("listen")
     @classmethod

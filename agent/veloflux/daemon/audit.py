@@ -136,6 +136,18 @@ class AuditLog:
                 return 0
         return len(entries_)
 
+    def tail(self, limit: int, max_bytes: int = 256 * 1024) -> list[dict[str, Any]]:
+        """The newest ``limit`` entries, newest first, for the dashboard: read from the
+        end of the file (and of ``.1`` just after a rotation), at most ``max_bytes`` of
+        each, so a large log costs a request no more than that. A line that is not a JSON
+        object is skipped; an unreadable file gives what the others gave."""
+        found: list[dict[str, Any]] = []
+        for path in (self._path, self._path.with_name(f"{self._path.name}.1")):
+            found.extend(_tail_entries(path, limit - len(found), max_bytes))
+            if len(found) >= limit:
+                break
+        return found
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """An advisory lock on the log's directory (not on the file, which rotation
@@ -161,6 +173,31 @@ class AuditLog:
                 os.replace(older, self._path.with_name(f"{self._path.name}.{n + 1}"))
         if self._path.exists():
             os.replace(self._path, self._path.with_name(f"{self._path.name}.1"))
+
+
+def _tail_entries(path: Path, limit: int, max_bytes: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` JSON-object lines from the end of ``path``, newest first."""
+    try:
+        with path.open("rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(0, size - max_bytes))
+            data = file.read(max_bytes)
+    except OSError:
+        return []
+    lines = data.split(b"\n")
+    if len(data) == max_bytes and size > max_bytes:
+        lines = lines[1:]  # the first line was cut by the seek
+    found: list[dict[str, Any]] = []
+    for line in reversed(lines):
+        if len(found) >= limit:
+            break
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            found.append(entry)
+    return found
 
 
 def open_audit(ai: AISection, events: Events) -> AuditLog:

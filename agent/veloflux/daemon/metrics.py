@@ -70,7 +70,7 @@ def weight_in_effect(server: ServerPlan, write: WriteResult | None) -> int | Non
     return write.new_weight if write.ok else server.current_weight
 
 
-def _writes_by_server(report: ApplyReport | None) -> dict[tuple[str, str], WriteResult]:
+def writes_by_server(report: ApplyReport | None) -> dict[tuple[str, str], WriteResult]:
     return {} if report is None else {(w.backend, w.server): w for w in report.results}
 
 
@@ -114,7 +114,7 @@ def _server_families(tick: TickResult | None) -> list[Metric]:
         labels=labels,
     )
     if tick is not None:
-        writes = _writes_by_server(tick.report)
+        writes = writes_by_server(tick.report)
         for s in tick.plan.servers():
             key = [s.backend, s.server]
             effective = weight_in_effect(s, writes.get((s.backend, s.server)))

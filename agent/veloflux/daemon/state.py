@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,11 +24,13 @@ from veloflux.config.schema import Config
 from veloflux.daemon.audit import DAEMON, EXTERNAL, Actor, AuditLog
 from veloflux.daemon.controls import OperatorControls
 from veloflux.daemon.metrics import AgentMetrics
+from veloflux.daemon.timeline import TickTimeline
 from veloflux.daemon.training_job import Trainer, TrainingCancelled, TrainingRun
 from veloflux.errors import ControlRefused, UnsafeName
 from veloflux.util.names import parse_server_key, server_key
 
 _log = logging.getLogger("veloflux.daemon")
+RECENT_TRAININGS = 10
 
 
 class DaemonOps:
@@ -44,8 +47,11 @@ class DaemonOps:
         monotonic: Callable[[], float] = time.monotonic,
         epoch: Callable[[], float] = time.time,
         quiesce: Callable[[], None] = lambda: None,
+        timeline: TickTimeline | None = None,
     ) -> None:
         self._config = config
+        # The recent ticks the dashboard draws (``/api/v1/history``).
+        self.timeline = timeline or timeline_for(config, clock())
         self.audit = audit
         # Returns once no tick is writing: a pause has taken effect when it answers.
         self._quiesce = quiesce
@@ -66,6 +72,10 @@ class DaemonOps:
         # `last_success` (the newest good one), which `last_tick` used to mix.
         self._attempt: dict[str, Any] | None = None
         self._training: TrainingRun | None = None
+        self._trainings: deque[TrainingRun] = deque(maxlen=RECENT_TRAININGS)
+        self._ticks_ok = 0
+        self._ticks_failed: Counter[str] = Counter()
+        self._external_total = 0
         self._stopping = threading.Event()
 
     # --- ticks --------------------------------------------------------------------------
@@ -86,11 +96,14 @@ class DaemonOps:
             "error": "",
         }
         failed = {f.proxy for f in result.failures if f.reason == "source"}
-        for proxy in proxy_kinds(self._config):
-            self._metrics.source_up(proxy, proxy not in failed)
+        sources = {proxy: proxy not in failed for proxy in proxy_kinds(self._config)}
         external = result.observation.external
         if self._config.prometheus is not None:
-            self._metrics.source_up("prometheus", external is not None and not external.error)
+            sources["prometheus"] = external is not None and not external.error
+        for source, up in sources.items():
+            self._metrics.source_up(source, up)
+        self._ticks_ok += 1
+        self.timeline.record(result, state.paused, sources)
         self._metrics.tick_succeeded(result, self._epoch())
         self._metrics.model_loaded(result.plan.model_version)
         if result.proxy_reloaded:
@@ -101,6 +114,7 @@ class DaemonOps:
     def _external(self, result: TickResult) -> None:
         """Weights set outside VeloFlux: counted, audited (the actor is unknown), held."""
         changes = result.external_changes
+        self._external_total += len(changes)
         self._metrics.external_changes(
             [c.server.partition("/")[0] for c in changes], len(result.external_holds)
         )
@@ -124,10 +138,16 @@ class DaemonOps:
             "ok": False,
             "error": self._last_error,
         }
+        sources = dict.fromkeys(proxy_kinds(self._config), reason != "source")
         if reason == "source":  # with several proxies: every one of them failed
-            for proxy in proxy_kinds(self._config):
+            for proxy in sources:
                 self._metrics.source_up(proxy, False)
         self._metrics.tick_failed(reason, duration_seconds)
+        self._ticks_failed[reason] += 1
+        paused = self._controls.snapshot().paused
+        self.timeline.record_failure(
+            self._clock(), self._last_error, duration_seconds, paused, sources
+        )
 
     def revert(self) -> TickResult:
         return self._agent.revert()
@@ -136,6 +156,9 @@ class DaemonOps:
         """A reloaded config and the agent built from it (called between ticks)."""
         self._agent.close()
         self._config, self._agent = config, agent
+        api = config.api
+        interval = config.interval_seconds
+        self.timeline.resize(api.history_window_seconds, api.history_max_ticks, interval)
         if audit is not None:
             self.audit = audit
 
@@ -169,6 +192,7 @@ class DaemonOps:
                 )
         run = TrainingRun(outcome, self._clock(), self._monotonic() - started, message, report)
         self._training = run
+        self._trainings.appendleft(run)
         self._metrics.training_finished(outcome, run.duration_seconds, self._epoch())
         level = logging.WARNING if outcome == "failed" else logging.INFO
         self._events.record(f"training_{outcome}", message, level=level)
@@ -203,6 +227,12 @@ class DaemonOps:
             "pause_reason": state.pause_reason,
             "overrides": [o.to_json() for o in state.overrides.values()],
             "external_holds": [c.to_json() for c in last.external_holds] if last else [],
+            "external_changes_total": self._external_total,
+            "ticks": {
+                "ok": self._ticks_ok,
+                "failed": sum(self._ticks_failed.values()),
+                "failed_by_reason": dict(self._ticks_failed),
+            },
             "last_tick": {  # kept for scripts that read it: last_success + last error
                 "at": last.plan.generated_at.isoformat() if last else None,
                 "duration_seconds": round(last.duration_seconds, 4) if last else None,
@@ -225,8 +255,15 @@ class DaemonOps:
             | self._prometheus_status(),
             "model": self._model_status(),
             "last_training": self._training.to_json() if self._training else None,
+            "recent_trainings": [run.to_json() for run in self._trainings],
             "plan": last.plan.to_json() if last else None,
         }
+
+    def history_json(self, since: int, pools: Sequence[str]) -> bytes:
+        return self.timeline.to_json(since, pools)
+
+    def audit_entries(self, limit: int) -> list[dict[str, Any]]:
+        return self.audit.tail(limit)
 
     def _prometheus_status(self) -> dict[str, Any]:
         """Prometheus beside the proxies on the status page: up, and what it gave."""
@@ -256,7 +293,8 @@ class DaemonOps:
             return None
         entry = next((e for e in registry.entries() if e.version == version), None)
         metrics = dict(entry.metadata.get("metrics", {})) if entry else {}
-        return {"version": version, "metrics": metrics}
+        created = entry.created_at.isoformat() if entry else None
+        return {"version": version, "created_at": created, "metrics": metrics}
 
     # --- ControlPort ----------------------------------------------------------------------
 
@@ -330,3 +368,10 @@ class DaemonOps:
             server_key(backend, r.server) == server for r in observation.servers_of(backend)
         ):
             raise ControlRefused(f"unknown server {server!r}", 404)
+
+
+def timeline_for(config: Config, started_at: datetime) -> TickTimeline:
+    """The ring of recent ticks the config's ``api.history_*`` keys bound."""
+    api = config.api
+    interval = config.interval_seconds
+    return TickTimeline(api.history_window_seconds, api.history_max_ticks, interval, started_at)

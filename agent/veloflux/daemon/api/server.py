@@ -20,16 +20,12 @@ import socket
 import socketserver
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from email.message import Message
-from html import escape
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from io import BufferedIOBase
 from typing import Any, Protocol
 from urllib.parse import unquote
 
-from veloflux import __version__
+from veloflux.daemon.api.dashboard import Dashboard, Endpoint, HistoryPort
 from veloflux.daemon.api.fields import (
     ACTOR_HEADER,
     Refused,
@@ -42,6 +38,7 @@ from veloflux.daemon.api.fields import (
     ttl_field,
     weight_field,
 )
+from veloflux.daemon.api.messages import TEXT, Reply, Request, json_reply
 from veloflux.daemon.audit import Actor
 from veloflux.errors import ConfigError, ConfigProblem, ControlRefused
 from veloflux.util.events import Events
@@ -50,11 +47,9 @@ _log = logging.getLogger("veloflux.api")
 
 OVERRIDES_PATH = "/api/v1/overrides"
 _WRITE_METHODS = frozenset({"POST", "DELETE"})
-_JSON = "application/json"
-_TEXT = "text/plain; charset=utf-8"
 
 
-class StatusPort(Protocol):
+class StatusPort(HistoryPort, Protocol):
     """What the API reads from the daemon."""
 
     def status(self) -> dict[str, Any]: ...
@@ -78,47 +73,9 @@ class ControlPort(Protocol):
 MetricsText = Callable[[], tuple[bytes, str]]
 
 
-# --- requests and replies, independent of sockets --------------------------------------
-
-
-@dataclass(frozen=True)
-class _Request:
-    method: str
-    path: str
-    headers: Message
-    body: BufferedIOBase
-
-
-@dataclass(frozen=True)
-class _Reply:
-    status: int
-    body: bytes
-    content_type: str
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-def _json_reply(status: int, payload: object, headers: tuple[tuple[str, str], ...] = ()) -> _Reply:
-    body = json.dumps(payload, default=str, sort_keys=True).encode() + b"\n"
-    return _Reply(status, body, _JSON, headers)
-
-
 def _loggable(text: str, limit: int = 200) -> str:
     """One log line whatever the client sent: control characters escaped, length capped."""
     return text.encode("unicode_escape").decode("ascii")[:limit]
-
-
-_INDEX = """<!doctype html>
-<html><head><meta charset="utf-8"><title>VeloFlux agent</title></head>
-<body><h1>VeloFlux agent {version}</h1><ul>
-<li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
-<li><a href="/-/healthy">/-/healthy</a>: is the loop turning?</li>
-<li><a href="/-/ready">/-/ready</a>: config loaded and first observation made?</li>
-<li><a href="/status">/status</a>: pools, weights and confidence (JSON)</li>
-<li><a href="{overrides}">{overrides}</a>: operator overrides (JSON)</li>
-</ul></body></html>
-"""
-
-_Endpoint = Callable[[_Request], _Reply]
 
 
 class _Api:
@@ -136,14 +93,13 @@ class _Api:
         self._status, self._controls, self._metrics_text = status, controls, metrics
         self._events, self._token, self._max_body_bytes = events, token, max_body_bytes
         self._token_id = token_fingerprint(token) if token else ""
-        self._routes: dict[str, dict[str, _Endpoint]] = {
-            "/": {"GET": self._index},
+        self._routes: dict[str, dict[str, Endpoint]] = Dashboard(status).routes() | {
             "/metrics": {"GET": self._metrics},
             "/-/healthy": {"GET": lambda _: self._probe(self._status.healthy())},
             "/-/ready": {"GET": lambda _: self._probe(self._status.ready())},
-            "/status": {"GET": lambda _: _json_reply(200, self._status.status())},
+            "/status": {"GET": self._status_reply},
             OVERRIDES_PATH: {
-                "GET": lambda _: _json_reply(200, {"overrides": self._controls.overrides()}),
+                "GET": lambda _: json_reply(200, {"overrides": self._controls.overrides()}),
                 "POST": self._set_override,
                 "DELETE": lambda request: self._cleared(request, None),
             },
@@ -151,16 +107,16 @@ class _Api:
             "/api/v1/resume": {"POST": self._resume},
         }
 
-    def handle(self, request: _Request) -> _Reply:
+    def handle(self, request: Request) -> Reply:
         try:
             return self._answer(request)
         except Refused as refused:
             return self.refuse(request.method, request.path, refused)
         except Exception:
             _log.exception("API %s %s failed", request.method, _loggable(request.path))
-            return _json_reply(500, {"error": "internal error; the agent's log has the details"})
+            return json_reply(500, {"error": "internal error; the agent's log has the details"})
 
-    def _answer(self, request: _Request) -> _Reply:
+    def _answer(self, request: Request) -> Reply:
         endpoint = self._endpoint(request)
         if request.method in _WRITE_METHODS:
             self._authorize(request)
@@ -172,14 +128,14 @@ class _Api:
         except TimeoutError:
             raise Refused(408, "the body did not arrive in time", "timeout") from None
 
-    def refuse(self, method: str, path: str, refused: Refused) -> _Reply:
+    def refuse(self, method: str, path: str, refused: Refused) -> Reply:
         """Count and log a refusal, and answer it as JSON."""
         where = _loggable(f"{method} {path}")
         message = f"{where} -> {refused.status}: {_loggable(refused.message, 300)}"
         self._events.record("api_request_refused", message, reason=refused.reason)
-        return _json_reply(refused.status, {"error": refused.message}, refused.headers)
+        return json_reply(refused.status, {"error": refused.message}, refused.headers)
 
-    def _endpoint(self, request: _Request) -> _Endpoint:
+    def _endpoint(self, request: Request) -> Endpoint:
         methods = self._routes.get(request.path)
         if methods is None and request.path.startswith(OVERRIDES_PATH + "/"):
             methods = {"DELETE": self._clear_one}
@@ -192,7 +148,7 @@ class _Api:
             raise Refused(405, message, "method_not_allowed", (("Allow", allow),))
         return endpoint
 
-    def _authorize(self, request: _Request) -> None:
+    def _authorize(self, request: Request) -> None:
         if self._token is None:
             message = "operator controls are disabled: set api.token_file"
             raise Refused(403, message, "controls_disabled")
@@ -202,12 +158,12 @@ class _Api:
             challenge = (("WWW-Authenticate", "Bearer"),)
             raise Refused(401, "missing or wrong bearer token", "unauthorized", challenge)
 
-    def _actor(self, request: _Request) -> Actor:
+    def _actor(self, request: Request) -> Actor:
         """Who asks: the name the client gives (``veloflux-agent`` sends ``cli:<user>``),
         else ``api``, with the fingerprint of the token that let it in."""
         return Actor(actor_field(request.headers.get(ACTOR_HEADER)), self._token_id)
 
-    def _json_object(self, request: _Request, *, required: bool) -> dict[str, Any]:
+    def _json_object(self, request: Request, *, required: bool) -> dict[str, Any]:
         length = self._content_length(request, required=required)
         if length == 0:
             if required:
@@ -224,7 +180,7 @@ class _Api:
             raise bad("the body must be a JSON object")
         return value
 
-    def _content_length(self, request: _Request, *, required: bool) -> int:
+    def _content_length(self, request: Request, *, required: bool) -> int:
         """Check the declared size before reading a byte: a huge body is never buffered."""
         text = request.headers.get("Content-Length")
         if text is None:
@@ -242,45 +198,45 @@ class _Api:
 
     # --- endpoints ---------------------------------------------------------------------
 
-    def _index(self, _: _Request) -> _Reply:
-        page = _INDEX.format(version=escape(__version__), overrides=OVERRIDES_PATH)
-        return _Reply(200, page.encode(), "text/html; charset=utf-8")
+    def _status_reply(self, _: Request) -> Reply:
+        controls = {"controls_enabled": self._token is not None}
+        return json_reply(200, self._status.status() | controls)
 
-    def _metrics(self, _: _Request) -> _Reply:
+    def _metrics(self, _: Request) -> Reply:
         body, content_type = self._metrics_text()
-        return _Reply(200, body, content_type)
+        return Reply(200, body, content_type)
 
     @staticmethod
-    def _probe(result: tuple[bool, str]) -> _Reply:
+    def _probe(result: tuple[bool, str]) -> Reply:
         ok, reason = result
-        return _Reply(200 if ok else 503, f"{'ok' if ok else reason or 'not ok'}\n".encode(), _TEXT)
+        return Reply(200 if ok else 503, f"{'ok' if ok else reason or 'not ok'}\n".encode(), TEXT)
 
-    def _set_override(self, request: _Request) -> _Reply:
+    def _set_override(self, request: Request) -> Reply:
         body = self._json_object(request, required=True)
         reject_unknown(body, {"server", "weight", "ttl"})
         key = server_field(body.get("server"))
         weight = weight_field(body.get("weight"))
         ttl_seconds = ttl_field(body.get("ttl"))
         actor = self._actor(request)
-        return _json_reply(200, self._controls.set_override(key, weight, ttl_seconds, actor))
+        return json_reply(200, self._controls.set_override(key, weight, ttl_seconds, actor))
 
-    def _clear_one(self, request: _Request) -> _Reply:
+    def _clear_one(self, request: Request) -> Reply:
         key = server_field(unquote(request.path[len(OVERRIDES_PATH) + 1 :]))
         return self._cleared(request, key)
 
-    def _cleared(self, request: _Request, key: str | None) -> _Reply:
+    def _cleared(self, request: Request, key: str | None) -> Reply:
         cleared = self._controls.clear_overrides(key, self._actor(request))
-        return _json_reply(200, {"cleared": cleared})
+        return json_reply(200, {"cleared": cleared})
 
-    def _pause(self, request: _Request) -> _Reply:
+    def _pause(self, request: Request) -> Reply:
         body = self._json_object(request, required=False)
         reject_unknown(body, {"reason"})
         reason = reason_field(body.get("reason"))
-        return _json_reply(200, self._controls.pause(reason, self._actor(request)))
+        return json_reply(200, self._controls.pause(reason, self._actor(request)))
 
-    def _resume(self, request: _Request) -> _Reply:
+    def _resume(self, request: Request) -> Reply:
         reject_unknown(self._json_object(request, required=False), set())
-        return _json_reply(200, self._controls.resume(self._actor(request)))
+        return json_reply(200, self._controls.resume(self._actor(request)))
 
 
 # --- sockets ---------------------------------------------------------------------------
@@ -313,8 +269,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.settimeout(self.server.request_timeout_seconds)
 
     def _dispatch(self) -> None:
-        path = self.path.partition("?")[0]
-        self._send(self.server.api.handle(_Request(self.command, path, self.headers, self.rfile)))
+        path, _, query = self.path.partition("?")
+        request = Request(self.command, path, self.headers, self.rfile, query)
+        self._send(self.server.api.handle(request))
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # A malformed request never reaches the router; answer and count it the same way.
@@ -326,11 +283,12 @@ class _Handler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return "veloflux"  # no Python version for strangers
 
-    def _send(self, reply: _Reply) -> None:
+    def _send(self, reply: Reply) -> None:
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(reply.body)))
         self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
         for name, value in reply.headers:
             self.send_header(name, value)
         self.end_headers()
