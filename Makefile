@@ -74,6 +74,8 @@ bench: deps
 	$(BIN)/python bench/bench_haproxy_1000.py --write
 	$(BIN)/python bench/bench_learning.py --write
 	$(BIN)/python bench/bench_daemon.py --write
+	$(BIN)/python bench/bench_dashboard.py --write
+	$(BIN)/python bench/bench_replicas.py --write
 	$(BIN)/python bench/bench_envoy.py --write
 	$(BIN)/python bench/bench_prometheus.py --write
 	$(BIN)/python bench/bench_demo.py --write

@@ -267,3 +267,78 @@ def replace_section(section: str, heading: str, begin: str, end: str, doc: Path 
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     doc.write_text(text, encoding="utf-8")
+
+
+# --- a benchmark's command line --------------------------------------------------------------
+
+
+def measured_lines(r: dict[str, Any]) -> list[str]:
+    """The lines under a section's markers that say where, how and amid what it ran."""
+    m = r["machine"]
+    return [
+        f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on {m['cpu']}, {m['cores']} "
+        f"cores, Python {m['python']}.",
+        f"Command: `{r['command']}` ({r['wall_seconds'] / 60:.0f} minutes in all).",
+        noise_note({"run": r["other_cpu_share"]}),
+    ]
+
+
+def bench_main(
+    script: Path,
+    run: Callable[[bool, Path], dict[str, Any]],
+    verdicts: Callable[[dict[str, Any]], dict[str, bool]],
+    render: Callable[[dict[str, Any]], str],
+    heading: str,
+    marks: tuple[str, str],
+) -> None:
+    """The command line of a benchmark with one section: ``--quick`` (a smoke run that
+    refuses ``--write``), ``--write`` (its section of docs/benchmarks.md), ``--out``
+    (the JSON result); ``run(quick, workdir)`` measures in a temporary directory."""
+    import argparse
+    import json
+    import tempfile
+    import warnings
+
+    parser = argparse.ArgumentParser(description=f"the benchmark of {script.name}")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--write", action="store_true", help="write docs/benchmarks.md section")
+    parser.add_argument("--out", type=Path, help="also write the JSON result here")
+    opts = parser.parse_args()
+    if opts.quick and opts.write:
+        parser.error("--quick figures are not the reported ones: drop --write")
+    started = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory(prefix=f"veloflux-{script.stem}-") as tmp,
+        warnings.catch_warnings(),
+    ):
+        # Predictor._ood divides by zero inside np.where for every row: harmless.
+        warnings.filterwarnings("ignore", "divide by zero", RuntimeWarning)
+        result, noise = with_noise(lambda: run(opts.quick, Path(tmp)))
+    result |= {
+        "machine": machine(),
+        "command": command(script, dropped=("--out",)),
+        "other_cpu_share": noise,
+        "wall_seconds": round(time.perf_counter() - started),
+    }
+    result["verdicts"] = verdicts(result)
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if opts.out:
+        opts.out.write_text(text + "\n", encoding="utf-8")
+    if opts.write:
+        replace_section(render(result), heading, *marks)
+
+
+def table_section(
+    heading: str,
+    prose: Sequence[str],
+    r: dict[str, Any],
+    rows: Sequence[tuple[str, ...]],
+    marks: tuple[str, str],
+) -> str:
+    """A section of docs/benchmarks.md: heading, what it measures, then between the
+    markers where it ran and the table of figures against targets."""
+    begin, end = marks
+    head = ("figure", "measured", "target", "met?")
+    lines = [heading, "", *prose, "", begin, *measured_lines(r), "", *table(head, rows), end]
+    return "\n".join(lines)

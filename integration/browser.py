@@ -10,12 +10,13 @@ networking), so the only requests it makes are the page's.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Page
 
 CHROMIUM_FLAGS = (
     "--no-sandbox",  # root in a container has no user namespace for the sandbox
@@ -49,3 +50,16 @@ def headless_chromium() -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
+
+
+def wait_for_polls(page: Page, polls: int, timeout_s: float = 30.0) -> None:
+    """Wait until the dashboard has completed ``polls`` polls (``data-polls``).
+
+    Polled from here with ``evaluate``: Playwright's ``wait_for_function`` evaluates a
+    string inside the page, which the dashboard's Content-Security-Policy refuses (no
+    eval), as it should."""
+    deadline = time.monotonic() + timeout_s
+    while int(page.evaluate("Number(document.body.dataset.polls || 0)")) < polls:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the dashboard did not complete {polls} polls in {timeout_s:g}s")
+        time.sleep(0.1)

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from integration.haproxy_proc import StackError, free_port, stop_process
-from veloflux.envoy.eds import Endpoint, render_eds, write_eds
+from veloflux.envoy.eds import Endpoint, eds_path, render_eds, write_eds
 
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
@@ -34,14 +34,22 @@ def envoy_binary() -> str:
     return found
 
 
+ENVOY_FLAGS = ("--log-level", "warn", "--concurrency", "1", "--use-dynamic-base-id")
+
+
 class EnvoyProcess:
     """One Envoy whose clusters ``clusters`` read ``<eds_dir>/<cluster>.yaml``."""
 
     def __init__(
-        self, workdir: Path, clusters: dict[str, Sequence[Endpoint]], lb_policy: str = "ROUND_ROBIN"
+        self,
+        workdir: Path,
+        clusters: dict[str, Sequence[Endpoint]],
+        lb_policy: str = "ROUND_ROBIN",
+        eds_dir: Path | None = None,
     ) -> None:
         self.workdir = workdir
-        self.eds_dir = workdir / "eds"
+        # Replicas share one EDS directory; each starts from what is there already.
+        self.eds_dir = eds_dir or workdir / "eds"
         self.clusters = clusters
         self.lb_policy = lb_policy
         self.admin_port = free_port()
@@ -58,13 +66,16 @@ class EnvoyProcess:
 
     def start(self, timeout_s: float = 20.0) -> EnvoyProcess:
         self.eds_dir.mkdir(parents=True, exist_ok=True)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         for name, endpoints in self.clusters.items():
-            write_eds(self.eds_dir, name, render_eds(name, endpoints, version="0"))
+            if not eds_path(self.eds_dir, name).exists():
+                write_eds(self.eds_dir, name, render_eds(name, endpoints, version="0"))
         bootstrap = self.workdir / "envoy.yaml"
         bootstrap.write_text(yaml.safe_dump(self._bootstrap(), sort_keys=False), encoding="utf-8")
         log = open(self.workdir / "envoy.log", "ab")  # noqa: SIM115 - the child owns it
         self._proc = subprocess.Popen(
-            [envoy_binary(), "-c", str(bootstrap), "--log-level", "warn", "--concurrency", "1"],
+            # A base id of its own: several Envoys (replicas) may run on one machine.
+            [envoy_binary(), *ENVOY_FLAGS, "-c", str(bootstrap)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )

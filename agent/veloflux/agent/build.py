@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from veloflux.agent.fleet import Fleet
 from veloflux.agent.ports import Driver, Sink, Source
+from veloflux.agent.replicas import ReplicatedSink, ReplicatedSource, ReplicaView
 from veloflux.agent.tick import Agent
 from veloflux.config.schema import Config
 from veloflux.errors import ConfigError, ConfigProblem
@@ -46,10 +47,11 @@ def proxy_view(config: Config, kind: str) -> Config:
     return view
 
 
-def runtime_api(config: Config) -> RuntimeAPI:
+def runtime_api(config: Config, address: str | None = None) -> RuntimeAPI:
+    """HAProxy's runtime API at ``address`` (a replica's), or at ``haproxy.socket``."""
     if config.haproxy is None:
         raise ConfigError([ConfigProblem("haproxy", "required for this command")])
-    return RuntimeAPI(config.haproxy.socket, config.haproxy.timeout_seconds)
+    return RuntimeAPI(address or config.haproxy.socket, config.haproxy.timeout_seconds)
 
 
 def proxy_address(config: Config, kind: str) -> str:
@@ -57,6 +59,13 @@ def proxy_address(config: Config, kind: str) -> str:
     if kind == "envoy":
         return config.envoy.admin if config.envoy else ""
     return config.haproxy.socket if config.haproxy else ""
+
+
+def replica_names(config: Config, kind: str) -> tuple[str, ...]:
+    """Every instance of the ``kind`` proxy: its sockets or admin URLs, the first first."""
+    if kind == "envoy":
+        return config.envoy.admins if config.envoy else ()
+    return config.haproxy.sockets if config.haproxy else ()
 
 
 def feature_queries(config: Config, kind: str) -> tuple[FeatureQuery, ...]:
@@ -72,10 +81,28 @@ def feature_queries(config: Config, kind: str) -> tuple[FeatureQuery, ...]:
     return tuple(chosen.values())
 
 
-def build_source(config: Config, events: Events, clock: Callable[[], datetime] = utc_now) -> Source:
+def replica_view(config: Config) -> ReplicaView | None:
+    """What one proxy's source and sink share when it runs as replicas; None for one."""
+    names = replica_names(config, "envoy" if config.envoy is not None else "haproxy")
+    return ReplicaView(names) if len(names) > 1 else None
+
+
+def build_source(
+    config: Config,
+    events: Events,
+    clock: Callable[[], datetime] = utc_now,
+    view: ReplicaView | None = None,
+) -> Source:
     """The source of the config's one proxy (with both set: Envoy's; see ``build_sources``),
-    reading Prometheus's features beside it when ``prometheus`` is set."""
-    source = _proxy_source(config, events, clock)
+    reading Prometheus's features beside it when ``prometheus`` is set. With replicas,
+    every one is read and merged (``veloflux.agent.replicas``), sharing ``view`` with
+    the sink."""
+    view = view or replica_view(config)
+    if view is None:
+        source = _proxy_source(config, events, clock, None)
+    else:
+        parts = {name: _proxy_source(config, events, clock, name) for name in view.names}
+        source = ReplicatedSource(parts, view, events)
     prom = config.prometheus
     if prom is None:
         return source
@@ -88,7 +115,10 @@ def build_source(config: Config, events: Events, clock: Callable[[], datetime] =
     return WithPrometheus(source, features)
 
 
-def _proxy_source(config: Config, events: Events, clock: Callable[[], datetime]) -> Source:
+def _proxy_source(
+    config: Config, events: Events, clock: Callable[[], datetime], address: str | None
+) -> Source:
+    """One proxy instance's source: ``address`` (a replica) or the configured one."""
     if config.envoy is not None:
         from veloflux.envoy.admin import EnvoyAdmin
         from veloflux.envoy.source import EnvoyCluster, EnvoySource
@@ -97,10 +127,11 @@ def _proxy_source(config: Config, events: Events, clock: Callable[[], datetime])
         clusters = [
             EnvoyCluster(c.name, {e.name: e.weight for e in c.endpoints}) for c in envoy.clusters
         ]
-        return EnvoySource(EnvoyAdmin(envoy.admin, envoy.timeout_seconds), clusters, clock, events)
+        admin = EnvoyAdmin(address or envoy.admin, envoy.timeout_seconds)
+        return EnvoySource(admin, clusters, clock, events)
     assert config.haproxy is not None  # the config has a proxy
     return HAProxySource(
-        runtime_api(config),
+        runtime_api(config, address),
         clock=clock,
         events=events,
         backends=config.haproxy.backends,
@@ -113,14 +144,23 @@ def build_sources(config: Config, events: Events) -> list[Source]:
     return [build_source(proxy_view(config, kind), events) for kind in proxy_kinds(config)]
 
 
-def build_sink(config: Config, events: Events) -> Sink:
-    """The sink of the config's one proxy (with both set: Envoy's)."""
+def build_sink(config: Config, events: Events, view: ReplicaView | None = None) -> Sink:
+    """The sink of the config's one proxy (with both set: Envoy's); with replicas, one
+    per replica behind a ``ReplicatedSink`` sharing ``view`` with the source."""
+    view = view or replica_view(config)
+    if view is None:
+        return _proxy_sink(config, events, None)
+    sinks = {name: _proxy_sink(config, events, name) for name in view.names}
+    return ReplicatedSink(sinks, view, events)
+
+
+def _proxy_sink(config: Config, events: Events, address: str | None) -> Sink:
     if config.envoy is not None:
         from veloflux.envoy.admin import EnvoyAdmin
         from veloflux.envoy.sink import EnvoySink
 
         envoy = config.envoy
-        admin = EnvoyAdmin(envoy.admin, envoy.timeout_seconds)
+        admin = EnvoyAdmin(address or envoy.admin, envoy.timeout_seconds)
         return EnvoySink(
             admin,
             envoy.eds_dir,
@@ -128,7 +168,7 @@ def build_sink(config: Config, events: Events) -> Sink:
             events,
             templates_dir=envoy.templates_dir,
         )
-    return HAProxySink(runtime_api(config), events)
+    return HAProxySink(runtime_api(config, address), events)
 
 
 def open_registry(config: Config, events: Events) -> Registry:
@@ -187,10 +227,11 @@ def _driver(
     registry = open_registry(config, events) if config.ai.enabled else None
 
     def agent(view: Config, alone: bool) -> Agent:
+        replicas = replica_view(view)
         return Agent(
             view,
-            build_source(view, events),
-            build_sink(view, events),
+            build_source(view, events, view=replicas),
+            build_sink(view, events, replicas),
             events,
             strict_pools=strict_pools,
             journal=journal,

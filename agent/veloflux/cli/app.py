@@ -106,7 +106,11 @@ def run_loaded(config: Config, write: bool, action: Callable[[Driver], TickResul
 def seen(result: TickResult) -> dict[str, Any]:
     """What the plan's printout says about the observation's Prometheus features."""
     observation = result.observation
-    return {"external": observation.external, "servers": len(observation.rows)}
+    return {
+        "external": observation.external,
+        "servers": len(observation.rows),
+        "replicas": observation.replicas,
+    }
 
 
 def exit_if_a_proxy_failed(result: TickResult) -> None:

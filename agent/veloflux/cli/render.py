@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
     from veloflux.model.pipeline import TrainingReport
     from veloflux.model.registry import ModelEntry
 
-from veloflux.domain.observation import ExternalFeatures
+from veloflux.domain.observation import ExternalFeatures, ReplicaStatus
 from veloflux.domain.weightplan import ApplyReport, WeightPlan
 
 _MODE_STYLE = {
@@ -65,6 +66,7 @@ def report_json(report: ApplyReport | None) -> dict[str, Any]:
         "failed": len(report.failures),
         "failures": [
             {"backend": f.backend, "server": f.server, "weight": f.new_weight, "error": f.error}
+            | ({"replica": f.replica} if f.replica else {})
             for f in report.failures
         ],
     }
@@ -115,15 +117,19 @@ def print_plan(
     report: ApplyReport | None = None,
     external: ExternalFeatures | None = None,
     servers: int = 0,
+    replicas: Sequence[ReplicaStatus] = (),
 ) -> None:
     """Print the plan (and, after a write, what happened) in the chosen format;
-    ``external``: the Prometheus features of the observation behind it."""
+    ``external``: the Prometheus features of the observation behind it; ``replicas``:
+    each replica's state when a proxy runs as several."""
     if output == "json":
         document = plan.to_json()
         if report is not None:
             document["apply"] = report_json(report)
         if external is not None:
             document["prometheus"] = external_json(external)
+        if replicas:
+            document["replicas"] = [r.to_json() for r in replicas]
         # Indented for a person at a terminal; compact when piped, so that json can use
         # its C encoder on a large plan (indentation forces the pure-Python one).
         indent = 2 if sys.stdout.isatty() else None
@@ -135,6 +141,11 @@ def print_plan(
     for pool in plan.pools:
         if pool.mode in ("unmanaged", "hold"):
             console.print(f"[dim]{pool.backend}: {pool.mode}: {pool.reason}[/dim]")
+    for replica in replicas:
+        from rich.markup import escape
+
+        state = "up" if replica.up else f"[red]down: {escape(replica.problem)}[/red]"
+        console.print(f"replica {escape(replica.name)}: {state}")
     if external is not None:
         from rich.markup import escape
 
@@ -148,7 +159,10 @@ def print_plan(
             f"{len(report.failures)} failed"
         )
         for f in report.failures:
-            console.print(f"  [red]{f.backend}/{f.server} -> {f.new_weight}: {f.error}[/red]")
+            where = f" on {f.replica}" if f.replica else ""
+            console.print(
+                f"  [red]{f.backend}/{f.server} -> {f.new_weight}{where}: {f.error}[/red]"
+            )
 
 
 def _ms(seconds: float | None) -> str:

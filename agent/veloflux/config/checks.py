@@ -164,6 +164,18 @@ def _consistent_hash_backends_are_managed(view: View) -> Iterable[ConfigProblem]
         )
 
 
+def _replicas_apart_from_the_first(view: View) -> Iterable[ConfigProblem]:
+    """A replica listed as the first one too would be read twice and counted double."""
+    for section, first in (("haproxy", "socket"), ("envoy", "admin")):
+        if not view.present(section):
+            continue
+        main, replicas = _known(view, section, first), _known(view, section, "replicas")
+        if main is not None and replicas and main in replicas:
+            yield ConfigProblem(
+                f"{section}.replicas", f"lists {main} again, which {section}.{first} names"
+            )
+
+
 def _distinct_clusters(view: View) -> Iterable[ConfigProblem]:
     if not view.present("envoy"):
         return
@@ -385,6 +397,7 @@ CHECKS: tuple[Check, ...] = (
     _one_namespace_of_pools,
     _consistent_hash_backends_are_managed,
     _distinct_clusters,
+    _replicas_apart_from_the_first,
     _retrain_cron_fires,
     _weight_bounds_ordered,
     _stale_after_covers_an_interval,

@@ -46,12 +46,34 @@ class HAProxySection(Section):
         default=(),
         description="hash-balanced backends configured with 'hash-type consistent'",
     )
+    replicas: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "runtime sockets of further HAProxy instances with the same config, driven "
+            "with `socket` as one: observed and merged, planned once, the same weights "
+            "written to each"
+        ),
+    )
 
     @field_validator("socket")
     @classmethod
     def _socket_address(cls, value: str) -> str:
         parse_socket_address(value)
         return value
+
+    @field_validator("replicas")
+    @classmethod
+    def _replica_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for address in value:
+            parse_socket_address(address)
+        if len(set(value)) != len(value):
+            raise ValueError("lists a socket twice")
+        return value
+
+    @property
+    def sockets(self) -> tuple[str, ...]:
+        """Every replica's socket, ``socket`` first."""
+        return (self.socket, *self.replicas)
 
     @field_validator("backends", "consistent_hash_backends")
     @classmethod
@@ -237,6 +259,13 @@ class EnvoySection(Section):
         ),
     )
     clusters: tuple[EnvoyClusterSection, ...]
+    replicas: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "admin API URLs of further Envoy instances reading the same eds_dir, driven "
+            "with `admin` as one: observed and merged, each write confirmed through each"
+        ),
+    )
 
     @field_validator("templates_dir")
     @classmethod
@@ -248,10 +277,28 @@ class EnvoySection(Section):
     @field_validator("admin")
     @classmethod
     def _http_address(cls, value: str) -> str:
-        if not value.startswith("http://"):
-            raise ValueError("must be http://HOST:PORT (Envoy's admin API)")
-        parse_listen_address(value.removeprefix("http://").rstrip("/"))
+        return _admin_url(value)
+
+    @field_validator("replicas")
+    @classmethod
+    def _replica_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            _admin_url(url)
+        if len(set(value)) != len(value):
+            raise ValueError("lists an admin URL twice")
         return value
+
+    @property
+    def admins(self) -> tuple[str, ...]:
+        """Every replica's admin URL, ``admin`` first."""
+        return (self.admin, *self.replicas)
+
+
+def _admin_url(value: str) -> str:
+    if not value.startswith("http://"):
+        raise ValueError("must be http://HOST:PORT (Envoy's admin API)")
+    parse_listen_address(value.removeprefix("http://").rstrip("/"))
+    return value
 
 
 class ServerLabelsSection(Section):

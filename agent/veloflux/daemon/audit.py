@@ -253,5 +253,6 @@ def entries(plan: WeightPlan, report: ApplyReport) -> list[dict[str, Any]]:
                 "model_version": plan.model_version,
                 "reason": server.reason if server else "",
             }
+            | ({"replica": write.replica} if write.replica else {})
         )
     return out

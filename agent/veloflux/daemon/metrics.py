@@ -269,6 +269,11 @@ class AgentMetrics:
         self._source_up = self._gauge(
             "source_up", "1 if the source answered at the last attempt, else 0.", "source"
         )
+        self._replica_up = self._gauge(
+            "replica_up",
+            "1 if the replica answered at the last tick, else 0 (proxies run as replicas).",
+            "replica",
+        )
         self._proxy_reloads = self._counter(
             "proxy_reloads", "Proxy restarts or reloads seen (runtime weights reset)."
         )
@@ -335,6 +340,9 @@ class AgentMetrics:
 
     def source_up(self, source: str, up: bool) -> None:
         self._source_up.labels(source).set(1 if up else 0)
+
+    def replica_up(self, replica: str, up: bool) -> None:
+        self._replica_up.labels(replica).set(1 if up else 0)
 
     def proxy_reload_detected(self) -> None:
         self._proxy_reloads.inc()

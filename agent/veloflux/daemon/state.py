@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from veloflux import __version__
-from veloflux.agent.build import proxy_address, proxy_kinds
+from veloflux.agent.build import proxy_address, proxy_kinds, replica_names
 from veloflux.agent.learn import NoHistory
 from veloflux.agent.ports import Driver, TickResult
 from veloflux.config.schema import Config
@@ -102,6 +102,8 @@ class DaemonOps:
             sources["prometheus"] = external is not None and not external.error
         for source, up in sources.items():
             self._metrics.source_up(source, up)
+        for replica in result.observation.replicas:
+            self._metrics.replica_up(replica.name, replica.up)
         self._ticks_ok += 1
         self.timeline.record(result, state.paused, sources)
         self._metrics.tick_succeeded(result, self._epoch())
@@ -250,6 +252,7 @@ class DaemonOps:
                     "up": self._source_up(proxy),
                     "address": proxy_address(self._config, proxy),
                 }
+                | self._replicas_status(proxy)
                 for proxy in proxy_kinds(self._config)
             }
             | self._prometheus_status(),
@@ -264,6 +267,19 @@ class DaemonOps:
 
     def audit_entries(self, limit: int) -> list[dict[str, Any]]:
         return self.audit.tail(limit)
+
+    def _replicas_status(self, proxy: str) -> dict[str, Any]:
+        """A proxy run as replicas: each one's state at the last tick."""
+        names = replica_names(self._config, proxy)
+        if len(names) < 2:
+            return {}
+        seen = {r.name: r for r in self._last.observation.replicas} if self._last else {}
+        return {
+            "replicas": [
+                seen[name].to_json() if name in seen else {"name": name, "up": None}
+                for name in names
+            ]
+        }
 
     def _prometheus_status(self) -> dict[str, Any]:
         """Prometheus beside the proxies on the status page: up, and what it gave."""

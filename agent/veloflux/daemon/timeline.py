@@ -10,7 +10,8 @@ it, so the page and a script read the same figures the agent acted on.
 Memory is bounded twice: by time (``api.history_window``) and by count
 (``api.history_max_ticks``). A pool's figures are five ``array('f')`` columns (4 bytes a
 value), and the tuple of server names is shared with the previous tick while it is
-unchanged, so an hour of a 1,000-server pool at 10 s is about 7 MB.
+unchanged, so an hour of a 1,000-server pool at 10 s is about 9 MB
+(docs/benchmarks.md).
 
 Recording costs the tick one pass over its servers; encoding to JSON happens on the
 API's thread, once per tick and pool (the fragments are cached, samples are immutable),

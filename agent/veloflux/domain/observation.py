@@ -151,6 +151,20 @@ class ProxyIdentity:
 
 
 @dataclass(frozen=True)
+class ReplicaStatus:
+    """One replica of a proxy driven as one (``haproxy.replicas``, ``envoy.replicas``) at
+    one reading: whether it answered, and what it said when it did not or disagreed."""
+
+    name: str  # its address: the runtime socket, or the admin URL
+    up: bool
+    problem: str = ""
+    pid: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "up": self.up, "problem": self.problem, "pid": self.pid}
+
+
+@dataclass(frozen=True)
 class ExternalFeatures:
     """Operator-defined features read beside the proxy's own stats (Prometheus).
 
@@ -190,6 +204,8 @@ class Observation:
     proxy: ProxyIdentity
     missing_pools: tuple[str, ...] = field(default=())
     external: ExternalFeatures | None = None
+    # With replicas: each one's state at this reading (empty for a single proxy).
+    replicas: tuple[ReplicaStatus, ...] = ()
 
     @classmethod
     def from_frame(
@@ -217,6 +233,7 @@ class Observation:
             proxy=parts[0].proxy,
             missing_pools=tuple(name for p in parts for name in p.missing_pools),
             external=_combined_external(parts),
+            replicas=tuple(r for p in parts for r in p.replicas),
         )
 
     @cached_property

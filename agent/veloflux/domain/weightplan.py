@@ -121,6 +121,7 @@ class WriteResult(NamedTuple):
     new_weight: int
     confirmed_weight: int | None
     error: str
+    replica: str = ""  # which replica was written, when a proxy runs as several
 
     @property
     def ok(self) -> bool:

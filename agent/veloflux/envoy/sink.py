@@ -77,16 +77,26 @@ class EnvoySink:
             previous = self._last_good(pool.backend)
         except (EdsError, ValueError) as exc:
             return self._failed(pool.backend, changes, f"not written: {exc}")
+        wanted = {f"{e.address}:{e.port}": e.weight for e in endpoints}
+        if text == previous:
+            # Already on disk (another replica of this Envoy, sharing the directory, was
+            # written first): nothing to swap in; this one must only show the weights.
+            if problem := self._confirm(pool.backend, None, wanted):
+                return self._failed(pool.backend, changes, problem)
+            return self._done(changes, wanted)
         try:
             before = self._successes(pool.backend)
             write_eds(self._eds_dir, pool.backend, text)
         except (EdsError, EnvoyAdminError, EnvoyFormatError) as exc:
             return self._failed(pool.backend, changes, str(exc))
-        wanted = {f"{e.address}:{e.port}": e.weight for e in endpoints}
         problem = self._confirm(pool.backend, before, wanted)
         if problem:
             self._restore(pool.backend, previous)
             return self._failed(pool.backend, changes, problem)
+        return self._done(changes, wanted)
+
+    @staticmethod
+    def _done(changes: Sequence[ServerPlan], wanted: dict[str, int]) -> list[WriteResult]:
         return [
             WriteResult(s.backend, s.server, s.current_weight, _written(s), wanted[s.server], "")
             for s in changes
@@ -109,16 +119,20 @@ class EnvoySink:
         counters = parse_update_counters(stats, cluster)
         return counters.success, counters.rejected
 
-    def _confirm(self, cluster: str, before: tuple[float, float], wanted: dict[str, int]) -> str:
-        """'' once Envoy took the file and serves ``wanted``; else why not."""
+    def _confirm(
+        self, cluster: str, before: tuple[float, float] | None, wanted: dict[str, int]
+    ) -> str:
+        """'' once Envoy took the file and serves ``wanted``; else why not. ``before``:
+        the update counters before the swap (None: no swap, the weights alone count)."""
         deadline = self._monotonic() + self._timeout
         while True:
             try:
-                success, rejected = self._successes(cluster)
-                if rejected > before[1]:
+                success, rejected = self._successes(cluster) if before else (1.0, 0.0)
+                if before and rejected > before[1]:
                     return "Envoy rejected the file (update_rejected rose); last good kept"
                 shown = parse_weights_text(self._admin.get_text("/clusters"), cluster)
-                if success > before[0] and all(shown.get(k) == w for k, w in wanted.items()):
+                took = before is None or success > before[0]
+                if took and all(shown.get(k) == w for k, w in wanted.items()):
                     return ""
             except (EnvoyAdminError, EnvoyFormatError) as exc:
                 last = str(exc)

@@ -58,7 +58,7 @@ Endpoint = Callable[[Request], Reply]
 
 
 def _read_asset(name: str) -> bytes:
-    return (resources.files("veloflux.daemon.api") / "static" / name).read_bytes()
+    return resources.files("veloflux.daemon.api").joinpath("static", name).read_bytes()
 
 
 class Dashboard:
