@@ -238,8 +238,11 @@ def _merged_row(
                 total += value * w
                 weight_sum += w
         values[i] = total / weight_sum if weight_sum else math.nan
-    values[_STATE_AT] = min((row.state for row in rows), key=lambda s: _STATE_ORDER.get(s, 2))
-    values[_PROBLEM_AT] = "; ".join(dict.fromkeys(row.problem for row in rows if row.problem))
+    states = {row.state for row in rows}
+    if len(states) > 1:
+        values[_STATE_AT] = min(states, key=lambda s: _STATE_ORDER.get(s, 2))
+    if any(row.problem for row in rows):
+        values[_PROBLEM_AT] = "; ".join(dict.fromkeys(row.problem for row in rows if row.problem))
     changes = [row.since_state_change for row in rows if row.since_state_change >= 0]
     values[_CHANGE_AT] = min(changes) if changes else math.nan
     # ``weight`` stays the first replica's: the replicas' may differ for a tick after one
