@@ -58,11 +58,12 @@ WITH_CONFIG = {
     "resume": "resume",
     "status": "status",
     "render-envoy": "render-envoy --out {tmp}/out",
+    "history export": "history export --out {tmp}/export",
 }
 # And the one that reads none.
 WITHOUT_CONFIG = {"simulate": "simulate {scenario}"}
 COMMANDS = {**WITH_CONFIG, **WITHOUT_CONFIG}
-GROUPS = ("", "model", "override")
+GROUPS = ("", "model", "override", "history")
 
 # Leftovers of a Python crash in what a user sees.
 TRACEBACK_SIGNS = (
@@ -233,6 +234,8 @@ MISSING_VALUE = [
     case("simulate", USAGE, "SCENARIO.yaml", id="simulate-scenario-no-value"),
     case("render-envoy -c {good} --out", USAGE, "--out", id="render-envoy-out-no-value"),
     case("render-envoy -c {good}", USAGE, "--out", id="render-envoy-no-out-no-value"),
+    case("history export -c {good} --out", USAGE, "--out", id="history-export-out-no-value"),
+    case("history export -c {good}", USAGE, "--out", id="history-export-no-out"),
 ]
 
 # A flag's value the command cannot use is a usage error, as click makes it for a
@@ -287,6 +290,27 @@ BAD_VALUES = [
         for c in ("dry-run", "apply", "revert", "train", "model list", "status")
     ),
     case("simulate {scenario} --output xml", USAGE, "--output", "xml", id="simulate-xml"),
+    case(
+        "history export -c {good} --out {tmp}/x --format csv",
+        USAGE,
+        "--format",
+        "csv",
+        id="history-export-csv",
+    ),
+    case(
+        "history export -c {good} --out {tmp}/x --period week",
+        USAGE,
+        "--period",
+        "week",
+        id="history-export-week",
+    ),
+    case(
+        "history export -c {good} --out {tmp}/x --since soon",
+        USAGE,
+        "--since",
+        "soon",
+        id="history-export-since-soon",
+    ),
     case("simulate {scenario} --seeds 0", USAGE, "--seeds", id="simulate-seeds-0"),
     case("simulate {scenario} --seeds many", USAGE, "--seeds", "many", id="simulate-seeds-many"),
     case(  # exit 1, as simulate has always refused an unknown name (test_sim_strategies)
@@ -364,6 +388,13 @@ REFUSED = [
     case("model promote -c {good} v1", CONFIG, "v1", id="model-promote-unknown"),
     case("model rollback -c {good}", CONFIG, "roll back", id="model-rollback-nothing"),
     case("train -c {good}", CONFIG, "record", id="train-no-history"),
+    case(
+        "history export -c {good} --out {tmp}/x",
+        CONFIG,
+        "ai.history_path",
+        "no journal",
+        id="history-export-no-journal",
+    ),
     case("train -c {good} --from-prometheus", CONFIG, "prometheus", id="train-no-prometheus"),
     case("simulate {tmp}/no-such.yaml", CONFIG, "{tmp}/no-such.yaml", id="simulate-missing"),
     case(
