@@ -96,6 +96,7 @@ def files(tmp_path: Path) -> dict[str, str]:
     """The files the cases name, written under ``tmp_path``: each by its placeholder."""
     port = free_port()  # api.listen: no daemon there
     good = config_text(tmp_path, port)
+    dask_scheduler = f"tcp://127.0.0.1:{free_port()}"
     envoy = (
         f"envoy:\n  admin: http://127.0.0.1:{free_port()}\n  eds_dir: {tmp_path}/eds\n"
         "  timeout: 2s\n  clusters:\n    - name: app\n"
@@ -105,6 +106,14 @@ def files(tmp_path: Path) -> dict[str, str]:
         "good": good,
         "envoy": config_text(tmp_path, port, proxy=envoy),
         "prom": good + f"prometheus:\n  url: http://127.0.0.1:{free_port()}\n",
+        # A Dask scheduler nobody listens on, given up on after a second.
+        "dask": good.replace(
+            "  audit_log:",
+            f"  dask:\n    scheduler: {dask_scheduler}\n    connect_timeout: 1s\n  audit_log:",
+        ),
+        "dask_tls": good.replace(
+            "  audit_log:", "  dask:\n    scheduler: tls://127.0.0.1:8786\n  audit_log:"
+        ),
         # Tab indentation: the classic way a hand-edited file stops being YAML.
         "not_yaml": "interval: 10s\nhaproxy:\n\tsocket: unix:///run/haproxy/admin.sock\n",
         # HAProxy's own config given by mistake: YAML, but a string, not a mapping.
@@ -129,6 +138,7 @@ def files(tmp_path: Path) -> dict[str, str]:
         "api": f"127.0.0.1:{port}",
         "socket": DEAD_SOCKET,
         "scenario": str(SCENARIO),
+        "dask_scheduler": dask_scheduler,
     }
 
 
@@ -273,6 +283,16 @@ BAD_VALUES = [
     ),
     case("train -c {prom} --from-prometheus --step -5s", USAGE, "--step", id="step-negative"),
     case("train -c {good} --step 15s", USAGE, "--from-prometheus", id="step-without-prometheus"),
+    case("train -c {good} --dask", USAGE, "--dask", id="train-dask-no-value"),
+    case("train -c {good} --dask localhost", USAGE, "--dask", "tcp://", id="train-dask-garbage"),
+    case(
+        "train -c {prom} --from-prometheus --dask tcp://127.0.0.1:9",
+        USAGE,
+        "--dask",
+        "Prometheus",
+        id="train-dask-with-prometheus",
+    ),
+    case("train -c {good} --parquet {tmp}/none", USAGE, "--parquet", id="train-parquet-missing"),
     case(  # a zero duration is refused before anything else is asked of it
         "train -c {good} --since 0s",
         USAGE,
@@ -388,6 +408,8 @@ REFUSED = [
     case("model promote -c {good} v1", CONFIG, "v1", id="model-promote-unknown"),
     case("model rollback -c {good}", CONFIG, "roll back", id="model-rollback-nothing"),
     case("train -c {good}", CONFIG, "record", id="train-no-history"),
+    case("train -c {good} --parquet {tmp}", CONFIG, "no Parquet files", id="train-parquet-empty"),
+    case("check-config -c {dask_tls}", CONFIG, "ai.dask", "tls_ca_file", id="dask-tls-no-files"),
     case(
         "history export -c {good} --out {tmp}/x",
         CONFIG,
@@ -461,6 +483,13 @@ UNREACHED = [
     ),
     case("apply -c {envoy}", UNREACHABLE, "Envoy admin", id="apply-envoy"),
     case("train -c {prom} --from-prometheus", UNREACHABLE, "Prometheus", id="train-prometheus"),
+    case(
+        "train -c {dask} --dask {dask_scheduler} --parquet {tmp}",
+        UNREACHABLE,
+        "Dask scheduler",
+        "{dask_scheduler}",
+        id="train-dask-unreachable",
+    ),
     case("status -c {good}", UNREACHABLE, "{api}", id="status-no-daemon"),
     case("pause -c {good}", UNREACHABLE, "{api}", id="pause-no-daemon"),
     case("resume -c {good}", UNREACHABLE, "{api}", id="resume-no-daemon"),

@@ -442,3 +442,65 @@ def test_a_config_file_for_the_docs_loads_clean(tmp_path: Path) -> None:
     )
     config = load_config(write(tmp_path, text), environ=NO_ENV)
     assert config.stale_after_seconds == 2.0
+
+
+# --- ai.dask ----------------------------------------------------------------------------
+
+
+def _with_dask(**section: Any) -> dict[str, Any]:
+    data = base()
+    data.setdefault("ai", {})["dask"] = section
+    return data
+
+
+def test_a_dask_scheduler_on_this_machine_loads_with_its_defaults(tmp_path: Path) -> None:
+    data = _with_dask(scheduler="tcp://127.0.0.1:8786")
+    config = validate_config(data)
+    assert config.ai.dask is not None
+    assert config.ai.dask.partition_rows == 500_000
+    assert config.ai.dask.connect_timeout_seconds == 30.0
+    assert warnings_of(tmp_path, data) == {}
+
+
+@pytest.mark.parametrize(
+    ("section", "path", "message"),
+    [
+        ({"scheduler": "dask.internal:8786"}, "ai.dask.scheduler", "is not a Dask scheduler"),
+        ({"scheduler": "tcp://h:99999"}, "ai.dask.scheduler", "is not a Dask scheduler"),
+        ({"scheduler": "tls://h:8786"}, "ai.dask", "needs tls_ca_file, tls_cert_file"),
+        (
+            {"scheduler": "tcp://h:8786", "tls_ca_file": "/etc/ca.pem"},
+            "ai.dask",
+            "tls_* files are set but the scheduler is not tls://",
+        ),
+        ({"scheduler": "tcp://h:8786", "partition_rows": 10}, "ai.dask.partition_rows", ""),
+        ({"tls_ca_file": "/etc/ca.pem"}, "ai.dask.scheduler", ""),
+    ],
+)
+def test_a_dask_section_that_cannot_work_is_refused_with_its_path(
+    section: dict[str, Any], path: str, message: str
+) -> None:
+    problems = problems_of(_with_dask(**section))
+    assert path in problems, problems
+    assert message in problems[path]
+
+
+def test_unreadable_dask_certificates_are_named(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("ca")
+    data = _with_dask(
+        scheduler="tls://dask.internal:8786",
+        tls_ca_file=str(ca),
+        tls_cert_file=str(tmp_path / "missing.pem"),
+        tls_key_file=str(tmp_path),  # a directory
+    )
+    problems = problems_of(data)
+    assert set(problems) == {"ai.dask.tls_cert_file", "ai.dask.tls_key_file"}
+    assert "missing.pem" in problems["ai.dask.tls_cert_file"]
+
+
+def test_plain_tcp_to_another_machine_is_a_warning(tmp_path: Path) -> None:
+    warned = warnings_of(tmp_path, _with_dask(scheduler="tcp://10.1.2.3:8786"))
+    assert "tls://" in warned["ai.dask.scheduler"]
+    for local in ("tcp://localhost:8786", "tcp://[::1]:8786", "tcp://127.0.0.2:8786"):
+        assert warnings_of(tmp_path, _with_dask(scheduler=local)) == {}

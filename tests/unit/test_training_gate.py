@@ -26,10 +26,11 @@ from tests.unit.learning_factories import (
 from veloflux.history.journal import Journal
 from veloflux.history.rates import derive_rates
 from veloflux.model import pipeline
+from veloflux.model.evaluation import evaluate
 from veloflux.model.features import FEATURES
 from veloflux.model.pipeline import gate, train_from_journal
 from veloflux.model.registry import CANDIDATE, CURRENT, RETIRED, Registry
-from veloflux.model.train import NotEnoughData, TrainSettings, evaluate, train_model
+from veloflux.model.train import NotEnoughData, TrainSettings, train_model
 from veloflux.util.events import Events
 
 START = datetime(2026, 9, 22, 0, 0, tzinfo=UTC)
@@ -292,10 +293,10 @@ def test_a_candidate_worse_than_the_current_model_stays_a_candidate(
     journal: Journal, registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     current = "20260101T000000Z-feedbeef"
-    seen: list[pd.DataFrame] = []
+    seen: list[pipeline.Judge] = []
 
-    def perfect_current(_registry: Registry, test: pd.DataFrame) -> tuple[str, dict[str, float]]:
-        seen.append(test)
+    def perfect_current(_registry: Registry, judge: pipeline.Judge) -> tuple[str, dict[str, float]]:
+        seen.append(judge)
         return current, {"mae_p50_seconds": 0.0, "naive_mae_seconds": 1.0}
 
     monkeypatch.setattr(pipeline, "_current_on", perfect_current)
@@ -306,8 +307,10 @@ def test_a_candidate_worse_than_the_current_model_stays_a_candidate(
     (entry,) = registry.entries()
     assert entry.status == CANDIDATE
     # The current model is asked about the candidate's own held-out window.
-    (window,) = seen
-    assert len(window) == report.metadata["rows"]["test"]
+    (judge,) = seen
+    figures = judge(train_small(), float(report.metadata["conformal_offset"]))
+    assert figures["rows"] == report.metadata["rows"]["test"]
+    assert figures["naive_mae_seconds"] == report.metadata["metrics"]["naive_mae_seconds"]
 
 
 def test_a_current_model_on_another_feature_set_cannot_defend_its_place(

@@ -10,8 +10,11 @@ means the same thing wherever a model is trained.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from veloflux.agent.build import feature_queries, open_journal, open_registry
@@ -20,6 +23,9 @@ from veloflux.errors import VelofluxError
 from veloflux.util.events import Events
 
 if TYPE_CHECKING:
+    from distributed import Client
+
+    from veloflux.config.dask import DaskSection
     from veloflux.model.pipeline import TrainingReport
     from veloflux.model.train import Progress, TrainSettings
     from veloflux.prometheus.history import PullReport
@@ -30,6 +36,10 @@ FOREGROUND_THREADS = 2
 # How far back ``train --from-prometheus`` reads by default, and at which spacing.
 PROMETHEUS_SINCE_SECONDS = 7 * 86400.0
 PROMETHEUS_STEP_SECONDS = 15.0
+
+
+class DaskUnavailable(VelofluxError):
+    """The Dask scheduler cannot be reached, or Dask is not installed."""
 
 
 class NoHistory(VelofluxError):
@@ -116,3 +126,78 @@ def train_on_prometheus(
         api.close()
     pulled(report)
     return train_from_samples(samples, open_registry(config, events), settings, progress)
+
+
+def train_on_parquet(
+    config: Config,
+    events: Events,
+    settings: TrainSettings,
+    parquet: Path,
+    progress: Progress | None = None,
+) -> TrainingReport:
+    """Train in process on a Parquet export (``history export``) read whole."""
+    from veloflux.history.partitions import ParquetReader
+    from veloflux.model.pipeline import train_from_samples
+
+    samples = ParquetReader(parquet).read(-math.inf, math.inf)
+    return train_from_samples(samples, open_registry(config, events), settings, progress)
+
+
+def train_on_dask(
+    config: Config,
+    events: Events,
+    settings: TrainSettings,
+    scheduler: str | None = None,
+    parquet: Path | None = None,
+    progress: Progress | None = None,
+) -> TrainingReport:
+    """Train on the Dask cluster of ``ai.dask`` (or at ``scheduler``), the workers
+    reading the journal at ``ai.history_path`` themselves, or the Parquet export at
+    ``parquet``. Raises ``DaskUnavailable`` when the scheduler cannot be reached,
+    ``NoHistory``/``NotEnoughData`` as ``train_on_journal`` does."""
+    from veloflux.history.partitions import JournalReader, ParquetReader, SampleReader
+    from veloflux.model.pipeline import train_on_cluster
+
+    section = config.ai.dask
+    if section is None and scheduler is None:
+        raise DaskUnavailable("ai.dask: no Dask scheduler configured (or give --dask)")
+    reader: SampleReader
+    if parquet is not None:
+        reader = ParquetReader(parquet)
+    else:
+        if not config.ai.history_path.is_file():
+            raise NoHistory(f"ai.history_path: no journal at {config.ai.history_path} yet")
+        reader = JournalReader(config.ai.history_path.resolve())
+    with dask_client(section, scheduler) as client:
+        return train_on_cluster(
+            client,
+            reader,
+            open_registry(config, events),
+            settings,
+            progress,
+            section.partition_rows if section else None,
+        )
+
+
+@contextmanager
+def dask_client(section: DaskSection | None, scheduler: str | None = None) -> Iterator[Client]:
+    """A client of ``scheduler`` (else ``section.scheduler``), with the section's TLS."""
+    try:
+        from veloflux.model.distributed import connect
+    except ImportError:
+        raise DaskUnavailable(
+            "training on Dask needs dask.distributed: pip install 'veloflux[dask]'"
+        ) from None
+    address = scheduler or (section.scheduler if section else "")
+    tls = None
+    if section is not None and section.tls_ca_file is not None:
+        tls = (section.tls_ca_file, section.tls_cert_file, section.tls_key_file)
+    timeout = section.connect_timeout_seconds if section else 30.0
+    try:
+        client = connect(address, tls, timeout)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise DaskUnavailable(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    try:
+        yield client
+    finally:
+        client.close()  # type: ignore[no-untyped-call]

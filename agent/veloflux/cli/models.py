@@ -4,6 +4,7 @@ the kept versions."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -19,6 +20,7 @@ from veloflux.cli.app import (
     progress_bar,
 )
 from veloflux.cli.render import make_console, models_table, training_table
+from veloflux.config.dask import scheduler_host
 from veloflux.config.schema import Config
 from veloflux.daemon.audit import cli_actor, open_audit
 from veloflux.errors import ModelUnavailable
@@ -43,16 +45,33 @@ NO_MODEL_HINT = (
 )
 @click.option("--since", default=None, help="with --from-prometheus: how far back [default: 7d]")
 @click.option("--step", default=None, help="with --from-prometheus: sample spacing [default: 15s]")
+@click.option(
+    "--dask",
+    "scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="train on the Dask cluster at ADDRESS (tcp://HOST:PORT or tls://HOST:PORT; "
+    "TLS files from ai.dask); its workers read the journal, or --parquet",
+)
+@click.option(
+    "--parquet",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="read the history from a `history export --format parquet` directory",
+)
 def train(
     config_path: str | None,
     output: str,
     from_prometheus: bool,
     since: str | None,
     step: str | None,
+    scheduler: str | None,
+    parquet: Path | None,
 ) -> None:
     """Train a model from the journal (or Prometheus); promote it only if it beats the
     current one."""
     from veloflux.agent import learn
+    from veloflux.history.journal import HistoryError
     from veloflux.model.train import NotEnoughData
     from veloflux.prometheus.api import PrometheusError
     from veloflux.prometheus.history import PullReport
@@ -60,6 +79,15 @@ def train(
     since_s, step_s = duration_option(since, "--since"), duration_option(step, "--step")
     if not from_prometheus and (since is not None or step is not None):
         raise click.UsageError("--since and --step go with --from-prometheus")
+    if from_prometheus and (scheduler is not None or parquet is not None):
+        raise click.UsageError("--dask and --parquet read the journal's history, not Prometheus's")
+    if scheduler is not None:
+        try:
+            scheduler_host(scheduler)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--dask") from None
+    if parquet is not None and not parquet.is_dir():
+        raise click.BadParameter(f"{parquet} is not a directory", param_hint="--parquet")
     config = load(config_path)
     events = Events()
     settings = learn.training_settings(config, threads=learn.FOREGROUND_THREADS)
@@ -86,8 +114,16 @@ def train(
                     progress,
                     pulled,
                 )
+            elif scheduler is not None:
+                result = learn.train_on_dask(config, events, settings, scheduler, parquet, progress)
+            elif parquet is not None:
+                result = learn.train_on_parquet(config, events, settings, parquet, progress)
             else:
                 result = learn.train_on_journal(config, events, settings, progress)
+    except learn.DaskUnavailable as exc:
+        fail(EXIT_PROXY, str(exc))
+    except HistoryError as exc:
+        fail(EXIT_CONFIG, str(exc))
     except learn.NoHistory as exc:
         hint = "" if from_prometheus else "; run `veloflux-agent record` first"
         fail(EXIT_CONFIG, f"{exc}{hint}")

@@ -21,6 +21,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel
 
+from veloflux.config.dask_checks import dask_problems, dask_warnings
 from veloflux.config.schema import Config
 from veloflux.config.view import Part, Unknown, View
 from veloflux.errors import ConfigProblem
@@ -405,8 +406,13 @@ CHECKS: tuple[Check, ...] = (
     _some_feature,
     _utilization_is_a_feature,
     _token_file_readable,
+    dask_problems,
 )
 
 # What works but probably not as meant: ``check-config`` prints these and exits 0, the
 # daemon logs them when it starts.
-WARNINGS: tuple[Check, ...] = (_haproxy_timeout_fits_an_interval, _history_outlasts_retraining)
+WARNINGS: tuple[Check, ...] = (
+    _haproxy_timeout_fits_an_interval,
+    _history_outlasts_retraining,
+    dask_warnings,
+)

@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from veloflux.config.dask import DaskSection
 from veloflux.config.fields import (
     FeatureName,
     FeatureQuery,
@@ -126,6 +127,9 @@ class AISection(Section):
     )
     training_threads: int = Field(
         default=1, ge=1, le=64, description="XGBoost threads for the daemon's retraining"
+    )
+    dask: DaskSection | None = Field(
+        default=None, description="retrain on this Dask cluster (unset: in the agent)"
     )
     audit_log: Path = Field(
         default=Path("/var/lib/veloflux/audit.jsonl"),

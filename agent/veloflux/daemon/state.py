@@ -18,7 +18,7 @@ from typing import Any
 
 from veloflux import __version__
 from veloflux.agent.build import proxy_address, proxy_kinds, replica_names
-from veloflux.agent.learn import NoHistory
+from veloflux.agent.learn import DaskUnavailable, NoHistory
 from veloflux.agent.ports import Driver, TickResult
 from veloflux.config.schema import Config
 from veloflux.daemon.audit import DAEMON, EXTERNAL, Actor, AuditLog
@@ -179,7 +179,7 @@ class DaemonOps:
             result = trainer(self._config, self._events, self._stopping.is_set)
         except (NotEnoughData, NoHistory) as exc:  # nothing to learn from yet
             outcome, message = "skipped", str(exc)
-        except TrainingCancelled as exc:
+        except (TrainingCancelled, DaskUnavailable) as exc:  # said whole: no traceback
             outcome, message = "failed", str(exc)
         except Exception as exc:  # a failed training must never take the daemon down
             _log.exception("training failed")

@@ -11,7 +11,7 @@ from datetime import datetime
 from multiprocessing.connection import Connection
 from typing import Any
 
-from veloflux.agent.learn import train_on_journal, training_settings
+from veloflux.agent.learn import train_on_dask, train_on_journal, training_settings
 from veloflux.config.schema import Config
 from veloflux.errors import VelofluxError
 from veloflux.util.events import Events
@@ -49,14 +49,19 @@ class TrainingRun:
 
 
 def train_once(config: Config, events: Events, cancelled: Callable[[], bool]) -> dict[str, Any]:
-    """Train from the journal with the daemon's settings (raises ``NoHistory``,
-    ``NotEnoughData``, ``TrainingCancelled``...)."""
+    """Train from the journal with the daemon's settings, on the Dask cluster of
+    ``ai.dask`` when there is one (raises ``NoHistory``, ``NotEnoughData``,
+    ``DaskUnavailable``, ``TrainingCancelled``...)."""
 
     def progress(_stage: str, _fraction: float) -> None:
         if cancelled():
             raise TrainingCancelled("the daemon is stopping")
 
-    report = train_on_journal(config, events, training_settings(config), progress)
+    settings = training_settings(config)
+    if config.ai.dask is not None:
+        report = train_on_dask(config, events, settings, progress=progress)
+    else:
+        report = train_on_journal(config, events, settings, progress)
     return report.to_json()
 
 

@@ -85,12 +85,12 @@ def export_parquet(
         if samples.empty:
             continue
         target = partition_dir(out, start, period) / FILE_NAME
-        _write(samples, target)
+        write_parquet(samples, target)
         written.append(ExportedFile(target, start, len(samples), target.stat().st_size))
     return written
 
 
-def _write(samples: pd.DataFrame, target: Path) -> None:
+def write_parquet(samples: pd.DataFrame, target: Path) -> None:
     """Through a temporary file and a rename: a reader never sees half a file."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -69,8 +69,13 @@ def load_calibration(
     """The model's calibration slope on the probe moves among ``rows``."""
     if probes.size <= 0 or rows.empty:
         return LoadCalibration(None, 0)
-    moved = probe_moves(rows, probes)
-    ran = int(moved["ran"].sum())
+    return calibration_on_moves(model, probe_moves(rows, probes))
+
+
+def calibration_on_moves(model: TrainedModel, moved: pd.DataFrame) -> LoadCalibration:
+    """``load_calibration`` on the probe moves already found (a Dask training finds
+    them partition by partition: ``model/distributed.py``)."""
+    ran = int(moved["ran"].sum()) if not moved.empty else 0
     if ran == 0:
         return LoadCalibration(None, 0)
     predicted = predicted_change(model, moved)

@@ -290,7 +290,9 @@ def training_rows(features: pd.DataFrame) -> pd.DataFrame:
     usable = features[TARGET_LATENCY].notna() & (features[TARGET_REQUESTS] > 0)
     usable &= features[LOAD_FEATURE].notna()
     usable &= np.isfinite(baseline_log_latency(features))
-    rows: pd.DataFrame = features[usable].sort_values("time").reset_index(drop=True)
+    # Stable: within an instant, rows keep their (pool, server) order, so a time split
+    # falls between the same rows however the history was partitioned.
+    rows: pd.DataFrame = features[usable].sort_values("time", kind="stable").reset_index(drop=True)
     return rows
 
 

@@ -150,8 +150,12 @@ def fit_load_response(
     (``features.probe_moves`` says why on every scheduled move, not the run ones); a
     fit below 0 (load lowering latency) is taken as 0.
     """
-    moves = probe_moves(rows, probes)
-    feature = response_feature(utilization, list(rows.columns))
+    return fit_on_moves(probe_moves(rows, probes), response_feature(utilization, rows.columns))
+
+
+def fit_on_moves(moves: pd.DataFrame, feature: str) -> LoadResponse | None:
+    """``fit_load_response`` on moves already found (``features.probe_moves``): a Dask
+    training finds them partition by partition (``model/distributed.py``)."""
     p = pressure(moves, feature)
     x = p * moves[LOAD_STEP].to_numpy(dtype=float)
     y = measured_change(moves, feature)

@@ -10,7 +10,7 @@ never call it in a forked child (XGBoost).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +18,13 @@ from veloflux.errors import ModelUnavailable
 
 if TYPE_CHECKING:
     import pandas as pd
+    from distributed import Client
+
+    from veloflux.history.partitions import SampleReader
 from veloflux.history.journal import Journal
 from veloflux.history.rates import derive_rates
 from veloflux.model.calibration import LoadCalibration, load_calibration
+from veloflux.model.evaluation import evaluate
 from veloflux.model.features import build_features, checked_features
 from veloflux.model.registry import ModelEntry, Registry
 from veloflux.model.train import (
@@ -28,10 +32,13 @@ from veloflux.model.train import (
     Progress,
     TrainedModel,
     TrainSettings,
-    evaluate,
     quantile_name,
     train_model,
 )
+
+# A model's figures (``evaluation.evaluate``) on a candidate's test window, given the
+# model's conformal offset: how the current model defends its place.
+Judge = Callable[[TrainedModel, float], Mapping[str, float | None]]
 
 
 @dataclass(frozen=True)
@@ -82,9 +89,42 @@ def train_from_samples(
     features = build_features(derive_rates(samples))
     model, split = train_model(features, settings, progress)
     calibration = load_calibration(model, split.held_out, settings.probes())
+    return register(model, calibration, registry, lambda m, offset: evaluate(m, split.test, offset))
+
+
+def train_on_cluster(
+    client: Client,
+    reader: SampleReader,
+    registry: Registry,
+    settings: TrainSettings,
+    progress: Progress | None = None,
+    partition_rows: int | None = None,
+) -> TrainingReport:
+    """Train on a Dask cluster (``model/distributed.py``) on every sample ``reader``
+    holds: the same model format, registry and gate; the current model is judged on
+    the new one's test window on the workers."""
+    from veloflux.model.distributed import DEFAULT_PARTITION_ROWS, train_distributed
+
+    result = train_distributed(
+        client, reader, settings, progress, partition_rows or DEFAULT_PARTITION_ROWS
+    )
+    try:
+        return register(result.model, result.calibration, registry, result.judge)
+    finally:
+        result.release()
+
+
+def register(
+    model: TrainedModel,
+    calibration: LoadCalibration,
+    registry: Registry,
+    judge: Judge,
+) -> TrainingReport:
+    """Save a freshly trained model, then promote it if it passes the gate against
+    the current model (``judge``: a model's figures on the new one's test window)."""
     model.metadata["load_calibration"] = {"slope": calibration.slope, "moves": calibration.moves}
     entry = registry.save(model.booster_bytes(), model.metadata)
-    current_version, current_metrics = _current_on(registry, split.test)
+    current_version, current_metrics = _current_on(registry, judge)
     promoted, reason = gate(
         model.metadata["metrics"], current_version, current_metrics, calibration
     )
@@ -161,7 +201,7 @@ def _forecast_gate(
 
 
 def _current_on(
-    registry: Registry, test: Any
+    registry: Registry, judge: Judge
 ) -> tuple[str | None, Mapping[str, float | None] | None]:
     """The current model's metrics on the candidate's test window, if it can be judged."""
     import xgboost as xgb
@@ -186,4 +226,4 @@ def _current_on(
         boosters[name] = booster
     latency = tuple(boosters[quantile_name(a)] for a in QUANTILES)
     model = TrainedModel(latency, boosters["errors"], dict(loaded.metadata), features)
-    return version, evaluate(model, test, float(loaded.metadata["conformal_offset"]))
+    return version, judge(model, float(loaded.metadata["conformal_offset"]))
