@@ -47,6 +47,7 @@ WITH_CONFIG = {
     "revert": "revert",
     "record": "record --duration 1s",
     "train": "train",
+    "forecast": "forecast",
     "model list": "model list",
     "model show": "model show",
     "model promote": "model promote v1",
@@ -283,6 +284,11 @@ BAD_VALUES = [
     ),
     case("train -c {prom} --from-prometheus --step -5s", USAGE, "--step", id="step-negative"),
     case("train -c {good} --step 15s", USAGE, "--from-prometheus", id="step-without-prometheus"),
+    case("forecast -c {good} --horizon 2d", USAGE, "--horizon", "1d", id="forecast-horizon-long"),
+    case("forecast -c {good} --horizon soon", USAGE, "--horizon", id="forecast-horizon-garbage"),
+    case(
+        "forecast -c {good} --horizon 5s", USAGE, "--horizon", "step", id="forecast-horizon-short"
+    ),
     case("train -c {good} --dask", USAGE, "--dask", id="train-dask-no-value"),
     case("train -c {good} --dask localhost", USAGE, "--dask", "tcp://", id="train-dask-garbage"),
     case(
@@ -408,6 +414,7 @@ REFUSED = [
     case("model promote -c {good} v1", CONFIG, "v1", id="model-promote-unknown"),
     case("model rollback -c {good}", CONFIG, "roll back", id="model-rollback-nothing"),
     case("train -c {good}", CONFIG, "record", id="train-no-history"),
+    case("forecast -c {good}", CONFIG, "ai.history_path", "record", id="forecast-no-history"),
     case("train -c {good} --parquet {tmp}", CONFIG, "no Parquet files", id="train-parquet-empty"),
     case("check-config -c {dask_tls}", CONFIG, "ai.dask", "tls_ca_file", id="dask-tls-no-files"),
     case(

@@ -21,7 +21,7 @@ from veloflux.config.load import load_config, load_config_checked, validate_conf
 from veloflux.daemon.api.fields import read_token
 from veloflux.errors import ConfigError
 
-SECTIONS = "the sections are ai, api, capacity, envoy, haproxy, policy, prometheus"
+SECTIONS = "the sections are ai, api, capacity, envoy, forecast, haproxy, policy, prometheus"
 
 BROKEN = """\
 interval: 10s

@@ -5,10 +5,10 @@ exit. Commands are grouped by audience: ``local`` (the proxy beside it, once),
 draws the tables. The exit-code contract is in ``app``.
 """
 
-from veloflux.cli import history, local, models, service, tools
+from veloflux.cli import forecast, history, local, models, service, tools
 from veloflux.cli.app import main
 
-for _module in (local, service, models, history, tools):
+for _module in (local, service, models, history, forecast, tools):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 

@@ -29,6 +29,7 @@ from veloflux.config.fields import (
     check_crontab,
     parse_listen_address,
 )
+from veloflux.config.forecast import ForecastSection
 from veloflux.haproxy.runtime import HAPROXY_MAX_WEIGHT, parse_socket_address
 from veloflux.prometheus import promql
 from veloflux.util.names import check_name
@@ -411,6 +412,7 @@ class Config(Section):
     api: APISection = Field(default_factory=APISection)
     prometheus: PrometheusSection | None = None
     capacity: CapacitySection = Field(default_factory=CapacitySection)
+    forecast: ForecastSection = Field(default_factory=ForecastSection)
 
     @property
     def stale_after_seconds(self) -> float:

@@ -214,6 +214,33 @@ class Journal:
         rows = self._query("reading", sql, params)
         return _frame(rows)
 
+    def pool_requests(self, since: datetime | None = None) -> pd.DataFrame:
+        """Per (pool, time): the requests its servers completed in the interval ending
+        then, and the interval's seconds, summed in SQLite from each server's counter
+        (a fleet's month of samples never comes into memory; a server's first sample,
+        a reload or a counter that went back gives no interval)."""
+        where = "WHERE time >= ?" if since is not None else ""
+        params: list[object] = [epoch_seconds(since)] if since is not None else []
+        sql = (
+            "SELECT pool, time, SUM(delta), MAX(seconds) FROM ("
+            " SELECT pool, time, proxy_pid,"
+            "  requests_total - LAG(requests_total) OVER w AS delta,"
+            "  time - LAG(time) OVER w AS seconds,"
+            "  LAG(proxy_pid) OVER w AS pid_before"
+            f" FROM samples {where}"
+            " WINDOW w AS (PARTITION BY pool, server ORDER BY time))"
+            " WHERE delta >= 0 AND proxy_pid = pid_before GROUP BY pool, time ORDER BY pool, time"
+        )
+        rows = self._query("summing requests", sql, params)
+        return pd.DataFrame(
+            {
+                "pool": [r[0] for r in rows],
+                "time": pd.to_datetime([r[1] for r in rows], unit="s", utc=True),
+                "requests": np.array([r[2] for r in rows], dtype=float),
+                "interval_seconds": np.array([r[3] for r in rows], dtype=float),
+            }
+        )
+
     def count(self) -> int:
         """How many rows the journal holds."""
         return int(self._query("counting", "SELECT COUNT(*) FROM samples", [])[0][0])
