@@ -1,4 +1,5 @@
-"""Running the real CLI as a subprocess, and reading HAProxy's weights independently."""
+"""Running the real CLI as a subprocess, reading HAProxy's weights independently, and
+journals of a synthetic pool that end now."""
 
 from __future__ import annotations
 
@@ -6,10 +7,17 @@ import json
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from integration.synthetic import SyntheticPool
+from tests.unit.learning_factories import synthetic_observation, synthetic_raw
 from veloflux.haproxy.runtime import RuntimeAPI
+from veloflux.history.journal import Journal
+from veloflux.util.events import Events
 
 
 @dataclass(frozen=True)
@@ -46,3 +54,15 @@ def set_weights(socket: str, values: dict[str, int]) -> None:
     api = RuntimeAPI(socket)
     replies = api.run_many([f"set server {key} weight {w}" for key, w in values.items()])
     assert all(not r.strip() for r in replies), replies
+
+
+def recent_journal(path: Path, spec: SyntheticPool) -> None:
+    """A journal of ``spec``'s synthetic pool whose last sample is a minute old: the
+    forecasts read the last ``forecast.history`` before now."""
+    raw = synthetic_raw(spec)
+    now = pd.Timestamp(datetime.now(UTC)).floor("min")
+    raw["time"] = raw["time"] + (now - raw["time"].max() - pd.Timedelta("1min"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with Journal(path, Events()) as journal:
+        for when in sorted(raw["time"].unique()):
+            journal.append(synthetic_observation(raw, pd.Timestamp(when)))

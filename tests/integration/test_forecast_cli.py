@@ -4,17 +4,12 @@ the table an operator reads, and a pool with too little history named."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from integration.synthetic import SyntheticPool
-from tests.integration.helpers import run_cli
-from tests.unit.learning_factories import synthetic_observation, synthetic_raw
-from veloflux.history.journal import Journal
-from veloflux.util.events import Events
+from tests.integration.helpers import recent_journal, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -25,13 +20,7 @@ SPEC = SyntheticPool(servers=3, intervals=4 * 1440, interval_seconds=60.0, seed=
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("forecast")
-    raw = synthetic_raw(SPEC)
-    # Ending a minute ago: the forecast reads the last forecast.history of the journal.
-    shift = pd.Timestamp(datetime.now(UTC)).floor("min") - raw["time"].max() - pd.Timedelta("1min")
-    raw["time"] = raw["time"] + shift
-    with Journal(root / "history.sqlite", Events()) as journal:
-        for when in sorted(raw["time"].unique()):
-            journal.append(synthetic_observation(raw, pd.Timestamp(when)))
+    recent_journal(root / "history.sqlite", SPEC)
     path = root / "veloflux.yaml"
     path.write_text(
         "interval: 60s\nhaproxy:\n  socket: unix:///nonexistent/admin.sock\n"

@@ -70,16 +70,16 @@ def forecast_pools(
     section = config.forecast
     since = now() - timedelta(seconds=section.history_seconds)
     journal = open_journal(config, events, create=False)
+    if journal is None and section.source != "prometheus":
+        raise NoLoadHistory(f"ai.history_path: no journal at {config.ai.history_path} yet")
+    series: list[PoolSeries] = []
     if section.source == "prometheus":
         series = _from_prometheus(config, since, now())
-    elif journal is None:
-        raise NoLoadHistory(f"ai.history_path: no journal at {config.ai.history_path} yet")
-    else:
-        with journal:
-            series = from_rates(journal.pool_requests(since), section.step_seconds)
     capacities: dict[str, dict[str, float]] = {}
     if journal is not None:
         with journal:
+            if section.source != "prometheus":
+                series = from_rates(journal.pool_requests(since), section.step_seconds)
             capacities = _capacities(config, journal, now())
     wanted = set(pools)
     steps = (

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -45,6 +45,7 @@ from veloflux.daemon.api.fields import read_token
 from veloflux.daemon.api.server import ApiServer
 from veloflux.daemon.audit import open_audit
 from veloflux.daemon.controls import OperatorControls
+from veloflux.daemon.forecasts import ForecastBoard
 from veloflux.daemon.metrics import AgentMetrics
 from veloflux.daemon.state import DaemonOps
 from veloflux.daemon.training_job import Trainer, TrainingRun, train_in_child
@@ -55,7 +56,7 @@ from veloflux.util.logs import FIELDS
 
 _log = logging.getLogger("veloflux.daemon")
 AgentFactory = Callable[[Config, Events], Driver]
-_TICK, _TRAIN = "tick", "train"
+_TICK, _TRAIN, _FORECAST = "tick", "train", "forecast"
 
 
 @dataclass(frozen=True)
@@ -95,9 +96,15 @@ class Daemon:
             audit=open_audit(config.ai, self.events),
             quiesce=self._quiesce,
         )
+        self.forecasts = ForecastBoard(options.clock)
+        self.metrics.registry.register(self.forecasts)
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
-            executors={"default": ThreadPoolExecutor(1), _TRAIN: ThreadPoolExecutor(1)},
+            executors={
+                "default": ThreadPoolExecutor(1),
+                _TRAIN: ThreadPoolExecutor(1),
+                _FORECAST: ThreadPoolExecutor(1),
+            },
             job_defaults={"coalesce": True, "max_instances": 1},
         )
         self._scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
@@ -112,6 +119,7 @@ class Daemon:
                 events=self.events,
                 token=read_token(config.api.token_file),
                 max_body_bytes=config.api.max_body_bytes,
+                forecast=self.forecasts.to_json,
             )
 
     @property
@@ -208,6 +216,21 @@ class Daemon:
             )
         elif self._scheduler.get_job(_TRAIN) is not None:
             self._scheduler.remove_job(_TRAIN)
+        if self._config.forecast.enabled:
+            # The first refresh a little after the first tick, then every refresh.
+            soon = datetime.now(UTC) + timedelta(seconds=min(30.0, 2 * interval))
+            first: dict[str, Any] = {"next_run_time": soon} if first_tick_now else {}
+            self._scheduler.add_job(
+                self.refresh_forecasts,
+                IntervalTrigger(seconds=self._config.forecast.refresh_seconds, timezone=UTC),
+                id=_FORECAST,
+                replace_existing=True,
+                executor=_FORECAST,
+                misfire_grace_time=None,
+                **first,
+            )
+        elif self._scheduler.get_job(_FORECAST) is not None:
+            self._scheduler.remove_job(_FORECAST)
 
     def tick(self) -> None:
         """One tick, whatever happens: failures are counted and logged, never raised."""
@@ -254,6 +277,10 @@ class Daemon:
             elapsed * 1000,
             extra={FIELDS: fields},
         )
+
+    def refresh_forecasts(self) -> None:
+        """One forecast refresh in its own thread (also callable directly by tests)."""
+        self.forecasts.refresh(self._config, self.events)
 
     def train(self) -> TrainingRun:
         """One retraining run in the training thread (also callable directly by tests)."""

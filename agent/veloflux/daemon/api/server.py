@@ -46,6 +46,9 @@ from veloflux.util.events import Events
 _log = logging.getLogger("veloflux.api")
 
 OVERRIDES_PATH = "/api/v1/overrides"
+# Each pool's forecast and recommended servers (``daemon/forecasts.py``): read by an
+# autoscaler (KEDA's metrics-api scaler: ``pools.NAME.recommended_servers``).
+FORECAST_PATH = "/api/v1/forecast"
 _WRITE_METHODS = frozenset({"POST", "DELETE"})
 
 
@@ -105,7 +108,16 @@ class _Api:
             },
             "/api/v1/pause": {"POST": self._pause},
             "/api/v1/resume": {"POST": self._resume},
+            FORECAST_PATH: {"GET": lambda _: json_reply(200, self._forecast())},
         }
+        self._forecast: Callable[[], dict[str, Any]] = lambda: {
+            "pools": {},
+            "error": "forecasts are off (forecast.enabled: false)",
+        }
+
+    def serve_forecast(self, forecast: Callable[[], dict[str, Any]]) -> None:
+        """Answer ``/api/v1/forecast`` from ``forecast`` (the daemon's board)."""
+        self._forecast = forecast
 
     def handle(self, request: Request) -> Reply:
         try:
@@ -315,8 +327,11 @@ class ApiServer:
         token: str | None,
         max_body_bytes: int = 65536,
         request_timeout_seconds: float = 10.0,
+        forecast: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         api = _Api(status, controls, metrics, events, token, max_body_bytes)
+        if forecast is not None:
+            api.serve_forecast(forecast)
         try:
             self._server = _HttpServer((host, port), api, request_timeout_seconds)
         except OSError as exc:
