@@ -14,11 +14,14 @@ from hypothesis import strategies as st
 
 from veloflux.haproxy.replies import (
     ServerState,
+    ServerStates,
     StatsFormatError,
     parse_info,
     parse_servers_state,
+    parse_servers_state_columns,
     parse_stat,
     parse_stat_columns,
+    parse_stat_table,
     read_number,
 )
 
@@ -614,3 +617,142 @@ def test_read_number_is_nan_with_problem_or_finite_non_negative(raw: str, scale:
     else:
         assert math.isfinite(value)
         assert value >= 0
+
+
+# --- the column readers against the row readers ----------------------------------------
+
+
+def outcome(parse: Callable[[], object]) -> object:
+    """What a parser returns, or the message of the StatsFormatError it raises."""
+    try:
+        return parse()
+    except StatsFormatError as exc:
+        return f"StatsFormatError: {exc}"
+
+
+def transposed(rows: list[tuple[str, ...]], columns: Sequence[str]) -> list[list[str]]:
+    """What parse_stat_table must return: parse_stat_columns's rows as columns."""
+    return [[row[i] for row in rows] for i in range(len(columns))]
+
+
+def stat_table_agrees(text: str, columns: Sequence[str]) -> None:
+    assert outcome(lambda: parse_stat_table(text, columns)) == outcome(
+        lambda: transposed(parse_stat_columns(text, columns), columns)
+    )
+
+
+PLAIN = stat_reply(STAT_COLUMNS)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        PLAIN,
+        quote_all(PLAIN),
+        REPEATED_RTIME,
+        cut_first_row(PLAIN, 40),  # short, but has every required column
+        cut_first_row(PLAIN, 20),  # cut before 'type': refused
+        stat_reply(["type", "weight", "svname", "status", "pxname"]),
+        "# " + ",".join(STAT_COLUMNS) + ",\n",
+        PLAIN.replace("\napp,s2,", "\n\napp,s2,"),  # a blank line
+        PLAIN.replace(",L4OK,", ",L4\0OK,"),  # a NUL: the lines' mark
+        PLAIN.replace(",L4OK,", ",L4\rOK,"),  # a line break within a row
+        PLAIN.rstrip("\n") + ",x,y,z\n",  # a row too long
+        PLAIN.replace("\napp,BACKEND,", "\napp,BACKEND,,"),  # one row longer, still fine
+        PLAIN + "app,s3\n",
+        "# pxname,svname,status,weight,type\napp,s1,UP," + "9" * 200_000 + ",2\n",
+        # Lines of 6, 5 and 7 fields: as many as three of 6, but not three of 6.
+        "# pxname,svname,status,weight,type,rtime\napp,s1,UP,1,2,3\napp,s2,UP,1,2\n"
+        "app,s3,UP,1,2,7,\n",
+        # The same, the field where the second mark would be a NUL, as the mark is.
+        "# pxname,svname,status,weight,type,rtime\napp,s1,UP,1,2,3\napp,s2,UP,1,2\n"
+        "\0,s3,UP,1,2,7,\n",
+    ],
+)
+@pytest.mark.parametrize(
+    "columns", [(), ("rtime",), ("uweight", "no_such_column", "pxname"), STAT_COLUMNS]
+)
+def test_parse_stat_table_is_parse_stat_columns_transposed(
+    text: str, columns: tuple[str, ...]
+) -> None:
+    """Kills: the one-string split taken where lines differ in length, hold a quote, a
+    blank line or the mark between lines, or a column read from the wrong place."""
+    stat_table_agrees(text, columns)
+
+
+# Rows of a few fields from an alphabet with every character that matters to a split.
+stat_rows = st.lists(
+    st.lists(st.sampled_from(["", "1", "app", "s1", "2", ",", '"', "\0", "\r", "x y"]), max_size=7),
+    max_size=6,
+)
+
+
+@PROPERTY
+@given(stat_rows, st.integers(min_value=0, max_value=6))
+def test_parse_stat_table_agrees_with_parse_stat_columns_on_any_rows(
+    rows: list[list[str]], width: int
+) -> None:
+    header = "# pxname,svname,status,weight,type,rtime"
+    fixed = [(row + [""] * width)[: max(width, 5)] if width else row for row in rows]
+    text = "\n".join([header, *(",".join(row) for row in fixed)])
+    stat_table_agrees(text, ["type", "rtime", "no_such_column", "pxname"])
+
+
+def state_mapping(states: ServerStates) -> dict[tuple[str, str], tuple[str, int, int]]:
+    """The columns read as parse_servers_state's dict is: a server by name, the later
+    line winning."""
+    return {
+        (backend, server): (state, user, initial)
+        for backend, server, state, user, initial in zip(*states, strict=True)
+    }
+
+
+def expected_mapping(text: str) -> dict[tuple[str, str], tuple[str, int, int]]:
+    return {
+        key: (s.state, s.user_weight, s.initial_weight)
+        for key, s in parse_servers_state(text).items()
+    }
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        SERVERS_STATE,
+        SERVERS_STATE + "4 web 2 w2 10.0.0.8 2 8 7 5\n",  # a short line
+        SERVERS_STATE + SERVERS_STATE.splitlines()[2].replace(" 12 10 ", " 13 10 ") + "\n",
+        SERVERS_STATE.replace(" 2 1 20 ", " 2 x 20 "),  # a number that does not read
+        SERVERS_STATE.replace("3 app 1 s1", "3\tapp  1 s1").replace("4 web", "  4 web"),
+        SERVERS_STATE.replace(" 8001 ", " 8001 extra "),  # one line longer
+        SERVERS_STATE.replace(" 8001 ", " 80\x0001 "),  # the lines' mark
+        SERVERS_STATE.replace("\n4 web", "\n\n   \n4 web"),  # blank lines
+        # Lines of 25, 24 and 26 fields, the third one's first a NUL, as the mark is.
+        SERVERS_STATE.replace(" - 8002 ", " 8002 ").replace("4 web 1", "\0 4 web 1"),
+        f"1\n# {SERVERS_STATE_HEADER}\n",
+        "1\n# be_id be_name\n",
+        "garbage",
+    ],
+)
+def test_parse_servers_state_columns_read_as_parse_servers_state(text: str) -> None:
+    """Kills: a line split as one string with the others when it differs from them, a
+    line a number of which does not read kept, or a server listed twice read first."""
+    assert outcome(lambda: state_mapping(parse_servers_state_columns(text))) == outcome(
+        lambda: expected_mapping(text)
+    )
+
+
+state_lines = st.lists(
+    st.lists(
+        st.sampled_from(["1", "2", "0", "8", "100", "app", "s1", "s2", "x", "\0"]), max_size=11
+    ).map(" ".join),
+    max_size=6,
+)
+
+
+@PROPERTY
+@given(state_lines)
+def test_parse_servers_state_columns_agree_on_any_lines(lines: list[str]) -> None:
+    text = "\n".join(["1", "# be_id be_name srv_id srv_name srv_addr srv_op_state "
+                      "srv_admin_state srv_uweight srv_iweight", *lines])  # fmt: skip
+    assert outcome(lambda: state_mapping(parse_servers_state_columns(text))) == outcome(
+        lambda: expected_mapping(text)
+    )

@@ -45,7 +45,8 @@ def with_row(**values: str) -> str:
 
 
 def test_metrics_follow_server_row_field_order() -> None:
-    """_server_rows builds ServerRow positionally: _METRICS must sit between these fields."""
+    """_server_columns names the metric columns after _METRICS: they must be ServerRow's
+    fields, between these, in its order."""
     fields = list(ServerRow._fields)
     assert tuple(fields) == COLUMN_NAMES
     start = fields.index("algorithm") + 1
@@ -120,7 +121,7 @@ def test_a_server_the_state_dump_lacks_is_flagged_by_the_source_and_held_by_the_
     """The source's own cross-check of ``show stat`` against ``show servers state``
     produces the problem, and the planner then holds the server instead of moving it
     on a weight it could not confirm. Kills: removing the cross-check in
-    ``_server_rows`` (the row would carry no problem and s1 would move to its static
+    ``_admin_view`` (the row would carry no problem and s1 would move to its static
     weight, as it does in the control with the full state dump)."""
     rules = PolicySection(static_weights={"app/s1": 1})
     full = observe(stat_reply(STAT_COLUMNS))

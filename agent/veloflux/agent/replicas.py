@@ -27,36 +27,64 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from itertools import repeat
+from operator import itemgetter, sub
+from typing import Protocol, runtime_checkable
 
 from veloflux.agent.ports import Sink, Source
-from veloflux.domain.observation import (
-    Observation,
-    PoolInfo,
-    ProxyIdentity,
-    ReplicaStatus,
-    ServerRow,
-)
-from veloflux.domain.weightplan import ApplyReport, PoolPlan, WeightPlan, WriteResult
+from veloflux.agent.replica_merge import Counts, each_once, keys_of, merge, merge_readings
+from veloflux.domain.observation import ColumnReading, Observation, ProxyIdentity, ReplicaStatus
+from veloflux.domain.weightplan import ApplyReport, PoolPlan, ServerPlan, WeightPlan, WriteResult
 from veloflux.errors import SinkRejected, SourceUnavailable
 from veloflux.util.events import Events
 
-_SUMMED = (
-    "sessions", "queue", "session_rate", "sessions_total", "requests_total",
-    "responses_5xx_total", "response_errors_total", "connect_errors_total",
-)  # fmt: skip
-_TIMES = ("queue_time", "connect_time", "response_time", "total_time")
-# Which state wins when replicas differ: an operator's MAINT first, then DRAIN, DOWN.
-_STATE_ORDER = {"MAINT": 0, "DRAIN": 1, "DOWN": 2, "UP": 3}
+__all__ = ["ReplicaView", "ReplicatedSink", "ReplicatedSource", "merge"]
 _LEVEL_ORDER = {"user": 0, "operator": 1, "unknown": 2, "admin": 3}
-Counts = dict[tuple[str, str], float]  # a figure per (pool, server)
-_FIELDS = ServerRow._fields
-_SUMMED_AT = tuple(_FIELDS.index(c) for c in _SUMMED)
-_TIMES_AT = tuple(_FIELDS.index(c) for c in _TIMES)
-_STATE_AT, _PROBLEM_AT = _FIELDS.index("state"), _FIELDS.index("problem")
-_CHANGE_AT = _FIELDS.index("since_state_change")
+_WRITABLE = frozenset({"UP", "DOWN"})  # the states a replica's own weight is written from
+_BACKEND, _SERVER, _STATE, _CURRENT = (
+    itemgetter(ServerPlan._fields.index(name))
+    for name in ("backend", "server", "state", "current_weight")
+)
+
+
+class Asked(Protocol):
+    """A reading asked of a proxy, its answer still due: ``receive`` waits for it,
+    ``pump`` takes in what has come without waiting, ``reading`` parses it."""
+
+    def receive(self) -> None: ...
+
+    def pump(self) -> None: ...
+
+    def reading(self) -> ColumnReading: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class AskingSource(Protocol):
+    """A source whose reading can be asked now and read later (``HAProxySource``): every
+    replica is asked before any answer is read, so the proxies prepare their answers
+    at the same time, while this process reads the first."""
+
+    def ask(self) -> Asked: ...
+
+
+class Sent(Protocol):
+    """Writes sent to a proxy, their outcome still due."""
+
+    def report(self) -> ApplyReport: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class SendingSink(Protocol):
+    """A sink whose writes can be sent now and checked later (``HAProxySink``): every
+    replica gets its writes before any reply is read, and they work at the same time."""
+
+    def send(self, plan: WeightPlan, proxy_level: str = "unknown") -> Sent: ...
 
 
 @dataclass
@@ -70,7 +98,11 @@ class ReplicaView:
 
 
 class ReplicatedSource:
-    """Every replica read in turn, merged into one Observation (``Source``)."""
+    """Every replica asked, then read in turn, merged into one Observation (``Source``).
+
+    Reading a reply is Python work, so threads would only trade the GIL; instead every
+    replica that can be (``AskingSource``) is asked before any reply is read, and
+    prepares its reply while this process parses the first one."""
 
     def __init__(
         self,
@@ -86,35 +118,46 @@ class ReplicatedSource:
         self._started = monotonic()
         self._generation = 0
         self._identities: dict[str, ProxyIdentity] = {}
-        self._requests: dict[str, Counts] = {}
+        self._requests: dict[str, tuple[list[tuple[str, str]], list[float]]] = {}
 
     def observe(self) -> Observation:
-        parts: dict[str, Observation] = {}
+        asked = {name: _ask(source) for name, source in self._sources.items()}
+        parts: dict[str, ColumnReading] = {}
         statuses: list[ReplicaStatus] = []
-        # One after the other: parsing a reading is Python work, so reading replicas in
-        # threads made the tick slower (two threads trading the GIL), not faster.
-        for name, source in self._sources.items():
-            try:
-                parts[name] = source.observe()
-            except SourceUnavailable as exc:
-                self._events.record(
-                    "replica_unavailable", f"{name}: {exc}; held while the others are driven"
-                )
-                statuses.append(ReplicaStatus(name, False, str(exc)))
-            else:
-                statuses.append(ReplicaStatus(name, True, "", parts[name].proxy.pid))
+        waiting = list(asked.values())
+        try:
+            for i, (name, pending) in enumerate(asked.items()):
+                # Received, then the others pumped before this one is parsed: a proxy
+                # whose reply fills its socket waits to be read before it goes on.
+                pending.receive()
+                for other in waiting[i + 1 :]:
+                    other.pump()
+                try:
+                    parts[name] = pending.reading()
+                except SourceUnavailable as exc:
+                    self._events.record(
+                        "replica_unavailable", f"{name}: {exc}; held while the others are driven"
+                    )
+                    statuses.append(ReplicaStatus(name, False, str(exc)))
+                else:
+                    statuses.append(ReplicaStatus(name, True, "", parts[name].proxy.pid))
+        finally:
+            for pending in asked.values():
+                pending.close()
         self._view.up = {s.name: s.up for s in statuses}
         if not parts:
             problems = "; ".join(f"{s.name}: {s.problem}" for s in statuses)
             raise SourceUnavailable(f"no replica answered ({problems})")
+        keys = {name: keys_of(part) for name, part in parts.items()}
         self._view.weights = {
-            name: {(r.pool, r.server): r.weight for r in part.rows} for name, part in parts.items()
+            name: dict(zip(keys[name], part.columns["weight"], strict=True))
+            for name, part in parts.items()
         }
         identity = self._identity(parts)
-        shares = self._request_shares(parts)
-        return merge(parts, statuses, identity, shares)
+        shares = self._request_shares(parts, keys)
+        return merge_readings(parts, statuses, identity, shares, keys)
 
-    def _identity(self, parts: Mapping[str, Observation]) -> ProxyIdentity:
+    def _identity(self, parts: Mapping[str, ColumnReading]) -> ProxyIdentity:
         """One identity for the set: a new generation when a replica restarted or the
         set that answered changed, so that the history sees a counter reset."""
         now = {name: part.proxy for name, part in parts.items()}
@@ -137,117 +180,27 @@ class ReplicatedSource:
             level=level,
         )
 
-    def _request_shares(self, parts: Mapping[str, Observation]) -> dict[str, Counts]:
-        """Each replica's requests per server since its previous reading: the weights of
-        its moving-average times in the merge (NaN when not known yet)."""
-        shares: dict[str, Counts] = {}
+    def _request_shares(
+        self, parts: Mapping[str, ColumnReading], keys: Mapping[str, list[tuple[str, str]]]
+    ) -> dict[str, list[float]]:
+        """Each replica's requests per row since its previous reading: the weights of its
+        moving-average times in the merge (NaN when not known yet). A replica that lists
+        the same servers as before, each once, is subtracted column from column."""
+        shares: dict[str, list[float]] = {}
         for name, part in parts.items():
-            before = self._requests.get(name, {})
-            now = {(r.pool, r.server): r.requests_total for r in part.rows}
-            shares[name] = {key: value - before.get(key, math.nan) for key, value in now.items()}
-            self._requests[name] = now
+            now = list(part.columns["requests_total"])
+            then_keys, then = self._requests.get(name, ([], []))
+            if then_keys == keys[name] and each_once(part, then_keys):
+                shares[name] = list(map(sub, now, then))
+            else:
+                before = dict(zip(then_keys, then, strict=True))
+                by_key = {
+                    key: value - before.get(key, math.nan)
+                    for key, value in zip(keys[name], now, strict=True)
+                }
+                shares[name] = [by_key[key] for key in keys[name]]
+            self._requests[name] = (keys[name], now)
         return shares
-
-
-def merge(
-    parts: Mapping[str, Observation],
-    statuses: Sequence[ReplicaStatus],
-    identity: ProxyIdentity,
-    shares: Mapping[str, Counts],
-) -> Observation:
-    """The replicas' readings as one (pure: the tests feed it readings by hand).
-
-    Every pool any replica has is kept, its rows from the first replica that has it; a
-    pool is missing only when every replica lacks it, and held when some do."""
-    infos: dict[str, PoolInfo] = {}
-    for part in parts.values():
-        for info in part.pools:
-            infos.setdefault(info.name, info)
-    pools: list[PoolInfo] = []
-    rows: list[ServerRow] = []
-    for name, info in infos.items():
-        servers = {
-            replica: {r.server: r for r in part.servers_of(name)}
-            for replica, part in parts.items()
-            if any(p.name == name for p in part.pools)
-        }
-        disagreement = _disagreement(name, servers, list(parts))
-        pools.append(
-            replace(info, managed=False, unmanaged_reason=disagreement) if disagreement else info
-        )
-        holders = list(servers)
-        for server, row in servers[holders[0]].items():
-            copies = [(r, servers[r][server]) for r in holders if server in servers[r]]
-            rows.append(_merged_row(row, copies, shares))
-    everywhere = set.intersection(*(set(part.missing_pools) for part in parts.values()))
-    missing = tuple(p for p in next(iter(parts.values())).missing_pools if p in everywhere)
-    return Observation(
-        taken_at=max(part.taken_at for part in parts.values()),
-        rows=tuple(rows),
-        pools=tuple(pools),
-        proxy=identity,
-        missing_pools=missing,
-        replicas=tuple(statuses),
-    )
-
-
-def _disagreement(
-    pool: str, servers: Mapping[str, Mapping[str, ServerRow]], replicas: Sequence[str]
-) -> str:
-    """Why the replicas cannot be driven as one for ``pool`` ('' when they can)."""
-    lacking = [name for name in replicas if name not in servers]
-    if lacking:
-        return f"replicas disagree: {', '.join(lacking)} has no pool {pool!r}; held"
-    names = list(servers)
-    reference = set(servers[names[0]])
-    for name in names[1:]:
-        other = set(servers[name])
-        if other != reference:
-            only_first = ", ".join(sorted(reference - other)[:5]) or "-"
-            only_other = ", ".join(sorted(other - reference)[:5]) or "-"
-            return (
-                f"replicas disagree on the servers of {pool!r}: {name} lacks {only_first} "
-                f"and has {only_other} that {names[0]} lacks; held"
-            )
-    return ""
-
-
-def _merged_row(
-    first: ServerRow,
-    copies: Sequence[tuple[str, ServerRow]],
-    shares: Mapping[str, Counts],
-) -> ServerRow:
-    """One server's rows on several replicas as one. Plain loops over the row's fields by
-    position: a 1,000-server pool merges every tick, and this is most of its cost."""
-    if len(copies) == 1:
-        return first
-    rows = [row for _, row in copies]
-    cells = cast(list[tuple[Any, ...]], rows)  # by position: the fields' own types vary
-    values = list(first)
-    for i in _SUMMED_AT:
-        values[i] = sum(row[i] for row in cells)
-    key = (first.pool, first.server)
-    weights = [shares.get(name, {}).get(key, math.nan) for name, _ in copies]
-    if not all(w >= 0 for w in weights) or not sum(weights):  # NaN fails >= 0
-        weights = [1.0] * len(rows)  # no traffic measured yet: each replica alike
-    for i in _TIMES_AT:
-        total = weight_sum = 0.0
-        for row, w in zip(cells, weights, strict=True):
-            value = row[i]
-            if w > 0 and value == value and value not in (math.inf, -math.inf):
-                total += value * w
-                weight_sum += w
-        values[i] = total / weight_sum if weight_sum else math.nan
-    states = {row.state for row in rows}
-    if len(states) > 1:
-        values[_STATE_AT] = min(states, key=lambda s: _STATE_ORDER.get(s, 2))
-    if any(row.problem for row in rows):
-        values[_PROBLEM_AT] = "; ".join(dict.fromkeys(row.problem for row in rows if row.problem))
-    changes = [row.since_state_change for row in rows if row.since_state_change >= 0]
-    values[_CHANGE_AT] = min(changes) if changes else math.nan
-    # ``weight`` stays the first replica's: the replicas' may differ for a tick after one
-    # returned; the plan starts from the first's, and the sink brings the others in.
-    return ServerRow._make(values)
 
 
 class ReplicatedSink:
@@ -263,19 +216,24 @@ class ReplicatedSink:
         results: list[WriteResult] = []
         rejected: list[str] = []
         targets = [name for name in self._sinks if self._view.up.get(name, False)]
-        for name in targets:
-            own = _against(plan, self._view.weights.get(name, {}))
-            try:
-                report = self._sinks[name].apply(own, proxy_level)
-            except SinkRejected as exc:
-                rejected.append(f"{name}: {exc}")
-                results += [
-                    WriteResult(s.backend, s.server, s.current_weight, s.planned_weight or 0,
-                                None, f"replica {name}: {exc}", name)
-                    for s in own.changes()
-                ]  # fmt: skip
-                continue
-            results += [write._replace(replica=name) for write in report.results]
+        owns = {name: _against(plan, self._view.weights.get(name, {})) for name in targets}
+        sent = {name: _send(self._sinks[name], owns[name], proxy_level) for name in targets}
+        try:
+            for name, pending in sent.items():
+                try:
+                    report = pending.report()
+                except SinkRejected as exc:
+                    rejected.append(f"{name}: {exc}")
+                    results += [
+                        WriteResult(s.backend, s.server, s.current_weight, s.planned_weight or 0,
+                                    None, f"replica {name}: {exc}", name)
+                        for s in owns[name].changes()
+                    ]  # fmt: skip
+                    continue
+                results += [write._replace(replica=name) for write in report.results]
+        finally:
+            for pending in sent.values():
+                pending.close()
         if targets and len(rejected) == len(targets):
             raise SinkRejected("every replica refused the writes: " + "; ".join(rejected))
         for problem in rejected:
@@ -286,14 +244,78 @@ class ReplicatedSink:
 def _against(plan: WeightPlan, weights: Mapping[tuple[str, str], float]) -> WeightPlan:
     """``plan`` with each server's current weight as one replica has it: its changes are
     what that replica needs. A server it lacks or whose weight it could not read is not
-    written, nor one in MAINT or DRAIN on any replica (the merged state): an operator's."""
+    written, nor one in MAINT or DRAIN on any replica (the merged state): an operator's.
+
+    Read a pool at a time: the common case, every weight known and as planned from,
+    is a few passes in C over a 1,000-server pool rather than a loop in Python."""
 
     def current(pool: PoolPlan) -> PoolPlan:
-        servers = []
-        for s in pool.servers:
-            weight = weights.get((s.backend, s.server), math.nan)
-            known = int(weight) if math.isfinite(weight) and s.state in ("UP", "DOWN") else None
-            servers.append(s if known == s.current_weight else s._replace(current_weight=known))
-        return replace(pool, servers=tuple(servers))
+        servers = pool.servers
+        keys = zip(map(_BACKEND, servers), map(_SERVER, servers), strict=True)
+        found = list(map(weights.get, keys, repeat(math.nan)))
+        currents = list(map(_CURRENT, servers))
+        # Equal to the planned-from weights (ints), each weight is finite and whole.
+        if found == currents and _WRITABLE.issuperset(map(_STATE, servers)):
+            return pool
+        if all(map(math.isfinite, found)) and _WRITABLE.issuperset(map(_STATE, servers)):
+            known: list[int | None] = list(map(int, found))
+        else:
+            known = [
+                int(w) if math.isfinite(w) and s.state in _WRITABLE else None
+                for w, s in zip(found, servers, strict=True)
+            ]
+        if known == currents:
+            return pool
+        return replace(
+            pool,
+            servers=tuple(
+                s if k == s.current_weight else s._replace(current_weight=k)
+                for s, k in zip(servers, known, strict=True)
+            ),
+        )
 
     return replace(plan, pools=tuple(current(pool) for pool in plan.pools))
+
+
+@dataclass(frozen=True)
+class _Observed:
+    """A source read a row at a time (Envoy's, a test's): asked when its turn comes."""
+
+    source: Source
+
+    def receive(self) -> None:
+        pass
+
+    def pump(self) -> None:
+        pass
+
+    def reading(self) -> ColumnReading:
+        return ColumnReading.of(self.source.observe())
+
+    def close(self) -> None:
+        pass
+
+
+def _ask(source: Source) -> Asked:
+    return source.ask() if isinstance(source, AskingSource) else _Observed(source)
+
+
+@dataclass(frozen=True)
+class _Applied:
+    """A sink that writes in one call (Envoy's, a test's): written when its turn comes."""
+
+    sink: Sink
+    plan: WeightPlan
+    proxy_level: str
+
+    def report(self) -> ApplyReport:
+        return self.sink.apply(self.plan, self.proxy_level)
+
+    def close(self) -> None:
+        pass
+
+
+def _send(sink: Sink, plan: WeightPlan, proxy_level: str) -> Sent:
+    if isinstance(sink, SendingSink):
+        return sink.send(plan, proxy_level)
+    return _Applied(sink, plan, proxy_level)

@@ -9,11 +9,11 @@ is a real measurement and would teach the model a lie.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -222,6 +222,29 @@ class Observation:
         return cls(taken_at, rows, pools, proxy, missing_pools)
 
     @classmethod
+    def from_columns(
+        cls,
+        taken_at: datetime,
+        columns: Mapping[str, Sequence[Any]],
+        pools: tuple[PoolInfo, ...],
+        proxy: ProxyIdentity,
+        missing_pools: tuple[str, ...] = (),
+        replicas: tuple[ReplicaStatus, ...] = (),
+    ) -> Observation:
+        """Build from one sequence per documented column, all of one length: the shape
+        in which the HAProxy source and the replicas' merge work (a column at a time,
+        not a row at a time), made rows in one pass."""
+        values = (columns[name] for name in COLUMN_NAMES)
+        rows = tuple(map(ServerRow._make, zip(*values, strict=True)))
+        return cls(taken_at, rows, pools, proxy, missing_pools, replicas=replicas)
+
+    def columns(self) -> dict[str, Sequence[Any]]:
+        """The rows as one sequence per documented column (``from_columns``'s input)."""
+        if not self.rows:
+            return dict.fromkeys(COLUMN_NAMES, ())
+        return dict(zip(COLUMN_NAMES, zip(*self.rows, strict=True), strict=True))
+
+    @classmethod
     def combined(cls, parts: Sequence[Observation]) -> Observation:
         """Several proxies' observations as one, for what reads pools and rows across
         them (the status page, checking an operator's pin). ``proxy`` is the first
@@ -272,3 +295,32 @@ def _combined_external(parts: Sequence[Observation]) -> ExternalFeatures | None:
         error=next((e.error for e in found if e.error), ""),
         problems=tuple(p for e in found for p in e.problems),
     )
+
+
+@dataclass(frozen=True)
+class ColumnReading:
+    """One proxy's reading as columns (``Observation.columns``'s shape), before it is
+    made rows: what the replicas' merge reads, a column at a time. ``observation``
+    makes it the Observation a single proxy's source returns."""
+
+    taken_at: datetime
+    columns: Mapping[str, Sequence[Any]]
+    pools: tuple[PoolInfo, ...]
+    proxy: ProxyIdentity
+    missing_pools: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, observation: Observation) -> ColumnReading:
+        """A reading made rows already (a source that reads a row at a time), as columns."""
+        return cls(
+            observation.taken_at,
+            observation.columns(),
+            observation.pools,
+            observation.proxy,
+            observation.missing_pools,
+        )
+
+    def observation(self) -> Observation:
+        return Observation.from_columns(
+            self.taken_at, self.columns, self.pools, self.proxy, self.missing_pools
+        )

@@ -16,6 +16,9 @@ from typing import NamedTuple
 
 from veloflux.errors import VelofluxError
 
+# Between lines split as one string (``_uniform_fields``); a reply holding it is split
+# line by line.
+_MARK = "\x00"
 # Columns VeloFlux cannot work without; any other column may come and go.
 REQUIRED_STAT_COLUMNS = ("pxname", "svname", "status", "weight", "type")
 
@@ -82,6 +85,57 @@ def parse_stat_columns(text: str, columns: Sequence[str]) -> list[tuple[str, ...
             by_name = dict(zip(header, record, strict=False))
             rows.append(tuple(by_name.get(c, "") for c in columns))
     return rows
+
+
+def parse_stat_table(text: str, columns: Sequence[str]) -> list[list[str]]:
+    """``show stat`` as one list per name in ``columns``: ``parse_stat_columns``'s rows,
+    transposed, the same values and the same errors.
+
+    When every line has the same number of fields and no quote (HAProxy's replies), the
+    lines are split as one string and each column is a slice of that one list: no list
+    per line, and so nothing for the garbage collector to walk through 1,000 times.
+    Any other reply is read row by row, by ``parse_stat_columns``.
+    """
+    lines = text.splitlines()
+    header = _stat_header(lines)
+    body = lines[1:]
+    last = {name: index for index, name in enumerate(header)}
+    indexes = [last.get(c, -1) for c in columns]
+    stop = max(indexes, default=-1) + 1
+    width = body[0].count(",") + 1 if body else 0
+    needed = max(header.index(c) for c in REQUIRED_STAT_COLUMNS) + 1
+    fields = None
+    if (
+        max(needed, stop) <= width <= len(header) + 1
+        and '"' not in text
+        and max(map(len, body)) <= csv.field_size_limit()
+    ):
+        fields = _uniform_fields(text, body, ",", width)
+    if fields is None:
+        rows = parse_stat_columns(text, columns)
+        return (
+            [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in columns]
+        )
+    return [fields[i :: width + 1] if i >= 0 else [""] * len(body) for i in indexes]
+
+
+def _uniform_fields(text: str, lines: list[str], sep: str | None, width: int) -> list[str] | None:
+    """The fields of ``lines`` (of ``text``), split on ``sep`` as ``str.split`` does, as
+    one list if every line has ``width`` of them, else None: each line's fields, then a
+    mark, then the next line's, so that field j of every line is ``[j :: width + 1]``.
+
+    One split of one string: no list per line. The marks prove the count: there is one
+    per line break, none in the text, so the marks sit ``width + 1`` apart only if every
+    line has ``width`` fields."""
+    if not lines or _MARK in text:
+        return None
+    fields = (f"{sep or ' '}{_MARK}{sep or ' '}").join(lines).split(sep)
+    count = len(lines)
+    if len(fields) != count * (width + 1) - 1:
+        return None
+    if count > 1 and set(fields[width :: width + 1]) != {_MARK}:
+        return None
+    return fields
 
 
 def _tuple_getter(indexes: Sequence[int]) -> Callable[[Sequence[str]], tuple[str, ...]]:
@@ -156,33 +210,27 @@ class ServerState(NamedTuple):
     @property
     def state(self) -> str:
         """UP, DOWN, MAINT or DRAIN; MAINT and DRAIN are an operator's decision."""
-        if self.admin_state & _ADMIN_MAINT:
-            return "MAINT"
-        if self.admin_state & _ADMIN_DRAIN:
-            return "DRAIN"
-        if self.op_state in (_OP_STARTING, _OP_RUNNING):
-            return "UP"
-        return "DOWN"
+        return server_state(self.op_state, self.admin_state)
+
+
+def server_state(op_state: int, admin_state: int) -> str:
+    """A server's state from its ``srv_op_state`` and ``srv_admin_state``."""
+    if admin_state & _ADMIN_MAINT:
+        return "MAINT"
+    if admin_state & _ADMIN_DRAIN:
+        return "DRAIN"
+    if op_state in (_OP_STARTING, _OP_RUNNING):
+        return "UP"
+    return "DOWN"
 
 
 def parse_servers_state(text: str) -> dict[tuple[str, str], ServerState]:
     """``show servers state``: version line, ``# be_id be_name ...`` header, then rows."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    if len(lines) < 2 or not lines[1].startswith("# "):
-        raise StatsFormatError("'show servers state' reply has no '# be_id ...' header")
-    header = lines[1][2:].split()
-    missing = [c for c in _STATE_COLUMNS if c not in header]
-    if missing:
-        raise StatsFormatError(f"'show servers state' lacks column(s) {', '.join(missing)}")
-    # Each column at its last position in the header, as dict(zip(header, fields)) reads
-    # it. Rows are split only up to the last of these columns, and a row that has them
-    # all (every row, normally) skips the dict.
-    last = {name: index for index, name in enumerate(header)}
-    indexes = [last[c] for c in _STATE_COLUMNS]
+    lines, header, indexes = _state_lines(text)
     stop = max(indexes) + 1
     pick = itemgetter(*indexes)
     states: dict[tuple[str, str], ServerState] = {}
-    for line in lines[2:]:
+    for line in lines:
         fields = line.split(None, stop)
         try:
             if len(fields) >= stop:
@@ -199,6 +247,78 @@ def parse_servers_state(text: str) -> dict[tuple[str, str], ServerState]:
             continue  # the stat row for this server is then marked as untrustworthy
         states[(backend, server)] = state
     return states
+
+
+class ServerStates(NamedTuple):
+    """``show servers state`` as columns, a line a row, in the reply's order. A line
+    ``parse_servers_state`` skips is not in them; a server on two lines is twice, and
+    read as the dict that function returns would be, the later line wins."""
+
+    backend: list[str]
+    server: list[str]
+    state: list[str]
+    user_weight: list[int]
+    initial_weight: list[int]
+
+
+def parse_servers_state_columns(text: str) -> ServerStates:
+    """``parse_servers_state`` as columns (``ServerStates``), for a reader of every
+    server: no ServerState per line, and each distinct number read once (the weights
+    and states of a pool repeat). A reply whose lines are not all alike (one short,
+    one with more fields) or with a number that does not read goes through
+    ``parse_servers_state``, whose dict then gives the columns."""
+    lines, _, indexes = _state_lines(text)
+    width = len(lines[0].split()) if lines else 0
+    fields = _uniform_fields(text, lines, None, width) if width > max(indexes) else None
+    if fields is None:
+        return _state_columns(parse_servers_state(text))
+    backend, server, op_state, admin_state, uweight, iweight = (
+        fields[i :: width + 1] for i in indexes
+    )
+    try:
+        ops, admins, uweights, iweights = (
+            {raw: int(raw) for raw in set(column)}
+            for column in (op_state, admin_state, uweight, iweight)
+        )
+    except ValueError:
+        return _state_columns(parse_servers_state(text))
+    states = {
+        (op, admin): server_state(ops[op], admins[admin])
+        for op, admin in set(zip(op_state, admin_state, strict=True))
+    }
+    return ServerStates(
+        backend,
+        server,
+        list(map(states.__getitem__, zip(op_state, admin_state, strict=True))),
+        list(map(uweights.__getitem__, uweight)),
+        list(map(iweights.__getitem__, iweight)),
+    )
+
+
+def _state_columns(states: Mapping[tuple[str, str], ServerState]) -> ServerStates:
+    values = list(states.values())
+    return ServerStates(
+        [s.backend for s in values],
+        [s.server for s in values],
+        [s.state for s in values],
+        [s.user_weight for s in values],
+        [s.initial_weight for s in values],
+    )
+
+
+def _state_lines(text: str) -> tuple[list[str], list[str], list[int]]:
+    """A ``show servers state`` reply's server lines, its header, and where in a line
+    the columns of ``_STATE_COLUMNS`` are: each at its last position in the header, as
+    dict(zip(header, fields)) reads it."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) < 2 or not lines[1].startswith("# "):
+        raise StatsFormatError("'show servers state' reply has no '# be_id ...' header")
+    header = lines[1][2:].split()
+    missing = [c for c in _STATE_COLUMNS if c not in header]
+    if missing:
+        raise StatsFormatError(f"'show servers state' lacks column(s) {', '.join(missing)}")
+    last = {name: index for index, name in enumerate(header)}
+    return lines[2:], header, [last[c] for c in _STATE_COLUMNS]
 
 
 def read_number(row: Mapping[str, str], column: str, scale: float = 1.0) -> tuple[float, str]:
