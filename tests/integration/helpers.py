@@ -56,13 +56,23 @@ def set_weights(socket: str, values: dict[str, int]) -> None:
     assert all(not r.strip() for r in replies), replies
 
 
-def recent_journal(path: Path, spec: SyntheticPool) -> None:
-    """A journal of ``spec``'s synthetic pool whose last sample is a minute old: the
+def recent_samples(spec: SyntheticPool) -> pd.DataFrame:
+    """``spec``'s synthetic samples moved in time so that the last is a minute old: the
     forecasts read the last ``forecast.history`` before now."""
     raw = synthetic_raw(spec)
     now = pd.Timestamp(datetime.now(UTC)).floor("min")
     raw["time"] = raw["time"] + (now - raw["time"].max() - pd.Timedelta("1min"))
+    return raw
+
+
+def write_journal(path: Path, raw: pd.DataFrame) -> None:
+    """Journal-format samples into the journal at ``path``, one observation per instant."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with Journal(path, Events()) as journal:
-        for when in sorted(raw["time"].unique()):
-            journal.append(synthetic_observation(raw, pd.Timestamp(when)))
+        for _, frame in raw.groupby("time", sort=True):  # one instant's rows at a time
+            journal.append(synthetic_observation(frame, frame["time"].iloc[0]))
+
+
+def recent_journal(path: Path, spec: SyntheticPool) -> None:
+    """A journal of ``spec``'s synthetic pool whose last sample is a minute old."""
+    write_journal(path, recent_samples(spec))

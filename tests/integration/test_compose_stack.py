@@ -5,7 +5,9 @@ No engine runs here, so `docker-compose config` (Debian's docker-compose, offlin
 hadolint check the compose file and the Dockerfile; then the native twin starts HAProxy,
 Envoy, the demo backends, Prometheus with the agent's rules and the agent daemon from
 the files the compose file mounts, a backend is made slow, and the agent must lower its
-weight on both proxies while Prometheus scrapes it.
+weight on both proxies while Prometheus scrapes it. Prometheus starts on four days of
+HAProxy's request counters (backfilled, as if the stack had run that long), so the
+agent forecasts from them and the dashboard's forecast panels have data too.
 """
 
 from __future__ import annotations
@@ -117,9 +119,11 @@ def test_the_podman_layer_only_swaps_the_third_party_images_and_lints_clean() ->
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NativeStack]:
-    # The file retrains every 10 minutes; this run cannot wait that long.
-    retrain = {"VELOFLUX_AI__TRAINING_INTERVAL": "1m"}
-    with NativeStack(tmp_path_factory.mktemp("compose"), agent_env=retrain) as running:
+    # The file retrains every 10 minutes and refreshes forecasts every 5; this run cannot
+    # wait that long (the first refresh, seconds in, has no capacity estimates yet).
+    sooner = {"VELOFLUX_AI__TRAINING_INTERVAL": "1m", "VELOFLUX_FORECAST__REFRESH": "1m"}
+    workdir = tmp_path_factory.mktemp("compose")
+    with NativeStack(workdir, agent_env=sooner, history_days=4) as running:
         yield running
 
 
@@ -213,6 +217,17 @@ def test_every_grafana_panel_query_returns_data_and_the_slow_server_alert_fires(
         promoted = run_cli("model", "promote", "-c", stack.config, newest, "--force")
         assert promoted.code == 0, promoted.stderr
         wait_for(lambda: _query(stack, "veloflux_model_info"), "the model in use", timeout=30)
+    # A forecast of HAProxy's pool from the backfilled days, sized once a refresh has the
+    # capacity rung's estimates (refreshed every minute here).
+    wait_for(
+        lambda: _query(stack, 'veloflux_pool_recommended_servers{pool="app"}'),
+        "the servers recommended for app",
+        timeout=150,
+    )
+    with urllib.request.urlopen(f"{stack.agent_url}/api/v1/forecast", timeout=5) as reply:
+        app = json.loads(reply.read())["pools"]["app"]
+    assert app["season"] == "day", app  # four days: a daily season
+    assert app["recommended_servers"] >= 1, app
     empty: dict[str, str] = {}
     for title, exprs in panel_exprs({"backend": "app", "__rate_interval": "30s"}).items():
         for expr in exprs:

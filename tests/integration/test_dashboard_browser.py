@@ -7,6 +7,11 @@ The page must show every pool and server the agent plans, draw the recent ticks,
 slowed backend's weight falling within a few ticks of the proxy's, pause and resume the
 agent with the token and be refused without it, be read-only when the agent has no
 token file, and never send a request anywhere but the agent.
+
+Its forecast panel is checked against a daemon of its own (HAProxy only) whose journal
+holds three days of a synthetic pool's load: the page must show the recommended count,
+the horizons, their medians, intervals and methods, and the reasoning sentence that
+``/api/v1/forecast`` serves; and say so when forecasts are off.
 """
 
 from __future__ import annotations
@@ -23,14 +28,18 @@ import pytest
 
 from integration.browser import headless_chromium
 from integration.compose_native import NativeStack
+from integration.haproxy_proc import HAProxyProcess
+from integration.synthetic import SyntheticPool
 from tests.integration.daemon_helpers import (
     AgentFiles,
     agent_config,
+    api_address,
     running_daemon,
+    samples,
     wait_until,
     write_config,
 )
-from tests.integration.helpers import weights
+from tests.integration.helpers import recent_samples, weights, write_journal
 from veloflux.daemon.controls import OperatorControls
 from veloflux.util.events import Events
 
@@ -39,6 +48,11 @@ pytestmark = pytest.mark.integration
 T = TypeVar("T")
 TOKEN = "dashboard-test-token-5b1e"
 VIEWPORTS = {"wide": (1280, 900), "narrow": (390, 844)}
+# Three days and three hours of a pool's load at one minute: past the three days a
+# daily season needs, and no more (a day of journal takes seconds to write).
+FORECAST_HISTORY = SyntheticPool(
+    servers=4, intervals=3 * 1440 + 180, interval_seconds=60.0, seed=12, pool_rate=300.0
+)
 
 
 def get_json(url: str) -> Any:
@@ -231,6 +245,7 @@ def test_without_a_token_file_the_page_is_read_only(
     OperatorControls(files.state, lambda: datetime.now(UTC), Events()).pause("read-only test")
     data = agent_config(f"unix://{stack.socket}", files, interval="1s", token=False)
     data["haproxy"]["backends"] = ["app"]
+    data["forecast"] = {"enabled": False}
     with running_daemon(write_config(files, data)) as daemon:
         address = daemon.api_address
         assert address is not None
@@ -240,5 +255,103 @@ def test_without_a_token_file_the_page_is_read_only(
             locator = page.page.locator(control)
             assert not (locator.is_visible() and locator.is_enabled()), control
         assert page.page.locator('section.pool[data-pool="app"]').count() == 1
+        forecast = page.page.locator('section.pool[data-pool="app"] .forecast')
+        wait_until(lambda: forecast.get_attribute("data-state") == "unavailable", "the note")
+        assert forecast.inner_text().strip() == (
+            "no forecast: forecasts are off (forecast.enabled: false)"
+        )
+        assert forecast.locator("svg, table").count() == 0
+        assert page.errors == []
+        assert page.foreign_requests() == []
+
+
+def forecast_journal(path: Path) -> None:
+    """FORECAST_HISTORY as the fixture HAProxy's pool ``app`` (servers s1..s4) would have
+    left it, each server with a session limit of 8: the capacity rung then estimates
+    each one's capacity from the history (Little's law), so the pool can be sized."""
+    raw = recent_samples(FORECAST_HISTORY)
+    raw["server"] = raw["server"].map(lambda name: f"s{int(name[1:]) + 1}")
+    raw["max_sessions"] = 8.0
+    write_journal(path, raw)
+
+
+def shown_as(text: str, value: float) -> bool:
+    """Whether ``text`` is ``value`` rounded to as many decimals as it shows."""
+    decimals = len(text.strip().partition(".")[2])
+    return abs(float(text) - value) <= 0.5 / 10.0**decimals + 1e-9
+
+
+def test_the_forecast_panel_shows_what_the_forecast_endpoint_serves(
+    haproxy: HAProxyProcess, browser: Any, tmp_path: Path
+) -> None:
+    files = AgentFiles(tmp_path / "forecast")
+    forecast_journal(files.history)
+    # A tick a minute: the capacity estimates are replayed from the journal's last hour
+    # (the history's), not from a few seconds of ticks of an idle HAProxy.
+    data = agent_config(
+        haproxy.admin_socket, files, interval="1m", token=False, haproxy={"backends": ["app"]}
+    )
+    data["forecast"] = {"horizons": ["15m", "1h", "1d"], "refresh": "1h"}
+    with running_daemon(write_config(files, data)) as daemon:
+        host, port = api_address(daemon)
+        origin = f"http://{host}:{port}"
+        wait_until(lambda: samples(daemon).turns >= 1, "the first tick")
+        daemon.refresh_forecasts()
+        page = open_page(browser, origin, VIEWPORTS["narrow"])
+        reads = [url for url in page.requests if url.startswith(origin + "/api/v1/forecast")]
+        assert len(reads) == 1, reads  # once at load; again only a minute later
+        panel = page.page.locator('section.pool[data-pool="app"] .forecast')
+        wait_until(lambda: panel.get_attribute("data-state") == "shown", "the forecast drawn")
+
+        def drawn() -> Any:
+            """The endpoint's answer if it is the refresh the page drew (the daemon's own
+            first refresh may land in between: then the page reads it within a minute)."""
+            answer = get_json(origin + "/api/v1/forecast")
+            return (
+                answer
+                if answer["generated_at"] == panel.get_attribute("data-generated-at")
+                else None
+            )
+
+        body = wait_until(drawn, "the page and the endpoint on the same refresh", 75)
+        app = body["pools"]["app"]
+        assert body["error"] is None
+        assert isinstance(app["recommended_servers"], int), app["reason"]
+        assert panel.locator(".recommended").inner_text() == str(app["recommended_servers"])
+        assert panel.locator(".in-rotation").inner_text() == str(app["in_rotation"])
+        assert panel.locator(".forecast-reason").inner_text() == app["reason"]
+        assert "servers needed" in app["reason"]
+
+        rows = panel.locator("tr[data-horizon]")
+        assert [r.get_attribute("data-horizon") for r in rows.all()] == ["15m", "1h", "1d"]
+        assert set(app["horizons"]) == {"15m", "1h", "1d"}
+        medians = []
+        for name in ("15m", "1h", "1d"):  # the API's keys are sorted: 15m, 1d, 1h
+            horizon = app["horizons"][name]
+            row = panel.locator(f'tr[data-horizon="{name}"]')
+            median = row.locator("td.median")
+            assert float(median.get_attribute("data-value") or "nan") == pytest.approx(
+                horizon["requests_per_second"], abs=1e-9
+            )
+            text = median.inner_text()
+            assert shown_as(text, horizon["requests_per_second"]), (name, text, horizon)
+            lower, upper = row.locator("td.interval").inner_text().split("–")
+            assert shown_as(lower, horizon["lower_80"]), (name, lower, horizon)
+            assert shown_as(upper, horizon["upper_80"]), (name, upper, horizon)
+            assert row.locator("td.method").inner_text() == horizon["method"]
+            tooltip = panel.locator(f'g.forecast-horizon[data-horizon="{name}"] title')
+            assert f"median {text} req/s" in (tooltip.text_content() or ""), name
+            medians.append(horizon["requests_per_second"])
+        # One dot per horizon, higher on the chart for a higher median.
+        heights = [float(c.get_attribute("cy") or "nan") for c in panel.locator("circle").all()]
+        assert len(heights) == 3
+        for i in range(3):
+            for j in range(i + 1, 3):
+                assert (heights[i] - heights[j]) * (medians[i] - medians[j]) <= 0.5, heights
+        assert panel.locator("path.forecast-band").count() == 1
+
+        width = page.page.evaluate("document.documentElement.scrollWidth")
+        assert width <= VIEWPORTS["narrow"][0] + 1, width
+        page.page.screenshot(path=str(tmp_path / "dashboard-forecast.png"), full_page=True)
         assert page.errors == []
         assert page.foreign_requests() == []

@@ -8,11 +8,12 @@ three weeks (method chosen and interval measured there), then forecasts every mi
 of the fourth. Its MAPE and the pinball loss of its 90% bound must beat the naive
 forecast's at each horizon.
 
-The 80% interval's coverage of the held-out week is checked within 0.70-0.90. The
-issue's band, 0.75-0.85, is not yet met reliably: here the chosen methods cover 0.789
-(15 min), 0.841 (1 h) and 0.853 (24 h); one week of coverage varies by several points
-from week to week (six synthetic histories in memory gave 0.727-0.822), and the
-interval is measured on the single week before it.
+The 80% interval's coverage of the held-out week must be within 0.75-0.85: here the
+chosen methods cover 0.791 (15 min), 0.820 (1 h) and 0.843 (24 h). The series is the
+same at whatever hour the test runs (the smoother reads lags, not the clock; the
+booster's figures moved by under 0.01 over eight start hours in memory). One week's
+coverage wanders by several points from pool to pool, so this is one history's
+figure; bench/bench_forecast.py counts how many of 60 random pools land in the band.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def test_the_held_out_week_is_forecast_better_than_the_seasonal_naive(
         chosen, naive = horizon["figures"][horizon["chosen"]], horizon["figures"]["naive"]
         assert chosen["mape"] < naive["mape"], (minutes, horizon)
         assert chosen["pinball_q90"] < naive["pinball_q90"], (minutes, horizon)
-        assert 0.70 <= chosen["coverage_80"] <= 0.90, (minutes, horizon)
+        assert 0.75 <= chosen["coverage_80"] <= 0.85, (minutes, horizon)
 
 
 def test_the_prometheus_source_forecasts_the_pool(

@@ -17,7 +17,14 @@ from integration.synthetic_load import LoadShape, load_series
 from veloflux.forecast.methods import Context, Grid, naive, profile, smoother
 from veloflux.forecast.outlook import outlook
 from veloflux.forecast.recommend import recommend
-from veloflux.forecast.select import TooLittleHistory, _better, fit, grid_for, holdout
+from veloflux.forecast.select import (
+    TooLittleHistory,
+    _better,
+    _quantiles,
+    fit,
+    grid_for,
+    holdout,
+)
 from veloflux.forecast.series import from_rates, from_samples
 
 DAY = 1440  # steps of a minute
@@ -95,6 +102,31 @@ def test_a_more_complex_method_is_chosen_only_for_a_gain_beyond_doubt() -> None:
     swings = np.repeat([0.6, -0.5, 0.6, -0.5, 0.6, -0.5, 0.4], 100)
     assert not _better(simple, simple - swings, block=100)
     assert not _better(simple[:400], simple[:400] - 0.1, block=100)
+
+
+def test_a_days_shared_error_widens_the_interval_as_few_draws_should() -> None:
+    """Errors that move together for a day are seven draws, not ten thousand: their
+    spread is widened (Student's t on seven); errors with no day shift keep their
+    plain quantiles, and so do fewer than three days."""
+    rng = np.random.default_rng(5)
+    day_of = np.repeat(np.arange(7), DAY)
+    predicted = np.full(7 * DAY, 100.0)
+    scatter = rng.normal(0.0, 0.05, 7 * DAY)
+    centred = scatter - np.repeat(scatter.reshape(7, DAY).mean(axis=1), DAY)
+    assert _quantiles(100.0 * np.exp(centred), predicted, day_of) == pytest.approx(
+        np.quantile(centred, (0.1, 0.9)), abs=1e-3
+    )
+    shifts = np.repeat(np.array([-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2]), DAY)
+    errors = shifts + centred
+    lo, hi = _quantiles(100.0 * np.exp(errors), predicted, day_of)
+    plain_lo, plain_hi = np.quantile(errors, (0.1, 0.9))
+    assert hi - lo > 1.1 * (plain_hi - plain_lo)
+    assert lo < plain_lo
+    assert hi > plain_hi
+    two_days = day_of < 2
+    assert _quantiles(
+        100.0 * np.exp(errors[two_days]), predicted[two_days], day_of[two_days]
+    ) == pytest.approx(np.quantile(errors[two_days], (0.1, 0.9)))
 
 
 def test_the_outlook_peaks_where_the_evening_does() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from integration.grafana import build_dashboard
+from veloflux.daemon.forecasts import ForecastBoard
 from veloflux.daemon.metrics import MODES, AgentMetrics
 from veloflux.util.events import Events
 
@@ -51,6 +53,10 @@ HAPROXY_METRICS = frozenset(
 )
 # Series Prometheus makes itself for every scrape target.
 PROMETHEUS_METRICS = frozenset({"up"})
+# The forecast series name the pool `pool` (as /api/v1/forecast does), the rest `backend`.
+POOL_LABELLED = frozenset(
+    {"veloflux_pool_forecast_requests_per_second", "veloflux_pool_recommended_servers"}
+)
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _MATCHERS = re.compile(r"\{[^{}]*\}")
@@ -76,10 +82,13 @@ def metric_names(expr: str) -> set[str]:
 
 
 def agent_metric_names() -> set[str]:
-    """Every series name an agent's registry exposes, from its real text exposition;
-    families without samples yet (per-server, per-backend) count by their TYPE line."""
+    """Every series name an agent's registry exposes (with the forecast board the daemon
+    registers on it), from its real text exposition; families without samples yet
+    (per-server, per-backend, per-pool) count by their TYPE line."""
     names: set[str] = set()
-    for line in AgentMetrics("test", Events()).render().decode().splitlines():
+    metrics = AgentMetrics("test", Events())
+    metrics.registry.register(ForecastBoard(lambda: datetime.now(UTC)))
+    for line in metrics.render().decode().splitlines():
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split()
             names.add(name)
@@ -169,6 +178,11 @@ def test_the_backend_variable_and_every_variable_used_is_defined() -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     backend = variables["backend"]
     assert backend["query"] == "label_values(veloflux_server_weight, backend)"
+    horizon = variables["horizon"]
+    forecast = "veloflux_pool_forecast_requests_per_second"
+    assert horizon["query"] == f"label_values({forecast}, horizon)"
+    assert not horizon["multi"]  # the forecast panel's band pairs one top with one bottom
+    assert not horizon["includeAll"]
     assert backend["datasource"]["uid"] == "prometheus"
     assert backend["includeAll"]
     assert backend["multi"]
@@ -184,8 +198,10 @@ def test_panel_queries_filter_on_the_backend_variable() -> None:
         names = metric_names(expr)
         per_backend = {n for n in names if n.startswith(("veloflux_server_", "veloflux_pool_"))}
         per_proxy = {n for n in names if n.startswith(("haproxy_server_", "haproxy_backend_"))}
-        if per_backend:
+        if per_backend - POOL_LABELLED:
             assert 'backend=~"$backend"' in expr, title
+        if per_backend & POOL_LABELLED:
+            assert 'pool=~"$backend"' in expr, title
         if per_proxy:
             assert 'proxy=~"$backend"' in expr, title
 
@@ -233,6 +249,8 @@ def test_every_metric_a_panel_uses_exists() -> None:
         "veloflux_source_up",
         "haproxy_server_response_time_average_seconds",
         "haproxy_server_http_responses_total",
+        "veloflux_pool_forecast_requests_per_second",
+        "veloflux_pool_recommended_servers",
     ):
         assert required in used, required
 
@@ -302,3 +320,26 @@ def test_state_timelines_name_their_values(title: str) -> None:
     (mapping,) = panel["fieldConfig"]["defaults"]["mappings"]
     assert mapping["type"] == "value"
     assert all(option["text"] for option in mapping["options"].values())
+
+
+def test_the_forecast_panel_shows_each_pools_interval_as_a_band() -> None:
+    """One copy per backend, one horizon: each quantile is one series, so the top of
+    the 80% interval can fill down to its bottom (Grafana pairs series by name)."""
+    panel = next(p for p in committed()["panels"] if p["title"].startswith("Load forecast"))
+    assert panel["repeat"] == "backend"
+    targets = {t["legendFormat"]: t["expr"] for t in panel["targets"]}
+    for legend, quantile in (
+        (build_dashboard.MEDIAN, "0.5"),
+        (build_dashboard.UPPER, "0.9"),
+        (build_dashboard.LOWER, "0.1"),
+    ):
+        assert f'horizon="$horizon", quantile="{quantile}"' in targets[legend]
+    fills = {
+        o["matcher"]["options"]: p["value"]
+        for o in panel["fieldConfig"]["overrides"]
+        for p in o["properties"]
+        if p["id"] == "custom.fillBelowTo"
+    }
+    assert fills == {build_dashboard.UPPER: build_dashboard.LOWER}
+    exprs = build_dashboard.panel_exprs({"backend": "app"})[panel["title"]]
+    assert all('pool=~"app", horizon="1h"' in expr for expr in exprs), exprs

@@ -132,26 +132,30 @@ def _one(
 
 
 def _capacities(config: Config, journal: Journal, now: datetime) -> dict[str, dict[str, float]]:
-    """Each pool's servers in rotation (UP, weight > 0, at the last observation) with
-    the capacity rung's estimate after the journal's last intervals (NaN: none)."""
+    """Each pool's servers in rotation (UP, weight > 0, at its last observation) with
+    the capacity rung's estimate after the journal's last intervals (NaN: none).
+
+    Each pool is replayed through a rung of its own: a rung reads one proxy's
+    observations in turn, and with HAProxy and Envoy in one config the journal holds
+    each proxy's observations apart, interleaved."""
     from veloflux.decide.capacity_rung import CapacityRung, RungSettings
     from veloflux.history.replay import replay
 
-    rung = CapacityRung(RungSettings.from_config(config))
-    span = (rung.memory_intervals + 2) * config.interval_seconds
-    views: dict[str, Any] = {}
-    last = None
-    for observation in replay(journal.read(since=now - timedelta(seconds=span))):
-        views |= rung.update(observation)
-        last = observation
-    if last is None:
-        return {}
+    settings = RungSettings.from_config(config)
+    span = (CapacityRung(settings).memory_intervals + 2) * config.interval_seconds
+    samples = journal.read(since=now - timedelta(seconds=span))
     out: dict[str, dict[str, float]] = {}
-    for row in last.rows:
-        if row.state != "UP" or not row.weight:
-            continue
-        view = views.get(row.pool)
-        estimate = view.servers.get(row.server) if view is not None else None
-        capacity = estimate.capacity if estimate is not None else None
-        out.setdefault(row.pool, {})[row.server] = float(capacity or "nan")
+    for pool, rows in samples.groupby("pool", sort=True):
+        rung = CapacityRung(settings)
+        view: Any = None
+        last = None
+        for observation in replay(rows):
+            view = rung.update(observation).get(str(pool), view)
+            last = observation
+        for row in last.rows if last is not None else ():
+            if row.state != "UP" or not row.weight:
+                continue
+            estimate = view.servers.get(row.server) if view is not None else None
+            capacity = estimate.capacity if estimate is not None else None
+            out.setdefault(row.pool, {})[row.server] = float(capacity or "nan")
     return out

@@ -5,7 +5,9 @@ The board keeps the last good refresh and says how old it is; a refresh that fai
 (no journal yet, Prometheus down) keeps the last good forecasts, counts the failure
 and says why in the JSON, so an autoscaler reading it sees stale figures as stale
 rather than none. The metrics are collected from the board at each scrape, so a pool
-that leaves the config leaves the metrics with the next refresh.
+that leaves the config leaves the metrics with the next refresh. Forecasts turned off
+(``forecast.enabled: false``, at start or by a reload) are dropped and the JSON says
+they are off: nothing keeps serving figures that no refresh will replace.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from veloflux.util.events import Events
 _log = logging.getLogger("veloflux.forecast")
 # The interval's quantiles as the metric labels them: the 80% interval and the point.
 QUANTILES = (("0.1", "lower"), ("0.5", "point"), ("0.9", "upper"))
+OFF = "forecasts are off (forecast.enabled: false)"
 
 
 class ForecastBoard(Collector):
@@ -41,6 +44,16 @@ class ForecastBoard(Collector):
         self._generated_at: datetime | None = None
         self._error = ""
         self._refresh_seconds: float | None = None
+        self._enabled = True
+
+    def switch(self, enabled: bool) -> None:
+        """Forecasts on or off as the config says; off drops the last ones, so that an
+        autoscaler reading the API or the metrics sees none rather than stale ones."""
+        with self._lock:
+            self._enabled = enabled
+            if not enabled:
+                self._outlooks, self._generated_at, self._error = (), None, ""
+                self._refresh_seconds = None
 
     def refresh(self, config: Config, events: Events) -> None:
         """Forecast every pool now; a failure keeps the last good forecasts."""
@@ -54,6 +67,8 @@ class ForecastBoard(Collector):
             return
         elapsed = time.perf_counter() - started
         with self._lock:
+            if not self._enabled:  # turned off while this refresh ran
+                return
             self._outlooks, self._generated_at, self._error = outlooks, self._clock(), ""
             self._refresh_seconds = elapsed
         sized = [o.recommendation.reason for o in outlooks if o.recommendation]
@@ -67,7 +82,7 @@ class ForecastBoard(Collector):
     def to_json(self) -> dict[str, Any]:
         with self._lock:
             outlooks, generated_at = self._outlooks, self._generated_at
-            error, seconds = self._error, self._refresh_seconds
+            error, seconds = self._error if self._enabled else OFF, self._refresh_seconds
         body: dict[str, Any] = {"generated_at": None, "pools": {}}
         if generated_at is not None:
             body = outlook_json(outlooks, generated_at)

@@ -216,6 +216,7 @@ class Daemon:
             )
         elif self._scheduler.get_job(_TRAIN) is not None:
             self._scheduler.remove_job(_TRAIN)
+        self.forecasts.switch(self._config.forecast.enabled)
         if self._config.forecast.enabled:
             # The first refresh a little after the first tick, then every refresh.
             soon = datetime.now(UTC) + timedelta(seconds=min(30.0, 2 * interval))

@@ -4,9 +4,11 @@ data it never saw.
 For each horizon, every method is judged on the last season of the history (the last
 week, or the last day when there are fewer than three weeks): its MAPE and the
 pinball loss of its 90% bound, each as a share of the seasonal naive forecast's. The
-method with the lowest sum is kept for that horizon, and its interval is the 10% and
-90% quantiles of its errors (log space) over that season. The booster trains on the
-seasons before it, so it is judged out of sample like the others.
+better of the two baselines (the naive forecast and the smoother) is kept for that
+horizon unless the booster beats it beyond doubt, and its interval is the 10% and 90%
+quantiles of its errors (log space) over that season, a day's shared error counted as
+one draw (``_quantiles``). The booster trains on the seasons before it, so it is
+judged out of sample like the others.
 
 ``holdout`` is the honest figure: it fits on the history up to a held-out span
 (selection and intervals included), then forecasts every origin of that span with
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import xgboost as xgb
+from scipy import stats
 
 from veloflux.errors import VelofluxError
 from veloflux.forecast.methods import (
@@ -42,7 +45,9 @@ WEEK, DAY = 7 * 86400.0, 86400.0
 # with too narrow an interval. Past this horizon only the naive and the smoother run.
 BOOST_MAX_SECONDS = 6 * 3600.0
 COVERAGE = (0.1, 0.9)  # the interval: an 80% one
+MIN_DAYS = 3  # days of errors below which their shifts are not told from their scatter
 QUANTILE = 0.9  # the bound recommendations are sized on
+BASELINES = ("naive", "smoother")
 
 
 class TooLittleHistory(VelofluxError):
@@ -161,11 +166,14 @@ def fit(series: PoolSeries, horizons: tuple[int, ...], length: int | None = None
             for m in METHODS
             if m != "boosted" or (booster is not None and h * grid.step <= BOOST_MAX_SECONDS)
         }
-        # Cross-fitted: the method is chosen on alternate blocks of hours, its interval
-        # measured on the others, so that the interval is not narrowed by the luck that
-        # got its method chosen.
+        # The method is chosen on alternate blocks of hours (the significance rule keeps
+        # the luck of one half from choosing it); its interval is measured on the whole
+        # season. On 80 synthetic pools, intervals from half the season (cross-fitted)
+        # covered the held-out week in 0.75-0.85 for 68 at one day ahead, from the
+        # whole season (twice the points) for 71 (3 of the 240 choices changed).
         chosen_on = (np.arange(len(season)) // _blocks(grid)) % 2 == 0
-        intervals = {m: _quantiles(actual[~chosen_on], p[~chosen_on]) for m, p in predicted.items()}
+        day_of = (season - season[0]) // grid.day
+        intervals = {m: _quantiles(actual, p, day_of) for m, p in predicted.items()}
         judged = _judge_all(actual, predicted, intervals)
         method = _best(
             actual[chosen_on],
@@ -183,12 +191,40 @@ def _blocks(grid: Grid) -> int:
     return max(1, round(6 * 3600.0 / grid.step))
 
 
-def _quantiles(actual: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
+def _quantiles(
+    actual: np.ndarray, predicted: np.ndarray, day_of: np.ndarray
+) -> tuple[float, float]:
+    """The 10% and 90% quantiles of the log errors, read as a day's shift plus the
+    minute's scatter around it.
+
+    Errors a day ahead move together for the whole day (yesterday's level was off), so
+    a week of minutes holds only seven draws of that shift, and the plain quantiles of
+    so few are too narrow for the week to come. The shifts are spread as a prediction
+    interval from few draws is (Student's t on their count, and the uncertainty of
+    their mean) and combined with every minute's residual. Short horizons are barely
+    touched: their day shifts are small against the minutes' noise.
+
+    What is left is the week itself: an interval measured on one half of the held-out
+    week covered the other half in 0.74-0.88 at one day ahead over 40 pools, so one
+    week's coverage of a well measured interval still wanders by several points."""
     ok = np.isfinite(actual) & np.isfinite(predicted)
     if not ok.any():
         return (math.nan, math.nan)
     errors = np.log(np.maximum(actual[ok], FLOOR)) - np.log(np.maximum(predicted[ok], FLOOR))
-    lo, hi = np.quantile(errors, COVERAGE)
+    _, day = np.unique(day_of[ok], return_inverse=True)
+    days = int(day.max()) + 1
+    if days < MIN_DAYS:
+        lo, hi = np.quantile(errors, COVERAGE)
+        return float(lo), float(hi)
+    shift = np.bincount(day, weights=errors) / np.bincount(day)
+    scatter = errors - shift[day]
+    centre = float(np.mean(shift))
+    z = float(stats.norm.ppf(COVERAGE[1]))
+    widen = float(stats.t.ppf(COVERAGE[1], days - 1)) / z * math.sqrt(1 + 1 / days)
+    spread = centre + (shift - centre) * widen
+    # Every day's shift with every minute's scatter (a few tens of thousands of sums).
+    combined = (spread[:, None] + scatter[None, :]).ravel()
+    lo, hi = np.quantile(combined, COVERAGE)
     return float(lo), float(hi)
 
 
@@ -218,7 +254,7 @@ def judge(actual: np.ndarray, point: np.ndarray, log_lo: float, log_hi: float) -
     return Figures(mape, pinball, coverage, len(actual))
 
 
-# A more complex method replaces a simpler one only if it is better beyond doubt: its
+# The booster replaces a baseline only if it is better beyond doubt: its
 # mean score lower by this many standard errors of the mean difference, counted over
 # daily blocks (errors a day ahead are correlated for hours, so a week of minutes is
 # about seven independent points, not ten thousand). A plain margin was not enough: a
@@ -262,8 +298,15 @@ def _best(
     judged: dict[str, Figures],
     block: int,
 ) -> str:
-    """In order of complexity (naive, smoother, boosted): the simplest method that no
-    more complex one beats beyond doubt."""
+    """The better baseline on its mean score, or the booster if it beats that one beyond
+    doubt.
+
+    The naive forecast and the smoother are both baselines: the smoother only
+    averages the seasons the naive one reads one of, and needs no proof. When it too
+    had to win beyond doubt, a week of hourly steps (a compressed history) could not
+    give that proof and the naive forecast was kept on 12 of 30 synthetic pools,
+    although the smoother beat it on the held-out week of 27; learning, which can fit
+    noise, still has to prove itself."""
     base = judged["naive"]
     if not (base.points and base.mape > 0 and base.pinball_q90 > 0):
         return "naive"
@@ -271,10 +314,11 @@ def _best(
     for p in predicted.values():
         ok &= np.isfinite(p)
     scores = {m: _scores(actual[ok], p[ok], intervals[m][1], base) for m, p in predicted.items()}
-    chosen = "naive"
-    for method in METHODS[1:]:
-        if method in scores and _better(scores[chosen], scores[method], block):
-            chosen = method
+    # The two baselines compete on their mean score alone; the booster has to beat
+    # the better of them beyond doubt.
+    chosen = min(BASELINES, key=lambda m: float(np.nanmean(scores[m])))
+    if "boosted" in scores and _better(scores[chosen], scores["boosted"], block):
+        chosen = "boosted"
     return chosen
 
 

@@ -7,9 +7,10 @@ says so to the browser too: scripts, styles and requests from this origin only, 
 inline code, no framing.
 
 What it reads is public to scripts as well: ``/status``, ``/api/v1/history`` (the
-recent ticks, ``veloflux.daemon.timeline``) and ``/api/v1/audit`` (the audit log's
-newest entries). The controls it offers are the API's own write endpoints, behind the
-same bearer token.
+recent ticks, ``veloflux.daemon.timeline``), ``/api/v1/audit`` (the audit log's
+newest entries) and, once a minute, ``/api/v1/forecast`` (``veloflux.daemon.forecasts``,
+which changes once per ``forecast.refresh``). The controls it offers are the API's own
+write endpoints, behind the same bearer token.
 """
 
 from __future__ import annotations
@@ -100,7 +101,12 @@ def _serve(reply: Reply) -> Endpoint:
 
 def _query(request: Request, allowed: set[str]) -> dict[str, list[str]]:
     try:
-        query = parse_qs(request.query, strict_parsing=bool(request.query), max_num_fields=200)
+        query = parse_qs(
+            request.query,
+            keep_blank_values=True,  # "?limit=" is not the default limit but no limit at all
+            strict_parsing=bool(request.query),
+            max_num_fields=200,
+        )
     except ValueError:
         raise bad("the query string is malformed") from None
     unknown = sorted(set(query) - allowed)

@@ -1,5 +1,5 @@
-/* VeloFlux agent dashboard: polls /status, /api/v1/history and /api/v1/audit and draws
- * them as plain DOM and SVG.
+/* VeloFlux agent dashboard: polls /status, /api/v1/history and /api/v1/audit (and, once a
+ * minute, /api/v1/forecast) and draws them as plain DOM and SVG.
  *
  * Why no chart library or framework: zero third-party code to audit or license, nothing
  * the strict Content-Security-Policy has to allow (no inline code or style, no eval),
@@ -20,6 +20,9 @@
   const LARGE_POOL = 20;          // servers: a filter box, and rows drawn only when in view
   const MODES = new Set(["model", "capacity", "fallback", "hold", "unmanaged"]);
   const SOURCES = ["haproxy", "envoy", "prometheus"];
+  // Forecasts change once per forecast.refresh (minutes): asking every tick would only
+  // re-send the same figures.
+  const FORECAST_POLL_SECONDS = 60;
 
   const state = {
     token: "",                // only ever in this variable, never stored
@@ -37,6 +40,10 @@
     timer: 0,
     polling: false,
     pollAgain: false,
+    forecast: null,           // the last /api/v1/forecast answer
+    forecastError: "",        // why the last read of it failed (the last answer stays)
+    forecastVersion: 0,       // bumped at every read, answered or not
+    forecastPolls: 0,
   };
 
   // --- DOM helpers ------------------------------------------------------------------
@@ -175,6 +182,24 @@
     showLive();
     document.body.dataset.lastSeq = String(state.lastSeq);
     document.body.dataset.polls = String(state.polls);
+  }
+
+  /** Read the forecasts now and every FORECAST_POLL_SECONDS, apart from the main poll:
+   * a forecast that cannot be read leaves the last one shown and the rest of the page live. */
+  async function pollForecast() {
+    try {
+      state.forecast = await getJson("/api/v1/forecast");
+      state.forecastError = "";
+    } catch (err) {
+      if (!(err instanceof AgentError)) console.error(err);
+      state.forecastError = err.message;
+    } finally {
+      state.forecastVersion += 1;
+      state.forecastPolls += 1;
+      document.body.dataset.forecastPolls = String(state.forecastPolls);
+      if (state.status) for (const card of state.cards.values()) renderForecast(card);
+      setTimeout(pollForecast, FORECAST_POLL_SECONDS * 1000);
+    }
   }
 
   // --- history ----------------------------------------------------------------------
@@ -539,12 +564,14 @@
     card.filter = el("input", { type: "search", class: "filter", placeholder: "filter servers", "aria-label": "filter servers" });
     card.filter.addEventListener("input", () => applyFilter(card));
     card.body = el("tbody");
+    card.forecast = el("div", { class: "forecast", "data-state": "loading" });
     card.root = el("section", { class: "pool", "data-pool": name },
       el("header", { class: "pool-head" }, el("h2", { text: name }), card.head.mode, card.head.overload, card.head.meta, card.head.switchback),
       card.head.reason,
       chart("weight-chart", "weight in effect (solid) and static weight (dashed)"), card.legend,
       chart("rung-chart", "rung per tick, with the pool's confidence (0..1)"), card.rungLegend,
       el("div", { class: "chart-pair" }, chart("latency-chart", "latency (ms)"), chart("error-chart", "error rate (%)")),
+      card.forecast,
       card.filter,
       el("div", { class: "scroll table-box" }, el("table", { class: "servers" }, serverTableHead(), card.body)));
     state.cards.set(name, card);
@@ -564,6 +591,7 @@
     if (!card.chosen && view.servers.length) chooseDefaultSelection(card, view);
     renderRows(card, view);
     drawCharts(card);
+    renderForecast(card);
   }
 
   function renderPoolHead(card, view) {
@@ -847,6 +875,133 @@
     el("span", { class: "key" }, el("span", { class: "swatch confidence" }), el("span", { text: "confidence" })));
   }
 
+  // --- forecast ---------------------------------------------------------------------------
+
+  /** Pool ``name``'s entry of the forecast answer, or a sentence saying why there is none. */
+  function forecastOf(name) {
+    const body = state.forecast;
+    if (!body) {
+      return { state: "loading", note: state.forecastError ? `forecast not read: ${state.forecastError}` : "reading the forecast…" };
+    }
+    const pool = body.pools?.[name];
+    if (pool?.horizons && Object.keys(pool.horizons).length) return { state: "shown", pool, body };
+    if (pool?.problem) return { state: "problem", note: `no forecast: ${pool.problem}` };
+    if (body.error) return { state: "unavailable", note: `no forecast: ${body.error}` };
+    if (!body.generated_at) return { state: "pending", note: "no forecast yet: the first refresh has not run" };
+    return { state: "absent", note: `no forecast: the refresh at ${clock(body.generated_at)} found no request history of this pool in forecast.source` };
+  }
+
+  /** Redraw the card's forecast when a new answer arrived (or a minute passed, for "ago"). */
+  function renderForecast(card) {
+    const key = `${state.forecastVersion}|${minute()}`;
+    if (card.forecastKey === key) return;
+    card.forecastKey = key;
+    const view = forecastOf(card.name);
+    card.forecast.dataset.state = view.state;
+    card.forecast.dataset.generatedAt = state.forecast?.generated_at || "";
+    if (view.state !== "shown") {
+      card.forecast.replaceChildren(el("p", { class: "forecast-note muted", text: view.note }));
+      return;
+    }
+    const horizons = Object.entries(view.pool.horizons)
+      .map(([name, h]) => ({ name, ...h }))
+      .sort((a, b) => a.horizon_seconds - b.horizon_seconds);
+    card.forecast.replaceChildren(
+      forecastHead(view.pool, view.body),
+      el("div", { class: "forecast-body" }, forecastChart(view.pool, horizons),
+        el("div", { class: "forecast-facts" }, recommendation(view.pool),
+          el("p", { class: "forecast-reason muted", text: view.pool.reason || "" }),
+          el("div", { class: "scroll" }, forecastTable(horizons)))));
+  }
+
+  /** Requests per second to about three significant figures: 1234, 123, 12.3, 1.23. */
+  function rps(v) {
+    if (!isNum(v)) return "–";
+    const size = Math.abs(v);
+    return v.toFixed(size >= 100 ? 0 : size >= 10 ? 1 : 2);
+  }
+
+  function forecastHead(pool, body) {
+    const season = pool.season === "week" ? "weekly season" : pool.season === "day" ? "daily season" : `season ${pool.season}`;
+    const parts = [`${season}, from the history to ${clock(pool.made_at)}`, `refreshed ${ago(body.generated_at)}`];
+    const head = el("h3", { class: "forecast-title" }, el("span", { text: "Load forecast" }),
+      el("span", { class: "muted", text: ` · ${parts.join(" · ")}` }));
+    const stale = [body.error && `the last refresh failed (${body.error}): these figures are older`,
+      state.forecastError && `not re-read: ${state.forecastError}`].filter(Boolean);
+    return stale.length ? el("div", {}, head, el("p", { class: "forecast-note warn-text", text: stale.join("; ") })) : head;
+  }
+
+  function recommendation(pool) {
+    const recommended = pool.recommended_servers;
+    const rotation = pool.in_rotation;
+    const line = el("p", { class: "recommendation" },
+      el("span", { class: "figure recommended", text: isNum(recommended) ? String(recommended) : "–" }),
+      el("span", { text: " servers recommended · " }),
+      el("span", { class: "figure in-rotation", text: isNum(rotation) ? String(rotation) : "–" }),
+      el("span", { text: " in rotation" }));
+    if (isNum(recommended) && isNum(rotation)) {
+      const gap = recommended - rotation;
+      const [cls, text] = gap > 0 ? ["warn-text", `${plural(gap, "server")} short`]
+        : gap < 0 ? ["muted", `${plural(-gap, "server")} to spare`] : ["good-text", "as many as needed"];
+      line.append(el("span", { class: `rec-gap ${cls}`, text: ` (${text})` }));
+    }
+    return line;
+  }
+
+  function forecastTable(horizons) {
+    const head = el("thead", {}, el("tr", {}, ...["ahead", "median req/s", "80% interval", "method"].map((h) => el("th", { text: h }))));
+    const rows = horizons.map((h) => el("tr", { "data-horizon": h.name, title: `for ${clock(h.at)}` },
+      el("td", { class: "horizon", text: h.name }),
+      el("td", { class: "median", "data-value": String(h.requests_per_second), text: rps(h.requests_per_second) }),
+      el("td", { class: "interval", text: `${rps(h.lower_80)}–${rps(h.upper_80)}` }),
+      el("td", { class: "method", text: h.method || "–" })));
+    return el("table", { class: "forecast-table" }, head, el("tbody", {}, ...rows));
+  }
+
+  /** The median at each horizon as a line and dots, the 80% interval as a band and
+   *  whiskers (one horizon is a bar), and the peak the recommendation sized for. */
+  function forecastChart(pool, horizons) {
+    const node = svgEl("svg", { class: "chart forecast-chart", role: "img",
+      "aria-label": "forecast median and 80% interval at each horizon" });
+    const peak = pool.peak_requests_per_second;
+    let max = isNum(peak) ? peak : 0;
+    for (const h of horizons) for (const v of [h.upper_80, h.requests_per_second]) if (isNum(v) && v > max) max = v;
+    const step = niceStep(max || 1, 4);
+    const yMax = Math.ceil((max || 1) / step - 1e-9) * step;
+    const f = frame({ node, width: 360, height: 160, domain: [-0.5, horizons.length - 0.5] }, yMax);
+    drawYAxis(f, yMax, step, (v) => v.toFixed(digitsFor(step)));
+    const known = horizons.map((h, i) => ({ ...h, x: f.x(i) })).filter((h) => isNum(h.lower_80) && isNum(h.upper_80));
+    if (known.length > 1) {
+      const edge = [...known.map((h) => [h.x, f.y(h.upper_80)]), ...[...known].reverse().map((h) => [h.x, f.y(h.lower_80)])];
+      node.append(svgEl("path", { class: "forecast-band", d: `M${edge.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join("L")}Z` }));
+    }
+    const medians = horizons.map((h, i) => [i, isNum(h.requests_per_second) ? h.requests_per_second : null]);
+    node.append(svgEl("path", { class: "forecast-median", d: pathOf(medians, f) }));
+    if (isNum(peak)) {
+      const y = f.y(peak).toFixed(1);
+      node.append(svgEl("line", { class: "forecast-peak", x1: f.left, x2: f.right, y1: y, y2: y }),
+        svgText(f.right - 2, f.y(peak) - 4, `peak ${rps(peak)} (q90)`, "tick-label", "end"));
+    }
+    horizons.forEach((h, i) => {
+      const x = f.x(i);
+      node.append(svgText(x, f.bottom + 14, h.name, "tick-label", "middle"));
+      const group = svgEl("g", { class: "forecast-horizon", "data-horizon": h.name });
+      const tip = svgEl("title");
+      tip.textContent = `${h.name} ahead (${clock(h.at)}): median ${rps(h.requests_per_second)} req/s, `
+        + `80% interval ${rps(h.lower_80)}–${rps(h.upper_80)}, ${h.method || "no method"}`;
+      group.append(tip);
+      if (isNum(h.lower_80) && isNum(h.upper_80)) {
+        group.append(svgEl("line", { class: "forecast-whisker", x1: x.toFixed(1), x2: x.toFixed(1),
+          y1: f.y(h.lower_80).toFixed(1), y2: f.y(h.upper_80).toFixed(1) }));
+      }
+      if (isNum(h.requests_per_second)) {
+        group.append(svgEl("circle", { class: "forecast-point", cx: x.toFixed(1), cy: f.y(h.requests_per_second).toFixed(1), r: 4 }));
+      }
+      node.append(group);
+    });
+    return el("figure", { class: "chart-box forecast-figure" }, node);
+  }
+
   // --- hover read-out -------------------------------------------------------------------
 
   function attachHover(node, figure) {
@@ -902,4 +1057,5 @@
   wireControls();
   redrawOnResize();
   poll();
+  pollForecast();
 })();
