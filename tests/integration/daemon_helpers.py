@@ -108,6 +108,7 @@ def agent_config(
     if token:
         files.root.mkdir(parents=True, exist_ok=True)
         files.token.write_text(TOKEN + "\n", encoding="utf-8")
+        files.token.chmod(0o600)  # a token other users can read is refused
         api["token_file"] = str(files.token)
     return {
         "interval": interval,

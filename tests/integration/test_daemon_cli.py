@@ -46,6 +46,7 @@ def metrics_reader(config: Path) -> Callable[[], Samples]:
 def daemon(tmp_path: Path) -> Iterator[tuple[LocalStack, Path, subprocess.Popen[str]]]:
     token = tmp_path / "token"
     token.write_text("let-me-in\n")
+    token.chmod(0o600)  # a token other users can read is refused
     with LocalStack(tmp_path / "stack", SERVERS) as stack:
         config = stack.write_agent_config(
             tmp_path / "v.yaml",
@@ -132,6 +133,7 @@ def test_refused_requests_exit_1_and_write_nothing(
     assert "no override" in not_a_pin.stderr
 
     (tmp_path / "wrong").write_text("guess\n")
+    (tmp_path / "wrong").chmod(0o600)
     wrong = config.read_text().replace(str(tmp_path / "token"), str(tmp_path / "wrong"))
     wrong_config = tmp_path / "wrong.yaml"
     wrong_config.write_text(wrong)

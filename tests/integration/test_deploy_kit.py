@@ -313,6 +313,7 @@ def agent_config_in(tmp_path: Path, socket: str | None = None) -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
     token_file = tmp_path / "api-token"
     token_file.write_text(os.urandom(32).hex() + "\n", encoding="utf-8")
+    token_file.chmod(0o440)  # the Secret's defaultMode
     (tmp_path / "state").mkdir()
 
     def moved(value: Any) -> Any:

@@ -646,6 +646,7 @@ def test_read_token_strips_whitespace(tmp_path: Path) -> None:
     assert read_token(path) == TOKEN
 
 
+    path.chmod(0o640)  # a token other users can read is refused
 @pytest.mark.parametrize(
     ("content", "problem"),
     [

@@ -192,6 +192,7 @@ def test_check_config_says_what_run_would_say_of_the_token_file(
 
 def test_a_readable_token_file_or_none_at_all_is_fine(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("let-me-in\n", encoding="utf-8")
+    (tmp_path / "token").chmod(0o640)  # a token other users can read is refused
     data = base()
     data["api"] = {"token_file": str(tmp_path / "token")}
     assert validate_config(data).api.token_file == tmp_path / "token"

@@ -151,4 +151,5 @@ def test_no_check_runs_on_a_mapping_that_is_not_one() -> None:
 def test_the_token_file_is_read_where_the_config_says(tmp_path: Path) -> None:
     assert checks.token_file_problem(tmp_path / "none") is not None
     (tmp_path / "t").write_text("ok\n", encoding="utf-8")
+    (tmp_path / "t").chmod(0o600)  # a token other users can read is refused
     assert checks.token_file_problem(tmp_path / "t") is None

@@ -366,9 +366,13 @@ def token_file_problem(path: Path) -> str | None:
 
 def read_token_file(path: Path) -> tuple[str, str]:
     """The bearer token in ``path`` and "", or "" and why it holds none: the one rule,
-    for ``check-config`` here and for the daemon's API (``daemon/api/fields.py``)."""
+    for ``check-config`` here and for the daemon's API (``daemon/api/fields.py``).
+
+    A file every user of the host may read (or write) is refused: its token is no
+    secret. Its owner and group may read it (docs/security.md: root:veloflux 0640)."""
     try:
         token = path.read_text(encoding="utf-8").strip()
+        mode = path.stat().st_mode & 0o777  # a Kubernetes Secret's symlink: its target
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         return "", f"cannot read {path}: {reason}"
@@ -376,7 +380,16 @@ def read_token_file(path: Path) -> tuple[str, str]:
         return "", f"{path} is empty"
     if not (token.isascii() and token.isprintable()) or " " in token:
         return "", f"{path}: the token must be one word of printable ASCII"
+    if mode & _OTHERS_READ_WRITE:
+        return "", (
+            f"{path} is mode {mode:04o}: other users of this host can read or change the "
+            f"token; allow its owner and group only (chmod o-rwx {path})"
+        )
     return token, ""
+
+
+# The permission bits of "other" users that make a token file no secret.
+_OTHERS_READ_WRITE = 0o006
 
 
 # --- the environment ---------------------------------------------------------------------
