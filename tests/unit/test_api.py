@@ -11,6 +11,7 @@ import http.client
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,13 @@ import pytest
 
 from veloflux import __version__
 from veloflux.daemon.api.client import ApiClient, ApiRefused, ApiUnreachable
-from veloflux.daemon.api.fields import read_token, reason_field, token_fingerprint, ttl_field
+from veloflux.daemon.api.fields import (
+    Refused,
+    read_token,
+    reason_field,
+    token_fingerprint,
+    ttl_field,
+)
 from veloflux.daemon.api.server import ApiServer
 from veloflux.daemon.audit import Actor
 from veloflux.errors import ConfigError, ControlRefused
@@ -140,8 +147,10 @@ class Harness:
         """One request with exactly the headers given (plus the token), no helpful defaults."""
         conn = http.client.HTTPConnection(self.host, self.port, timeout=HANG_GUARD_SECONDS)
         try:
-            conn.putrequest(method, path, skip_accept_encoding=True)
             all_headers = dict(headers or {})
+            conn.putrequest(
+                method, path, skip_host="Host" in all_headers, skip_accept_encoding=True
+            )
             if token is not None:
                 all_headers["Authorization"] = f"Bearer {token}"
             if body is not None and "Content-Length" not in all_headers:
@@ -360,6 +369,44 @@ def test_other_schemes_are_refused(api: Harness) -> None:
     assert api.raw("POST", "/api/v1/resume", headers=headers, token=None)[0] == 401
 
 
+@pytest.mark.parametrize(
+    "host", ["evil.example", "evil.example:9477", "10.0.0.5:9477", "127.0.0.1.evil.example"]
+)
+def test_a_loopback_api_answers_no_request_for_another_host(api: Harness, host: str) -> None:
+    """DNS rebinding: a page that points its own name at 127.0.0.1 still sends that name
+    as the Host; a loopback API answers it 421 and serves nothing, reads included."""
+    status, _, body = api.raw("GET", "/status", headers={"Host": host}, token=None)
+    assert status == 421
+    assert "loopback" in json.loads(body)["error"]
+    status, _, _ = api.raw("POST", "/api/v1/pause", b"{}", {"Host": host})
+    assert status == 421
+    assert api.controls.paused is None
+    assert api.events.count("api_request_refused", reason="host") == 2
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "localhost", "[::1]:1"])
+def test_a_loopback_api_answers_requests_for_its_loopback_names(api: Harness, host: str) -> None:
+    status, _, _ = api.raw("GET", "/status", headers={"Host": host.format(port=api.port)})
+    assert status == 200
+
+
+def test_an_api_listening_beyond_loopback_answers_any_host() -> None:
+    """Behind a Service or a published port the Host is whatever name reached it."""
+    server = ApiServer(
+        "0.0.0.0", 0, FakeStatus(), FakeControls(), lambda: (b"", METRICS_TYPE), Events(), None
+    )
+    server.start()
+    try:
+        conn = http.client.HTTPConnection(
+            "127.0.0.1", server.address[1], timeout=HANG_GUARD_SECONDS
+        )
+        conn.request("GET", "/status", headers={"Host": "veloflux.example:9477"})
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        server.stop()
+
+
 def test_client_reports_a_wrong_token(api: Harness) -> None:
     with pytest.raises(ApiRefused) as refused:
         api.client(token="wrong").resume()
@@ -511,6 +558,9 @@ def test_unknown_path_is_404(api: Harness, path: str) -> None:
         ("GET", "/api/v1/pause", "POST"),
         ("GET", "/api/v1/overrides/web/a", "DELETE"),
         ("PATCH", "/-/ready", "GET, HEAD"),
+        # Methods http.server knows no do_* for: 405 as well, never its 501.
+        ("TRACE", "/status", "GET, HEAD"),
+        ("BREW", "/api/v1/pause", "POST"),
     ],
 )
 def test_wrong_method_is_405_with_allow(api: Harness, method: str, path: str, allow: str) -> None:
@@ -643,10 +693,10 @@ def test_read_token_none_when_no_file_is_set() -> None:
 def test_read_token_strips_whitespace(tmp_path: Path) -> None:
     path = tmp_path / "token"
     path.write_text(f"  {TOKEN}\n")
+    path.chmod(0o640)  # a token other users can read is refused
     assert read_token(path) == TOKEN
 
 
-    path.chmod(0o640)  # a token other users can read is refused
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
@@ -674,7 +724,6 @@ def test_read_token_refuses_an_unusable_file(
         (b"NONSENSE", b"400"),
         (b"GET / HTTP/x", b"400"),
         (b"GET / HTTP/2.0", b"505"),
-        (b"BREW /pot HTTP/1.1", b"501"),
     ],
 )
 def test_a_malformed_request_line_is_answered_as_json_and_counted(
@@ -745,3 +794,71 @@ def test_a_one_second_ttl_and_a_reason_of_the_longest_length_are_taken() -> None
     """Kills: ``seconds <= 0`` made ``<= 1``, ``len(value) > 500`` made ``>=``."""
     assert ttl_field("1s") == 1.0
     assert reason_field("x" * 500) == "x" * 500
+
+
+# --- found by fuzzing (tests/integration/test_api_fuzz.py) -------------------------------
+
+
+def test_a_ttl_a_date_cannot_hold_is_refused_not_a_500() -> None:
+    """A ttl of 10**12 days overflowed the expiry date when the pin was made."""
+    assert ttl_field("100000d") == 100_000 * 86400.0
+    with pytest.raises(Refused) as refused:
+        ttl_field("1000000000000d")
+    assert refused.value.status == 400
+    assert "100000d" in refused.value.message
+
+
+def test_a_weight_written_as_a_whole_float_is_that_integer(api: Harness) -> None:
+    """JSON has one number type; openapi.json's integer takes 5.0, so the server does."""
+    body = json.dumps({"server": "web/a", "weight": 5.0}).encode()
+    status, _, _ = api.raw("POST", "/api/v1/overrides", body)
+    assert status == 200
+    assert api.controls.calls == [("set", ("web/a", 5, None))]
+    body = json.dumps({"server": "web/a", "weight": 5.5}).encode()
+    assert api.raw("POST", "/api/v1/overrides", body)[0] == 400
+
+
+def test_two_different_content_lengths_are_refused(api: Harness) -> None:
+    with socket.create_connection((api.host, api.port)) as conn:
+        conn.settimeout(HANG_GUARD_SECONDS)
+        conn.sendall(
+            f"POST /api/v1/pause HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Content-Length: 2\r\nContent-Length: 20\r\n\r\n{}".encode()
+        )
+        answer = conn.recv(65536)
+    assert answer.startswith(b"HTTP/1.0 400 ")
+    assert api.controls.paused is None
+
+
+def test_an_empty_query_value_is_refused_not_the_default() -> None:
+    harness = Harness(TOKEN)
+    try:
+        assert harness.raw("GET", "/api/v1/audit?limit=")[0] == 400
+        assert harness.raw("GET", "/api/v1/history?since=")[0] == 400
+        assert harness.raw("GET", "/api/v1/audit?limit=3")[0] == 200
+    finally:
+        harness.server.stop()
+
+
+def test_a_client_trickling_its_request_is_dropped_at_the_request_timeout() -> None:
+    """A timeout per read let a byte every half second hold a thread for ever."""
+    harness = Harness(TOKEN, request_timeout_seconds=0.5)
+    try:
+        with socket.create_connection((harness.host, harness.port)) as conn:
+            conn.settimeout(0.1)
+            conn.sendall(b"GET /status HTTP/1.1\r\n")
+            deadline = time.monotonic() + HANG_GUARD_SECONDS
+            while True:
+                if time.monotonic() > deadline:
+                    pytest.fail("the server kept a trickling client past the deadline")
+                try:
+                    conn.sendall(b"X")
+                    if conn.recv(1) == b"":
+                        break  # closed
+                except TimeoutError:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+        assert harness.still_serving()
+    finally:
+        harness.server.stop()

@@ -171,6 +171,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError([ConfigProblem("", problem)], str(path)) from exc
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+    except RecursionError as exc:  # PyYAML's parser recurses once per nesting level
+        problem = "YAML syntax error: nested deeper than any config (a run of '[' or '{'?)"
+        raise ConfigError([ConfigProblem("", problem)], str(path)) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -47,6 +47,13 @@ class EnvoyAdmin:
             raise EnvoyNotJson(
                 f"Envoy admin at {self.address}{path}: not JSON ({exc.msg} at {exc.pos})"
             ) from None
+        except (ValueError, RecursionError) as exc:
+            # Valid JSON that Python will not decode: an integer of thousands of digits
+            # (ValueError) or arrays nested deeper than the interpreter's stack.
+            raise EnvoyNotJson(
+                f"Envoy admin at {self.address}{path}: not JSON this agent can read "
+                f"({str(exc)[:100]})"
+            ) from None
 
     def get_text(self, path: str) -> str:
         url = f"{self.address}{path}"

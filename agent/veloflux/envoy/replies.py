@@ -71,21 +71,25 @@ def _host(cluster: str, host: Any) -> HostStatus:
     socket = _field(_field(host, "address", dict, where), "socket_address", dict, where)
     address = _field(socket, "address", str, where)
     port = socket.get("port_value")
-    if not isinstance(port, int) or not 0 < port < 65536:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise EnvoyFormatError(f"{where}: port_value {port!r} is not a port")
     health = host.get("health_status", {})
     if not isinstance(health, dict):
         raise EnvoyFormatError(f"{where}: health_status is not an object")
     flags = tuple(sorted(k for k, v in health.items() if k.startswith("failed") and v is True))
+    listed = host.get("stats") or []
+    if not isinstance(listed, list):
+        raise EnvoyFormatError(f"{where}: stats is not a list")
     stats = {}
-    for stat in host.get("stats", []) or []:
+    for stat in listed:
         if isinstance(stat, dict) and isinstance(stat.get("name"), str):
             stats[stat["name"]] = _number(stat.get("value", 0))
+    status = health.get("eds_health_status")
     return HostStatus(
         address=address,
         port=port,
         weight=_number(host.get("weight")),
-        health=str(health.get("eds_health_status", "UNKNOWN")),
+        health=status if isinstance(status, str) else "UNKNOWN",
         failed_checks=flags,
         stats=stats,
     )
@@ -228,11 +232,13 @@ def parse_uptime(document: Any) -> tuple[float, int]:
     """``/server_info`` -> (uptime of this epoch in seconds, hot-restart epoch)."""
     uptime = _field(document, "uptime_current_epoch", str, "the /server_info answer")
     match = _DURATION.match(uptime)
-    if not match:
-        raise EnvoyFormatError(f"uptime_current_epoch {uptime!r} is not a duration like '7s'")
+    seconds = float(match.group(1)) if match else math.nan
+    if not math.isfinite(seconds):  # 400 digits read as a float are infinite
+        raise EnvoyFormatError(f"uptime_current_epoch {uptime[:40]!r} is not a duration like '7s'")
     options = document.get("command_line_options", {})
     epoch = options.get("restart_epoch", 0) if isinstance(options, dict) else 0
-    return float(match.group(1)), int(epoch) if isinstance(epoch, int) else 0
+    known = isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0
+    return seconds, epoch if known else 0
 
 
 def _field(value: Any, key: str, kind: type, where: str) -> Any:
@@ -245,15 +251,15 @@ def _field(value: Any, key: str, kind: type, where: str) -> Any:
 
 
 def _number(value: Any) -> float:
-    """An admin API number (int, float or decimal string); NaN when it is none of them."""
-    if isinstance(value, bool):
+    """An admin API number (int, float or decimal string); NaN when it is none of them.
+
+    Envoy's counters, gauges and weights are unsigned, so a negative number is as
+    unreadable as text, and so is one too large for a float (JSON has no limit).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         return math.nan
-    if isinstance(value, int | float):
-        return float(value) if math.isfinite(value) else math.nan
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return math.nan
-        return number if math.isfinite(number) else math.nan
-    return math.nan
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return math.nan
+    return number if math.isfinite(number) and number >= 0 else math.nan

@@ -99,7 +99,11 @@ class PrometheusAPI:
             labels, sample = self._labels(item, query), item.get("value")
             if not (isinstance(sample, list) and len(sample) == 2):
                 raise self._shape(query, "a series without a [time, value] pair")
-            out.append(Series(labels, _number(sample[1])))
+            try:
+                value = _number(sample[1])
+            except (TypeError, ValueError, OverflowError):
+                raise self._shape(query, f"a sample value {str(sample[1])[:40]!r}") from None
+            out.append(Series(labels, value))
         return out
 
     def range(
@@ -117,8 +121,12 @@ class PrometheusAPI:
             try:  # a week at 15 s is 40,320 pairs a series: converted without a loop here
                 times = np.fromiter(map(_first, values), float, len(values))
                 numbers = np.array(list(map(_second, values)), dtype=float)
-            except (TypeError, ValueError, IndexError, KeyError):
+            except (TypeError, ValueError, IndexError, KeyError, OverflowError):
                 raise self._shape(query, "values that are not [time, value] pairs") from None
+            if numbers.shape != times.shape:  # a value that is a list: a 2-D array
+                raise self._shape(query, "sample values that are not single numbers")
+            if not np.isfinite(times).all():
+                raise self._shape(query, "sample times that are not finite numbers")
             out.append(RangeSeries(labels, times, numbers))
         return out
 
@@ -134,7 +142,8 @@ class PrometheusAPI:
 
         try:
             result = request(self._connect())
-        except requests.exceptions.JSONDecodeError:
+        except (requests.exceptions.JSONDecodeError, RecursionError):
+            # RecursionError: JSON nested deeper than the interpreter's stack, unreadable.
             raise PrometheusError(
                 "not_json", f"Prometheus at {self.url} answered with something that is not JSON"
             ) from None
@@ -157,9 +166,15 @@ class PrometheusAPI:
         return result
 
     def _labels(self, item: object, query: str) -> dict[str, str]:
+        """A series' labels: strings, as Prometheus writes them. A number or an object
+        there is no label value, and made into one with str() it would be a name the
+        answer never held."""
         if not isinstance(item, dict) or not isinstance(item.get("metric"), dict):
             raise self._shape(query, "a series without labels")
-        return {str(k): str(v) for k, v in item["metric"].items()}
+        labels = item["metric"]
+        if not all(isinstance(value, str) for value in labels.values()):
+            raise self._shape(query, "a label value that is not a string")
+        return dict(labels)
 
     def _shape(self, query: str, what: str) -> PrometheusError:
         return PrometheusError(
@@ -168,8 +183,9 @@ class PrometheusAPI:
 
 
 def _number(text: object) -> float:
-    """A sample value: Prometheus sends it as a string ("1.5", "NaN", "+Inf")."""
-    if not isinstance(text, str | int | float):
+    """A sample value: Prometheus sends it as a string ("1.5", "NaN", "+Inf"). Raises
+    ValueError or OverflowError (an integer too large for a float) for anything else."""
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
         raise ValueError(f"sample {text!r} is not a number")
     return float(text)
 
@@ -195,7 +211,7 @@ def _http_error(url: str, query: str, text: str) -> PrometheusError:
         explanation = str(reply.get("error", ""))
         if reply.get("errorType") == "bad_data":
             kind = "bad_query"
-    except (ValueError, SyntaxError, TypeError, AttributeError):
+    except (ValueError, SyntaxError, TypeError, AttributeError, RecursionError):
         pass  # not Prometheus's JSON (a proxy's error page): the status says enough
     detail = f": {explanation}" if explanation else ""
     return PrometheusError(

@@ -9,6 +9,7 @@ place.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ from veloflux.util.names import parse_server_key, server_key
 MAX_WEIGHT = HAPROXY_MAX_WEIGHT
 DEFAULT_PAUSE_REASON = "paused through the API"
 _MAX_REASON_CHARS = 500
+# A pin's longest expiry: far beyond any real one, and inside what a date can hold (a ttl
+# of 10**12 days overflowed it when the pin was made: a 500). openapi.json's pattern for
+# ttl (at most five digits before the point) stays below it in every unit.
+MAX_TTL_SECONDS = 100_000 * 86400.0
 # Who the client says it is, for the audit log: ``veloflux-agent`` sends ``cli:<user>``.
 ACTOR_HEADER = "X-VeloFlux-Actor"
 _MAX_ACTOR_CHARS = 64
@@ -76,6 +81,9 @@ def server_field(value: object) -> str:
 
 
 def weight_field(value: object) -> int:
+    # JSON has one number type: 5.0 is the integer 5 (as JSON Schema and openapi.json read it).
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise bad(f"weight: required, an integer in 0..{MAX_WEIGHT}")
     if not 0 <= value <= MAX_WEIGHT:
@@ -94,6 +102,8 @@ def ttl_field(value: object) -> float | None:
         raise bad(f"ttl: {exc}") from None
     if seconds <= 0:
         raise bad("ttl: must be longer than zero; use null for no expiry")
+    if seconds > MAX_TTL_SECONDS:
+        raise bad("ttl: at most 100000d; use null for no expiry")
     return seconds
 
 
@@ -113,3 +123,26 @@ def actor_field(value: str | None) -> str:
     if not (value.isascii() and value.isprintable()) or len(value) > _MAX_ACTOR_CHARS:
         raise bad(f"{ACTOR_HEADER}: must be printable ASCII, at most {_MAX_ACTOR_CHARS} chars")
     return value
+
+
+def loopback_host(host: str | None) -> bool:
+    """Whether a request's ``Host`` header names this machine's loopback (``localhost``,
+    127.0.0.0/8 or ``[::1]``, any port), or is absent.
+
+    An API that listens on loopback answers only such requests: a web page in a browser
+    on the host can point its own name at 127.0.0.1 (DNS rebinding) and read the agent
+    as its own origin, but the browser then sends the page's name as the Host. Clients
+    without a Host header (HTTP/1.0) are not browsers."""
+    if host is None:
+        return True
+    name = host.strip().lower()
+    if name.startswith("["):  # [v6]:port
+        name = name[1 : name.find("]")] if "]" in name else ""
+    elif name.count(":") == 1:
+        name = name.rsplit(":", 1)[0]
+    if name in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False

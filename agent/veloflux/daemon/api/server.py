@@ -7,21 +7,31 @@ drive it with fakes.
 
 Everything from the network is untrusted. A body is bounded before it is read, a name is
 checked before it could reach a HAProxy command, every refusal is answered with a JSON
-reason and counted, and no stack trace ever leaves the process.
+reason and counted, and no stack trace ever leaves the process. A request has
+``request_timeout_seconds`` in all to arrive, not per read: a client that trickles a byte
+at a time cannot hold a thread any longer than a silent one.
+
+Every route, parameter, body and answer is described in ``openapi.json`` (OpenAPI 3.1,
+served at ``/api/v1/openapi.json``); ``tests/integration/test_api_fuzz.py`` checks the
+server against it.
 """
 
 from __future__ import annotations
 
 import functools
 import hmac
+import io
 import json
 import logging
+import math
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from typing import Any, Protocol
 from urllib.parse import unquote
 
@@ -31,6 +41,7 @@ from veloflux.daemon.api.fields import (
     Refused,
     actor_field,
     bad,
+    loopback_host,
     reason_field,
     reject_unknown,
     server_field,
@@ -38,7 +49,7 @@ from veloflux.daemon.api.fields import (
     ttl_field,
     weight_field,
 )
-from veloflux.daemon.api.messages import TEXT, Reply, Request, json_reply
+from veloflux.daemon.api.messages import JSON, TEXT, Reply, Request, json_reply
 from veloflux.daemon.audit import Actor
 from veloflux.errors import ConfigError, ConfigProblem, ControlRefused
 from veloflux.util.events import Events
@@ -49,6 +60,7 @@ OVERRIDES_PATH = "/api/v1/overrides"
 # Each pool's forecast and recommended servers (``daemon/forecasts.py``): read by an
 # autoscaler (KEDA's metrics-api scaler: ``pools.NAME.recommended_servers``).
 FORECAST_PATH = "/api/v1/forecast"
+OPENAPI_PATH = "/api/v1/openapi.json"
 _WRITE_METHODS = frozenset({"POST", "DELETE"})
 
 
@@ -96,6 +108,9 @@ class _Api:
         self._status, self._controls, self._metrics_text = status, controls, metrics
         self._events, self._token, self._max_body_bytes = events, token, max_body_bytes
         self._token_id = token_fingerprint(token) if token else ""
+        self.loopback_only = False  # set by ApiServer from the address it listens on
+        document = resources.files("veloflux.daemon.api").joinpath("openapi.json")
+        openapi = Reply(200, document.read_bytes(), JSON)
         self._routes: dict[str, dict[str, Endpoint]] = Dashboard(status).routes() | {
             "/metrics": {"GET": self._metrics},
             "/-/healthy": {"GET": lambda _: self._probe(self._status.healthy())},
@@ -109,6 +124,7 @@ class _Api:
             "/api/v1/pause": {"POST": self._pause},
             "/api/v1/resume": {"POST": self._resume},
             FORECAST_PATH: {"GET": lambda _: json_reply(200, self._forecast())},
+            OPENAPI_PATH: {"GET": lambda _: openapi},
         }
         self._forecast: Callable[[], dict[str, Any]] = lambda: {
             "pools": {},
@@ -129,6 +145,9 @@ class _Api:
             return json_reply(500, {"error": "internal error; the agent's log has the details"})
 
     def _answer(self, request: Request) -> Reply:
+        hosts: list[str] = request.headers.get_all("Host") or []
+        if self.loopback_only and not all(loopback_host(h) for h in hosts):
+            raise Refused(421, "this agent answers requests to its loopback address only", "host")
         endpoint = self._endpoint(request)
         if request.method in _WRITE_METHODS:
             self._authorize(request)
@@ -194,6 +213,9 @@ class _Api:
 
     def _content_length(self, request: Request, *, required: bool) -> int:
         """Check the declared size before reading a byte: a huge body is never buffered."""
+        declared = request.headers.get_all("Content-Length") or []
+        if len({value.strip() for value in declared}) > 1:
+            raise bad("Content-Length is given more than once, with different values")
         text = request.headers.get("Content-Length")
         if text is None:
             if required or request.headers.get("Transfer-Encoding"):
@@ -256,6 +278,9 @@ class _Api:
 
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's backlog is 5: a burst of connections beyond it (dashboards, a scrape,
+    # probes) had its SYNs dropped and waited for retransmits, seconds for a probe.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], api: _Api, timeout_seconds: float) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -272,13 +297,57 @@ class _HttpServer(ThreadingHTTPServer):
         _log.debug("API connection from %s failed", client_address, exc_info=True)
 
 
+class _Deadline(io.RawIOBase):
+    """The connection's bytes, each read given only what is left of the request's time.
+
+    A timeout per read alone lets a client that sends a byte every few seconds hold its
+    thread for ever; a deadline for the whole request does not. Past it, a read raises
+    ``TimeoutError``: while the request line or headers arrive, http.server then drops
+    the connection; while the body arrives, the API answers 408.
+    """
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        super().__init__()
+        self._sock, self._seconds = sock, seconds
+        self.deadline = math.inf
+
+    def start(self) -> None:
+        self.deadline = time.monotonic() + self._seconds
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self._sock.settimeout(min(left, self._seconds))
+        return self._sock.recv_into(buffer)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _HttpServer
 
     def setup(self) -> None:
         super().setup()
-        # A slow or silent client cannot pin a thread: every read and write times out.
-        self.connection.settimeout(self.server.request_timeout_seconds)
+        # A slow or silent client cannot pin a thread: every write times out, and the
+        # whole request must arrive within the timeout (``_Deadline``).
+        seconds = self.server.request_timeout_seconds
+        self.connection.settimeout(seconds)
+        self.rfile.close()
+        self._deadline = _Deadline(self.connection, seconds)
+        self.rfile = io.BufferedReader(self._deadline)
+
+    def handle_one_request(self) -> None:
+        self._deadline.start()
+        super().handle_one_request()
+
+    def __getattr__(self, name: str) -> Callable[[], None]:
+        # http.server answers a method it has no do_* for with 501, a server error; the
+        # router answers any method a path does not serve with 405 and the methods it does.
+        if name.startswith("do_"):
+            return self._dispatch
+        raise AttributeError(name)
 
     def _dispatch(self) -> None:
         path, _, query = self.path.partition("?")
@@ -296,6 +365,7 @@ class _Handler(BaseHTTPRequestHandler):
         return "veloflux"  # no Python version for strangers
 
     def _send(self, reply: Reply) -> None:
+        self.connection.settimeout(self.server.request_timeout_seconds)  # the reads' is spent
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(reply.body)))
@@ -330,6 +400,7 @@ class ApiServer:
         forecast: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         api = _Api(status, controls, metrics, events, token, max_body_bytes)
+        api.loopback_only = loopback_host(host)
         if forecast is not None:
             api.serve_forecast(forecast)
         try:
