@@ -24,7 +24,7 @@ from typing import Any
 from veloflux.errors import ControlRefused, UnsafeName
 from veloflux.haproxy.runtime import HAPROXY_MAX_WEIGHT
 from veloflux.util.events import Events
-from veloflux.util.files import replace_atomically
+from veloflux.util.files import replace_atomically, sweep_temps
 from veloflux.util.names import parse_server_key
 
 _FORMAT = 1
@@ -164,6 +164,7 @@ class OperatorControls:
         self._state = state
 
     def _load(self) -> OperatorState:
+        sweep_temps(self._path)  # what replacements cut short by a crash left behind
         if not self._path.exists():
             return OperatorState()
         try:

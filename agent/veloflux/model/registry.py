@@ -50,7 +50,7 @@ from typing import Any, NoReturn
 
 from veloflux.errors import ModelUnavailable
 from veloflux.util.events import Events
-from veloflux.util.files import fsync_dir, replace_atomically, write_synced
+from veloflux.util.files import fsync_dir, replace_atomically, sweep_temps, write_synced
 
 FORMAT = 1
 CANDIDATE, CURRENT, RETIRED, BROKEN = "candidate", "current", "retired", "broken"
@@ -166,7 +166,8 @@ class Registry:
     def prune(self) -> list[str]:
         """Delete versions beyond the newest ``keep``, never the current one; returns their ids.
 
-        Also sweeps temp directories over an hour old: a crashed save left them behind."""
+        Also sweeps temp directories and files over an hour old: a crashed save left the
+        directories, a promotion killed mid-replacement the files."""
         current = self._current_or_none()
         doomed = [e.version for e in self.entries()[self._keep :] if e.version != current]
         for version in doomed:
@@ -182,6 +183,11 @@ class Registry:
             for path in self._versions.glob(".*"):
                 if path.is_dir() and time.time() - path.stat().st_mtime > _STALE_TEMP_SECONDS:
                     shutil.rmtree(path, ignore_errors=True)
+            for path in self._versions.iterdir():
+                if _VERSION.fullmatch(path.name):
+                    sweep_temps(path / _META, _STALE_TEMP_SECONDS)
+        for pointer in ("current", "previous"):
+            sweep_temps(self._root / pointer, _STALE_TEMP_SECONDS)
         return [v for v in doomed if not (self._versions / v).exists()]
 
     # --- reading (any number of agents) ---------------------------------------------------
