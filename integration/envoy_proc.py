@@ -37,6 +37,10 @@ def envoy_binary() -> str:
 ENVOY_FLAGS = ("--log-level", "warn", "--concurrency", "1", "--use-dynamic-base-id")
 
 
+class _PortTaken(Exception):
+    """Envoy exited because a port chosen for it was taken before it could bind."""
+
+
 class EnvoyProcess:
     """One Envoy whose clusters ``clusters`` read ``<eds_dir>/<cluster>.yaml``."""
 
@@ -64,15 +68,33 @@ class EnvoyProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.listen_port}/"
 
-    def start(self, timeout_s: float = 20.0) -> EnvoyProcess:
+    def start(self, timeout_s: float = 20.0, attempts: int = 3) -> EnvoyProcess:
+        """Start Envoy and wait until its admin says LIVE. Ports come from ``free_port``,
+        so another process can take one before Envoy binds it; that start is retried on
+        fresh ports (up to ``attempts`` times), and any other exit is raised with its log."""
         self.eds_dir.mkdir(parents=True, exist_ok=True)
         self.workdir.mkdir(parents=True, exist_ok=True)
         for name, endpoints in self.clusters.items():
             if not eds_path(self.eds_dir, name).exists():
                 write_eds(self.eds_dir, name, render_eds(name, endpoints, version="0"))
+        for attempt in range(1, attempts + 1):
+            if attempt > 1:
+                self.admin_port, self.listen_port = free_port(), free_port()
+            try:
+                return self._start_once(timeout_s)
+            except _PortTaken:
+                if attempt == attempts:
+                    raise StackError(
+                        f"envoy could not bind its ports in {attempts} attempts"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout_s: float) -> EnvoyProcess:
         bootstrap = self.workdir / "envoy.yaml"
         bootstrap.write_text(yaml.safe_dump(self._bootstrap(), sort_keys=False), encoding="utf-8")
-        log = open(self.workdir / "envoy.log", "ab")  # noqa: SIM115 - the child owns it
+        log_path = self.workdir / "envoy.log"
+        log_start = log_path.stat().st_size if log_path.exists() else 0
+        log = open(log_path, "ab")  # noqa: SIM115 - the child owns it
         self._proc = subprocess.Popen(
             # A base id of its own: several Envoys (replicas) may run on one machine.
             [envoy_binary(), *ENVOY_FLAGS, "-c", str(bootstrap)],
@@ -83,7 +105,13 @@ class EnvoyProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise StackError(f"envoy exited with {self._proc.returncode}; see {log.name}")
+                code, self._proc = self._proc.returncode, None
+                with open(log_path, "rb") as f:
+                    f.seek(log_start)
+                    text = f.read().decode("utf-8", "replace")
+                if "Address already in use" in text:
+                    raise _PortTaken
+                raise StackError(f"envoy exited with {code}:\n{text[-4000:]}")
             if self._live():
                 return self
             time.sleep(0.05)

@@ -19,6 +19,7 @@ request afterwards. The timeout tests use a second server over the same daemon w
 
 from __future__ import annotations
 
+import errno
 import socket
 import subprocess
 import sys
@@ -175,8 +176,11 @@ def exchange(address: Address, data: bytes, *, half_close: bool = True) -> bytes
             sock.sendall(data)
             if half_close:
                 sock.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server refused before reading everything: its answer may follow
+        except OSError as exc:
+            # The server refused before reading everything (EPIPE, ECONNRESET, or ENOTCONN
+            # from shutdown() once it has closed): its answer may still be readable.
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                raise
         chunks = []
         try:
             while chunk := sock.recv(65536):
