@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -171,6 +173,61 @@ def test_a_failed_audit_append_is_counted_and_the_agent_goes_on(tmp_path: Path) 
     plan, report = _plan_and_report()
     assert log.record(plan, report) == 0
     assert events.count("audit_write_failed") == 1
+
+
+FULL_DISK_CHILD = """
+import resource, signal, sys
+from pathlib import Path
+from tests.unit.test_controls_audit import _plan_and_report
+from veloflux.daemon.audit import AuditLog
+from veloflux.util.events import Events
+
+path = Path(sys.argv[1])
+events = Events()
+log = AuditLog(path, events, max_bytes=1 << 20, backups=1)
+plan, report = _plan_and_report()
+assert log.record(plan, report) == 1
+# The kernel refuses to grow the file past 40 more bytes: the next append is cut short
+# mid-line (a short write, then EFBIG), as a full disk cuts it.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 40, hard))
+assert log.record(plan, report) == 0
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # the disk is freed
+assert log.record(plan, report) == 1
+print(events.count("audit_write_failed"))
+"""
+
+
+def test_an_append_cut_by_a_full_disk_leaves_no_fragment(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    child = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_CHILD, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "1"  # the cut append was counted
+    lines = path.read_text().splitlines()
+    # The line before the cut and the one after it are whole; the cut one is gone.
+    assert [json.loads(line)["server"] for line in lines] == ["s1", "s1"]
+
+
+def test_a_line_left_unfinished_by_a_crash_does_not_swallow_the_next(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, Events(), max_bytes=1 << 20, backups=1)
+    plan, report = _plan_and_report()
+    assert log.record(plan, report) == 1
+    with path.open("a") as f:
+        f.write('{"time":"2026-12-07T21:25:13+00:00","backend":"app","ser')  # kill -9 here
+    assert log.record(plan, report) == 1
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3
+    assert json.loads(lines[0])["server"] == json.loads(lines[2])["server"] == "s1"
+    assert lines[1].endswith('"ser')
+    assert log.tail(10)[0]["server"] == "s1"
 
 
 def test_operator_actions_and_weight_writes_name_their_actor(tmp_path: Path) -> None:

@@ -13,12 +13,14 @@ during an incident), so each append holds an advisory lock (on its directory) ac
 the size check, the rotation and the write: lines are never interleaved and a file is
 never rotated under another writer. The file rotates at ``max_bytes`` into
 ``audit.jsonl.1`` ... ``.N``. A failed append (a full disk) is counted and logged and
-the agent goes on, since losing an audit line is better than holding every weight.
+the agent goes on, since losing an audit line is better than holding every weight; the
+part of it the disk took is cut back, so the lines after it stay whole.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import getpass
 import json
@@ -125,10 +127,9 @@ class AuditLog:
                 with self._locked():
                     if self._size() + len(data) > self._max_bytes:
                         self._rotate()
-                    # O_APPEND: one write lands whole at the end, whoever else appends.
-                    fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                    fd = os.open(self._path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
                     try:
-                        os.write(fd, data)
+                        _append_whole(fd, data)
                     finally:
                         os.close(fd)
             except OSError as exc:
@@ -173,6 +174,31 @@ class AuditLog:
                 os.replace(older, self._path.with_name(f"{self._path.name}.{n + 1}"))
         if self._path.exists():
             os.replace(self._path, self._path.with_name(f"{self._path.name}.1"))
+
+
+def _append_whole(fd: int, data: bytes) -> None:
+    """Append ``data`` so that the file ends on whole lines, whatever happens.
+
+    A full disk takes part of a write and refuses the rest; without care the fragment
+    stays, and the next line appended after the disk is freed is glued to it, so two
+    lines are lost, not one. So a failed write is cut back to where it began. A file
+    that already ends mid-line (cut by a crash, or by an older version) gets a newline
+    first, so the fragment stays a line of its own and ours is whole. The caller holds
+    the lock that every appender takes, so nobody appends between the checks."""
+    start = os.fstat(fd).st_size
+    if start and os.pread(fd, 1, start - 1) != b"\n":
+        data = b"\n" + data
+    written = 0
+    try:
+        while written < len(data):
+            done = os.write(fd, data[written:])
+            if done <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            written += done
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        raise
 
 
 def _tail_entries(path: Path, limit: int, max_bytes: int) -> list[dict[str, Any]]:
