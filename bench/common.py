@@ -9,6 +9,7 @@ and one benchmark importing another's private helpers would tie the two together
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -267,6 +268,23 @@ def replace_section(section: str, heading: str, begin: str, end: str, doc: Path 
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     doc.write_text(text, encoding="utf-8")
+
+
+def print_result(result: dict[str, Any], out: Path | None) -> None:
+    """Print a benchmark's figures as JSON, and keep them in ``out`` when given."""
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if out is not None:
+        out.write_text(text + "\n", encoding="utf-8")
+
+
+def write_doc_section(
+    doc: Path, doc_head: str, section: str, heading: str, begin: str, end: str
+) -> None:
+    """``replace_section`` into ``doc``, which starts as ``doc_head`` if it is new."""
+    if not doc.exists():
+        doc.write_text(doc_head, encoding="utf-8")
+    replace_section(section, heading, begin, end, doc=doc)
 
 
 # --- a benchmark's command line --------------------------------------------------------------

@@ -18,7 +18,6 @@ next daemon reopens them all.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -33,9 +32,10 @@ from bench.common import (
     command,
     machine,
     measured_lines,
-    replace_section,
+    print_result,
     table,
     with_noise,
+    write_doc_section,
     yes,
 )
 
@@ -160,14 +160,9 @@ def main() -> None:
         "wall_seconds": round(time.perf_counter() - started),
     }
     result["verdicts"] = _verdicts(result)
-    text = json.dumps(result, indent=2, default=str)
-    print(text)
-    if opts.out:
-        opts.out.write_text(text + "\n", encoding="utf-8")
+    print_result(result, opts.out)
     if opts.write:
-        if not DOC.exists():
-            DOC.write_text(DOC_HEAD, encoding="utf-8")
-        replace_section(_render(result), HEADING, MARK_BEGIN, MARK_END, doc=DOC)
+        write_doc_section(DOC, DOC_HEAD, _render(result), HEADING, MARK_BEGIN, MARK_END)
     if not all(result["verdicts"].values()):
         raise SystemExit(1)
 

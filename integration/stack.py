@@ -13,7 +13,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from integration.haproxy_proc import (
     HAProxyProcess,
     ServerSpec,
     StackError,
+    spawn_logged,
     stop_process,
 )
 from integration.prometheus_proc import PrometheusProcess, ScrapeJob
@@ -181,17 +183,7 @@ class LocalStack:
 
     def reconfigure(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Change one backend's behaviour while it runs (``PUT /-/config``)."""
-        import urllib.request
-
-        request = urllib.request.Request(
-            f"{self.backend_url(name)}/-/config",
-            data=json.dumps(patch).encode(),
-            method="PUT",
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            result: dict[str, Any] = json.loads(response.read())
-            return result
+        return reconfigure_backend(self.backend_url(name), patch)
 
     def write_agent_config(
         self,
@@ -263,32 +255,48 @@ class LocalStack:
         return self.haproxy
 
     def _start_backends(self, timeout_s: float) -> dict[str, int]:
-        ready = self.workdir / "backends.json"
-        ready.unlink(missing_ok=True)
-        args = [sys.executable, "-m", "integration.demo_backend", "--ready-file", str(ready)]
-        for server in self.servers:
-            args += ["--backend", server.cli_spec()]
-        log = open(self.workdir / "backends.log", "ab")  # noqa: SIM115 - the child owns it
-        root = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-        try:
-            self._backends = subprocess.Popen(
-                args,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._backends.poll() is not None:
-                text = (self.workdir / "backends.log").read_text(errors="replace")[-2000:]
-                raise StackError(f"demo backends exited with {self._backends.returncode}:\n{text}")
-            if ready.exists():
-                ports: dict[str, int] = json.loads(ready.read_text())["backends"]
-                return ports
-            time.sleep(0.05)
-        raise StackError(f"demo backends not ready within {timeout_s}s")
+        self._backends, ports = spawn_backends(
+            self.workdir, [server.cli_spec() for server in self.servers], timeout_s
+        )
+        return ports
+
+
+def spawn_backends(
+    workdir: Path, specs: Sequence[str], timeout_s: float
+) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    """Start ``integration.demo_backend`` with one ``--backend`` per spec, in a session
+    of its own and logging to ``workdir/backends.log``; return it once its ready file
+    names the ports (a spec's port 0 is chosen by the kernel). An exit before that is
+    raised with the log's end, and so is a start slower than ``timeout_s``."""
+    ready = workdir / "backends.json"
+    ready.unlink(missing_ok=True)
+    args = [sys.executable, "-m", "integration.demo_backend", "--ready-file", str(ready)]
+    for spec in specs:
+        args += ["--backend", spec]
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    proc = spawn_logged(args, workdir / "backends.log", env)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            text = (workdir / "backends.log").read_text(errors="replace")[-2000:]
+            raise StackError(f"demo backends exited with {proc.returncode}:\n{text}")
+        if ready.exists():
+            ports: dict[str, int] = json.loads(ready.read_text())["backends"]
+            return proc, ports
+        time.sleep(0.05)
+    stop_process(proc)
+    raise StackError(f"demo backends not ready within {timeout_s}s")
+
+
+def reconfigure_backend(base_url: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+    """Change a running demo backend's behaviour (``PUT /-/config``); its new config."""
+    request = urllib.request.Request(
+        f"{base_url}/-/config",
+        data=json.dumps(patch).encode(),
+        method="PUT",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        result: dict[str, Any] = json.loads(response.read())
+        return result
