@@ -147,7 +147,9 @@ def render(r: dict[str, Any]) -> str:
             " The violations were judged again after the run, from its recording "
             "(`bench/soak.py --rejudge`), by the checker committed with these figures; "
             f"the checker that watched the run live, before corrections of its own, "
-            f"found {r['rejudged']}."
+            f"found {r['rejudged']}"
+            + (f" ({_by(live)})" if (live := r.get("violations_live_by_rule")) else "")
+            + ": what each was is below the table."
             if r.get("rejudged") is not None
             else ""
         ),
@@ -213,6 +215,8 @@ def rejudge(result: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "violations_by_rule": by_rule,
         "violation_examples": found[:20],
         "violations_live": live,
+        "violations_live_by_rule": result.get("violations_live_by_rule")
+        or result["violations_by_rule"],
         "rejudged": live,
     }
 

@@ -594,6 +594,33 @@ class Checker:
         line = AuditLine(entry, self._observed_for(change), change.seen, (change.view,))
         self._judge_write(line, change)
 
+    def _read_from(self, line: AuditLine) -> float:
+        """The earliest the write of ``line`` may have read the proxies: the start of
+        the tick logged around the line's time, or, that tick not logged yet (its line
+        comes at its end, after its audit lines), ``FLEET_SLACK`` before the line's
+        time, which is the plan's and comes after every proxy was read (a slow source
+        can hold a tick a second and more between its read of HAProxy and its write)."""
+        starts = self._tick_of(line)
+        if starts:
+            return min(max(starts) - TICK_START_SLACK, line.time)
+        first = self.history[0].time if self.history else line.time
+        return max(line.time - FLEET_SLACK, min(first, line.time))
+
+    def _set_by_hand_between(self, key: str, start: float, end: float) -> bool:
+        return any(
+            f.kind == "hand_set" and f.data.get("server") == key and start <= f.start <= end
+            for f in self.faults
+        )
+
+    def _tick_of(self, line: AuditLine) -> list[float]:
+        """The start of the logged tick whose span holds the line's time (none yet: a
+        tick's log line comes at its end, after its audit lines)."""
+        return [
+            t.start
+            for t in self.ticks
+            if t.start - TICK_START_SLACK <= line.time <= t.end + TICK_START_SLACK
+        ]
+
     def _observed_for(self, change: Change) -> float:
         """When the tick that made an unaudited write began (what stands for its audit
         line's time): the latest tick logged around the write, or, none logged, a
@@ -684,7 +711,7 @@ class Checker:
         if new is None:
             return
         family = self._family_of_pool(pool)
-        state = self._state_at(family, pool, server, line.time, seen)
+        state = self._state_at(family, pool, server, self._read_from(line), seen)
         if self._algorithm(family, pool) in STATIC_ALGORITHMS:
             self._report(
                 seen,
@@ -779,15 +806,22 @@ class Checker:
             if old is not None:
                 origins.add(old)
             snap = self._before(line.time)
-        if snap is not None:
+        # A weight set by hand between the tick's read and its write (the tick waiting on
+        # a slow source) is one the tick could not see: it stepped from what it read,
+        # what the views showed before it read them.
+        read = self._read_from(line)
+        seen = change.seen if change else line.read_at
+        raced = self._set_by_hand_between(f"{pool}/{server}", read, seen)
+        for shown in (snap, self._before(read) if raced else None):
+            if shown is None:
+                continue
             for view in self.families.get(family, ()):
-                reading = snap.readings.get(view)
+                reading = shown.readings.get(view)
                 if reading is None or not reading.up:
                     continue
                 s = reading.pools.get(pool, {}).get(server)
                 if s is not None and s.weight is not None:
                     origins.add(s.weight)
-        seen = change.seen if change else line.read_at
         for view in self.families.get(family, ()):
             written = self.last_written.get((view, pool, server))
             if written is None:

@@ -299,7 +299,7 @@ def test_a_server_in_maintenance_must_not_be_written() -> None:
     run = Run()
     run.states[A]["s3"] = "MAINT"
     run.states[B]["s3"] = "MAINT"
-    run.poll()
+    run.wait(2.0)  # in MAINT for longer than any tick could have read it UP
     run.write("s3", 100, 90)
     assert run.finish() == ["held_server_written", "held_server_written"]
 
@@ -314,6 +314,50 @@ def test_a_drain_set_between_the_observation_and_the_write_is_not_blamed() -> No
     run.audit("s3", 100, 90, at=observed)
     run.wait(4.0)
     assert run.finish() == []
+
+
+def test_a_drain_set_while_a_slow_tick_waited_is_not_blamed() -> None:
+    """The soak's case: a tick read HAProxy (s3 UP), waited on a slow source, and wrote
+    s3 after a drain was set. Its audit line carries the plan's time, after the read;
+    its log line says when it began."""
+    run = Run()
+    run.wait(2.0)
+    began = run.t
+    run.wait(0.2)
+    run.states[A]["s3"] = "DRAIN"
+    run.states[B]["s3"] = "DRAIN"
+    run.wait(0.2)
+    run.both(s3=90)
+    run.poll()
+    run.audit("s3", 100, 90, at=run.t - 0.1)  # the plan, made after the drain
+    run.checker.add_tick(TickLine(began, run.t, False))
+    run.wait(4.0)
+    assert run.finish() == []
+
+
+def test_a_weight_set_by_hand_while_a_slow_tick_waited_is_not_its_step() -> None:
+    """A tick read s1 at 100, a weight was set by hand to 50 before the tick wrote 140
+    (a step of 40 from what it read): the overwrite is the race every writer without
+    compare-and-set has, not a step of 90 from 50. The same write after the previous
+    tick wrote 50 (audited, no hand) is a step of 90 from 50 and fires."""
+    for by_hand in (True, False):
+        run = Run()
+        run.wait(2.0)
+        began = run.t
+        if by_hand:
+            run.fault("hand_set", "", server="app/s1", weight=50)
+            run.both(s1=50)
+        else:
+            run.write("s1", 100, 50)
+            began = run.t
+        run.wait(0.5)
+        run.both(s1=140)
+        run.poll()
+        run.audit("s1", 100 if by_hand else 50, 140, at=run.t - 0.1)
+        run.checker.add_tick(TickLine(began, run.t, False))
+        run.wait(4.0)
+        expected = [] if by_hand else ["step_too_large", "step_too_large"]
+        assert run.finish() == expected, by_hand
 
 
 def test_a_static_algorithm_backend_must_not_be_written() -> None:
