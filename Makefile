@@ -46,11 +46,14 @@ lint: venv
 	$(BIN)/mypy bench
 	$(BIN)/lint-imports
 
+# The unit tests on two workers (pytest-xdist: they share nothing); the integration
+# tests one at a time, since they start real processes and time their ticks.
 test: deps lint
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n 2 tests/unit
+	$(BIN)/python -m pytest --durations=15 tests/integration
 
 test-unit: venv
-	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest -n 2 tests/unit
 
 test-integration: deps
 	$(BIN)/python -m pytest tests/integration
