@@ -332,6 +332,11 @@ class Checker:
                 self.pins.setdefault(server, []).append(
                     Pin(int(record["weight"]), math.inf, start=t)
                 )
+            elif fault.kind == "unpin":
+                # A tick that starts while the command runs may already read the pin
+                # cleared (the API clears it before it answers): over from the start.
+                # An unpin that fails puts the pin back (``_operator``).
+                self._end_pin(str(record["server"]), t)
             return
         fault_or_none = self.open_faults.pop(key, None)
         if fault_or_none is None:
@@ -349,6 +354,8 @@ class Checker:
         a tick in progress has ended; resume ends a pause when the command starts."""
         if fault.kind == "pin":
             self._settle_pin(fault)
+        if fault.kind == "unpin" and not fault.ok:
+            self._unpin_failed(fault)
         if not fault.ok or fault.end is None:
             return
         if fault.kind in ("pause", "revert") and self._pause_from is None:
@@ -361,6 +368,12 @@ class Checker:
         elif fault.kind == "reload_config" and fault.data.get("adopted"):
             policy = Policy.from_config(fault.data.get("config") or {})
             self.policies.append((fault.start, fault.end, policy))
+
+    def _unpin_failed(self, fault: Fault) -> None:
+        """An unpin that was refused: the pin it ended at its start holds on."""
+        pins = self.pins.get(str(fault.data.get("server")), [])
+        if pins and pins[-1].until == fault.start:
+            pins[-1] = Pin(pins[-1].weight, pins[-1].since, math.inf, pins[-1].start)
 
     def _settle_pin(self, fault: Fault) -> None:
         """A pin's command returned: in force from now, or, refused, never was."""

@@ -461,6 +461,27 @@ def test_an_unpin_ends_the_pin() -> None:
     assert run.finish() == []
 
 
+def test_a_tick_that_read_the_pin_cleared_before_the_unpin_returned_is_no_violation() -> None:
+    """The short soak's case: the API cleared the pin, a tick wrote s2 from it, and only
+    then did the unpin command return. An unpin that was refused keeps the pin: a write
+    off it after the refusal fires (one while the refused command ran is not judged)."""
+    for ok in (True, False):
+        run = Run()
+        run.fault("pin", "daemon", server="app/s2", weight=7)
+        run.wait(0.3)
+        run.write("s2", 100, 7)
+        run.wait(2.0)
+        unpin = run.fault("unpin", "daemon", end=False, server="app/s2")
+        run.wait(0.3)
+        run.write("s2", 7, 10)  # audited while the command still runs
+        run.end(unpin, "unpin", "daemon", ok=ok, server="app/s2")
+        run.wait(0.5)
+        run.write("s2", 10, 12)
+        run.wait(4.0)
+        expected = [] if ok else ["pin_violated", "pin_violated"]
+        assert [r for r in run.finish() if r != "pin_not_applied"] == expected, ok
+
+
 def test_a_held_external_change_is_written_like_a_pin() -> None:
     run = Run()
     run.fault("hand_set", A, server="app/s1", weight=180)
