@@ -583,6 +583,8 @@ class Checker:
         disk; otherwise a violation, and judged as the agent's write all the same."""
         if self._hand_set(change) or self._killed_mid_tick(change):
             return
+        if self._reset_by_fault(change):
+            return
         if change.family == "envoy" and self._rolled_back(change):
             return  # a file written, then put back when Envoy did not confirm it
         full = self._disk_full(change)
@@ -645,6 +647,24 @@ class Checker:
             and t.end + TICK_START_SLACK >= change.before
         ]
         return max(starts) - TICK_START_SLACK if starts else change.before - KILLED_TICK
+
+    def _reset_by_fault(self, change: Change) -> bool:
+        """A HAProxy weight back at its configured value while a fault that resets the
+        view acted, seen without a new process: a reload that fell between two reads
+        of one poll (the old process's identity, the new one's weights)."""
+        if change.family != "haproxy":
+            return False
+        snap = self._before(change.seen + 1e-6)
+        reading = snap.readings.get(change.view) if snap is not None else None
+        s = reading.pools.get(change.pool, {}).get(change.server) if reading else None
+        if s is None or s.initial is None or change.new != s.initial:
+            return False
+        return any(
+            f.kind in RESETTING
+            and f.target in (change.view, "")
+            and (f.covers(change.seen, after=2.0) or f.covers(change.before))
+            for f in self.faults
+        )
 
     def _hand_set(self, change: Change) -> bool:
         for f in self.faults:

@@ -136,8 +136,12 @@ class HAProxyView:
 
     def read(self) -> Reading:
         try:
-            identity = parse_identity(haproxy_command(self.address, "show info"))
-            state = haproxy_command(self.address, "show servers state")
+            # One connection, so one process answers both: a reload between two
+            # connections would pair the old process's identity with the new one's
+            # weights, and its reset would look like a write.
+            both = haproxy_command(self.address, "show info;show servers state")
+            info, _, state = both.partition("\n\n")
+            identity = parse_identity(info)
             if identity != self._identity or not self._algorithms:
                 self._algorithms = parse_algorithms(haproxy_command(self.address, "show stat"))
                 self._identity = identity

@@ -360,6 +360,28 @@ def test_a_weight_set_by_hand_while_a_slow_tick_waited_is_not_its_step() -> None
         assert run.finish() == expected, by_hand
 
 
+def test_a_reload_seen_without_its_new_process_is_still_a_reset() -> None:
+    """The long soak's case: HAProxy reloaded between the two reads of one poll, so the
+    poll paired the old process's identity with the new one's weights (back at the
+    configured 100). Explained by the reload; the same change with no fault is not."""
+    for reloaded in (True, False):
+        run = Run()
+        run.wait(1.0)
+        run.fault("hand_set", A, server="app/s2", weight=6)
+        run.set(A, s2=6)
+        run.wait(2.0)
+        if reloaded:
+            reload = run.fault("haproxy_reload", A, end=False)
+        run.set(A, s2=100)  # identity unchanged this poll
+        run.poll()
+        if reloaded:
+            run.end(reload, "haproxy_reload", A)
+            run.identity[A] = "pid 9"  # the next poll reads the new process
+        run.wait(5.0)
+        rules = [r for r in run.finish() if r == "unaudited_change"]
+        assert rules == ([] if reloaded else ["unaudited_change"]), reloaded
+
+
 def test_a_static_algorithm_backend_must_not_be_written() -> None:
     run = Run()
     run.audit("s1", 10, 20, pool="fixed", replica=A)
