@@ -83,6 +83,17 @@ class Recording:
     load: LoadResult
 
 
+def on_story_steps(recorded: np.ndarray, first: int, steps: int) -> np.ndarray:
+    """``recorded`` (whose step ``first`` is the story's first) as the story's ``steps``
+    steps: NaN where nothing was recorded. The journal may begin after the story (a
+    busy machine: ``first`` < 0, the story's first steps NaN) or before it."""
+    values = np.full(steps, np.nan)
+    offset = max(-first, 0)
+    kept = recorded[max(first, 0) : max(first, 0) + max(steps - offset, 0)]
+    values[offset : offset + len(kept)] = kept
+    return values
+
+
 def story_series(recording: Recording, pool: str, compression: Compression) -> PoolSeries:
     """The pool's recorded requests/s per wall step from the story's first step, on
     the story's clock (a step nothing was recorded in is NaN)."""
@@ -91,9 +102,7 @@ def story_series(recording: Recording, pool: str, compression: Compression) -> P
     (wall,) = [s for s in from_rates(rates, compression.wall_step) if s.pool == pool]
     # from_rates puts its steps on multiples of the step, as the story's first was.
     first = round((recording.began - wall.start) / compression.wall_step)
-    values = np.full(compression.steps, np.nan)
-    kept = wall.values[max(first, 0) : max(first, 0) + compression.steps]
-    values[max(-first, 0) : max(-first, 0) + len(kept)] = kept[: compression.steps]
+    values = on_story_steps(wall.values, first, compression.steps)
     # Requests per wall second stay requests per second: the story plays its load at
     # a fixed scale, so only the clock is changed.
     return PoolSeries(pool, compression.shape.start, compression.story_step, values)
