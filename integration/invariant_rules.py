@@ -111,6 +111,7 @@ class Policy:
     max_weight: int = HAPROXY_MAX_WEIGHT
     max_step_ratio: float = 0.5
     min_servers_in_rotation: int = 1
+    external_change_hold: float = 900.0  # seconds: the documented default, 15m
 
     @staticmethod
     def from_config(data: Mapping[str, Any]) -> Policy:
@@ -120,6 +121,7 @@ class Policy:
             int(policy.get("max_weight", HAPROXY_MAX_WEIGHT)),
             float(policy.get("max_step_ratio", 0.5)),
             int(policy.get("min_servers_in_rotation", 1)),
+            _duration(policy.get("external_change_hold", "15m")),
         )
 
     def max_step(self, origin: int) -> int:
@@ -1097,9 +1099,20 @@ class Checker:
         """Whether ``weight`` was a hold of ``key`` in force at ``t``: the audit line
         of the hold is written after the tick that found it, so a hold found up to one
         tick later counts too."""
-        return any(
+        if any(
             h.weight == weight and h.since - 2 * self.interval - 1 <= t <= h.until
             for h in self.holds.get(key, [])
+        ):
+            return True
+        # The hold's own audit line may be lost (a full disk): a weight the scheduler
+        # set by hand on the server within the hold time is one the agent holds too.
+        hold = max(p.external_change_hold for p in self._policies_at(t))
+        return any(
+            f.kind == "hand_set"
+            and f.data.get("server") == key
+            and f.data.get("weight") == weight
+            and t - hold <= f.start <= t
+            for f in self.faults
         )
 
     def _stale_tick(self, pin: Pin, t: float) -> bool:
@@ -1178,6 +1191,19 @@ def _int(value: object) -> int | None:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return None
+
+
+def _duration(value: object) -> float:
+    """A config duration (``20s``, ``15m``, ``500ms``, ``1h``) in seconds; 0 if unreadable."""
+    text = str(value).strip()
+    for unit, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        number = text.removesuffix(unit)
+        if number != text:
+            try:
+                return float(number) * scale
+            except ValueError:
+                return 0.0
+    return 0.0
 
 
 def _seconds(value: object) -> float:

@@ -528,6 +528,29 @@ def test_a_held_external_change_is_written_like_a_pin() -> None:
     assert run.finish() == []
 
 
+def test_a_hold_whose_audit_line_a_full_disk_took_is_still_a_hold() -> None:
+    """The long soak's case: a weight set by hand while a pin held the server (the tick
+    put the pin back), its external-change line lost to a full disk; once unpinned,
+    the tick wrote the held weight, a step of 80 from 100. The hand's own record says
+    what was held; past the hold time (15m by default) the same write is a step."""
+    for hold_over in (False, True):
+        run = Run()
+        run.fault("hand_set", A, server="app/s1", weight=180)
+        run.set(A, s1=180)
+        run.poll()
+        run.set(A, s1=100)  # the pin put back
+        run.poll()
+        run.audit("s1", 180, 100, replica=A)
+        run.tick()
+        run.wait(1.0)
+        if hold_over:
+            run.t += 901.0
+        run.write("s1", 100, 180)
+        run.wait(4.0)
+        steps = [r for r in run.finish() if r == "step_too_large"]
+        assert steps == (["step_too_large"] * 2 if hold_over else []), hold_over
+
+
 # --- replicas ----------------------------------------------------------------------------------
 
 
