@@ -149,7 +149,7 @@ def render(r: dict[str, Any]) -> str:
             f"the checker that watched the run live, before corrections of its own, "
             f"found {r['rejudged']}"
             + (f" ({_by(live)})" if (live := r.get("violations_live_by_rule")) else "")
-            + ": what each was is below the table."
+            + (": what each was is below the table." if r["rejudged"] else ".")
             if r.get("rejudged") is not None
             else ""
         ),
