@@ -121,7 +121,7 @@ class Policy:
             int(policy.get("max_weight", HAPROXY_MAX_WEIGHT)),
             float(policy.get("max_step_ratio", 0.5)),
             int(policy.get("min_servers_in_rotation", 1)),
-            _duration(policy.get("external_change_hold", "15m")),
+            duration(policy.get("external_change_hold", "15m"), 900.0),
         )
 
     def max_step(self, origin: int) -> int:
@@ -1193,8 +1193,11 @@ def _int(value: object) -> int | None:
     return None
 
 
-def _duration(value: object) -> float:
-    """A config duration (``20s``, ``15m``, ``500ms``, ``1h``) in seconds; 0 if unreadable."""
+def duration(value: object, default: float = 0.0) -> float:
+    """A config duration (``20s``, ``15m``, ``500ms``, ``1h``, or a number of seconds)
+    in seconds; ``default`` when it cannot be read."""
+    if isinstance(value, (int, float)):
+        return float(value)
     text = str(value).strip()
     for unit, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
         number = text.removesuffix(unit)
@@ -1202,8 +1205,8 @@ def _duration(value: object) -> float:
             try:
                 return float(number) * scale
             except ValueError:
-                return 0.0
-    return 0.0
+                return default
+    return default
 
 
 def _seconds(value: object) -> float:

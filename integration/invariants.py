@@ -43,6 +43,7 @@ from integration.invariant_rules import (
     Snapshot,
     TickLine,
     Violation,
+    duration,
 )
 
 POLL_SECONDS = 0.1
@@ -314,18 +315,6 @@ class Setup:
     audit_log: Path
 
 
-def _seconds(text: object, default: float) -> float:
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    if isinstance(text, (int, float)):
-        return float(text)
-    if not isinstance(text, str):
-        return default
-    for unit in ("ms", "s", "m", "h"):
-        if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
-            return float(text[: -len(unit)]) * units[unit]
-    return default
-
-
 def read_setup(config_path: Path) -> Setup:
     data = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     views: list[Any] = []
@@ -348,7 +337,7 @@ def read_setup(config_path: Path) -> Setup:
         managed["envoy"] = clusters
     ai = data.get("ai") or {}
     audit = Path(ai.get("audit_log", "/var/lib/veloflux/audit.jsonl"))
-    interval = _seconds(data.get("interval", "15s"), 15.0)
+    interval = duration(data.get("interval", "15s"), 15.0)
     return Setup(Policy.from_config(data), interval, views, families, audit_names, managed, audit)
 
 
