@@ -15,6 +15,7 @@ import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -191,17 +192,26 @@ def test_revert_pauses_the_daemon_so_the_static_weights_stay(
     assert run_cli("resume", "-c", config).code == 0
     wait_until(lambda: weights(socket_path, KEYS)["app/s2"] == 7, "the pin after resume", 10)
 
-    audit = [
-        json.loads(line)
-        for line in (stack.workdir / "audit.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
-    # s2's story (the paused daemon's `apply` may or may not move a weight: left out).
-    story = [
-        (e["action"], e["actor"])
-        for e in audit
-        if e.get("server") in (None, "s2", "app/s2") and e["action"] != "apply"
-    ]
+    def read_audit() -> list[dict[str, Any]]:
+        return [
+            json.loads(line)
+            for line in (stack.workdir / "audit.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
+
+    def s2_story() -> list[tuple[str, str]]:
+        # s2's story (the paused daemon's `apply` may or may not move a weight: left out).
+        return [
+            (e["action"], e["actor"])
+            for e in read_audit()
+            if e.get("server") in (None, "s2", "app/s2") and e["action"] != "apply"
+        ]
+
+    # A tick writes HAProxy first and audits what it confirmed after, so the weight can
+    # be seen a moment before its audit line: wait for the line, then read the story.
+    wait_until(lambda: s2_story()[-1] == ("tick", "veloflux"), "the tick's audit line", 10)
+    audit = read_audit()
+    story = s2_story()
     user = f"cli:{getpass.getuser()}"
     # The daemon's first write of the pin, the operator's steps, the daemon's rewrite.
     assert story[0] == ("override_set", user)

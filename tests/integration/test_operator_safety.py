@@ -75,6 +75,14 @@ def test_a_weight_set_by_hand_is_held_audited_and_counted_then_handed_back(
         assert read().get("veloflux_external_holds") == 1
         # The hold ends: the daemon steps s1 back toward its static weight (3 -> 4 -> ...).
         wait_until(lambda: weights(haproxy.admin_socket, APP)["app/s1"] > 3, "the hold to end", 15)
+        # The tick audits what it wrote just after writing it: wait for that line.
+        wait_until(
+            lambda: any(
+                e["action"] == "tick" and e["server"] == "s1" and e["old"] == 3
+                for e in files.audit_entries(actions=True)
+            ),
+            "the first write after the hold in the audit log",
+        )
     audit = files.audit_entries(actions=True)
     (change,) = [e for e in audit if e["action"] == "external_change"]
     assert (change["server"], change["old"], change["new"]) == ("app/s1", 20, 3)
