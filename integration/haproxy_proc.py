@@ -7,6 +7,7 @@ the same proxy the same way. Readiness is polled with a deadline, never a bare s
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -46,8 +47,36 @@ class BackendSpec:
     extra: tuple[str, ...] = field(default=())
 
 
+_PORTS = random.Random()  # its own state: a test that seeds `random` must not pick ports
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the source ports of outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago.
+
+    Drawn at random from below the kernel's ephemeral range, not from ``bind(0)``:
+    between this call and the moment a proxy binds the port, a load generator's
+    outgoing connection may take any ephemeral port as its source, and did (Envoy failed
+    with "Address already in use"). Ports below the range are never handed out that
+    way, and a random draw keeps concurrent test runs apart."""
+    first = ephemeral_range()[0]
+    low, high = max(1024, first - 20000), first - 1
+    for _ in range(200) if high - low > 1000 else ():
+        port = _PORTS.randint(low, high)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -214,11 +243,23 @@ class HAProxyProcess:
         if check.returncode != 0:
             raise StackError(f"haproxy rejected {self.config_path}:\n{check.stderr}")
 
-    def start(self, timeout_s: float = 10.0) -> HAProxyProcess:
-        self.write_config()
-        self._proc = self._spawn([])
-        self._wait_ready(self._proc, timeout_s)
-        return self
+    def start(self, timeout_s: float = 10.0, attempts: int = 3) -> HAProxyProcess:
+        """Start HAProxy and wait until its admin socket answers. A port taken between
+        ``free_port`` and the bind (by another test run) is retried on fresh ports, up to
+        ``attempts`` times; any other failure is raised with HAProxy's log."""
+        for attempt in range(1, attempts + 1):
+            self.write_config()
+            self._log.unlink(missing_ok=True)  # this attempt's words only
+            self._proc = self._spawn([])
+            try:
+                self._wait_ready(self._proc, timeout_s)
+                return self
+            except StackError as exc:
+                if attempt == attempts or "cannot bind socket" not in str(exc):
+                    raise
+                self.frontend_port, self.exporter_port = free_port(), free_port()
+                self.tcp_admin_port = free_port()
+        raise AssertionError("unreachable")
 
     def reload(self, timeout_s: float = 10.0) -> int:
         """Start a new process that takes over (``-sf old``): counters and runtime weights reset."""

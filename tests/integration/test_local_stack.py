@@ -3,10 +3,12 @@ the agent."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
+from integration.haproxy_proc import BackendSpec, HAProxyProcess, ephemeral_range
 from integration.loadgen import run_load_sync
 from integration.stack import DemoServer, LocalStack
 from tests.integration.helpers import run_cli
@@ -67,3 +69,22 @@ def test_one_stack_with_both_proxies_and_one_agent_driving_them(tmp_path: Path) 
         total = load.served_by.get("fast", 0) + load.served_by.get("slow", 0)
         assert total >= 380, load.served_by
         assert load.served_by["fast"] / total == pytest.approx(0.75, abs=0.05)
+
+
+def test_haproxy_taking_a_port_someone_else_bound_starts_on_fresh_ports(tmp_path: Path) -> None:
+    """Tests on two workers (and load generators' outgoing connections) can take a port
+    between ``free_port`` and HAProxy's bind: the start is retried on fresh ports, from
+    below the kernel's ephemeral range, instead of failing the test."""
+    proxy = HAProxyProcess(tmp_path / "haproxy", [BackendSpec("app", ())])
+    taken = proxy.frontend_port
+    assert taken < ephemeral_range()[0]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        with proxy:
+            assert proxy.frontend_port != taken
+            assert "cannot bind socket" not in proxy.log_text()
+            with socket.socket(socket.AF_UNIX) as admin:
+                admin.connect(proxy.admin_socket.removeprefix("unix://"))
+                admin.sendall(b"show info\n")
+                assert b"Pid:" in admin.recv(65536)
