@@ -46,11 +46,15 @@ lint: venv
 	$(BIN)/mypy bench
 	$(BIN)/lint-imports
 
-# The unit tests on two workers (pytest-xdist: they share nothing); the integration
-# tests one at a time, since they start real processes and time their ticks.
+# The unit tests on two workers (pytest-xdist: they share nothing). The integration
+# tests on two workers too, a file per worker (their processes take free ports, temp
+# dirs and their own Envoy base ids, and most of their time is spent waiting on real
+# processes), except those marked `solo`, which judge latencies or timings that
+# another test's load would skew: they run after, alone.
 test: deps lint
 	$(BIN)/python -m pytest -n 2 tests/unit
-	$(BIN)/python -m pytest --durations=15 tests/integration
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not solo" --durations=15 tests/integration
+	$(BIN)/python -m pytest -m solo --durations=5 tests/integration
 
 test-unit: venv
 	$(BIN)/python -m pytest -n 2 tests/unit

@@ -186,7 +186,9 @@ class NativeStack:
                 timeout=timeout_s,
             )
             envoy = [envoy_binary(), "-c", str(self.workdir / "envoy.yaml"), "--log-level", "warn"]
-            self._spawn("envoy", [*envoy, "--concurrency", "1"])
+            # A base id of its own: another Envoy on this machine (a second stack, a test
+            # beside this one) holds the default one; each container has its own.
+            self._spawn("envoy", [*envoy, "--concurrency", "1", "--use-dynamic-base-id"])
             self._wait_http(f"127.0.0.1:{self.ports.envoy_admin}/ready", timeout_s)
             if self.history_days > 0:
                 self.backfill_history(self.history_days)

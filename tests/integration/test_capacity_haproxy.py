@@ -24,7 +24,7 @@ from veloflux.config.load import load_config
 from veloflux.domain.weightplan import PoolPlan
 from veloflux.util.events import Events
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.solo]
 
 MEAN_MS = 20.0
 # Capacities 200, 100 and 50 requests/s (concurrency / mean service time).

@@ -21,7 +21,7 @@ from integration.scenario import SLOW, STATIC_WEIGHT, ScenarioResult, ScenarioSe
 from veloflux.history.journal import Journal
 from veloflux.util.events import Events
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.solo]
 
 SETTINGS = ScenarioSettings(healthy_s=8.0, degraded_s=15.0)
 TICKS_ALLOWED = 3

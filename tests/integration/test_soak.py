@@ -19,7 +19,7 @@ import pytest
 
 from integration.soak import SoakOptions, run_soak
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.solo]
 
 SECONDS = 120.0
 SEED = 7
