@@ -8,7 +8,8 @@ Figures (medians over repeated runs):
 - cold CLI: ``veloflux-agent dry-run --output json`` wall time, and the same minus a bare
   ``python -c pass`` (interpreter start-up); the share spent importing is shown apart;
 - in-process dry-run: one observe + plan + JSON render, as the daemon pays each tick;
-- apply+verify: 1,000 ``set server ... weight`` commands and one ``show servers state``
+- apply+verify: one ``show servers state`` to find weights set by hand since the plan
+  was made, then 1,000 ``set server ... weight`` commands and one ``show servers state``
   read-back on one pipelined connection, every reply checked.
 """
 
@@ -185,7 +186,8 @@ def render_section(r: dict[str, object]) -> str:
             "-",
         ),
         (
-            "apply and verify 1,000 weights (1,000 `set` + `show servers state`, one connection)",
+            "apply and verify 1,000 weights (a state dump to compare, then 1,000 `set` + "
+            "`show servers state` on one connection)",
             f"{r['apply_verify_1000_ms']} ms [{r['apply_verify_1000_p95_ms']}]",
             "< 50 ms",
         ),

@@ -129,6 +129,24 @@ def test_sink_refuses_injected_names_and_writes_the_rest(haproxy: HAProxyProcess
     }
 
 
+def test_a_weight_set_by_hand_after_the_plan_was_made_is_left_alone(
+    haproxy: HAProxyProcess,
+) -> None:
+    """A plan made from s1 at 10 and s2 at 20; an operator sets s2 to 5 before it is
+    written (as during a tick slowed by a source). The sink reads app again just before
+    writing: s1 is written, s2 keeps the operator's 5, and the result says why."""
+    events = Events()
+    plan = _plan(_change("s1", 10, 12), _change("s2", 20, 22))
+    RuntimeAPI(haproxy.admin_socket).run("set server app/s2 weight 5")
+    report = HAProxySink(RuntimeAPI(haproxy.admin_socket), events).apply(plan, "admin")
+    assert [r.server for r in report.applied] == ["s1"]
+    (left,) = report.failures
+    assert left.server == "s2"
+    assert left.error.startswith("left alone: its weight became 5 after this tick read 20")
+    assert events.count("weight_moved_before_write", sink="haproxy") == 1
+    assert weights(haproxy.admin_socket, ["app/s1", "app/s2"]) == {"app/s1": 12, "app/s2": 5}
+
+
 def test_sink_reports_each_refusal_by_haproxy(haproxy: HAProxyProcess) -> None:
     events = Events()
     sink = HAProxySink(RuntimeAPI(haproxy.admin_socket), events)

@@ -172,3 +172,19 @@ def test_the_probe_sees_pandas_when_something_on_the_path_imports_it(tmp_path: P
     assert "pandas" in found["loaded"]
     *_, importer = found["chains"]["pandas"]
     assert importer.endswith("import pandas as pd")  # in history/frames.py, unless earlier
+
+
+def test_the_clis_start_up_does_not_load_numpy() -> None:
+    """numpy costs about 60 ms to import here, a fifth of the dry-run's start-up budget
+    (docs/benchmarks.md, "HAProxy with a 1,000-server backend"); the modules on the
+    CLI's import path load it on first use instead. Kills: a top-level ``import numpy``
+    back in a module the CLI imports (the capacity rung's helpers and the probe
+    schedule had one, and the cold dry-run had grown by 170 ms)."""
+    probe = (
+        "import sys, veloflux.cli; "
+        "print(sorted(m for m in ('numpy', 'pandas') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]", done.stdout

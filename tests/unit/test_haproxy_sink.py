@@ -20,16 +20,31 @@ from veloflux.haproxy.runtime import RuntimeAPI, RuntimeAPIError
 from veloflux.haproxy.sink import HAProxySink
 from veloflux.util.events import Events
 
+# The weights as the plans below were made from (s1 at 10, s2 at 18): what the sink's
+# read just before writing finds when nobody set a weight meanwhile.
+BEFORE = SERVERS_STATE.replace(" s1 127.0.0.1 2 0 12 10 ", " s1 127.0.0.1 2 0 10 10 ").replace(
+    " s2 127.0.0.1 2 1 20 20 ", " s2 127.0.0.1 2 1 18 20 "
+)
+
+
+def _rereading(commands: Sequence[str]) -> bool:
+    """The sink's read just before it writes: state dumps alone (a write batch has sets)."""
+    return all(c.startswith("show servers state ") for c in commands)
+
 
 @dataclass(frozen=True)
 class RecordingAPI(RuntimeAPI):
-    """Answers ``run_many`` with fixed replies and keeps the commands it was sent."""
+    """Answers the read before the writes with ``before`` and the writes with fixed
+    replies, and keeps the commands it was sent."""
 
     replies: tuple[str, ...] = ()
+    before: str = BEFORE
     sent: list[list[str]] = field(default_factory=list)
 
     def run_many(self, commands: Sequence[str]) -> list[str]:
         self.sent.append(list(commands))
+        if _rereading(commands):
+            return [self.before] * len(commands)
         assert len(commands) == len(self.replies)
         return list(self.replies)
 
@@ -48,7 +63,8 @@ def apply(state_reply: str, set_replies: tuple[str, str] = ("", "")) -> tuple[Ap
     events = Events()
     report = HAProxySink(api, events).apply(plan, "admin")
     assert api.sent == [
-        ["set server app/s1 weight 12", "set server app/s2 weight 20", "show servers state app"]
+        ["show servers state app"],
+        ["set server app/s1 weight 12", "set server app/s2 weight 20", "show servers state app"],
     ]
     return report, events
 
@@ -101,6 +117,8 @@ class AnsweringAPI(RuntimeAPI):
 
     def run_many(self, commands: Sequence[str]) -> list[str]:
         self.sent.extend(commands)
+        if _rereading(commands):
+            return [BEFORE] * len(commands)
         return ["" if c.startswith("set server ") else SERVERS_STATE for c in commands]
 
 
@@ -139,7 +157,11 @@ def test_an_admin_or_unknown_level_socket_is_written(level: str) -> None:
     """The control for the two tests above: the same plan and API, a level that may write."""
     api = AnsweringAPI("unix:///stub.sock")
     report = HAProxySink(api, Events()).apply(s1_plan(), level)
-    assert api.sent == ["set server app/s1 weight 12", "show servers state app"]
+    assert api.sent == [
+        "show servers state app",
+        "set server app/s1 weight 12",
+        "show servers state app",
+    ]
     assert [(r.server, r.confirmed_weight, r.error) for r in report.results] == [("s1", 12, "")]
 
 
@@ -161,7 +183,11 @@ def test_a_name_that_could_inject_a_command_is_refused_before_any_command_is_com
     events = Events()
     hostile = ServerPlan(backend, server, "UP", 18, 20, 20, 0.9, "model")
     report = HAProxySink(api, events).apply(s1_plan(hostile), "admin")
-    assert api.sent == ["set server app/s1 weight 12", "show servers state app"]
+    assert api.sent == [
+        "show servers state app",
+        "set server app/s1 weight 12",
+        "show servers state app",
+    ]
     assert [(r.backend, r.server, r.confirmed_weight) for r in report.failures] == [
         (backend, server, None)
     ]
@@ -245,7 +271,10 @@ def test_an_unsafe_name_is_refused_alone_and_every_other_change_written(
     assert report.results[0].error.startswith(server_error)
     assert report.results[1].error.startswith(backend_error)
     assert report.results[2].error == ""
-    assert api.sent == [["set server app/s1 weight 12", "show servers state app"]]
+    assert api.sent == [
+        ["show servers state app"],
+        ["set server app/s1 weight 12", "show servers state app"],
+    ]
     assert events.totals() == {("sink_refused_name", (("sink", "haproxy"),)): 2}
     assert [m.partition(" (")[0] for m in caplog.messages] == [
         f"sink_refused_name: {server_error}",
@@ -277,3 +306,59 @@ def test_a_failed_write_is_reported_whole_and_logged_naming_its_server(
     assert report.failures == (WriteResult("app", "s2", 18, 20, None, error),)
     assert events.totals() == {("sink_rejected", (("sink", "haproxy"),)): 1}
     assert caplog.messages == [f"sink_rejected: app/s2: {error}"]
+
+
+# --- a weight set by hand between the tick's read and its write ---------------------------------
+
+
+def two_changes() -> WeightPlan:
+    """s1 10 -> 12 and s2 18 -> 20 in backend app, as ``apply`` above."""
+    return one_change_plan(
+        ServerPlan("app", "s1", "UP", 10, 12, 10, 0.9, "model"),
+        ServerPlan("app", "s2", "UP", 18, 20, 20, 0.9, "model"),
+    )
+
+
+def test_a_weight_set_after_the_tick_read_it_is_left_alone_and_the_others_written(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """HAProxy has no compare-and-set, so the sink reads the backend again just before
+    writing. Kills: that read dropped (s2's hand-set 3 overwritten with 20), s2 written
+    anyway, its result or its counted event dropped, s1's write held back with it."""
+    hand_set = BEFORE.replace(" s2 127.0.0.1 2 1 18 20 ", " s2 127.0.0.1 2 1 3 20 ")
+    api = RecordingAPI("unix:///stub.sock", replies=("", SERVERS_STATE), before=hand_set)
+    events = Events()
+    with caplog.at_level(logging.WARNING):
+        report = HAProxySink(api, events).apply(two_changes(), "admin")
+    assert api.sent == [
+        ["show servers state app"],
+        ["set server app/s1 weight 12", "show servers state app"],
+    ]
+    error = "left alone: its weight became 3 after this tick read 18 (set outside VeloFlux?)"
+    assert [r[:6] for r in report.results] == [
+        ("app", "s2", 18, 20, None, error),
+        ("app", "s1", 10, 12, 12, ""),
+    ]
+    assert events.totals() == {("weight_moved_before_write", (("sink", "haproxy"),)): 1}
+    assert [m.partition(" (")[0] for m in caplog.messages] == [
+        "weight_moved_before_write: app/s2: left alone: its weight became 3 after this tick read 18"
+    ]
+
+
+def test_when_every_weight_moved_nothing_is_written() -> None:
+    """Kills: an empty batch of writes sent after the read (a read-back of nothing)."""
+    moved = BEFORE.replace(" 2 0 10 10 ", " 2 0 1 10 ").replace(" 2 1 18 20 ", " 2 1 2 20 ")
+    api = RecordingAPI("unix:///stub.sock", before=moved)
+    report = HAProxySink(api, Events()).apply(two_changes(), "admin")
+    assert api.sent == [["show servers state app"]]
+    assert [(r.server, r.confirmed_weight) for r in report.failures] == [("s1", None), ("s2", None)]
+    assert not report.applied
+
+
+def test_a_read_before_the_writes_that_cannot_be_parsed_leaves_the_writes_to_go() -> None:
+    """Nothing to compare with is no reason to hold every weight: the writes go and their
+    own read-back judges them. Kills: an unreadable state dump taken for moved weights."""
+    api = RecordingAPI("unix:///stub.sock", replies=("", "", SERVERS_STATE), before="garbage\n")
+    report = HAProxySink(api, Events()).apply(two_changes(), "admin")
+    assert [r.server for r in report.applied] == ["s1", "s2"]
+    assert len(api.sent) == 2

@@ -79,12 +79,21 @@ class Sent(Protocol):
     def close(self) -> None: ...
 
 
-@runtime_checkable
-class SendingSink(Protocol):
-    """A sink whose writes can be sent now and checked later (``HAProxySink``): every
-    replica gets its writes before any reply is read, and they work at the same time."""
+class Looked(Protocol):
+    """A proxy's weights asked for again just before a write; ``send`` writes."""
 
-    def send(self, plan: WeightPlan, proxy_level: str = "unknown") -> Sent: ...
+    def send(self) -> Sent: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class LookingSink(Protocol):
+    """A sink that reads the weights again before writing and whose writes can be sent
+    now and checked later (``HAProxySink``): every replica is asked before any reply is
+    read, and written before any write's reply is read, so they work at the same time."""
+
+    def look(self, plan: WeightPlan, proxy_level: str = "unknown") -> Looked: ...
 
 
 @dataclass
@@ -217,8 +226,11 @@ class ReplicatedSink:
         rejected: list[str] = []
         targets = [name for name in self._sinks if self._view.up.get(name, False)]
         owns = {name: _against(plan, self._view.weights.get(name, {})) for name in targets}
-        sent = {name: _send(self._sinks[name], owns[name], proxy_level) for name in targets}
+        looks = {name: _look(self._sinks[name], owns[name], proxy_level) for name in targets}
+        sent: dict[str, Sent] = {}
         try:
+            for name, look in looks.items():
+                sent[name] = look.send()
             for name, pending in sent.items():
                 try:
                     report = pending.report()
@@ -232,6 +244,8 @@ class ReplicatedSink:
                     continue
                 results += [write._replace(replica=name) for write in report.results]
         finally:
+            for look in looks.values():
+                look.close()
             for pending in sent.values():
                 pending.close()
         if targets and len(rejected) == len(targets):
@@ -308,6 +322,9 @@ class _Applied:
     plan: WeightPlan
     proxy_level: str
 
+    def send(self) -> _Applied:
+        return self
+
     def report(self) -> ApplyReport:
         return self.sink.apply(self.plan, self.proxy_level)
 
@@ -315,7 +332,7 @@ class _Applied:
         pass
 
 
-def _send(sink: Sink, plan: WeightPlan, proxy_level: str) -> Sent:
-    if isinstance(sink, SendingSink):
-        return sink.send(plan, proxy_level)
+def _look(sink: Sink, plan: WeightPlan, proxy_level: str) -> Looked:
+    if isinstance(sink, LookingSink):
+        return sink.look(plan, proxy_level)
     return _Applied(sink, plan, proxy_level)

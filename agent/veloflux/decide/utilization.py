@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from veloflux.domain.observation import EXTERNAL_PREFIX, Observation, ServerRow
 from veloflux.history.ema import EMA_SAMPLES, interval_mean
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # HAProxy shows its moving averages of time in whole milliseconds.
 _SHOWN_RESOLUTION_SECONDS = 0.001
@@ -132,6 +134,8 @@ def backlog_grew(before: np.ndarray, after: np.ndarray, expected: np.ndarray) ->
     flags about one interval in two hundred; the server was then busy nearly all of it
     anyway, so the reading is off by its small idle share at most.
     """
+    import numpy as np  # here, not at the top: the CLI's start-up need not load numpy
+
     with np.errstate(invalid="ignore"):
         mean = np.fmax(np.fmax(before, np.nan_to_num(expected, nan=0.0)), 0.0)
         spread = np.sqrt(2.0 * (mean + 1.0) * (mean + 2.0))
@@ -201,6 +205,8 @@ def interval_work(
     _with_little_busy(out, limited)
     if not out:
         return out
+    import numpy as np  # as in backlog_grew
+
     earlier, later, expected = np.array(growth, dtype=float).T
     grew = backlog_grew(earlier, later, expected)
     # A saturated server was busy the whole interval, whatever its signal read.

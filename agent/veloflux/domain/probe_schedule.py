@@ -12,10 +12,12 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from veloflux.util.names import server_key
+
+if TYPE_CHECKING:  # numpy itself is loaded on first use: the CLI's start-up need not
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ def scheduled(
     robin at high utilization times requests out (the simulator measured it). The
     start and the end of a probe are load changes of either sign all the same.
     """
+    import numpy as np
+
     names = probe_order(pool, servers)
     seconds = np.full(len(names), epoch_seconds(taken_at))
     values = factors(len(names), np.arange(len(names)), seconds, settings)
@@ -59,6 +63,8 @@ def factors(
     """The schedule's log factor for the server at ``rank`` of ``probe_order`` (of ``n``
     servers) at each of ``seconds`` (since the epoch, UTC): 0 when it is not probed.
     ``rank`` may be an array as long as ``seconds``: one row per (server, time)."""
+    import numpy as np
+
     if settings.size <= 0 or n < 2:
         return np.zeros(len(seconds))
     group = max(1, round(n * settings.share))

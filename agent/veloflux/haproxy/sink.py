@@ -6,8 +6,16 @@ trip. A write counts as done only when HAProxy accepted it *and* the read-back s
 the planned weight. One state dump per backend, rather than a ``get weight`` per
 server, means HAProxy answers one read-back command per backend, not one per server
 (the whole update of 1,000 weights is timed in docs/benchmarks.md, "HAProxy with a
-1,000-server backend", by bench/bench_haproxy_1000.py). ``send`` sends and
-``PendingWrites.report`` checks, apart: replicas are all sent their writes first.
+1,000-server backend", by bench/bench_haproxy_1000.py).
+
+HAProxy has no compare-and-set: a weight set by hand after a tick read the proxy and
+before its write would be overwritten. So each backend to be written is read again just
+before the write, and a server whose weight moved since the tick read it is left alone
+(the next tick sees the change and holds it, ``policy.external_change_hold``). That
+shrinks the window from the whole tick (its sources, its model, its plan) to one round
+trip; it cannot close it. ``look`` sends that read, ``Look.send`` sends the writes and
+``PendingWrites.report`` checks them, apart: replicas are all asked before any reply is
+read, and all written before any write's reply is read.
 """
 
 from __future__ import annotations
@@ -42,20 +50,91 @@ class HAProxySink:
     def send(self, plan: WeightPlan, proxy_level: str = "unknown") -> PendingWrites:
         """``apply`` in two halves: the commands are sent now, the replies read and
         checked by ``PendingWrites.report`` (which raises and counts what ``apply``
-        does), so that HAProxy replicas all sent their writes work at the same time."""
+        does)."""
+        return self.look(plan, proxy_level).send()
+
+    def look(self, plan: WeightPlan, proxy_level: str = "unknown") -> Look:
+        """The first step of a write: each backend ``plan`` changes is read again now,
+        its reply due at ``Look.send``, which leaves alone a server whose weight moved
+        since the plan was made and writes the others."""
         if proxy_level in ("user", "operator"):
-            return PendingWrites(self._events, self._api.address, proxy_level, [], [])
-        changes = plan.changes()
-        writable, refused = _commands(changes)
+            return Look(self._api, self._events, proxy_level, [], [])
+        writable, refused = _commands(plan.changes())
         if not writable:
-            return PendingWrites(self._events, self._api.address, proxy_level, [], refused)
+            return Look(self._api, self._events, proxy_level, [], refused)
+        backends = list(dict.fromkeys(c.backend for c in writable))
+        check = self._api.send_many([f"show servers state {backend}" for backend in backends])
+        return Look(self._api, self._events, proxy_level, writable, refused, check)
+
+
+class Look:
+    """The weights of the backends to be written, asked for again (``HAProxySink.look``)."""
+
+    def __init__(
+        self,
+        api: RuntimeAPI,
+        events: Events,
+        proxy_level: str,
+        writable: list[ServerPlan],
+        refused: list[WriteResult],
+        check: PendingReplies | None = None,
+    ) -> None:
+        self._api, self._events, self._level = api, events, proxy_level
+        self._writable, self._refused, self._check = writable, refused, check
+
+    def send(self) -> PendingWrites:
+        """Wait for the fresh weights, then send the writes of every server still at the
+        weight its plan was made from, each backend's read-back after them."""
+        address = self._api.address
+        if self._check is None:
+            return PendingWrites(self._events, address, self._level, self._refused)
+        writable, moved = self._unmoved()
+        if not writable:
+            return PendingWrites(self._events, address, self._level, self._refused, moved)
         sets = [f"set server {c.backend}/{c.server} weight {c.planned_weight}" for c in writable]
         backends = list(dict.fromkeys(c.backend for c in writable))
         reads = [f"show servers state {backend}" for backend in backends]
         replies = self._api.send_many(sets + reads)
         return PendingWrites(
-            self._events, self._api.address, proxy_level, writable, refused, backends, replies
+            self._events, address, self._level, self._refused, moved, writable, backends, replies
         )
+
+    def close(self) -> None:
+        """Drop the fresh weights unread."""
+        if self._check is not None:
+            self._check.close()
+
+    def _unmoved(self) -> tuple[list[ServerPlan], list[WriteResult]]:
+        """The writes whose server HAProxy still has at the planned-from weight, and a
+        result for each of the others. A read that fails leaves every write to go: the
+        writes meet the same fault and report it."""
+        assert self._check is not None
+        try:
+            texts = self._check.wait()
+        except RuntimeAPIError:
+            return self._writable, []
+        now: dict[tuple[str, str], int] = {}
+        for text in texts:
+            shown = _read_back(text)
+            if isinstance(shown, dict):
+                now.update(shown)
+        keep: list[ServerPlan] = []
+        moved: list[WriteResult] = []
+        for change in self._writable:
+            found = now.get((change.backend, change.server))
+            if found is None or found == change.current_weight:
+                keep.append(change)
+                continue
+            error = (
+                f"left alone: its weight became {found} after this tick read "
+                f"{change.current_weight} (set outside VeloFlux?)"
+            )
+            self._events.record(
+                "weight_moved_before_write", f"{change.backend}/{change.server}: {error}",
+                sink="haproxy",
+            )  # fmt: skip
+            moved.append(_unwritten(change, error))
+        return keep, moved
 
 
 class PendingWrites:
@@ -66,13 +145,14 @@ class PendingWrites:
         events: Events,
         address: str,
         proxy_level: str,
-        writable: list[ServerPlan],
         refused: list[WriteResult],
+        moved: Sequence[WriteResult] = (),
+        writable: Sequence[ServerPlan] = (),
         backends: Sequence[str] = (),
         replies: PendingReplies | None = None,
     ) -> None:
         self._events, self._address, self._level = events, address, proxy_level
-        self._writable, self._refused = writable, refused
+        self._refused, self._moved, self._writable = refused, moved, writable
         self._backends, self._replies = backends, replies
 
     def report(self) -> ApplyReport:
@@ -87,7 +167,7 @@ class PendingWrites:
             raise SinkRejected(message)
         for result in self._refused:
             self._events.record("sink_refused_name", result.error, sink="haproxy")
-        results = list(self._refused)
+        results = [*self._refused, *self._moved]
         if self._replies is not None:
             results += self._checked()
         return ApplyReport(tuple(results))
@@ -144,19 +224,18 @@ def _commands(changes: Sequence[ServerPlan]) -> tuple[list[ServerPlan], list[Wri
             check_name("backend", change.backend)
             check_name("server", change.server)
         except UnsafeName as exc:
-            refused.append(
-                WriteResult(
-                    change.backend,
-                    change.server,
-                    change.current_weight,
-                    change.planned_weight,
-                    None,
-                    str(exc),
-                )
-            )
+            refused.append(_unwritten(change, str(exc)))
             continue
         safe.append(change)
     return safe, refused
+
+
+def _unwritten(change: ServerPlan, why: str) -> WriteResult:
+    """The result of a change not sent to HAProxy, and why."""
+    assert change.planned_weight is not None
+    return WriteResult(
+        change.backend, change.server, change.current_weight, change.planned_weight, None, why
+    )
 
 
 def _verify(

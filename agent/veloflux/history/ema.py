@@ -8,9 +8,11 @@ pandas (see docs/architecture.md, "The fallback path").
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:  # numpy itself is loaded on first use: the CLI's start-up need not
+    import numpy as np
+    import numpy.typing as npt
 
 # HAProxy 2.6 averages qtime/ctime/rtime/ttime over the last 512 requests
 # (TIME_STATS_SAMPLES in its include/haproxy/defaults.h), a plain running mean until a
@@ -37,6 +39,8 @@ def interval_mean(
     general form below covers both and an interval straddling the switch.
     NaN when k is 0 (the average froze: no information) or unknown; clipped at 0.
     """
+    import numpy as np
+
     avg_old, avg_new = np.asarray(avg_old, dtype=float), np.asarray(avg_new, dtype=float)
     count_before = np.asarray(count_before, dtype=float)
     requests = np.asarray(requests, dtype=float)
