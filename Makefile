@@ -49,8 +49,9 @@ lint: venv
 # The unit tests on two workers (pytest-xdist: they share nothing). The integration
 # tests on two workers too, a file per worker (their processes take free ports, temp
 # dirs and their own Envoy base ids, and most of their time is spent waiting on real
-# processes), except those marked `solo`, which judge latencies or timings that
-# another test's load would skew: they run after, alone.
+# processes), except those marked `solo` (the demo scenario, capacity, learning, the
+# soak), which judge latencies or timings that another test's load would skew: they
+# run after, alone.
 test: deps lint
 	$(BIN)/python -m pytest -n 2 tests/unit
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not solo" --durations=15 tests/integration

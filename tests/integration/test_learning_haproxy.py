@@ -26,7 +26,7 @@ from integration.loadgen import run_load_sync
 from integration.stack import DemoServer, LocalStack
 from tests.integration.helpers import run_cli
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.solo]
 
 SERVERS = (
     DemoServer("s1", concurrency=8, mean_ms=20),
