@@ -19,6 +19,8 @@ again with ``ai.enabled: false`` (observe, outlier guard, plan, apply).
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -108,23 +110,30 @@ def _alternate(single: Config, pair: Config, sizes: Sizes) -> dict[str, Any]:
     return result
 
 
-def _run(sizes: Sizes, workdir: Path) -> dict[str, Any]:
+@contextmanager
+def rig(sizes: Sizes, workdir: Path) -> Iterator[tuple[str, str, str]]:
+    """HAProxy A, B and C under load (the pool's split over A and B, whole through C):
+    their admin sockets. Also ``bench/profile_replicas.py``'s."""
     half = sizes.load_rps / 2
     with big_pool(sizes.servers, half, workdir) as (a, _):
         b = HAProxyProcess(workdir / "haproxy-b", a.backends).start()
         c = HAProxyProcess(workdir / "haproxy-c", a.backends).start()
         try:
             with Load(b.frontend_url, half), Load(c.frontend_url, sizes.load_rps):
-                figures = {}
-                sockets = (a.admin_socket, b.admin_socket, c.admin_socket)
-                for ai in (True, False):
-                    _progress(f"{sizes.ticks} ticks each, ai.enabled: {str(ai).lower()}")
-                    single, pair = _configs(sockets, sizes, workdir, ai)
-                    figures["ai" if ai else "no_ai"] = _alternate(single, pair, sizes)
-                return figures | {"servers": sizes.servers}
+                yield a.admin_socket, b.admin_socket, c.admin_socket
         finally:
             c.stop()
             b.stop()
+
+
+def _run(sizes: Sizes, workdir: Path) -> dict[str, Any]:
+    figures = {}
+    with rig(sizes, workdir) as sockets:
+        for ai in (True, False):
+            _progress(f"{sizes.ticks} ticks each, ai.enabled: {str(ai).lower()}")
+            single, pair = _configs(sockets, sizes, workdir, ai)
+            figures["ai" if ai else "no_ai"] = _alternate(single, pair, sizes)
+    return figures | {"servers": sizes.servers}
 
 
 def verdicts(r: dict[str, Any]) -> dict[str, bool]:
@@ -154,10 +163,12 @@ def render_section(r: dict[str, Any]) -> str:
         f"back). The pool's {FULL.load_rps:g} requests/s of load go through C alone, or",
         "half through each of A and B, as when a pool's traffic is spread over replicas.",
         "No proxy has two agents, so neither takes the other's writes for weights set by",
-        "hand. An earlier rig sent the pool's whole load through each replica, so the agent",
-        "of A and B saw twice C's traffic and had more to decide: on this machine, idle, it",
-        "measured 1.19 and 1.65, the agent of A and B changing 50 weights where the other",
-        f"changed none. Each `Agent.tick(write=True)` is timed end to end, {FULL.ticks} ticks",
+        "hand. The rig before this one had both agents drive A and the pool's whole load",
+        "through each replica, so the agent of A and B saw twice the traffic and had more to",
+        "decide: on this machine, idle, it measured 1.29 and 1.47, the agent of A and B",
+        "changing 50 weights where the other changed none (`git show",
+        "c86a016:bench/bench_replicas.py > bench/replicas_before.py`, then run that file).",
+        f"Each `Agent.tick(write=True)` is timed end to end, {FULL.ticks} ticks",
         "each, with the journal and capacity rung (no model: what a new daemon runs) and with",
         "`ai.enabled: false`. Medians; p95 in brackets; `written` in the JSON counts the",
         "weights each agent changed. How the second replica is kept cheap: both are asked",
@@ -165,14 +176,14 @@ def render_section(r: dict[str, Any]) -> str:
         "parsed, so HAProxy B prepares its ~300 kB while this process parses A's; the",
         "replies are read into columns (a list per figure; `show stat` split as one string,",
         "not a list per line) and merged a column at a time; the writes go to both before",
-        "either reply is read. What B still adds is Python work under the GIL. Under",
-        "cProfile (which inflates it) at 1,000 servers, ai off, B added about 20 ms to a",
-        "tick: splitting and slicing its `show stat` (about 9 ms), its `show servers state`",
-        "and the numbers of both (about 5 ms) and the column-wise merge (about 6 ms), against",
-        "a one-replica tick of about 50 ms, of which the planner took 27 ms and the wait for",
-        "HAProxy's reply 9 ms, both shared by the two replicas. With the journal on (the",
-        "daemon's default) the shared part is larger and the ratio lower. Threads would not",
-        "help: the parsing holds the GIL.",
+        "either reply is read. What B still adds is Python work under the GIL, split by",
+        "`bench/profile_replicas.py` (this rig, ai off, 20 ticks each under cProfile, which",
+        "inflates Python work): the two-replica tick took 60.0 ms against 40.4 ms, its",
+        "reading 36.6 ms against 18.2 ms: B's `show stat` (3.4 ms more), its `show servers",
+        "state` (1.9), both made numbers (2.3), the column-wise merge (7.6) and a longer",
+        "wait on the sockets (1.7). The planner (about 22 ms) runs once for both. With the",
+        "journal on (the daemon's default) the shared part is larger and the ratio lower.",
+        "Threads would not help: the parsing holds the GIL.",
     ]
     return table_section(HEADING, prose, r, rows, (MARK_BEGIN, MARK_END))
 

@@ -203,9 +203,12 @@ UNSAFE = "only letters, digits and '-_.:' are allowed"
 
 @dataclass(frozen=True)
 class DownAPI(RuntimeAPI):
-    """A runtime API that cannot be reached."""
+    """A runtime API that cannot be reached; keeps each batch it was asked to send."""
+
+    asked: list[list[str]] = field(default_factory=list)
 
     def run_many(self, commands: Sequence[str]) -> list[str]:
+        self.asked.append(list(commands))
         raise RuntimeAPIError(f"{self.address}: connection refused")
 
 
@@ -284,11 +287,14 @@ def test_an_unsafe_name_is_refused_alone_and_every_other_change_written(
 
 def test_an_unreachable_runtime_api_fails_the_whole_apply(caplog: pytest.LogCaptureFixture) -> None:
     """Kills: the unavailable event's name, message or label altered, the raised message
-    dropped."""
+    dropped, the writes still sent after the read before them went unanswered (a second
+    wait for a proxy that just failed to answer)."""
     events = Events()
     change = ServerPlan("app", "s1", "UP", 10, 12, 10, 0.0, "no model")
+    api = DownAPI("unix:///stub.sock")
     with caplog.at_level(logging.WARNING), pytest.raises(SinkRejected) as refused:
-        HAProxySink(DownAPI("unix:///stub.sock"), events).apply(one_change_plan(change), "admin")
+        HAProxySink(api, events).apply(one_change_plan(change), "admin")
+    assert api.asked == [["show servers state app"]]
     assert str(refused.value) == "HAProxy runtime API unix:///stub.sock: connection refused"
     assert events.totals() == {("sink_unavailable", (("sink", "haproxy"),)): 1}
     assert caplog.messages == ["sink_unavailable: unix:///stub.sock: connection refused"]

@@ -88,7 +88,16 @@ class Look:
         address = self._api.address
         if self._check is None:
             return PendingWrites(self._events, address, self._level, self._refused)
-        writable, moved = self._unmoved()
+        try:
+            writable, moved = self._unmoved()
+        except RuntimeAPIError as exc:
+            # HAProxy did not answer the read: nothing is sent to it this tick, and the
+            # writes are reported as writes to an unreachable proxy are.
+            failed = PendingReplies(self._api, 0, error=exc)
+            return PendingWrites(
+                self._events, address, self._level, self._refused, (), self._writable,
+                replies=failed,
+            )  # fmt: skip
         if not writable:
             return PendingWrites(self._events, address, self._level, self._refused, moved)
         sets = [f"set server {c.backend}/{c.server} weight {c.planned_weight}" for c in writable]
@@ -106,13 +115,11 @@ class Look:
 
     def _unmoved(self) -> tuple[list[ServerPlan], list[WriteResult]]:
         """The writes whose server HAProxy still has at the planned-from weight, and a
-        result for each of the others. A read that fails leaves every write to go: the
-        writes meet the same fault and report it."""
+        result for each of the others; raises ``RuntimeAPIError`` when HAProxy did not
+        answer. A reply that cannot be parsed holds nothing back: the writes go, and
+        their own read-back judges them."""
         assert self._check is not None
-        try:
-            texts = self._check.wait()
-        except RuntimeAPIError:
-            return self._writable, []
+        texts = self._check.wait()
         now: dict[tuple[str, str], int] = {}
         for text in texts:
             shown = _read_back(text)
